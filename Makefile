@@ -1,0 +1,29 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both set up .venv first.
+VENV := .venv
+PY := $(VENV)/bin/python
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+export HF_HUB_OFFLINE := 1
+
+.PHONY: demo test data clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	# torch first, pinned: a later package must not pull a CUDA build (several GB) from the registry.
+	$(VENV)/bin/pip install -q torch==2.13.0
+	$(VENV)/bin/pip install -q -e ".[dev]"
+	touch $@
+
+# Fashion-MNIST from Debian's dataset-fashion-mnist; without apt (or root) `paris demo --data DIR` still works.
+data:
+	@test -f $(FASHION_MNIST)/train-images-idx3-ubyte.gz || \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 || \
+	  echo "warning: could not install dataset-fashion-mnist; install it or pass --data DIR to paris demo"
+
+demo: $(VENV)/.installed data
+	$(VENV)/bin/paris demo
+
+test: $(VENV)/.installed data
+	$(VENV)/bin/pytest
+
+clean:
+	rm -rf $(VENV) runs

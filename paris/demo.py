@@ -1,0 +1,115 @@
+"""`paris demo`: the whole pipeline on Fashion-MNIST in pixel space, on a CPU, in minutes.
+
+prepare -> partition (K=4) -> 4 experts as independent processes -> router -> sample with every strategy
+-> a table of seconds per image and prompt adherence, grids, loss curves and report.json under the run.
+Every stage resumes: rerunning after a crash picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from paris.config import DataConfig, PartitionConfig, RouterTrainConfig, RunConfig, SampleConfig, TrainConfig
+from paris.data import fashion_mnist
+from paris.data.prepare import prepare
+from paris.errors import ParisError
+from paris.evaluate import accuracy, train_classifier
+from paris.images import grid, save_png
+from paris.launch import launch_local
+from paris.partition import partition
+from paris.plots import plot_loss_curves
+from paris.routing import STRATEGIES
+from paris.run import RunDir
+from paris.sample import generate, load_mixture
+from paris.train.router import train_router
+
+console = Console(stderr=True)
+
+
+def demo_config(data: str = DataConfig.path) -> RunConfig:
+    """Small enough for 2 CPU cores: a 1.3M-parameter expert per cluster, 4 clusters, pixel space."""
+    return RunConfig(
+        data=DataConfig(path=data),
+        partition=PartitionConfig(num_clusters=4),
+        expert=TrainConfig(preset="tiny", steps=1500, batch_size=64, lr=5e-4, warmup_steps=100, ema_decay=0.999,
+                           checkpoint_every=250, log_every=25, threads=1),
+        router=RouterTrainConfig(preset="tiny", epochs=1.0, batch_size=128, lr=5e-4, warmup_steps=50,
+                                 ema_decay=0.999, checkpoint_every=200, log_every=25, threads=0),
+        sample=SampleConfig(steps=50, guidance=4.0),
+    )
+
+
+def run_demo(out: str = "runs/demo", config: RunConfig | None = None, jobs: int = 0,
+             images_per_prompt: int = 10, classifier_epochs: float = 2.0) -> dict:
+    started = time.perf_counter()
+    config = config or demo_config()
+    run = RunDir(out)
+    jobs = jobs or min(config.partition.num_clusters, os.cpu_count() or 1)
+
+    if run.exists("data/manifest.json") and run.read_config().data == config.data:
+        console.print(f"prepare: reusing {out}/data")
+    else:
+        prepare(run, config)
+    run.write_config(config)
+    if not run.exists("partition/meta.json") or run.read_json("partition/meta.json")["num_clusters"] != config.partition.num_clusters:
+        partition(run, config.partition.num_clusters, config.partition.seed)
+
+    k = config.partition.num_clusters
+    console.print(f"[bold]training {k} experts[/] as independent processes, {jobs} at a time (logs in {out}/logs)")
+    codes = launch_local(run, list(range(k)), config.expert.steps, jobs, log_dir=Path(out) / "logs")
+    failed = sorted(e for e, code in codes.items() if code != 0)
+    if failed:
+        raise ParisError(f"experts {failed} failed (logs in {out}/logs); fix the cause and rerun `paris demo` to resume")
+    train_router(run, config)
+
+    console.print("[bold]classifier[/] for prompt adherence, trained on the real Fashion-MNIST train split")
+    train_images, train_labels = fashion_mnist.load(config.data.path, "train")
+    test_images, test_labels = fashion_mnist.load(config.data.path, "test")
+    classifier = train_classifier(train_images, train_labels, epochs=classifier_epochs)
+    classifier_accuracy = accuracy(classifier, test_images, test_labels)
+
+    mixture = load_mixture(run)
+    classes = torch.arange(len(fashion_mnist.CLASSES)).repeat_interleave(images_per_prompt)
+    prompts = [fashion_mnist.class_prompt(int(c)) for c in classes]
+    results = {}
+    for strategy in STRATEGIES:
+        tick = time.perf_counter()
+        images, stats = generate(mixture, prompts, strategy, config.sample.steps, config.sample.guidance, config.sample.seed)
+        seconds = (time.perf_counter() - tick) / len(prompts)
+        results[strategy] = {"seconds_per_image": seconds, "prompt_adherence": accuracy(classifier, images, classes), **stats}
+        save_png(run, f"samples/{strategy}.png", grid(images, len(fashion_mnist.CLASSES), fashion_mnist.CLASSES))
+    plot_loss_curves(run, [f"experts/{e}" for e in range(k)] + ["router"], "loss_curves.png")
+
+    report = {
+        "strategies": results,
+        "classifier_test_accuracy": classifier_accuracy,
+        "router_accuracy": run.read_json("router/accuracy.json"),
+        "images_per_strategy": len(prompts),
+        "sample": dataclasses.asdict(config.sample),
+        "minutes": (time.perf_counter() - started) / 60,
+    }
+    run.write_json("report.json", report)
+    print_report(report, out)
+    return report
+
+
+def print_report(report: dict, out: str) -> None:
+    table = Table(title=f"paris demo: {report['images_per_strategy']} images per strategy")
+    table.add_column("strategy")
+    table.add_column("s / image", justify="right")
+    table.add_column("expert passes / image / step", justify="right")
+    table.add_column("prompt adherence", justify="right")
+    for strategy, row in report["strategies"].items():
+        table.add_row(strategy, f"{row['seconds_per_image']:.3f}", f"{row['expert_passes_per_image']:.2f}",
+                      f"{row['prompt_adherence']:.1%}")
+    console.print(table)
+    console.print(f"classifier test accuracy {report['classifier_test_accuracy']:.1%}; router accuracy "
+                  f"{report['router_accuracy']['mean']:.1%} (mean over t); {report['minutes']:.1f} min in all")
+    console.print(f"wrote {out}/report.json, {out}/samples/<strategy>.png, {out}/loss_curves.png")

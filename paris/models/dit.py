@@ -1,0 +1,95 @@
+"""The expert: a DiT with AdaLN-Single and cross-attention to text (PixArt-alpha style), as Paris released it.
+
+Input latents [B, C, H, W], t in [0, 1], text token states [B, L, text_dim] (+ mask) -> velocity [B, C, H, W].
+AdaLN-Single: ONE shared `t_block` turns the timestep embedding into 6 modulation vectors; each block
+adds its own learned `scale_shift_table`, which costs 6*D parameters per block instead of DiT's 6*D*D.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from paris.config import DiTConfig
+from paris.models.layers import (
+    Attention,
+    Mlp,
+    PatchEmbed,
+    TimestepEmbedder,
+    init_linear_layers,
+    init_patch_embed,
+    modulate,
+)
+
+
+class DiTBlock(nn.Module):
+    """Self-attention and MLP modulated by (shared t-block + own table); plain cross-attention to text."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
+        super().__init__()
+        self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim**0.5)
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, num_heads)
+        self.cross_attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(dim, mlp_ratio)
+
+    def forward(self, x, t6, text, text_mask):
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (self.scale_shift_table[None] + t6).chunk(6, 1)
+        x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
+        x = x + self.cross_attn(x, text, text_mask)
+        return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, dim: int, patch_size: int, out_channels: int):
+        super().__init__()
+        self.scale_shift_table = nn.Parameter(torch.randn(2, dim) / dim**0.5)
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(dim, patch_size * patch_size * out_channels)
+
+    def forward(self, x, t_emb):
+        shift, scale = (self.scale_shift_table[None] + t_emb[:, None]).chunk(2, 1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+class DiT(nn.Module):
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        self.config = c = config
+        d = c.hidden_size
+        self.x_embedder = PatchEmbed(c.input_size, c.patch_size, c.in_channels, d)
+        self.t_embedder = TimestepEmbedder(d)
+        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+        self.text_proj = nn.Linear(c.text_dim, d)
+        self.blocks = nn.ModuleList(DiTBlock(d, c.num_heads, c.mlp_ratio) for _ in range(c.depth))
+        self.final_layer = FinalLayer(d, c.patch_size, c.in_channels)
+        self.initialize_weights()
+
+    def initialize_weights(self):
+        init_linear_layers(self)
+        init_patch_embed(self.x_embedder)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        nn.init.normal_(self.t_block[1].weight, std=0.02)
+        # Zero the outputs that write into the residual stream from new inputs, so training starts
+        # from a network that ignores the text and predicts zero velocity (PixArt / DiT).
+        for block in self.blocks:
+            nn.init.zeros_(block.cross_attn.proj.weight)
+        nn.init.zeros_(self.final_layer.linear.weight)
+
+    def forward(self, x, t, text, text_mask=None):
+        """x [B,C,H,W], t [B] in [0,1], text [B,L,text_dim], text_mask [B,L] bool (True = real token)."""
+        b, c, h, w = x.shape
+        tokens = self.x_embedder(x)
+        t_emb = self.t_embedder(t)
+        t6 = self.t_block(t_emb).view(b, 6, -1)
+        text = self.text_proj(text.to(tokens.dtype))
+        for block in self.blocks:
+            tokens = block(tokens, t6, text, text_mask)
+        return self.unpatchify(self.final_layer(tokens, t_emb), h, w)
+
+    def unpatchify(self, tokens, h, w):
+        p, c = self.config.patch_size, self.config.in_channels
+        x = tokens.view(tokens.shape[0], h // p, w // p, p, p, c)
+        return torch.einsum("bhwpqc->bchpwq", x).reshape(tokens.shape[0], c, h, w)

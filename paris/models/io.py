@@ -1,0 +1,71 @@
+"""Save and load finished models in the release layout: config.json + one safetensors file. Never unpickles."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from safetensors import SafetensorError
+from torch import nn
+
+from paris.config import DiTConfig, RouterConfig, from_dict
+from paris.errors import ParisError
+from paris.models.dit import DiT
+from paris.models.router import Router
+from paris.run import RunDir
+
+# class name in config.json -> (model class, its config class, weights file name of the Paris release)
+MODELS = {
+    "DiT": (DiT, DiTConfig, "diffusion_pytorch_model.safetensors"),
+    "Router": (Router, RouterConfig, "pytorch_model.safetensors"),
+}
+
+
+def weights_name(model: nn.Module) -> str:
+    return MODELS[type(model).__name__][2]
+
+
+def save_pretrained(run: RunDir, folder: str, model: nn.Module, info: dict | None = None) -> None:
+    """Write `folder`/<weights> then `folder`/config.json (last: a folder with a config is complete)."""
+    name = type(model).__name__
+    run.save_tensors(f"{folder}/{weights_name(model)}", model.state_dict())
+    config = {"_class_name": name, **dataclasses.asdict(model.config), **({"paris": info} if info else {})}
+    run.write_json(f"{folder}/config.json", config)
+
+
+def load_pretrained(run: RunDir, folder: str) -> nn.Module:
+    if not run.exists(f"{folder}/config.json"):
+        raise ParisError(f"no trained model at {run.url}/{folder}; {_missing_hint(folder)}")
+    config = run.read_json(f"{folder}/config.json")
+    name = config.pop("_class_name", None)
+    config.pop("paris", None)
+    if name not in MODELS:
+        raise ParisError(f"{run.url}/{folder}/config.json names model class {name!r}; expected one of {', '.join(MODELS)}")
+    model_cls, config_cls, weights = MODELS[name]
+    model = model_cls(from_dict(config_cls, config, where=f"{folder}/config.json: "))
+    try:
+        state = run.load_tensors(f"{folder}/{weights}")
+    except SafetensorError as e:
+        raise ParisError(f"{run.url}/{folder}/{weights} is not a valid safetensors file ({e})") from None
+    load_state_dict_strict(model, state, f"{run.url}/{folder}")
+    return model.eval()
+
+
+def load_state_dict_strict(model: nn.Module, state: dict, where: str) -> None:
+    """load_state_dict that lists every missing, unexpected or mis-shaped key in one clear error."""
+    expected = model.state_dict()
+    problems = [f"missing {k}" for k in expected if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in expected]
+    problems += [
+        f"{k} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)}"
+        for k, v in expected.items() if k in state and state[k].shape != v.shape
+    ]
+    if problems:
+        raise ParisError(f"weights in {where} do not fit the model: {'; '.join(problems[:8])}"
+                         + (f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""))
+    model.load_state_dict(state)
+
+
+def _missing_hint(folder: str) -> str:
+    if folder.startswith("experts/"):
+        return f"train it with `paris train-expert RUN --expert {folder.split('/')[1]}`"
+    return "train it with `paris train-router RUN`"

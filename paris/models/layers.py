@@ -1,0 +1,101 @@
+"""Building blocks shared by the expert DiT and the router: embedders, attention, MLP."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class TimestepEmbedder(nn.Module):
+    """t in [0, 1] -> 256-d sinusoid of 1000*t (the release's timestep scale) -> Linear-SiLU-Linear."""
+
+    def __init__(self, hidden_size: int, frequency_size: int = 256):
+        super().__init__()
+        self.frequency_size = frequency_size
+        self.mlp = nn.Sequential(
+            nn.Linear(frequency_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
+        )
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.frequency_size // 2
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        args = 1000 * t.float()[:, None] * freqs[None]
+        embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+        return self.mlp(embedding.to(self.mlp[0].weight.dtype))
+
+
+class PatchEmbed(nn.Module):
+    """[B, C, H, W] -> [B, (H/p)*(W/p), D] tokens, plus the fixed 2-D sin-cos position embedding of DiT."""
+
+    def __init__(self, input_size: int, patch_size: int, in_channels: int, hidden_size: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
+        grid = input_size // patch_size
+        self.register_buffer("pos_embed", sincos_2d(hidden_size, grid)[None], persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2) + self.pos_embed.to(x.dtype)
+
+
+def sincos_2d(dim: int, grid: int) -> torch.Tensor:
+    """[grid*grid, dim]: half the channels encode the row, half the column (DiT's get_2d_sincos_pos_embed)."""
+    coords = torch.arange(grid, dtype=torch.float64)
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
+    return torch.cat([_sincos_1d(dim // 2, rows.flatten()), _sincos_1d(dim // 2, cols.flatten())], dim=1).float()
+
+
+def _sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
+    out = pos[:, None] * omega[None]
+    return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+
+
+class Attention(nn.Module):
+    """Multi-head attention through scaled_dot_product_attention (flash/memory-efficient kernels on GPU).
+
+    Self-attention when `context` is None; cross-attention from x to `context` otherwise.
+    """
+
+    def __init__(self, dim: int, num_heads: int, context_dim: int | None = None):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(context_dim or dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, context=None, context_mask=None):
+        b, n, d = x.shape
+        context = x if context is None else context
+        q = self.q(x).view(b, n, self.num_heads, -1).transpose(1, 2)
+        k, v = self.kv(context).view(b, context.shape[1], 2, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        mask = None if context_mask is None else context_mask[:, None, None, :]  # True = attend
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class Mlp(nn.Sequential):
+    def __init__(self, dim: int, mlp_ratio: float):
+        hidden = int(dim * mlp_ratio)
+        super().__init__(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+
+
+def init_linear_layers(module: nn.Module) -> None:
+    """DiT's initialisation: Xavier-uniform weights, zero biases, for every Linear."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def init_patch_embed(embed: PatchEmbed) -> None:
+    """Initialise the patch projection like a Linear (DiT)."""
+    w = embed.proj.weight
+    nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+    nn.init.zeros_(embed.proj.bias)

@@ -1,0 +1,102 @@
+"""The run directory: every artifact of a run, behind an fsspec URL (local path, s3://, gs://, memory://).
+
+Each file is written whole to a temporary name and then moved into place, so a reader (or a job restarted
+after being killed) never sees half a file. Pointers such as experts/<k>/LATEST are written last.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import fsspec
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from paris.config import RunConfig, from_yaml, to_yaml
+from paris.errors import ParisError
+
+
+class RunDir:
+    def __init__(self, url: str):
+        self.url = str(url).rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+
+    def path(self, rel: str) -> str:
+        return f"{self.root}/{rel}"
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(self.path(rel))
+
+    def list(self, rel: str) -> list[str]:
+        """Names directly under `rel` (empty when it does not exist)."""
+        if not self.exists(rel):
+            return []
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.path(rel), detail=False))
+
+    def remove(self, rel: str) -> None:
+        if self.exists(rel):
+            self.fs.rm(self.path(rel), recursive=True)
+
+    # --- whole-file reads and atomic writes -------------------------------------------------------
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        final = self.path(rel)
+        tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+        self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+        try:
+            self.fs.pipe_file(tmp, data)
+            self.fs.mv(tmp, final)
+        except OSError as e:
+            raise ParisError(f"cannot write {self.url}/{rel}: {e}; check the run directory is writable") from None
+
+    def read_bytes(self, rel: str) -> bytes:
+        try:
+            return self.fs.cat_file(self.path(rel))
+        except FileNotFoundError:
+            raise ParisError(f"missing {self.url}/{rel}; {_hint(rel)}") from None
+
+    def write_json(self, rel: str, obj) -> None:
+        self.write_bytes(rel, json.dumps(obj, indent=2).encode())
+
+    def read_json(self, rel: str):
+        return json.loads(self.read_bytes(rel))
+
+    def write_text(self, rel: str, text: str) -> None:
+        self.write_bytes(rel, text.encode())
+
+    def read_text(self, rel: str) -> str:
+        return self.read_bytes(rel).decode()
+
+    def save_tensors(self, rel: str, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+        tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+        self.write_bytes(rel, save_safetensors(tensors, metadata=meta))
+
+    def load_tensors(self, rel: str) -> dict[str, torch.Tensor]:
+        return load_safetensors(self.read_bytes(rel))
+
+    def append_line(self, rel: str, line: str) -> None:
+        """Append one line to a log (JSONL metrics). Logs are the one kind of file not written atomically."""
+        self.fs.makedirs(self.path(rel).rsplit("/", 1)[0], exist_ok=True)
+        with self.fs.open(self.path(rel), "a") as f:
+            f.write(line + "\n")
+
+    # --- the run's config -------------------------------------------------------------------------
+    def read_config(self) -> RunConfig:
+        return from_yaml(self.read_text("config.yaml"), where=f"{self.url}/config.yaml")
+
+    def write_config(self, config: RunConfig) -> None:
+        self.write_text("config.yaml", to_yaml(config))
+
+
+def _hint(rel: str) -> str:
+    """What to run to produce a missing artifact."""
+    stage = {
+        "config.yaml": "run `paris prepare RUN` first",
+        "data": "run `paris prepare RUN` first",
+        "partition": "run `paris partition RUN` first",
+        "experts": "train it with `paris train-expert RUN --expert K`",
+        "router": "train it with `paris train-router RUN`",
+    }
+    return stage.get(rel.split("/", 1)[0], "is the run directory right?")

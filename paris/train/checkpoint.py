@@ -1,0 +1,81 @@
+"""Training checkpoints in the run directory: safetensors for tensors, JSON for the rest, LATEST written last.
+
+    <folder>/ckpt/00001000/{model,ema,optimizer}.safetensors + state.json
+    <folder>/LATEST  ->  {"step": 1000, "path": "ckpt/00001000"}
+A killed job leaves at worst a checkpoint folder without a LATEST pointing at it, which is ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from safetensors import SafetensorError
+from torch import nn
+
+from paris.errors import ParisError
+from paris.models.io import load_state_dict_strict
+from paris.run import RunDir
+
+log = logging.getLogger(__name__)
+
+
+def save_checkpoint(run: RunDir, folder: str, step: int, model: nn.Module, ema: nn.Module,
+                    optimizer: torch.optim.Optimizer, state: dict, keep: int) -> None:
+    path = f"ckpt/{step:08d}"
+    optim_tensors, param_groups = _flatten_optimizer(optimizer)
+    run.save_tensors(f"{folder}/{path}/model.safetensors", model.state_dict())
+    run.save_tensors(f"{folder}/{path}/ema.safetensors", ema.state_dict())
+    run.save_tensors(f"{folder}/{path}/optimizer.safetensors", optim_tensors)
+    run.write_json(f"{folder}/{path}/state.json", {**state, "step": step, "param_groups": param_groups})
+    run.write_json(f"{folder}/LATEST", {"step": step, "path": path})
+    for old in run.list(f"{folder}/ckpt")[:-keep]:
+        run.remove(f"{folder}/ckpt/{old}")
+
+
+def load_latest(run: RunDir, folder: str, model: nn.Module, ema: nn.Module,
+                optimizer: torch.optim.Optimizer, identity: dict) -> dict | None:
+    """Restore the newest readable checkpoint into the given objects; its state.json, or None if there is none.
+
+    `identity` (model shape, partition, cluster) must equal the checkpoint's: resuming a different job is refused.
+    """
+    if not run.exists(f"{folder}/LATEST"):
+        return None
+    latest = run.read_json(f"{folder}/LATEST")["path"].rsplit("/", 1)[-1]
+    candidates = [c for c in reversed(run.list(f"{folder}/ckpt")) if c <= latest]
+    for name in candidates:
+        path = f"{folder}/ckpt/{name}"
+        try:
+            state = run.read_json(f"{path}/state.json")
+            tensors = {part: run.load_tensors(f"{path}/{part}.safetensors") for part in ("model", "ema", "optimizer")}
+        except (ParisError, SafetensorError, ValueError) as e:
+            log.warning("skipping unreadable checkpoint %s/%s: %s", run.url, path, e)
+            continue
+        _check_identity(state.get("identity", {}), identity, f"{run.url}/{path}")
+        load_state_dict_strict(model, tensors["model"], f"{run.url}/{path}")
+        load_state_dict_strict(ema, tensors["ema"], f"{run.url}/{path}")
+        _load_optimizer(optimizer, tensors["optimizer"], state["param_groups"])
+        return state
+    raise ParisError(f"no readable checkpoint under {run.url}/{folder}/ckpt; delete {run.url}/{folder} to start over")
+
+
+def _check_identity(saved: dict, current: dict, where: str) -> None:
+    changed = [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted(saved.keys() | current.keys())
+               if saved.get(k) != current.get(k)]
+    if changed:
+        raise ParisError(f"refusing to resume from {where}, which was made for a different job ({'; '.join(changed)}); "
+                         "restore the old settings or delete that folder to start over")
+
+
+def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
+    state = optimizer.state_dict()
+    tensors = {f"{index}.{name}": value for index, entry in state["state"].items() for name, value in entry.items()}
+    return tensors, state["param_groups"]
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], param_groups: list) -> None:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": param_groups})

@@ -1,0 +1,94 @@
+"""`paris train-router RUN`: learn p(cluster | x_t, t) with cross-entropy, independently of every expert.
+
+The router needs only the data and the partition (not the experts), so it can train before, after or
+alongside them. A held-out share of the data measures its accuracy per band of t: near t=1 the image is
+almost pure noise and the best possible accuracy falls to the largest cluster's share.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+
+from paris.config import RunConfig, router_config
+from paris.data.store import Store, load_store
+from paris.errors import ParisError
+from paris.flow import interpolate, noisy_sample
+from paris.models.io import load_pretrained
+from paris.models.router import Router
+from paris.partition import load_partition
+from paris.run import RunDir
+from paris.train.loop import Job, step_generator, train
+
+console = Console(stderr=True)
+T_BANDS = [(0.0, 0.2), (0.2, 0.4), (0.4, 0.6), (0.6, 0.8), (0.8, 1.0)]
+
+
+def train_router(run: RunDir, config: RunConfig) -> dict:
+    cfg = config.router
+    store, part = load_store(run), load_partition(run)
+    order = torch.randperm(len(store), generator=step_generator(cfg.seed, -1))
+    n_val = max(1, int(len(store) * cfg.val_fraction)) if len(store) > 1 else 0
+    val, train_index = order[:n_val], order[n_val:]
+    c, h, _ = store.manifest["latent_shape"]
+    torch.manual_seed(cfg.seed)
+    model = Router(router_config(cfg.preset, in_channels=c, input_size=h, num_experts=part.num_clusters,
+                                 text_dim=store.text_dim if cfg.use_text else 0))
+    steps = cfg.steps or math.ceil(cfg.epochs * len(train_index) / cfg.batch_size)
+    console.print(f"[bold]router[/]: {len(train_index)} images ({n_val} held out), {part.num_clusters} clusters, "
+                  f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {steps} steps")
+    targets = part.assignments
+
+    def loss(model, index, generator):
+        rows = train_index[index]
+        x_t, t, _ = noisy_sample(store.latents[rows], cfg.t_distribution, generator)
+        return F.cross_entropy(model(x_t, t, **_text(store, rows, cfg.use_text)), targets[rows])
+
+    identity = {"partition_hash": part.meta["hash"], "num_experts": part.num_clusters}
+    job = Job("router", "router", model, loss, len(train_index), identity)
+    summary = train(run, job, dataclasses.replace(cfg, steps=steps))
+    accuracy = router_accuracy(load_pretrained(run, "router/final"), store, val, targets[val], cfg.use_text, cfg.seed)
+    run.write_json("router/accuracy.json", accuracy)
+    print_accuracy(accuracy)
+    return {**summary, "accuracy": accuracy}
+
+
+@torch.no_grad()
+def router_accuracy(model: Router, store: Store, rows: torch.Tensor, targets: torch.Tensor,
+                    use_text: bool, seed: int) -> dict:
+    """Top-1 accuracy of the router on held-out samples, for t drawn uniformly inside each band."""
+    if len(rows) == 0:
+        raise ParisError("no held-out images to measure the router on; raise router.val_fraction")
+    model.eval()
+    generator = step_generator(seed, -2)
+    bands = {}
+    for lo, hi in T_BANDS:
+        x0 = store.latents[rows]
+        t = lo + (hi - lo) * torch.rand(len(rows), generator=generator)
+        x_t = interpolate(x0, torch.randn(x0.shape, generator=generator), t)
+        predicted = model(x_t, t, **_text(store, rows, use_text)).argmax(1)
+        bands[f"{lo:.1f}-{hi:.1f}"] = (predicted == targets).float().mean().item()
+    largest = torch.bincount(targets).max().item() / len(targets)
+    return {"bands": bands, "mean": sum(bands.values()) / len(bands), "held_out": len(rows), "chance": largest}
+
+
+def print_accuracy(accuracy: dict) -> None:
+    table = Table(title=f"router accuracy on {accuracy['held_out']} held-out images")
+    for band in accuracy["bands"]:
+        table.add_column(f"t {band}", justify="right")
+    table.add_column("mean", justify="right")
+    table.add_row(*(f"{a:.1%}" for a in accuracy["bands"].values()), f"{accuracy['mean']:.1%}")
+    console.print(table)
+    console.print(f"(always guessing the largest cluster: {accuracy['chance']:.1%})")
+
+
+def _text(store: Store, rows: torch.Tensor, use_text: bool) -> dict:
+    if not use_text:
+        return {}
+    text, mask = store.text(store.caption_ids[rows])
+    return {"text": text, "text_mask": mask}
