@@ -48,7 +48,7 @@ DIT_PRESETS: dict[str, DiTConfig] = {
     "XL/2": DiTConfig(),
     "B/2": DiTConfig(hidden_size=768, depth=12, num_heads=12),
     # Pixel-space Fashion-MNIST (1x32x32, MiniLM text): small enough to train on 2 CPU cores in minutes.
-    "tiny": DiTConfig(in_channels=1, patch_size=4, hidden_size=128, depth=4, num_heads=4, text_dim=384),
+    "tiny": DiTConfig(in_channels=1, patch_size=8, hidden_size=128, depth=4, num_heads=4, text_dim=384),
 }
 
 ROUTER_PRESETS: dict[str, RouterConfig] = {

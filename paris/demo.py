@@ -38,7 +38,7 @@ def demo_config(data: str = DataConfig.path) -> RunConfig:
     return RunConfig(
         data=DataConfig(path=data),
         partition=PartitionConfig(num_clusters=4),
-        expert=TrainConfig(preset="tiny", steps=1500, batch_size=64, lr=5e-4, warmup_steps=100, ema_decay=0.999,
+        expert=TrainConfig(preset="tiny", steps=1800, batch_size=64, lr=5e-4, warmup_steps=100, ema_decay=0.999,
                            checkpoint_every=250, log_every=25, threads=1),
         router=RouterTrainConfig(preset="tiny", epochs=1.0, batch_size=128, lr=5e-4, warmup_steps=50,
                                  ema_decay=0.999, checkpoint_every=200, log_every=25, threads=0),
@@ -47,7 +47,7 @@ def demo_config(data: str = DataConfig.path) -> RunConfig:
 
 
 def run_demo(out: str = "runs/demo", config: RunConfig | None = None, jobs: int = 0,
-             images_per_prompt: int = 10, classifier_epochs: float = 2.0) -> dict:
+             images_per_prompt: int = 10, classifier_epochs: float = 1.0) -> dict:
     started = time.perf_counter()
     config = config or demo_config()
     run = RunDir(out)

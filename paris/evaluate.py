@@ -15,19 +15,18 @@ from paris.train.loop import EpochBatches, step_generator
 
 
 class FashionClassifier(nn.Sequential):
-    """1x32x32 -> 10 logits: three conv blocks and a linear head (about 0.1M parameters)."""
+    """1x32x32 -> 10 logits: two conv blocks and an MLP head (about 0.55M parameters)."""
 
     def __init__(self, num_classes: int = 10):
         super().__init__(
             nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(), nn.Linear(128, num_classes),
+            nn.Flatten(), nn.Linear(64 * 8 * 8, 128), nn.ReLU(), nn.Linear(128, num_classes),
         )
 
 
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: float = 2.0, batch_size: int = 128,
-                     lr: float = 2e-3, seed: int = 0) -> FashionClassifier:
+                     lr: float = 1e-3, seed: int = 0) -> FashionClassifier:
     torch.manual_seed(seed)
     model = FashionClassifier(int(labels.max()) + 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)

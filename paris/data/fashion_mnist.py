@@ -45,7 +45,7 @@ def load(root: str | Path, split: str = "train", limit: int = 0) -> tuple[torch.
         raise ParisError(f"{image_file} has {len(images)} images but {label_file} has {len(labels)} labels")
     if limit:
         images, labels = images[:limit], labels[:limit]
-    x = torch.from_numpy(images).float().div(127.5).sub(1)[:, None]
+    x = torch.from_numpy(images.copy()).float().div(127.5).sub(1)[:, None]
     x = F.pad(x, (2, 2, 2, 2), value=-1.0)
     return x, torch.from_numpy(labels.astype(np.int64))
 
