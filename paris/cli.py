@@ -1,5 +1,6 @@
 """The `paris` command: one sub-command per pipeline stage, each a thin wrapper over that stage's function.
 
+\b
     paris prepare RUN            encode a data set into RUN/data (writes RUN/config.yaml)
     paris partition RUN          k-means the data into K clusters
     paris train-expert RUN -e K  train expert K on cluster K (run K of these anywhere, in any order)
@@ -18,7 +19,7 @@ import typer
 
 from paris.errors import ParisError
 
-app = typer.Typer(help=__doc__.split("\n\n")[0], no_args_is_help=True, add_completion=False,
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False, rich_markup_mode=None)
 
 RUN = typer.Argument(..., help="Run directory: a local path or an fsspec URL (s3://bucket/run, memory://run).")

@@ -58,7 +58,7 @@ def run_demo(out: str = "runs/demo", config: RunConfig | None = None, jobs: int 
     else:
         prepare(run, config)
     run.write_config(config)
-    if not run.exists("partition/meta.json") or run.read_json("partition/meta.json")["num_clusters"] != config.partition.num_clusters:
+    if not _partition_matches(run, config):
         partition(run, config.partition.num_clusters, config.partition.seed)
 
     k = config.partition.num_clusters
@@ -98,6 +98,15 @@ def run_demo(out: str = "runs/demo", config: RunConfig | None = None, jobs: int 
     run.write_json("report.json", report)
     print_report(report, out)
     return report
+
+
+def _partition_matches(run: RunDir, config: RunConfig) -> bool:
+    """Whether the run already holds a partition of its current data with the configured K."""
+    if not run.exists("partition/meta.json"):
+        return False
+    meta = run.read_json("partition/meta.json")
+    current = run.read_json("data/manifest.json")["data_hash"]
+    return meta["num_clusters"] == config.partition.num_clusters and meta["data_hash"] == current
 
 
 def print_report(report: dict, out: str) -> None:

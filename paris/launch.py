@@ -16,6 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from paris.errors import ParisError
 from paris.run import RunDir
 
 console = Console(stderr=True)
@@ -24,6 +25,8 @@ console = Console(stderr=True)
 def launch_local(run: RunDir, experts: list[int], total_steps: int, jobs: int, overrides: list[str] = (),
                  log_dir: Path | None = None) -> dict[int, int]:
     """Train `experts` with at most `jobs` processes at once; returns each expert's exit code."""
+    if jobs < 1:
+        raise ParisError(f"the number of experts trained at once must be at least 1, got {jobs}")
     log_dir = log_dir or Path("logs")
     log_dir.mkdir(parents=True, exist_ok=True)
     pending, running, codes = list(experts), {}, {}
@@ -51,8 +54,8 @@ def _start(run: RunDir, expert: int, overrides, log_path: Path) -> subprocess.Po
     command = [sys.executable, "-m", "paris", "train-expert", run.url, "--expert", str(expert)]
     for item in overrides:
         command += ["--set", item]
-    log = open(log_path, "a")
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    with open(log_path, "a") as log:  # the child keeps its own handle
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def _last_step(run: RunDir, expert: int) -> int:

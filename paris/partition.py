@@ -43,12 +43,14 @@ def partition(run: RunDir, num_clusters: int, seed: int = 0) -> Partition:
     sizes = torch.bincount(assignments, minlength=num_clusters).tolist()
     if min(sizes) == 0:
         raise ParisError(f"k-means left cluster {sizes.index(0)} empty; use fewer clusters or another --seed")
+    data_hash = store.manifest["data_hash"]
     meta = {
         "num_clusters": num_clusters,
         "method": "kmeans",
         "seed": seed,
         "sizes": sizes,
-        "hash": hashlib.sha256(assignments.numpy().tobytes()).hexdigest()[:16],
+        "data_hash": data_hash,  # the partition belongs to this data: checked whenever it is loaded
+        "hash": hashlib.sha256(assignments.numpy().tobytes() + data_hash.encode()).hexdigest()[:16],
         "label_histogram": _label_histogram(store.labels, assignments, num_clusters),
     }
     run.save_tensors("partition/centroids.safetensors", {"centroids": torch.from_numpy(kmeans.cluster_centers_).float()})
@@ -61,6 +63,9 @@ def partition(run: RunDir, num_clusters: int, seed: int = 0) -> Partition:
 
 def load_partition(run: RunDir) -> Partition:
     meta = run.read_json("partition/meta.json")
+    if meta["data_hash"] != run.read_json("data/manifest.json")["data_hash"]:
+        raise ParisError(f"the partition in {run.url} was made from other data than {run.url}/data holds now; "
+                         f"rerun `paris partition {run.url}`")
     return Partition(
         run.load_tensors("partition/assignments.safetensors")["assignments"],
         run.load_tensors("partition/centroids.safetensors")["centroids"],

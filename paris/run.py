@@ -43,8 +43,8 @@ class RunDir:
     def write_bytes(self, rel: str, data: bytes) -> None:
         final = self.path(rel)
         tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
-        self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
         try:
+            self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
             self.fs.pipe_file(tmp, data)
             self.fs.mv(tmp, final)
         except OSError as e:
@@ -78,9 +78,12 @@ class RunDir:
 
     def append_line(self, rel: str, line: str) -> None:
         """Append one line to a log (JSONL metrics). Logs are the one kind of file not written atomically."""
-        self.fs.makedirs(self.path(rel).rsplit("/", 1)[0], exist_ok=True)
-        with self.fs.open(self.path(rel), "a") as f:
-            f.write(line + "\n")
+        try:
+            self.fs.makedirs(self.path(rel).rsplit("/", 1)[0], exist_ok=True)
+            with self.fs.open(self.path(rel), "a") as f:
+                f.write(line + "\n")
+        except OSError as e:
+            raise ParisError(f"cannot write {self.url}/{rel}: {e}; check the run directory is writable") from None
 
     # --- the run's config -------------------------------------------------------------------------
     def read_config(self) -> RunConfig:

@@ -43,7 +43,9 @@ class TextEncoder:
 
     def __init__(self, path: str, max_tokens: int):
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a bar for loading 100 tensors from disk is noise
         if not os.path.isdir(path):
             raise ParisError(f"text encoder directory {path} not found; set data.text_encoder_path to a local model")
         try:

@@ -56,6 +56,9 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
             data = f.read()
     except (OSError, EOFError) as e:
         raise ParisError(f"cannot read {path} ({e}); reinstall it: {MISSING}") from None
+    header = 16 if magic == 2051 else 8
+    if len(data) < header:
+        raise ParisError(f"{path} is truncated (a {len(data)}-byte file); {MISSING}")
     found, count = struct.unpack(">II", data[:8])
     if found != magic:
         raise ParisError(f"{path} is not an idx file of the expected kind (magic {found}, expected {magic})")

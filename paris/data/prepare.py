@@ -62,6 +62,7 @@ def prepare(run: RunDir, config: RunConfig) -> dict:
         "class_names": fashion_mnist.CLASSES,
         "captions": table,
         "shards": shards,
+        "data_hash": hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest()[:16],
     }
     run.write_json("data/manifest.json", manifest)  # last: the store exists once this does
     console.print(f"wrote {len(shards)} shards, {len(table) - 1} distinct captions, latents {tuple(latents.shape[1:])}")

@@ -65,6 +65,7 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 def train(run: RunDir, job: Job, cfg: TrainConfig) -> dict:
     """Train `job.model` for cfg.steps steps (resuming if a checkpoint exists); export the EMA to <folder>/final."""
+    _check(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model = job.model.train()
@@ -73,6 +74,9 @@ def train(run: RunDir, job: Job, cfg: TrainConfig) -> dict:
     identity = {**job.identity, "model": dataclasses.asdict(model.config)}
     saved = load_latest(run, job.folder, model, ema, optimizer, identity)
     start = saved["step"] if saved else 0
+    if start > cfg.steps:
+        raise ParisError(f"{job.name}: its checkpoint is at step {start}, past the {cfg.steps} steps asked for; "
+                         f"ask for at least {start} steps or delete {run.url}/{job.folder} to start over")
     if saved:
         console.print(f"{job.name}: resuming from step {start}")
     batches = EpochBatches(job.num_samples, cfg.batch_size, cfg.seed)
@@ -89,8 +93,8 @@ def train(run: RunDir, job: Job, cfg: TrainConfig) -> dict:
             generator = step_generator(cfg.seed, step)
             loss = job.loss(model, batches(step), generator)
             if not torch.isfinite(loss):
-                raise ParisError(f"{job.name}: loss became {loss.item()} at step {step}; training stopped, the last "
-                                 f"good checkpoint is kept under {run.url}/{job.folder}/ckpt (try a lower lr)")
+                raise ParisError(f"{job.name}: loss became {loss.item()} at step {step + 1}; training stopped, "
+                                 f"checkpoints made before it are kept under {run.url}/{job.folder}/ckpt (try a lower lr)")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -119,6 +123,15 @@ def train(run: RunDir, job: Job, cfg: TrainConfig) -> dict:
     summary = {"steps": cfg.steps, "samples_seen": cfg.steps * cfg.batch_size, "final_loss": last_loss, **job.identity}
     save_pretrained(run, f"{job.folder}/final", ema, info=summary)
     return summary
+
+
+def _check(cfg: TrainConfig) -> None:
+    """Refuse settings that would only fail (or loop forever) after minutes of training."""
+    for name in ("batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
+        if getattr(cfg, name) < 1:
+            raise ParisError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.steps < 0 or not 0 <= cfg.caption_dropout <= 1:
+        raise ParisError(f"need steps >= 0 and 0 <= caption_dropout <= 1, got {cfg.steps} and {cfg.caption_dropout}")
 
 
 @torch.no_grad()

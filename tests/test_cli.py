@@ -1,0 +1,70 @@
+"""The `paris` command on bad input: exit code 2, exactly one `error: ...` line on stderr, no traceback,
+and nothing that was already in the run directory is damaged."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import NUM_IMAGES, copy_run, run_cli, snapshot
+
+
+def assert_user_error(result, *needles: str) -> str:
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "Traceback" not in output, output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def run(partitioned, tmp_path):
+    """A prepared and partitioned run (K=2) without any trained model."""
+    return copy_run(partitioned, tmp_path / "run")
+
+
+def test_prepare_missing_data_dir(tmp_path):
+    result = run_cli("prepare", str(tmp_path / "run"), "--data", "/nonexistent", "--limit", "10")
+    assert_user_error(result, "/nonexistent", "dataset-fashion-mnist")
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").rglob("*"))  # nothing written
+
+
+def test_partition_k_larger_than_data_leaves_partition_intact(run, tmp_path):
+    before = snapshot(tmp_path / "run")
+    result = run_cli("partition", run.url, "--clusters", str(NUM_IMAGES + 1))
+    assert_user_error(result, str(NUM_IMAGES + 1), str(NUM_IMAGES))
+    assert snapshot(tmp_path / "run") == before  # meta.json, assignments and config.yaml (K=2) untouched
+
+
+def test_train_expert_unknown_preset(run, tmp_path):
+    before = snapshot(tmp_path / "run")
+    result = run_cli("train-expert", run.url, "--expert", "0", "--set", "expert.preset=nope")
+    assert_user_error(result, "'nope'", "preset")
+    assert snapshot(tmp_path / "run") == before
+
+
+def test_unknown_config_key_via_set(run):
+    result = run_cli("train-expert", run.url, "--expert", "0", "--set", "expert.nope=3")
+    assert_user_error(result, "expert.nope")
+    assert not run.exists("experts")
+
+
+def test_generate_unknown_strategy(run):
+    result = run_cli("generate", run.url, "--prompt", "a photo of a bag", "--strategy", "top7")
+    assert_user_error(result, "'top7'", "top1, top2, full")
+
+
+def test_generate_without_prompt(run):
+    assert_user_error(run_cli("generate", run.url), "--prompt")
+
+
+def test_generate_missing_expert_checkpoint(run, tmp_path):
+    result = run_cli("generate", run.url, "--prompt", "a photo of a bag", "--out", str(tmp_path / "out.png"))
+    assert_user_error(result, "experts/0/final", "paris train-expert")
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_command_on_a_run_that_was_never_prepared(tmp_path):
+    assert_user_error(run_cli("train-router", str(tmp_path / "nothing")), "config.yaml", "paris prepare")

@@ -1,0 +1,102 @@
+"""Config loading is strict: unknown keys and wrong types are errors that name the key; presets are checked."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from paris.config import RunConfig, apply_overrides, dit_config, from_yaml, router_config, to_yaml
+from paris.errors import ParisError
+
+
+def test_yaml_round_trip_keeps_every_value():
+    cfg = apply_overrides(RunConfig(), ["expert.steps=7", "data.limit=300", "router.use_text=true"])
+    assert from_yaml(to_yaml(cfg)) == cfg
+
+
+def test_from_yaml_rejects_unknown_key_naming_it():
+    with pytest.raises(ParisError, match=r"expert\.nope"):
+        from_yaml("expert:\n  nope: 1\n")
+
+
+def test_from_yaml_rejects_unknown_section_naming_it():
+    with pytest.raises(ParisError, match="bogus"):
+        from_yaml("bogus:\n  steps: 1\n")
+
+
+def test_from_yaml_rejects_wrong_type_naming_key():
+    with pytest.raises(ParisError, match=r"expert\.steps.*int"):
+        from_yaml("expert:\n  steps: many\n")
+
+
+def test_from_yaml_bool_is_not_an_int():
+    with pytest.raises(ParisError, match=r"expert\.steps"):
+        from_yaml("expert:\n  steps: true\n")
+
+
+def test_from_yaml_section_must_be_a_mapping():
+    with pytest.raises(ParisError, match="expert"):
+        from_yaml("expert: 3\n")
+
+
+def test_invalid_yaml_is_a_paris_error():
+    with pytest.raises(ParisError, match="not valid YAML"):
+        from_yaml("expert: [unclosed\n")
+
+
+def test_int_is_coerced_to_float():
+    cfg = from_yaml("expert:\n  lr: 1\n")
+    assert cfg.expert.lr == 1.0 and type(cfg.expert.lr) is float
+    cfg = apply_overrides(RunConfig(), ["sample.guidance=3"])
+    assert cfg.sample.guidance == 3.0 and type(cfg.sample.guidance) is float
+
+
+def test_float_is_not_truncated_to_int():
+    with pytest.raises(ParisError, match=r"expert\.steps"):
+        apply_overrides(RunConfig(), ["expert.steps=2.5"])
+
+
+def test_overrides_apply_and_leave_the_rest_unchanged():
+    base = RunConfig()
+    cfg = apply_overrides(base, ["expert.steps=2000", "expert.preset=B/2", "data.path=/some/dir"])
+    assert (cfg.expert.steps, cfg.expert.preset, cfg.data.path) == (2000, "B/2", "/some/dir")
+    assert cfg.router == base.router and cfg.sample == base.sample and cfg.partition == base.partition
+    assert base.expert.steps == 400_000  # the input config is not modified
+
+
+def test_override_unknown_key_names_it():
+    with pytest.raises(ParisError, match=r"expert\.nope"):
+        apply_overrides(RunConfig(), ["expert.nope=1"])
+
+
+def test_override_unknown_section_names_it():
+    with pytest.raises(ParisError, match="bogus"):
+        apply_overrides(RunConfig(), ["bogus.steps=1"])
+
+
+def test_override_wrong_type_names_key():
+    with pytest.raises(ParisError, match=r"router\.use_text"):
+        apply_overrides(RunConfig(), ["router.use_text=maybe"])
+
+
+@pytest.mark.parametrize("item", ["expertsteps=3", "expert.steps", "steps=3"])
+def test_malformed_override_is_refused(item):
+    with pytest.raises(ParisError, match="override"):
+        apply_overrides(RunConfig(), [item])
+
+
+def test_presets_and_unknown_preset():
+    assert dit_config("B/2").hidden_size == 768 and dit_config("B/2").depth == 12
+    assert dit_config("tiny", in_channels=3).in_channels == 3
+    assert router_config("B/2", num_experts=5).num_experts == 5
+    with pytest.raises(ParisError, match="'nope'"):
+        dit_config("nope")
+    with pytest.raises(ParisError, match="'nope'"):
+        router_config("nope")
+
+
+def test_preset_overrides_do_not_mutate_the_registry():
+    dit_config("tiny", hidden_size=64)
+    assert dit_config("tiny").hidden_size == 128
+    assert dataclasses.asdict(router_config("tiny"))["num_experts"] == 8
