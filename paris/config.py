@@ -85,7 +85,8 @@ class TrainConfig:
 
     preset: str = "XL/2"
     steps: int = 400_000
-    batch_size: int = 128  # this job's global batch (DDM: 1024 split over 8 experts)
+    batch_size: int = 128  # this job's global batch (DDM: 1024 split over 8 experts), whatever the hardware
+    micro_batch_size: int = 0  # per process and forward pass; 0 = batch_size / processes (no accumulation)
     lr: float = 1e-4
     weight_decay: float = 0.0
     warmup_steps: int = 0
@@ -98,6 +99,10 @@ class TrainConfig:
     log_every: int = 50
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0 = torch's default
+    precision: str = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU; or bf16, fp32
+    compile: bool = False  # torch.compile the model
+    gradient_checkpointing: bool = False  # recompute block activations in backward: less memory, ~30% slower
+    tensorboard: bool = True  # also log to <job>/tensorboard when tensorboard is installed and the run is local
 
 
 @dataclass

@@ -85,7 +85,8 @@ def run_demo(out: str = "runs/demo", config: RunConfig | None = None, jobs: int 
         seconds = (time.perf_counter() - tick) / len(prompts)
         results[strategy] = {"seconds_per_image": seconds, "prompt_adherence": accuracy(classifier, images, classes), **stats}
         save_png(run, f"samples/{strategy}.png", grid(images, len(fashion_mnist.CLASSES), fashion_mnist.CLASSES))
-    plot_loss_curves(run, [f"experts/{e}" for e in range(k)] + ["router"], "loss_curves.png")
+    plot_loss_curves(run, {"experts: flow-matching loss": [f"experts/{e}" for e in range(k)],
+                           "router: cross-entropy": ["router"]}, "loss_curves.png")
 
     report = {
         "strategies": results,

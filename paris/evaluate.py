@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from paris.train.loop import EpochBatches, step_generator
+from paris.randomness import EpochBatches, step_generator
 
 
 class FashionClassifier(nn.Sequential):

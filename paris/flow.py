@@ -14,12 +14,15 @@ from paris.errors import ParisError
 T_DISTRIBUTIONS = ("logit-normal", "uniform")
 
 
-def sample_t(n: int, distribution: str, generator: torch.Generator) -> torch.Tensor:
-    """Training times in (0, 1). Logit-normal (SD3) spends more steps in the middle, where learning is hardest."""
+def sample_t(distribution: str, random) -> torch.Tensor:
+    """Training times in (0, 1), one per sample of `random` (paris.randomness).
+
+    Logit-normal (SD3) spends more steps in the middle, where learning is hardest.
+    """
     if distribution == "logit-normal":
-        return torch.sigmoid(torch.randn(n, generator=generator))
+        return torch.sigmoid(random.normal())
     if distribution == "uniform":
-        return torch.rand(n, generator=generator)
+        return random.uniform()
     raise ParisError(f"unknown t distribution {distribution!r}; choose one of {', '.join(T_DISTRIBUTIONS)}")
 
 
@@ -28,15 +31,15 @@ def interpolate(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch
     return (1 - t) * x0 + t * noise
 
 
-def noisy_sample(x0: torch.Tensor, distribution: str, generator: torch.Generator):
-    """(x_t, t, noise) for a batch of clean latents."""
-    t = sample_t(len(x0), distribution, generator).to(x0.device)
-    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+def noisy_sample(x0: torch.Tensor, distribution: str, random):
+    """(x_t, t, noise) for a batch of clean latents; `random` draws one t and one noise per sample."""
+    t = sample_t(distribution, random).to(x0.device)
+    noise = random.normal(*x0.shape[1:]).to(x0.device, x0.dtype)
     return interpolate(x0, noise, t), t, noise
 
 
-def flow_matching_loss(model, x0, distribution: str, generator: torch.Generator, **cond) -> torch.Tensor:
-    x_t, t, noise = noisy_sample(x0, distribution, generator)
+def flow_matching_loss(model, x0, distribution: str, random, **cond) -> torch.Tensor:
+    x_t, t, noise = noisy_sample(x0, distribution, random)
     return F.mse_loss(model(x_t, t, **cond).float(), (noise - x0).float())
 
 

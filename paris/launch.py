@@ -6,7 +6,6 @@ others but the files it reads, and one that fails does not stop the rest. Output
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -59,9 +58,6 @@ def _start(run: RunDir, expert: int, overrides, log_path: Path) -> subprocess.Po
 
 
 def _last_step(run: RunDir, expert: int) -> int:
-    """The newest logged step of an expert, read from its metrics file (0 before the first log line)."""
-    path = f"experts/{expert}/metrics.jsonl"
-    if not run.exists(path):
-        return 0
-    lines = run.read_text(path).strip().splitlines()
-    return json.loads(lines[-1])["step"] if lines else 0
+    """The newest logged step of an expert (0 before its first log line)."""
+    path = f"experts/{expert}/progress.json"
+    return run.read_json(path)["step"] if run.exists(path) else 0

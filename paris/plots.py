@@ -1,9 +1,8 @@
-"""Loss curves from the metrics.jsonl files that every training job writes."""
+"""Loss curves from the metrics that every training job writes (paris.train.metrics)."""
 
 from __future__ import annotations
 
 import io
-import json
 
 import matplotlib
 
@@ -11,23 +10,19 @@ matplotlib.use("Agg")  # no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 
 from paris.run import RunDir  # noqa: E402
+from paris.train.metrics import read_metrics  # noqa: E402
 
 
-def plot_loss_curves(run: RunDir, folders: list[str], rel: str) -> None:
-    """One line per training job (e.g. experts/0, router), loss against step, saved as a PNG at `rel`."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for folder in folders:
-        path = f"{folder}/metrics.jsonl"
-        if not run.exists(path):
-            continue
-        records = [json.loads(line) for line in run.read_text(path).splitlines() if line]
-        ax = axes[1] if folder == "router" else axes[0]
-        ax.plot([r["step"] for r in records], [r["loss"] for r in records], label=folder)
-    axes[0].set(title="experts: flow-matching loss", xlabel="step", ylabel="MSE")
-    axes[1].set(title="router: cross-entropy", xlabel="step", ylabel="CE")
-    for ax in axes:
+def plot_loss_curves(run: RunDir, panels: dict[str, list[str]], rel: str) -> None:
+    """One panel per title, one line per training job folder in it (loss against step), saved as PNG at `rel`."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (title, folders) in zip(axes[0], panels.items()):
+        for folder in folders:
+            records = read_metrics(run, folder)
+            ax.plot([r["step"] for r in records], [r["loss"] for r in records], label=folder)
+        ax.set(title=title, xlabel="step", ylabel="loss")
         ax.grid(alpha=0.3)
-        if ax.lines:
+        if len(folders) > 1:
             ax.legend()
     buffer = io.BytesIO()
     fig.tight_layout()

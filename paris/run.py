@@ -6,6 +6,7 @@ after being killed) never sees half a file. Pointers such as experts/<k>/LATEST 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 
@@ -68,13 +69,20 @@ class RunDir:
     def read_text(self, rel: str) -> str:
         return self.read_bytes(rel).decode()
 
-    def save_tensors(self, rel: str, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+    def save_tensors(self, rel: str, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> str:
+        """Write tensors as safetensors; returns the file's sha256."""
         tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
         meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
-        self.write_bytes(rel, save_safetensors(tensors, metadata=meta))
+        data = save_safetensors(tensors, metadata=meta)
+        self.write_bytes(rel, data)
+        return hashlib.sha256(data).hexdigest()
 
-    def load_tensors(self, rel: str) -> dict[str, torch.Tensor]:
-        return load_safetensors(self.read_bytes(rel))
+    def load_tensors(self, rel: str, sha256: str | None = None) -> dict[str, torch.Tensor]:
+        """Read a safetensors file; with `sha256`, refuse one whose content does not match."""
+        data = self.read_bytes(rel)
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+            raise ParisError(f"{self.url}/{rel} is corrupt: its sha256 does not match the one recorded with it")
+        return load_safetensors(data)
 
     def append_line(self, rel: str, line: str) -> None:
         """Append one line to a log (JSONL metrics). Logs are the one kind of file not written atomically."""

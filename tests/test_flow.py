@@ -7,6 +7,11 @@ import torch
 
 from paris.errors import ParisError
 from paris.flow import euler_step, flow_matching_loss, interpolate, noisy_sample, sample_t, time_grid
+from paris.randomness import BatchRandom, SampleRandom
+
+
+def draws(n: int, seed: int) -> BatchRandom:
+    return BatchRandom(n, torch.Generator().manual_seed(seed))
 
 
 def _data(n=6, seed=0):
@@ -42,54 +47,62 @@ class ExactVelocity(torch.nn.Module):
 @pytest.mark.parametrize("distribution", ["logit-normal", "uniform"])
 def test_loss_target_is_noise_minus_x0(distribution):
     x0, _ = _data(n=64)
-    loss = flow_matching_loss(ExactVelocity(x0), x0, distribution, torch.Generator().manual_seed(1))
+    loss = flow_matching_loss(ExactVelocity(x0), x0, distribution, draws(64, 1))
     assert loss.item() < 1e-8
     # Opposite sign (x0 - noise) must be heavily penalised: the loss really compares against noise - x0.
-    flipped = flow_matching_loss(lambda x_t, t: -ExactVelocity(x0)(x_t, t), x0, distribution,
-                                 torch.Generator().manual_seed(1))
+    flipped = flow_matching_loss(lambda x_t, t: -ExactVelocity(x0)(x_t, t), x0, distribution, draws(64, 1))
     assert flipped.item() > 1.0
 
 
 def test_loss_of_zero_model_is_mean_square_of_target():
     """Reproduce the draws (t first, then noise, from the same generator) and check the exact value."""
     x0, _ = _data(n=16)
-    loss = flow_matching_loss(lambda x_t, t: torch.zeros_like(x_t), x0, "uniform", torch.Generator().manual_seed(3))
+    loss = flow_matching_loss(lambda x_t, t: torch.zeros_like(x_t), x0, "uniform", draws(16, 3))
     g = torch.Generator().manual_seed(3)
-    sample_t(16, "uniform", g)
+    torch.rand(16, generator=g)
     noise = torch.randn(x0.shape, generator=g)
     assert torch.allclose(loss, ((noise - x0) ** 2).mean())
 
 
 def test_noisy_sample_is_consistent():
     x0, _ = _data(n=8)
-    x_t, t, noise = noisy_sample(x0, "logit-normal", torch.Generator().manual_seed(0))
+    x_t, t, noise = noisy_sample(x0, "logit-normal", draws(8, 0))
     assert torch.allclose(x_t, interpolate(x0, noise, t))
     assert t.shape == (8,) and noise.shape == x0.shape
 
 
 @pytest.mark.parametrize("distribution", ["logit-normal", "uniform"])
 def test_sample_t_in_open_unit_interval(distribution):
-    t = sample_t(20_000, distribution, torch.Generator().manual_seed(0))
+    t = sample_t(distribution, draws(20_000, 0))
     assert t.shape == (20_000,)
     assert (t > 0).all() and (t < 1).all()
     assert abs(t.mean().item() - 0.5) < 0.02  # both are symmetric around 1/2
 
 
 def test_logit_normal_concentrates_in_the_middle():
-    g = torch.Generator().manual_seed(0)
     middle = lambda t: ((t > 0.25) & (t < 0.75)).float().mean().item()  # noqa: E731
-    assert middle(sample_t(20_000, "logit-normal", g)) > middle(sample_t(20_000, "uniform", g)) + 0.1
+    assert middle(sample_t("logit-normal", draws(20_000, 0))) > middle(sample_t("uniform", draws(20_000, 0))) + 0.1
 
 
 def test_sample_t_is_reproducible_from_the_generator():
-    a = sample_t(10, "logit-normal", torch.Generator().manual_seed(5))
-    b = sample_t(10, "logit-normal", torch.Generator().manual_seed(5))
-    assert torch.equal(a, b)
+    assert torch.equal(sample_t("logit-normal", draws(10, 5)), sample_t("logit-normal", draws(10, 5)))
+
+
+def test_sample_draws_do_not_depend_on_how_the_batch_is_split():
+    """Sample p of step s gets the same t and noise alone, in a micro-batch, or on another process."""
+    whole = SampleRandom(seed=7, step=3, positions=torch.arange(8))
+    t_whole, noise_whole = sample_t("logit-normal", whole), whole.normal(1, 4, 4)
+    halves = [SampleRandom(7, 3, torch.arange(0, 4)), SampleRandom(7, 3, torch.arange(4, 8))]
+    t_halves = torch.cat([sample_t("logit-normal", h) for h in halves])
+    assert torch.equal(t_whole, t_halves)
+    assert torch.equal(noise_whole, torch.cat([h.normal(1, 4, 4) for h in halves]))
+    assert not torch.equal(noise_whole[0], noise_whole[1])  # positions differ
+    assert not torch.equal(SampleRandom(7, 4, torch.arange(8)).normal(1, 4, 4), noise_whole)  # steps differ
 
 
 def test_unknown_t_distribution():
     with pytest.raises(ParisError, match="'cosine'"):
-        sample_t(4, "cosine", torch.Generator())
+        sample_t("cosine", draws(4, 0))
 
 
 def test_time_grid():

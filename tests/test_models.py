@@ -206,7 +206,7 @@ def run(request, tmp_path):
 @pytest.mark.parametrize("make", [_dit, lambda: randomize_zero_params(Router(SMALL_ROUTER), 1)])
 def test_save_load_round_trip_is_exact(run, make):
     model = make()
-    save_pretrained(run, "experts/0/final", model, info={"steps": 3})
+    save_pretrained(run, "experts/0/final", model, manifest={"steps": 3})
     loaded = load_pretrained(run, "experts/0/final")
     assert type(loaded) is type(model) and loaded.config == model.config
     assert not loaded.training
@@ -214,7 +214,8 @@ def test_save_load_round_trip_is_exact(run, make):
     assert state.keys() == loaded_state.keys()
     assert all(torch.equal(state[k], loaded_state[k]) for k in state)
     meta = run.read_json("experts/0/final/config.json")
-    assert meta["paris"] == {"steps": 3} and meta["_class_name"] == type(model).__name__
+    assert "paris" not in meta and meta["_class_name"] == type(model).__name__  # config.json stays the release's
+    assert run.read_json("experts/0/final/manifest.json") == {"steps": 3}
 
 
 def test_release_file_names(tmp_path):

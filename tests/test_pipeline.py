@@ -30,7 +30,7 @@ def mixture(trained):
 def test_trained_run_has_every_artifact(trained, config):
     run = RunDir(str(trained))
     for k in range(2):
-        assert run.read_json(f"experts/{k}/final/config.json")["paris"]["cluster"] == k
+        assert run.read_json(f"experts/{k}/final/manifest.json")["cluster"] == k
     router = load_pretrained(run, "router/final")
     assert isinstance(router, Router) and router.config.num_experts == 2 and router.config.text_dim == 0
     accuracy = run.read_json("router/accuracy.json")

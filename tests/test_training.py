@@ -16,10 +16,11 @@ from paris.models.io import load_pretrained
 from paris.partition import partition
 from paris.run import RunDir
 from paris.train.expert import train_expert
+from paris.train.metrics import read_metrics
 
 
 def _metrics(run, expert):
-    return [json.loads(line) for line in run.read_text(f"experts/{expert}/metrics.jsonl").splitlines()]
+    return read_metrics(run, f"experts/{expert}")
 
 
 def test_expert_writes_release_layout_and_nothing_outside_its_folder(partitioned, tmp_path, config):
@@ -32,17 +33,20 @@ def test_expert_writes_release_layout_and_nothing_outside_its_folder(partitioned
     changed = {p for p in after if before.get(p) != after[p]} | (before.keys() - after.keys())
     assert changed and all(p.startswith("experts/1/") for p in changed), sorted(changed)
     assert {"experts/1/final/config.json", "experts/1/final/diffusion_pytorch_model.safetensors",
-            "experts/1/LATEST", "experts/1/metrics.jsonl"} <= changed
+            "experts/1/final/manifest.json", "experts/1/LATEST", "experts/1/metrics/00000003.jsonl",
+            "experts/1/progress.json", "experts/1/loss.png"} <= changed
     assert run.read_json("experts/1/LATEST") == {"step": 3, "path": "ckpt/00000003"}
     assert run.list("experts/1/ckpt/00000003") == ["ema.safetensors", "model.safetensors", "optimizer.safetensors",
                                                    "state.json"]
     # pointers last: LATEST after its checkpoint files, config.json after the final weights
     assert writes.index("experts/1/LATEST") > writes.index("experts/1/ckpt/00000003/state.json")
-    assert writes[-1] == "experts/1/final/config.json"
+    final = [w for w in writes if w.startswith("experts/1/final/")]
+    assert final[-1] == "experts/1/final/config.json", final
 
     model = load_pretrained(run, "experts/1/final")
     assert isinstance(model, DiT) and model.config.in_channels == 1 and model.config.text_dim == 384
-    info = run.read_json("experts/1/final/config.json")["paris"]
+    info = run.read_json("experts/1/final/manifest.json")
+    assert info["steps"] == 3 and info["samples_seen"] == 3 * config.expert.batch_size
     part_meta = run.read_json("partition/meta.json")
     assert info["cluster"] == summary["cluster"] == 1
     assert info["partition_hash"] == part_meta["hash"] and info["cluster_size"] == part_meta["sizes"][1]
@@ -168,7 +172,8 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_previous_one(partitioned
     train_expert(run, cfg, 0)
     run.write_bytes("experts/0/ckpt/00000004/model.safetensors", b"cut short")
     train_expert(run, with_expert(cfg, steps=5), 0)
-    assert [m["step"] for m in _metrics(run, 0)] == [1, 2, 3, 4, 4, 5]  # steps 4 and 5 redone from step 3
+    # Steps 4 and 5 are redone from step 3; the redone step 4 replaces its record instead of doubling it.
+    assert [m["step"] for m in _metrics(run, 0)] == [1, 2, 3, 4, 5]
     assert run.read_json("experts/0/LATEST")["step"] == 5
 
 
@@ -187,11 +192,11 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
 
     calls: list[int] = []
 
-    def loss(model, index, generator):
+    def loss(model, index, random, device):
         calls.append(1)
         if len(calls) == 3:
             os.kill(os.getpid(), signal.SIGTERM)  # arrives during the third step
-        return flow_matching_loss(model, data[index], "uniform", generator, text=text[index])
+        return flow_matching_loss(model, data[index].to(device), "uniform", random, text=text[index].to(device))
 
     config = DiTConfig(input_size=8, in_channels=1, patch_size=4, hidden_size=16, depth=1, num_heads=2, text_dim=4)
     cfg = TrainConfig(steps=6, batch_size=4, checkpoint_every=100, log_every=1, threads=1)

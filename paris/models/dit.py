@@ -19,6 +19,7 @@ from paris.models.layers import (
     init_linear_layers,
     init_patch_embed,
     modulate,
+    run_block,
 )
 
 
@@ -86,7 +87,7 @@ class DiT(nn.Module):
         t6 = self.t_block(t_emb).view(b, 6, -1)
         text = self.text_proj(text.to(tokens.dtype))
         for block in self.blocks:
-            tokens = block(tokens, t6, text, text_mask)
+            tokens = run_block(self, block, tokens, t6, text, text_mask)
         return self.unpatchify(self.final_layer(tokens, t_emb), h, w)
 
     def unpatchify(self, tokens, h, w):

@@ -24,12 +24,13 @@ def weights_name(model: nn.Module) -> str:
     return MODELS[type(model).__name__][2]
 
 
-def save_pretrained(run: RunDir, folder: str, model: nn.Module, info: dict | None = None) -> None:
-    """Write `folder`/<weights> then `folder`/config.json (last: a folder with a config is complete)."""
-    name = type(model).__name__
+def save_pretrained(run: RunDir, folder: str, model: nn.Module, manifest: dict | None = None) -> None:
+    """Write `folder`/<weights>, manifest.json (how it was trained), then config.json: last, so a folder
+    with a config is complete."""
     run.save_tensors(f"{folder}/{weights_name(model)}", model.state_dict())
-    config = {"_class_name": name, **dataclasses.asdict(model.config), **({"paris": info} if info else {})}
-    run.write_json(f"{folder}/config.json", config)
+    if manifest is not None:
+        run.write_json(f"{folder}/manifest.json", manifest)
+    run.write_json(f"{folder}/config.json", {"_class_name": type(model).__name__, **dataclasses.asdict(model.config)})
 
 
 def load_pretrained(run: RunDir, folder: str) -> nn.Module:
@@ -37,7 +38,6 @@ def load_pretrained(run: RunDir, folder: str) -> nn.Module:
         raise ParisError(f"no trained model at {run.url}/{folder}; {_missing_hint(folder)}")
     config = run.read_json(f"{folder}/config.json")
     name = config.pop("_class_name", None)
-    config.pop("paris", None)
     if name not in MODELS:
         raise ParisError(f"{run.url}/{folder}/config.json names model class {name!r}; expected one of {', '.join(MODELS)}")
     model_cls, config_cls, weights = MODELS[name]

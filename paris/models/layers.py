@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -84,6 +85,14 @@ class Mlp(nn.Sequential):
     def __init__(self, dim: int, mlp_ratio: float):
         hidden = int(dim * mlp_ratio)
         super().__init__(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+
+
+def run_block(model: nn.Module, block: nn.Module, *args):
+    """block(*args), recomputed during backward instead of stored when the model trains with
+    `gradient_checkpointing` set (the training loop sets it from the config)."""
+    if getattr(model, "gradient_checkpointing", False) and model.training:
+        return checkpoint(block, *args, use_reentrant=False)
+    return block(*args)
 
 
 def init_linear_layers(module: nn.Module) -> None:

@@ -19,6 +19,7 @@ from paris.models.layers import (
     init_linear_layers,
     init_patch_embed,
     modulate,
+    run_block,
 )
 
 
@@ -72,7 +73,7 @@ class Router(nn.Module):
         if self.text_proj is not None:
             cond = cond + self.text_proj(_masked_mean(text, text_mask).to(cond.dtype))
         for block in self.blocks:
-            tokens = block(tokens, cond)
+            tokens = run_block(self, block, tokens, cond)
         return self.head(tokens[:, 0])
 
 

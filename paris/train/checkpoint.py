@@ -1,13 +1,16 @@
 """Training checkpoints in the run directory: safetensors for tensors, JSON for the rest, LATEST written last.
 
-    <folder>/ckpt/00001000/{model,ema,optimizer}.safetensors + state.json
+    <folder>/ckpt/00001000/{model,ema,optimizer}.safetensors + state.json (step, config, sha256 of each file)
     <folder>/LATEST  ->  {"step": 1000, "path": "ckpt/00001000"}
-A killed job leaves at worst a checkpoint folder without a LATEST pointing at it, which is ignored.
+A killed job leaves at worst a checkpoint folder without a LATEST pointing at it, which is ignored; a
+checkpoint whose files do not match their recorded hashes is skipped for the one before it. There is no
+RNG or data-loader state: every draw is a function of (seed, step) (paris.randomness).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 from safetensors import SafetensorError
@@ -24,10 +27,10 @@ def save_checkpoint(run: RunDir, folder: str, step: int, model: nn.Module, ema: 
                     optimizer: torch.optim.Optimizer, state: dict, keep: int) -> None:
     path = f"ckpt/{step:08d}"
     optim_tensors, param_groups = _flatten_optimizer(optimizer)
-    run.save_tensors(f"{folder}/{path}/model.safetensors", model.state_dict())
-    run.save_tensors(f"{folder}/{path}/ema.safetensors", ema.state_dict())
-    run.save_tensors(f"{folder}/{path}/optimizer.safetensors", optim_tensors)
-    run.write_json(f"{folder}/{path}/state.json", {**state, "step": step, "param_groups": param_groups})
+    parts = {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optim_tensors}
+    hashes = {part: run.save_tensors(f"{folder}/{path}/{part}.safetensors", tensors) for part, tensors in parts.items()}
+    run.write_json(f"{folder}/{path}/state.json",
+                   {**state, "step": step, "param_groups": param_groups, "sha256": hashes, "time": time.time()})
     run.write_json(f"{folder}/LATEST", {"step": step, "path": path})
     for old in run.list(f"{folder}/ckpt")[:-keep]:
         run.remove(f"{folder}/ckpt/{old}")
@@ -47,8 +50,9 @@ def load_latest(run: RunDir, folder: str, model: nn.Module, ema: nn.Module,
         path = f"{folder}/ckpt/{name}"
         try:
             state = run.read_json(f"{path}/state.json")
-            tensors = {part: run.load_tensors(f"{path}/{part}.safetensors") for part in ("model", "ema", "optimizer")}
-        except (ParisError, SafetensorError, ValueError) as e:
+            tensors = {part: run.load_tensors(f"{path}/{part}.safetensors", digest)
+                       for part, digest in state["sha256"].items()}
+        except (ParisError, SafetensorError, ValueError, KeyError) as e:
             log.warning("skipping unreadable checkpoint %s/%s: %s", run.url, path, e)
             continue
         _check_identity(state.get("identity", {}), identity, f"{run.url}/{path}")

@@ -36,11 +36,12 @@ def train_expert(run: RunDir, config: RunConfig, expert: int) -> dict:
     console.print(f"[bold]expert {expert}[/]: {len(members)} images, "
                   f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {cfg.steps} steps")
 
-    def loss(model, index, generator):
+    def loss(model, index, random, device):
         ids = caption_ids[index]
-        dropped = torch.rand(len(ids), generator=generator) < cfg.caption_dropout
+        dropped = random.uniform() < cfg.caption_dropout
         text, mask = store.text(torch.where(dropped, EMPTY_CAPTION_ID, ids))
-        return flow_matching_loss(model, latents[index], cfg.t_distribution, generator, text=text, text_mask=mask)
+        return flow_matching_loss(model, latents[index].to(device), cfg.t_distribution, random,
+                                  text=text.to(device), text_mask=mask.to(device))
 
     identity = {"cluster": expert, "partition_hash": part.meta["hash"], "cluster_size": len(members)}
     return train(run, Job(f"expert {expert}", f"experts/{expert}", model, loss, len(members), identity), cfg)

@@ -1,36 +1,47 @@
-"""The one training loop, used for every expert and for the router: AdamW, EMA, checkpoints, resume, logs.
+"""The one training loop, used for every expert and for the router.
 
-All randomness of step s (which samples, which t, which noise, which captions dropped) comes from a
-generator seeded by (seed, s), so a job resumed from a checkpoint continues exactly as if it had never
-stopped, with no RNG or data-loader state to save.
+One step = one global batch of `batch_size` samples, whatever the hardware: under torchrun each of the W
+processes takes batch_size / W of them, in micro-batches of `micro_batch_size` with gradient accumulation.
+AdamW with fp32 master weights, bf16 autocast on GPU, EMA, grad-norm clipping, checkpoints (every N steps
+and on SIGTERM/SIGINT), automatic resume, metrics. Randomness comes from paris.randomness, so a resumed
+job and a job on other hardware follow the very same optimisation.
+
+    python -m paris train-expert RUN --expert 0                              # one CPU or GPU
+    torchrun --nproc-per-node=8 -m paris train-expert RUN --expert 0         # 8 GPUs, same result
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import hashlib
 import json
 import signal
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Callable
 
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from paris.config import TrainConfig
 from paris.errors import ParisError
 from paris.models.io import save_pretrained
+from paris.plots import plot_loss_curves
+from paris.randomness import EpochBatches, SampleRandom
 from paris.run import RunDir
+from paris.train import distributed
 from paris.train.checkpoint import load_latest, save_checkpoint
+from paris.train.metrics import MetricsLog
 
 console = Console(stderr=True)
 
-# (model, indices of this step's samples, this step's generator) -> scalar loss
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Generator], torch.Tensor]
+# (model, sample indices of this micro-batch, their random draws, device) -> mean loss of the micro-batch
+LossFn = Callable[[nn.Module, torch.Tensor, SampleRandom, torch.device], torch.Tensor]
 
 
 @dataclass
@@ -43,86 +54,113 @@ class Job:
     identity: dict  # what a checkpoint must match to be resumed (cluster, partition hash, ...)
 
 
-class EpochBatches:
-    """Batch `step` as a pure function of (seed, step): every epoch is a fresh permutation of the samples."""
-
-    def __init__(self, num_samples: int, batch_size: int, seed: int):
-        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
-
-    def __call__(self, step: int) -> torch.Tensor:
-        positions = torch.arange(step * self.batch_size, (step + 1) * self.batch_size)
-        epochs, offsets = positions // self.num_samples, positions % self.num_samples
-        return torch.stack([self._permutation(int(e))[int(o)] for e, o in zip(epochs, offsets)])
-
-    @lru_cache(maxsize=2)
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        return torch.randperm(self.num_samples, generator=step_generator(self.seed, epoch))
-
-
-def step_generator(seed: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
-
-
 def train(run: RunDir, job: Job, cfg: TrainConfig) -> dict:
-    """Train `job.model` for cfg.steps steps (resuming if a checkpoint exists); export the EMA to <folder>/final."""
-    _check(cfg)
+    """Train for cfg.steps steps (resuming if a checkpoint exists); rank 0 exports the EMA to <folder>/final."""
+    dist = distributed.setup()
+    micro, accumulation = micro_batches(cfg, dist.world_size)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    model = job.model.train()
+    if dist.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    model = job.model.to(dist.device).train()
+    model.gradient_checkpointing = cfg.gradient_checkpointing
     ema = copy.deepcopy(model).requires_grad_(False).eval()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    identity = {**job.identity, "model": dataclasses.asdict(model.config)}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  fused=dist.device.type == "cuda")
+    identity = {**job.identity, "model": dataclasses.asdict(model.config), "batch_size": cfg.batch_size,
+                "seed": cfg.seed}
     saved = load_latest(run, job.folder, model, ema, optimizer, identity)
     start = saved["step"] if saved else 0
     if start > cfg.steps:
         raise ParisError(f"{job.name}: its checkpoint is at step {start}, past the {cfg.steps} steps asked for; "
                          f"ask for at least {start} steps or delete {run.url}/{job.folder} to start over")
-    if saved:
+    if saved and dist.is_main:
         console.print(f"{job.name}: resuming from step {start}")
+    forward = DistributedDataParallel(model) if dist.world_size > 1 else model
+    forward = torch.compile(forward) if cfg.compile else forward
+    autocast = _autocast(cfg.precision, dist.device)
     batches = EpochBatches(job.num_samples, cfg.batch_size, cfg.seed)
+    metrics = MetricsLog(run, job.folder, cfg.tensorboard) if dist.is_main else None
+    last_loss = saved["loss"] if saved else float("nan")
 
     def checkpoint(step: int) -> None:
-        save_checkpoint(run, job.folder, step, model, ema, optimizer,
-                        {"identity": identity, "config": dataclasses.asdict(cfg), "loss": last_loss},
-                        cfg.keep_checkpoints)
+        if dist.is_main:
+            metrics.flush(step)
+            save_checkpoint(run, job.folder, step, model, ema, optimizer,
+                            {"identity": identity, "config": dataclasses.asdict(cfg), "loss": last_loss},
+                            cfg.keep_checkpoints)
 
     stop = _StopFlag()
-    window, last_loss, window_start = [], saved["loss"] if saved else float("nan"), time.perf_counter()
-    with stop, _progress(job.name, cfg.steps, start) as (bar, task):
+    losses, window_start = [], time.perf_counter()
+    with stop, _progress(job.name, cfg.steps, start, enabled=dist.is_main) as (bar, task):
         for step in range(start, cfg.steps):
-            generator = step_generator(cfg.seed, step)
-            loss = job.loss(model, batches(step), generator)
+            index = batches(step)
+            mine = torch.arange(dist.rank * micro * accumulation, (dist.rank + 1) * micro * accumulation)
+            total = torch.zeros((), device=dist.device)
+            for i in range(accumulation):
+                positions = mine[i * micro : (i + 1) * micro]
+                # Gradients are all-reduced only on the last micro-batch of the step.
+                sync = contextlib.nullcontext() if i == accumulation - 1 or dist.world_size == 1 else forward.no_sync()
+                with sync, autocast:
+                    loss = job.loss(forward, index[positions], SampleRandom(cfg.seed, step, positions), dist.device)
+                    (loss / accumulation).backward()
+                total += loss.detach() / accumulation
+            loss = dist.mean(total)
             if not torch.isfinite(loss):
                 raise ParisError(f"{job.name}: loss became {loss.item()} at step {step + 1}; training stopped, "
                                  f"checkpoints made before it are kept under {run.url}/{job.folder}/ckpt (try a lower lr)")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+                group["lr"] = learning_rate(cfg, step)
             optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
             _update_ema(ema, model, cfg.ema_decay, step)
-            window.append(loss.item())
+            losses.append(loss.item())
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
-                elapsed = time.perf_counter() - window_start
-                last_loss = sum(window) / len(window)
-                record = {"step": done, "loss": last_loss, "lr": optimizer.param_groups[0]["lr"],
-                          "grad_norm": float(grad_norm), "samples_per_s": len(window) * cfg.batch_size / elapsed,
-                          "time": time.time()}
-                run.append_line(f"{job.folder}/metrics.jsonl", json.dumps(record))
-                bar.update(task, completed=done, loss=last_loss, rate=record["samples_per_s"])
-                if not console.is_terminal:
-                    console.print(f"{job.name}: step {done}/{cfg.steps} loss {last_loss:.4f}")
-                window, window_start = [], time.perf_counter()
-            if done % cfg.checkpoint_every == 0 or done == cfg.steps or stop.requested:
+                last_loss = sum(losses) / len(losses)
+                rate = len(losses) * cfg.batch_size / (time.perf_counter() - window_start)
+                if dist.is_main:
+                    metrics.log({"step": done, "loss": last_loss, "lr": learning_rate(cfg, step),
+                                 "grad_norm": float(grad_norm), "samples_per_s": rate, "time": time.time()})
+                    bar.update(task, completed=done, loss=last_loss, rate=rate)
+                    if not console.is_terminal:
+                        console.print(f"{job.name}: step {done}/{cfg.steps} loss {last_loss:.4f} {rate:.0f} samples/s")
+                losses, window_start = [], time.perf_counter()
+            stopping = dist.any(stop.requested)
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping:
                 checkpoint(done)
-            if stop.requested:
+            if stopping:
+                dist.barrier()
                 raise ParisError(f"{job.name}: stopped by signal at step {done}; checkpoint saved, "
                                  "run the same command again to resume")
-    summary = {"steps": cfg.steps, "samples_seen": cfg.steps * cfg.batch_size, "final_loss": last_loss, **job.identity}
-    save_pretrained(run, f"{job.folder}/final", ema, info=summary)
+    summary = {"steps": cfg.steps, "samples_seen": cfg.steps * cfg.batch_size, "final_loss": last_loss,
+               "config_hash": _hash(dataclasses.asdict(cfg)), **job.identity}
+    if dist.is_main:
+        save_pretrained(run, f"{job.folder}/final", ema, manifest=summary)
+        plot_loss_curves(run, {f"{job.name}: training loss": [job.folder]}, f"{job.folder}/loss.png")
+    dist.barrier()
+    distributed.teardown()
     return summary
+
+
+def micro_batches(cfg: TrainConfig, world_size: int) -> tuple[int, int]:
+    """(micro-batch size, accumulation steps) for this machine; refuses splits that do not divide evenly."""
+    _check(cfg)
+    if cfg.batch_size % world_size:
+        raise ParisError(f"the global batch {cfg.batch_size} does not split over {world_size} processes; "
+                         f"choose a batch_size divisible by {world_size}")
+    per_process = cfg.batch_size // world_size
+    micro = cfg.micro_batch_size or per_process
+    if per_process % micro:
+        raise ParisError(f"micro_batch_size {micro} does not divide the {per_process} samples each of the "
+                         f"{world_size} processes gets per step; choose a divisor of {per_process}")
+    return micro, per_process // micro
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Constant after an optional linear warm-up (DiT/DDM use a constant 1e-4)."""
+    return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
 
 
 def _check(cfg: TrainConfig) -> None:
@@ -130,8 +168,17 @@ def _check(cfg: TrainConfig) -> None:
     for name in ("batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
         if getattr(cfg, name) < 1:
             raise ParisError(f"{name} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.steps < 0 or not 0 <= cfg.caption_dropout <= 1:
-        raise ParisError(f"need steps >= 0 and 0 <= caption_dropout <= 1, got {cfg.steps} and {cfg.caption_dropout}")
+    if cfg.steps < 0 or cfg.micro_batch_size < 0 or not 0 <= cfg.caption_dropout <= 1:
+        raise ParisError("need steps >= 0, micro_batch_size >= 0 and 0 <= caption_dropout <= 1, got "
+                         f"{cfg.steps}, {cfg.micro_batch_size} and {cfg.caption_dropout}")
+    if cfg.precision not in ("auto", "bf16", "fp32"):
+        raise ParisError(f"unknown precision {cfg.precision!r}; choose auto, bf16 or fp32")
+
+
+def _autocast(precision: str, device: torch.device):
+    """bf16 autocast (fp32 master weights, no loss scaling needed) on GPU by default; fp32 on CPU."""
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 @torch.no_grad()
@@ -140,6 +187,10 @@ def _update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> No
     decay = min(decay, (1 + step) / (10 + step))
     for e, p in zip(ema.parameters(), model.parameters()):
         e.lerp_(p.detach(), 1 - decay)
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class _StopFlag:
@@ -159,20 +210,14 @@ class _StopFlag:
         self.requested = True
 
 
-class _progress:
-    """A rich progress bar (step, loss, samples/s, ETA) that stays quiet when output is not a terminal."""
-
-    def __init__(self, name: str, total: int, start: int):
-        self.bar = Progress(
-            TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.0f} samples/s"),
-            TimeRemainingColumn(), console=console, disable=not console.is_terminal,
-        )
-        self.task = self.bar.add_task(name, total=total, completed=start, loss=float("nan"), rate=0.0)
-
-    def __enter__(self):
-        self.bar.__enter__()
-        return self.bar, self.task
-
-    def __exit__(self, *exc):
-        self.bar.__exit__(*exc)
+@contextlib.contextmanager
+def _progress(name: str, total: int, start: int, enabled: bool):
+    """A rich progress bar (step, loss, samples/s, ETA), shown on rank 0 when output is a terminal."""
+    bar = Progress(
+        TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.0f} samples/s"),
+        TimeRemainingColumn(), console=console, disable=not (enabled and console.is_terminal),
+    )
+    task = bar.add_task(name, total=total, completed=start, loss=float("nan"), rate=0.0)
+    with bar:
+        yield bar, task

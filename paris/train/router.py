@@ -23,7 +23,8 @@ from paris.models.io import load_pretrained
 from paris.models.router import Router
 from paris.partition import load_partition
 from paris.run import RunDir
-from paris.train.loop import Job, step_generator, train
+from paris.randomness import BatchRandom, step_generator
+from paris.train.loop import Job, train
 
 console = Console(stderr=True)
 T_BANDS = [(0.0, 0.2), (0.2, 0.4), (0.4, 0.6), (0.6, 0.8), (0.8, 1.0)]
@@ -32,7 +33,7 @@ T_BANDS = [(0.0, 0.2), (0.2, 0.4), (0.4, 0.6), (0.6, 0.8), (0.8, 1.0)]
 def train_router(run: RunDir, config: RunConfig) -> dict:
     cfg = config.router
     store, part = load_store(run), load_partition(run)
-    order = torch.randperm(len(store), generator=step_generator(cfg.seed, -1))
+    order = torch.randperm(len(store), generator=step_generator(cfg.seed, -1, -1))
     n_val = max(1, int(len(store) * cfg.val_fraction)) if len(store) > 1 else 0
     val, train_index = order[:n_val], order[n_val:]
     c, h, _ = store.manifest["latent_shape"]
@@ -44,10 +45,11 @@ def train_router(run: RunDir, config: RunConfig) -> dict:
                   f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {steps} steps")
     targets = part.assignments
 
-    def loss(model, index, generator):
+    def loss(model, index, random, device):
         rows = train_index[index]
-        x_t, t, _ = noisy_sample(store.latents[rows], cfg.t_distribution, generator)
-        return F.cross_entropy(model(x_t, t, **_text(store, rows, cfg.use_text)), targets[rows])
+        x_t, t, _ = noisy_sample(store.latents[rows].to(device), cfg.t_distribution, random)
+        text = {k: v.to(device) for k, v in _text(store, rows, cfg.use_text).items()}
+        return F.cross_entropy(model(x_t, t, **text).float(), targets[rows].to(device))
 
     identity = {"partition_hash": part.meta["hash"], "num_experts": part.num_clusters}
     job = Job("router", "router", model, loss, len(train_index), identity)
@@ -65,12 +67,12 @@ def router_accuracy(model: Router, store: Store, rows: torch.Tensor, targets: to
     if len(rows) == 0:
         raise ParisError("no held-out images to measure the router on; raise router.val_fraction")
     model.eval()
-    generator = step_generator(seed, -2)
+    random = BatchRandom(len(rows), step_generator(seed, -2, -2))
     bands = {}
     for lo, hi in T_BANDS:
         x0 = store.latents[rows]
-        t = lo + (hi - lo) * torch.rand(len(rows), generator=generator)
-        x_t = interpolate(x0, torch.randn(x0.shape, generator=generator), t)
+        t = lo + (hi - lo) * random.uniform()
+        x_t = interpolate(x0, random.normal(*x0.shape[1:]), t)
         predicted = model(x_t, t, **_text(store, rows, use_text)).argmax(1)
         bands[f"{lo:.1f}-{hi:.1f}"] = (predicted == targets).float().mean().item()
     largest = torch.bincount(targets).max().item() / len(targets)
