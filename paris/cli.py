@@ -6,11 +6,14 @@
     paris train-expert RUN -e K  train expert K on cluster K (run K of these anywhere, in any order)
     paris train-router RUN       train the router that mixes the experts
     paris generate RUN -p TEXT   sample images
+    paris launch RUN -b BACKEND  start every expert's job: local, slurm, ray or skypilot
+    paris status RUN             where every expert and the router stand
     paris demo                   all of the above on Fashion-MNIST
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -123,6 +126,82 @@ def generate(
     out.parent.mkdir(parents=True, exist_ok=True)
     grid(images, rows=len(prompt), labels=prompt if len(prompt) > 1 else None, scale=4).save(out)
     typer.echo(f"wrote {out} ({len(prompts)} images, strategy {strategy})")
+
+
+@app.command()
+def launch(
+    run: str = RUN,
+    backend: str = typer.Option("local", "--backend", "-b", help="local, slurm, ray or skypilot."),
+    experts: Optional[str] = typer.Option(None, help="Comma-separated experts to launch (default: all K)."),
+    jobs: int = typer.Option(0, help="local: experts trained at once (default: one per GPU group, else per CPU core)."),
+    gpus: Optional[str] = typer.Option(None, help="local: GPU ids to share out, e.g. 0,1,2,3."),
+    gpus_per_expert: int = typer.Option(1, help="GPUs per expert (torchrun inside the expert when > 1)."),
+    nodes: int = typer.Option(1, help="slurm/skypilot: nodes per expert."),
+    time_limit: str = typer.Option("24:00:00", help="slurm: time limit per array task."),
+    slurm_partition: str = typer.Option("", help="slurm: partition to submit to."),
+    accelerators: str = typer.Option("A100:1", help="skypilot: accelerators per node, e.g. H100:8."),
+    ray_address: str = typer.Option("auto", help="ray: address of the cluster (auto = the one this machine is in)."),
+    out: Path = typer.Option(Path("launch"), help="slurm/skypilot: where to write the scripts; local: logs."),
+    submit: bool = typer.Option(False, help="slurm/skypilot: also submit what was written."),
+    set: list[str] = SET,
+):
+    """Start one independent training job per expert; one failed expert never stops the others."""
+    from paris.launch import BACKENDS, local, skypilot, slurm
+    from paris.launch.ray import launch_ray
+
+    if backend not in BACKENDS:
+        raise ParisError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    run_dir, cfg = _config(run, set)
+    num_experts = run_dir.read_json("partition/meta.json")["num_clusters"]
+    chosen = _expert_list(experts, num_experts)
+    if backend == "slurm":
+        path = slurm.write_sbatch(run, chosen, out, set, nodes, gpus_per_expert, time_limit, slurm_partition)
+        typer.echo(f"wrote {path}" + (f"; {slurm.submit(path)}" if submit else f"; submit it with: sbatch {path}"))
+        return
+    if backend == "skypilot":
+        paths = skypilot.write_tasks(run, chosen, out, set, accelerators, nodes)
+        typer.echo("wrote " + ", ".join(map(str, paths)))
+        if submit:
+            skypilot.submit(paths)
+        return
+    if backend == "ray":
+        codes = launch_ray(run, chosen, set, ray_address, gpus_per_expert if gpus else 0)
+    else:
+        gpu_ids = gpus.split(",") if gpus else []
+        codes = local.launch_local(run_dir, chosen, cfg.expert.steps, jobs or min(len(chosen), os.cpu_count() or 1),
+                                   set, out, gpu_ids, gpus_per_expert)
+    failed = sorted(k for k, code in codes.items() if code != 0)
+    if failed:
+        raise ParisError(f"experts {failed} failed (the others finished); rerun `paris launch` to resume them")
+    typer.echo(f"all {len(chosen)} experts done")
+
+
+@app.command()
+def status(run: str = RUN, json_output: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")):
+    """A table of every expert and the router: step, loss, samples/s, last checkpoint, done/running/stale."""
+    import json
+
+    from paris.run import RunDir
+    from paris.status import print_status, run_status
+
+    rows = run_status(RunDir(run))
+    if json_output:
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        print_status(rows, run)
+
+
+def _expert_list(text: str | None, num_experts: int) -> list[int]:
+    if text is None:
+        return list(range(num_experts))
+    try:
+        chosen = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ParisError(f"--experts must be comma-separated numbers, got {text!r}") from None
+    wrong = [k for k in chosen if not 0 <= k < num_experts]
+    if wrong:
+        raise ParisError(f"experts {wrong} do not exist: the partition has experts 0..{num_experts - 1}")
+    return chosen
 
 
 @app.command()

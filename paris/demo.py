@@ -22,7 +22,7 @@ from paris.data.prepare import prepare
 from paris.errors import ParisError
 from paris.evaluate import accuracy, train_classifier
 from paris.images import grid, save_png
-from paris.launch import launch_local
+from paris.launch.local import launch_local
 from paris.partition import partition
 from paris.plots import plot_loss_curves
 from paris.routing import STRATEGIES

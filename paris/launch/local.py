@@ -1,0 +1,79 @@
+"""The `local` backend: the K per-expert jobs as independent OS processes on this machine.
+
+Each process shares nothing with the others but the files it reads, and one that fails does not stop the
+rest. With GPUs, each running process gets its own group of them through CUDA_VISIBLE_DEVICES.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from paris.errors import ParisError
+from paris.launch import train_command
+from paris.run import RunDir
+
+console = Console(stderr=True)
+
+
+def launch_local(run: RunDir, experts: list[int], total_steps: int, jobs: int, overrides: list[str] = (),
+                 log_dir: Path | None = None, gpus: list[str] = (), gpus_per_expert: int = 1) -> dict[int, int]:
+    """Train `experts`, at most `jobs` at once (or one per GPU group); returns each expert's exit code."""
+    slots = gpu_groups(gpus, gpus_per_expert) if gpus else [None] * jobs
+    if not slots:
+        raise ParisError(f"the number of experts trained at once must be at least 1, got {jobs}")
+    log_dir = log_dir or Path("logs")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    pending, running, codes, free = list(experts), {}, {}, list(slots)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[status]}"))
+    with Progress(*columns, console=console) as progress:
+        tasks = {k: progress.add_task(f"expert {k}", total=total_steps, status="waiting") for k in experts}
+        while pending or running:
+            while pending and free:
+                k, slot = pending.pop(0), free.pop(0)
+                running[k] = (_start(run, k, overrides, log_dir / f"expert_{k}.log", slot), slot)
+                progress.update(tasks[k], status="running" + (f" on GPU {slot}" if slot else ""))
+            for k, (process, slot) in list(running.items()):
+                progress.update(tasks[k], completed=_last_step(run, k))
+                if process.poll() is not None:
+                    codes[k] = process.returncode
+                    del running[k]
+                    free.append(slot)
+                    status = "done" if codes[k] == 0 else f"[red]failed (exit {codes[k]}), see {log_dir}/expert_{k}.log"
+                    progress.update(tasks[k], completed=_last_step(run, k), status=status)
+            time.sleep(0.5)
+    return codes
+
+
+def gpu_groups(gpus: list[str], per_expert: int) -> list[str]:
+    """Split GPU ids into CUDA_VISIBLE_DEVICES values of `per_expert` GPUs each: 0,1,2,3 by 2 -> "0,1", "2,3"."""
+    if per_expert < 1 or len(gpus) % per_expert:
+        raise ParisError(f"{len(gpus)} GPUs cannot be split into groups of {per_expert}; "
+                         "give a number of GPUs that is a multiple of --gpus-per-expert")
+    return [",".join(gpus[i : i + per_expert]) for i in range(0, len(gpus), per_expert)]
+
+
+def _start(run: RunDir, expert: int, overrides, log_path: Path, gpu_group: str | None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    nproc = 1
+    if gpu_group is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu_group
+        nproc = len(gpu_group.split(","))
+    # Each group gets its own rendezvous port so that two torchrun jobs on one machine never meet.
+    torchrun_args = [f"--master-port={29500 + expert}"] if nproc > 1 else []
+    command = train_command(run.url, expert, overrides, sys.executable, nproc, torchrun_args)
+    with open(log_path, "a") as log:  # the child keeps its own handle
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def _last_step(run: RunDir, expert: int) -> int:
+    """The newest logged step of an expert (0 before its first log line)."""
+    path = f"experts/{expert}/progress.json"
+    return run.read_json(path)["step"] if run.exists(path) else 0
