@@ -135,7 +135,8 @@ def launch(
     experts: Optional[str] = typer.Option(None, help="Comma-separated experts to launch (default: all K)."),
     jobs: int = typer.Option(0, help="local: experts trained at once (default: one per GPU group, else per CPU core)."),
     gpus: Optional[str] = typer.Option(None, help="local: GPU ids to share out, e.g. 0,1,2,3."),
-    gpus_per_expert: int = typer.Option(1, help="GPUs per expert (torchrun inside the expert when > 1)."),
+    gpus_per_expert: int = typer.Option(0, help="GPUs per expert; torchrun inside the expert when > 1 "
+                                             "(default: 1 on slurm/skypilot or with --gpus, else 0 = CPU)."),
     nodes: int = typer.Option(1, help="slurm/skypilot: nodes per expert."),
     time_limit: str = typer.Option("24:00:00", help="slurm: time limit per array task."),
     slurm_partition: str = typer.Option("", help="slurm: partition to submit to."),
@@ -154,8 +155,9 @@ def launch(
     run_dir, cfg = _config(run, set)
     num_experts = run_dir.read_json("partition/meta.json")["num_clusters"]
     chosen = _expert_list(experts, num_experts)
+    per_expert = gpus_per_expert or (1 if gpus or backend in ("slurm", "skypilot") else 0)
     if backend == "slurm":
-        path = slurm.write_sbatch(run, chosen, out, set, nodes, gpus_per_expert, time_limit, slurm_partition)
+        path = slurm.write_sbatch(run, chosen, out, set, nodes, per_expert, time_limit, slurm_partition)
         typer.echo(f"wrote {path}" + (f"; {slurm.submit(path)}" if submit else f"; submit it with: sbatch {path}"))
         return
     if backend == "skypilot":
@@ -165,11 +167,11 @@ def launch(
             skypilot.submit(paths)
         return
     if backend == "ray":
-        codes = launch_ray(run, chosen, set, ray_address, gpus_per_expert if gpus else 0)
+        codes = launch_ray(run, chosen, set, ray_address, per_expert)
     else:
         gpu_ids = gpus.split(",") if gpus else []
         codes = local.launch_local(run_dir, chosen, cfg.expert.steps, jobs or min(len(chosen), os.cpu_count() or 1),
-                                   set, out, gpu_ids, gpus_per_expert)
+                                   set, out, gpu_ids, per_expert)
     failed = sorted(k for k, code in codes.items() if code != 0)
     if failed:
         raise ParisError(f"experts {failed} failed (the others finished); rerun `paris launch` to resume them")

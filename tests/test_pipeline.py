@@ -11,7 +11,7 @@ from conftest import NUM_IMAGES, copy_run, randomize_zero_params, run_cli
 from paris.config import DiTConfig, RouterConfig
 from paris.data.encoders import IdentityAutoencoder
 from paris.flow import euler_step, time_grid
-from paris.launch import launch_local
+from paris.launch.local import launch_local
 from paris.models.dit import DiT
 from paris.models.io import load_pretrained
 from paris.models.router import Router
