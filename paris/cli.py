@@ -99,33 +99,50 @@ def train_router(run: str = RUN, set: list[str] = SET):
 
 @app.command()
 def generate(
-    run: str = typer.Argument("runs/demo", help="Run directory with trained experts and router."),
+    run: str = typer.Argument("runs/demo", help="A run directory, or a pipeline folder written by save_pretrained."),
     prompt: list[str] = typer.Option([], "--prompt", "-p", help="A text prompt (repeatable)."),
-    strategy: Optional[str] = typer.Option(None, help="Routing rule: top1, top2 or full (default: sample.strategy)."),
+    strategy: Optional[str] = typer.Option(None, help="Routing rule: top1, top2, topk:K, full, sample-k:K, "
+                                           "nucleus:P, threshold:TAU, oracle:EXPERT (default: sample.strategy)."),
     num: int = typer.Option(1, help="Images per prompt."),
-    steps: Optional[int] = typer.Option(None, help="Euler steps (default: sample.steps, 50)."),
+    steps: Optional[int] = typer.Option(None, help="Sampling steps (default: sample.steps, 50)."),
     guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (default: sample.guidance)."),
+    guidance_mode: str = typer.Option("per-expert", help="Apply guidance per-expert before mixing (Paris) or after."),
+    sampler: str = typer.Option("euler", help="euler or heun."),
+    shift: float = typer.Option(1.0, help="Time shift (> 1: more steps at high noise)."),
     seed: Optional[int] = typer.Option(None, help="Random seed (default: sample.seed)."),
+    max_resident_experts: int = typer.Option(0, help="Keep at most this many experts in memory (0 = all)."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    show_routing: bool = typer.Option(False, help="Also write a steps x experts heatmap per prompt and the weights as JSON."),
     out: Path = typer.Option(Path("samples.png"), help="PNG to write: one row per prompt."),
 ):
     """Generate images from text prompts with the mixture of experts."""
+    from paris.config import SampleConfig
     from paris.images import grid
-    from paris.routing import check_strategy
-    from paris.sample import generate as sample, load_mixture
+    from paris.pipeline import ParisPipeline
+    from paris.routing import parse_strategy
 
     if not prompt:
         raise ParisError("no prompts given; pass at least one --prompt \"a photo of a sneaker\"")
     if num < 1:
         raise ParisError(f"--num must be at least 1, got {num}")
-    run_dir, cfg = _config(run, [])
-    s = cfg.sample
-    strategy = check_strategy(strategy or s.strategy)
+    from paris.run import RunDir
+
+    is_run = RunDir(run).exists("config.yaml")
+    s = RunDir(run).read_config().sample if is_run else SampleConfig()
+    strategy = str(parse_strategy(strategy or s.strategy))
+    pipe = (ParisPipeline.from_run if is_run else ParisPipeline.from_pretrained)(run, max_resident_experts, device)
     prompts = [p for p in prompt for _ in range(num)]
-    images, _ = sample(load_mixture(run_dir), prompts, strategy, steps or s.steps,
-                       s.guidance if guidance is None else guidance, s.seed if seed is None else seed)
+    images, stats = pipe.generate(prompts, strategy=strategy, steps=steps or s.steps,
+                                  guidance=s.guidance if guidance is None else guidance, seed=s.seed if seed is None else seed,
+                                  sampler=sampler, shift=shift, guidance_mode=guidance_mode, trace=show_routing)
     out.parent.mkdir(parents=True, exist_ok=True)
     grid(images, rows=len(prompt), labels=prompt if len(prompt) > 1 else None, scale=4).save(out)
-    typer.echo(f"wrote {out} ({len(prompts)} images, strategy {strategy})")
+    typer.echo(f"wrote {out} ({len(prompts)} images, strategy {strategy}, "
+               f"{stats['expert_passes_per_image']:.2f} expert passes per image and step)")
+    if show_routing:
+        from paris.plots import write_routing
+
+        typer.echo("wrote " + ", ".join(write_routing(stats["routing"], prompts, out.with_suffix(""))))
 
 
 @app.command()

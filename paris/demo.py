@@ -25,12 +25,13 @@ from paris.images import grid, save_png
 from paris.launch.local import launch_local
 from paris.partition import partition
 from paris.plots import plot_loss_curves
-from paris.routing import STRATEGIES
 from paris.run import RunDir
-from paris.sample import generate, load_mixture
+from paris.pipeline import ParisPipeline
+from paris.sample import generate
 from paris.train.router import train_router
 
 console = Console(stderr=True)
+DEMO_STRATEGIES = ("top1", "top2", "full")
 
 
 def demo_config(data: str = DataConfig.path) -> RunConfig:
@@ -75,11 +76,11 @@ def run_demo(out: str = "runs/demo", config: RunConfig | None = None, jobs: int 
     classifier = train_classifier(train_images, train_labels, epochs=classifier_epochs)
     classifier_accuracy = accuracy(classifier, test_images, test_labels)
 
-    mixture = load_mixture(run)
+    mixture = ParisPipeline.from_run(out).mixture
     classes = torch.arange(len(fashion_mnist.CLASSES)).repeat_interleave(images_per_prompt)
     prompts = [fashion_mnist.class_prompt(int(c)) for c in classes]
     results = {}
-    for strategy in STRATEGIES:
+    for strategy in DEMO_STRATEGIES:
         tick = time.perf_counter()
         images, stats = generate(mixture, prompts, strategy, config.sample.steps, config.sample.guidance, config.sample.seed)
         seconds = (time.perf_counter() - tick) / len(prompts)

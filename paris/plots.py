@@ -29,3 +29,26 @@ def plot_loss_curves(run: RunDir, panels: dict[str, list[str]], rel: str) -> Non
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     run.write_bytes(rel, buffer.getvalue())
+
+
+def write_routing(routing, prompts: list[str], stem) -> list[str]:
+    """For each image, a heatmap of its expert weights (rows: sampling steps, columns: experts) as
+    <stem>_routing_<i>.png, and all weights as <stem>_routing.json. Returns the paths written."""
+    import json
+    from pathlib import Path
+
+    stem = Path(stem)
+    paths = []
+    for i, (weights, prompt) in enumerate(zip(routing, prompts)):
+        fig, ax = plt.subplots(figsize=(2.5 + 0.5 * weights.shape[1], 4))
+        image = ax.imshow(weights.numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        ax.set(title=prompt[:40], xlabel="expert", ylabel="router call (t = 1 at the top)", xticks=range(weights.shape[1]))
+        fig.colorbar(image, ax=ax, label="weight")
+        fig.tight_layout()
+        path = f"{stem}_routing_{i}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    json_path = f"{stem}_routing.json"
+    Path(json_path).write_text(json.dumps({"prompts": prompts, "weights": routing.tolist()}))
+    return paths + [json_path]

@@ -1,83 +1,156 @@
-"""Sampling from the mixture of experts: Euler from t=1 to t=0, the router picks the experts at every step.
+"""Sampling from the mixture of experts: integrate dx/dt = v from t=1 (noise) to t=0 (data).
 
-At each step the router runs once on (x_t, t); the routing rule turns its probabilities into expert
-weights; each expert with a non-zero weight runs once, on the sub-batch of samples that use it, with
-classifier-free guidance applied to EACH expert before mixing (Paris):
-    v_k = v_k(empty) + s * (v_k(text) - v_k(empty))          v = sum_k w_k v_k
+At each velocity evaluation the router runs once on (x_t, t); a routing rule (paris.routing) turns its
+probabilities into expert weights; each expert with a non-zero weight runs ONCE, on the sub-batch of samples
+that chose it, its conditional and unconditional passes batched together. Classifier-free guidance is
+applied to each expert before mixing (Paris), or to the mixed velocities ("after", for ablations):
+    per-expert:  v = sum_k w_k(text) [v_k(empty) + s (v_k(text) - v_k(empty))]
+    after:       v = v(empty) + s (v(text) - v(empty)),  with v(c) = sum_k w_k(c) v_k(c)
+Guidance is linear, so the two differ only when the router sees the text (DDM's router): "after" mixes the
+unconditional velocities with the router's weights for the empty prompt. A mixture without a router is a
+monolith: one model, weight 1.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
-from paris.data.encoders import TextEncoder, build_autoencoder, build_text_encoder
 from paris.errors import ParisError
 from paris.flow import euler_step, time_grid
 from paris.models.dit import DiT
-from paris.models.io import load_pretrained
 from paris.models.router import Router
-from paris.routing import check_strategy, routing_weights
-from paris.run import RunDir
+from paris.routing import Strategy, parse_strategy, routing_weights
+
+SAMPLERS = ("euler", "heun")
+GUIDANCE_MODES = ("per-expert", "after")
+
+
+class ExpertPool:
+    """Experts loaded on first use; with `max_resident` > 0 at most that many stay in memory (least recently
+    used leave first), so the memory of top-k sampling does not grow with K."""
+
+    def __init__(self, loaders: list[Callable[[], DiT]], max_resident: int = 0, device: str = "cpu"):
+        self.loaders, self.max_resident, self.device = loaders, max_resident, torch.device(device)
+        self.resident: OrderedDict[int, DiT] = OrderedDict()
+        self.loads = 0  # how often an expert was read from disk: the price of a small cap
+
+    def __len__(self) -> int:
+        return len(self.loaders)
+
+    def __getitem__(self, k: int) -> DiT:
+        if k not in self.resident:
+            if self.max_resident and len(self.resident) >= self.max_resident:
+                self.resident.popitem(last=False)  # dropped; read again from disk when needed
+            self.resident[k] = self.loaders[k]().to(self.device).eval()
+            self.loads += 1
+        self.resident.move_to_end(k)
+        return self.resident[k]
 
 
 @dataclass
 class Mixture:
-    experts: list[DiT]
-    router: Router
-    text_encoder: TextEncoder
+    experts: ExpertPool
+    router: Router | None  # None: a monolith (exactly one expert)
+    text_encoder: object  # paris.data.encoders.TextEncoder
     autoencoder: object
+    latent_shape: tuple[int, int, int]
+    stats: dict = field(default_factory=lambda: {"expert_passes": 0})
 
 
-def load_mixture(run: RunDir) -> Mixture:
-    """Load every expert's final weights, the router and the encoders of a run."""
-    config = run.read_config()
-    num_experts = run.read_json("partition/meta.json")["num_clusters"]
-    experts = [load_pretrained(run, f"experts/{k}/final") for k in range(num_experts)]
-    router = load_pretrained(run, "router/final")
-    if router.config.num_experts != num_experts:
-        raise ParisError(f"the router was trained for {router.config.num_experts} experts but the run has "
-                         f"{num_experts}; retrain it with `paris train-router {run.url}`")
-    d = config.data
-    return Mixture(experts, router, build_text_encoder(d.text_encoder, d.text_encoder_path, d.max_tokens),
-                   build_autoencoder(d.autoencoder))
+def timesteps(steps: int, shift: float = 1.0) -> list[float]:
+    """steps+1 times from 1 to 0; shift > 1 spends more of them at high noise (SD3's time shift)."""
+    t = time_grid(steps)
+    return (shift * t / (1 + (shift - 1) * t)).tolist()
 
 
 @torch.no_grad()
-def generate(mixture: Mixture, prompts: list[str], strategy: str = "top2", steps: int = 50,
-             guidance: float = 7.5, seed: int = 0) -> tuple[torch.Tensor, dict]:
-    """Images [len(prompts), C, H, W] in [-1, 1], and counts of expert forward passes."""
+def generate(mixture: Mixture, prompts: list[str], strategy: str | Strategy = "top2", steps: int = 50,
+             guidance: float = 7.5, seed: int = 0, sampler: str = "euler", shift: float = 1.0,
+             guidance_mode: str = "per-expert", trace: bool = False) -> tuple[torch.Tensor, dict]:
+    """Images [len(prompts), C, H, W] in [-1, 1], and statistics (expert passes, routing trace if asked)."""
     if not prompts:
         raise ParisError("no prompts given; pass at least one --prompt")
-    check_strategy(strategy)
-    text, mask = mixture.text_encoder.encode(prompts)
-    null_text, null_mask = mixture.text_encoder.encode([""])
-    config = mixture.experts[0].config
+    if sampler not in SAMPLERS or guidance_mode not in GUIDANCE_MODES:
+        raise ParisError(f"sampler must be one of {SAMPLERS} and guidance mode one of {GUIDANCE_MODES}; "
+                         f"got {sampler!r} and {guidance_mode!r}")
+    num_experts = len(mixture.experts)
+    if mixture.router is None and num_experts != 1:
+        raise ParisError(f"a mixture of {num_experts} experts needs a router")
+    strategy = parse_strategy(strategy, num_experts) if isinstance(strategy, str) else strategy
+    device = mixture.experts.device
+    text, mask = (x.to(device) for x in mixture.text_encoder.encode(prompts))
+    null_text, null_mask = (x.to(device) for x in mixture.text_encoder.encode([""]))
+    cond = {"text": text, "mask": mask, "null_text": null_text, "null_mask": null_mask}
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(len(prompts), config.in_channels, config.input_size, config.input_size, generator=generator)
-    router_text = {"text": text, "text_mask": mask} if mixture.router.config.text_dim else {}
-    expert_passes = 0
-    times = time_grid(steps).tolist()
+    x = torch.randn(len(prompts), *mixture.latent_shape, generator=generator).to(device)
+    routing = []
+    mixture.stats["expert_passes"] = 0
+
+    def velocity(x, t):
+        weights = _weights(mixture, x, t, text, mask, strategy, generator)
+        if trace:
+            routing.append(weights.cpu())
+        empty_weights = weights
+        if guidance_mode == "after" and mixture.router is not None and mixture.router.config.text_dim:
+            empty = (null_text.expand(len(x), -1, -1), null_mask.expand(len(x), -1))
+            empty_weights = _weights(mixture, x, t, *empty, strategy, generator)
+        return mixed_velocity(mixture, x, t, weights, empty_weights, cond, guidance, guidance_mode)
+
+    times = timesteps(steps, shift)
     for t, t_next in zip(times[:-1], times[1:]):
-        t_batch = torch.full((len(x),), t)
-        weights = routing_weights(mixture.router(x, t_batch, **router_text).softmax(-1), strategy)
-        v = torch.zeros_like(x)
-        for k, expert in enumerate(mixture.experts):
-            rows = weights[:, k].nonzero().squeeze(1)
-            if len(rows) == 0:
-                continue
-            v_k = guided_velocity(expert, x[rows], t_batch[rows], text[rows], mask[rows], null_text, null_mask, guidance)
-            v[rows] += weights[rows, k].view(-1, 1, 1, 1) * v_k
-            expert_passes += len(rows)
+        v = velocity(x, t)
+        if sampler == "heun" and t_next > 0:  # Heun: average the slopes at both ends (last step stays Euler)
+            v = (v + velocity(euler_step(x, v, t, t_next), t_next)) / 2
         x = euler_step(x, v, t, t_next)
-    return mixture.autoencoder.decode(x), {"expert_passes_per_image": expert_passes / len(prompts) / steps}
+    stats = {"expert_passes_per_image": mixture.stats["expert_passes"] / len(prompts) / steps}
+    if trace:
+        stats["routing"] = torch.stack(routing).transpose(0, 1)  # [B, evaluations, K]
+    return mixture.autoencoder.decode(x.float().cpu()), stats
 
 
-def guided_velocity(model, x, t, text, mask, null_text, null_mask, scale: float) -> torch.Tensor:
-    """Classifier-free guidance; the conditional and unconditional passes run as one batch."""
+def _weights(mixture: Mixture, x, t: float, text, mask, strategy: Strategy, generator) -> torch.Tensor:
+    if mixture.router is None:
+        return torch.ones(len(x), 1, device=x.device)
+    router_text = {"text": text, "text_mask": mask} if mixture.router.config.text_dim else {}
+    probs = mixture.router(x, torch.full((len(x),), t, device=x.device), **router_text).float().softmax(-1)
+    return routing_weights(probs.cpu(), strategy, generator).to(x.device)
+
+
+def mixed_velocity(mixture: Mixture, x, t: float, weights, empty_weights, cond: dict, guidance: float,
+                   mode: str) -> torch.Tensor:
+    """sum_k w_k v_k over the experts that some sample uses; each runs once on its own sub-batch."""
+    v_text, v_empty = torch.zeros_like(x), torch.zeros_like(x)
+    either = (weights > 0) | (empty_weights > 0)
+    used = [k for k in range(weights.shape[1]) if either[:, k].any()]
+    resident_first = sorted(used, key=lambda k: k not in mixture.experts.resident)  # fewer loads under a cap
+    for k in resident_first:
+        rows = either[:, k].nonzero().squeeze(1)
+        w, w_empty = weights[rows, k].view(-1, 1, 1, 1), empty_weights[rows, k].view(-1, 1, 1, 1)
+        t_rows = torch.full((len(rows),), t, device=x.device)
+        vt, ve = conditional_velocities(mixture.experts[k], x[rows], t_rows, cond["text"][rows], cond["mask"][rows],
+                                        cond["null_text"], cond["null_mask"])
+        mixture.stats["expert_passes"] += len(rows)
+        if mode == "per-expert":
+            v_text[rows] += w * (ve + guidance * (vt - ve))
+        else:
+            v_text[rows] += w * vt
+            v_empty[rows] += w_empty * ve
+    return v_text if mode == "per-expert" else v_empty + guidance * (v_text - v_empty)
+
+
+def conditional_velocities(model, x, t, text, mask, null_text, null_mask):
+    """(v(text), v(empty)) of one model from one batched forward pass; t is a [B] tensor."""
     n = len(x)
     v = model(torch.cat([x, x]), torch.cat([t, t]),
               torch.cat([text, null_text.expand(n, -1, -1)]), torch.cat([mask, null_mask.expand(n, -1)]))
-    v_text, v_empty = v.chunk(2)
+    return v.chunk(2)
+
+
+def guided_velocity(model, x, t, text, mask, null_text, null_mask, scale: float) -> torch.Tensor:
+    """Classifier-free guidance of one model: v(empty) + s (v(text) - v(empty))."""
+    v_text, v_empty = conditional_velocities(model, x, t, text, mask, null_text, null_mask)
     return v_empty + scale * (v_text - v_empty)

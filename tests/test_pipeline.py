@@ -15,16 +15,20 @@ from paris.launch.local import launch_local
 from paris.models.dit import DiT
 from paris.models.io import load_pretrained
 from paris.models.router import Router
-from paris.routing import STRATEGIES, routing_weights
+from paris.routing import routing_weights
 from paris.run import RunDir
-from paris.sample import Mixture, generate, guided_velocity, load_mixture
+from paris.pipeline import ParisPipeline
+from paris.sample import ExpertPool, Mixture, generate, guided_velocity
+
+# Every deterministic rule: the grouped sampler must equal running every expert on every sample.
+STRATEGIES = ["top1", "top2", "full", "topk:3", "nucleus:0.7", "threshold:0.3", "oracle:1"]
 
 PROMPTS = ["a photo of a sneaker", "a photo of a trouser", "a photo of a bag"]
 
 
 @pytest.fixture(scope="module")
 def mixture(trained):
-    return load_mixture(RunDir(str(trained)))
+    return ParisPipeline.from_run(str(trained)).mixture
 
 
 def test_trained_run_has_every_artifact(trained, config):
@@ -96,7 +100,8 @@ def random_mixture(text_encoder):
     torch.manual_seed(10)
     router = randomize_zero_params(Router(RouterConfig(input_size=8, in_channels=1, patch_size=2, hidden_size=32,
                                                        depth=1, num_heads=2, num_experts=3)), seed=10, std=0.5)
-    return Mixture(experts, router.eval(), text_encoder, IdentityAutoencoder())
+    return Mixture(ExpertPool([lambda e=e: e for e in experts]), router.eval(), text_encoder, IdentityAutoencoder(),
+                   (1, 8, 8))
 
 
 @torch.no_grad()

@@ -33,14 +33,24 @@ def save_pretrained(run: RunDir, folder: str, model: nn.Module, manifest: dict |
     run.write_json(f"{folder}/config.json", {"_class_name": type(model).__name__, **dataclasses.asdict(model.config)})
 
 
-def load_pretrained(run: RunDir, folder: str) -> nn.Module:
+def require_pretrained(run: RunDir, folder: str) -> None:
+    """Fail with a hint on how to make it when `folder` holds no finished model."""
     if not run.exists(f"{folder}/config.json"):
         raise ParisError(f"no trained model at {run.url}/{folder}; {_missing_hint(folder)}")
+
+
+def load_pretrained(run: RunDir, folder: str) -> nn.Module:
+    require_pretrained(run, folder)
     config = run.read_json(f"{folder}/config.json")
     name = config.pop("_class_name", None)
     if name not in MODELS:
         raise ParisError(f"{run.url}/{folder}/config.json names model class {name!r}; expected one of {', '.join(MODELS)}")
     model_cls, config_cls, weights = MODELS[name]
+    if not run.exists(f"{folder}/{weights}"):
+        pickles = [f for f in run.list(folder) if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+        raise ParisError(f"{run.url}/{folder} has no {weights}" + (
+            f", only {', '.join(pickles)}: pickle checkpoints are refused (loading them can run code); convert them "
+            "to safetensors with safetensors.torch.save_file" if pickles else ""))
     model = model_cls(from_dict(config_cls, config, where=f"{folder}/config.json: "))
     try:
         state = run.load_tensors(f"{folder}/{weights}")
@@ -68,4 +78,6 @@ def load_state_dict_strict(model: nn.Module, state: dict, where: str) -> None:
 def _missing_hint(folder: str) -> str:
     if folder.startswith("experts/"):
         return f"train it with `paris train-expert RUN --expert {folder.split('/')[1]}`"
-    return "train it with `paris train-router RUN`"
+    if folder.startswith("router"):
+        return "train it with `paris train-router RUN`"
+    return "is the folder complete?"

@@ -1,0 +1,94 @@
+"""ParisPipeline: generate images from Python as with diffusers, from a run or a release-layout folder.
+
+    pipe = ParisPipeline.from_pretrained("paris-fashion")        # or ParisPipeline.from_run("runs/demo")
+    images = pipe(["a photo of a sneaker"], strategy="top2", steps=50, guidance=7.5, seed=0)   # PIL images
+    pipe.save_pretrained("paris-fashion")
+
+The folder layout is the public Paris release's:
+    model_index.json, config.json (num_experts, latent shape, encoders)
+    expert_<i>/config.json + diffusion_pytorch_model.safetensors      router/config.json + pytorch_model.safetensors
+    text_encoder/ (model and tokenizer, transformers' save_pretrained), tokenizer/
+Weights load with strict key and shape checks, from safetensors only (never a pickle).
+"""
+
+from __future__ import annotations
+
+from paris.data.encoders import TextEncoder, build_autoencoder, build_text_encoder
+from paris.errors import ParisError
+from paris.images import to_pil
+from paris.models.io import load_pretrained, require_pretrained, save_pretrained
+from paris.run import RunDir
+from paris.sample import ExpertPool, Mixture, generate
+
+
+class ParisPipeline:
+    def __init__(self, mixture: Mixture, config: dict):
+        self.mixture, self.config = mixture, config
+
+    @classmethod
+    def from_run(cls, run_url: str, max_resident_experts: int = 0, device: str = "cpu") -> "ParisPipeline":
+        """The experts (experts/<k>/final) and router (router/final) of a training run."""
+        run = RunDir(run_url)
+        data = run.read_config().data
+        manifest = run.read_json("data/manifest.json")
+        num_experts = run.read_json("partition/meta.json")["num_clusters"]
+        config = {"num_experts": num_experts, "latent_shape": manifest["latent_shape"],
+                  "autoencoder": data.autoencoder, "max_tokens": data.max_tokens}
+        text_encoder = build_text_encoder(data.text_encoder, data.text_encoder_path, data.max_tokens)
+        return cls._assemble(run, [f"experts/{k}/final" for k in range(num_experts)], "router/final",
+                             text_encoder, config, max_resident_experts, device)
+
+    @classmethod
+    def from_pretrained(cls, path: str, max_resident_experts: int = 0, device: str = "cpu") -> "ParisPipeline":
+        """A folder in the release layout (written by save_pretrained, or from elsewhere)."""
+        folder = RunDir(path)
+        if not folder.exists("config.json"):
+            raise ParisError(f"{path} is not a Paris pipeline folder (no config.json); write one with save_pretrained")
+        config = folder.read_json("config.json")
+        experts = [f"expert_{k}" for k in range(config["num_experts"])]
+        missing = [e for e in experts + ["text_encoder"] if not folder.exists(e)]
+        if missing:
+            raise ParisError(f"{path} lacks {', '.join(missing)} (config.json says {config['num_experts']} experts)")
+        router = "router" if config["num_experts"] > 1 else None
+        text_encoder = TextEncoder(folder.path("text_encoder"), config["max_tokens"])
+        return cls._assemble(folder, experts, router, text_encoder, config, max_resident_experts, device)
+
+    @classmethod
+    def _assemble(cls, root: RunDir, experts: list[str], router: str | None, text_encoder, config: dict,
+                  max_resident: int, device: str) -> "ParisPipeline":
+        for folder in experts:  # fail now, not in the middle of sampling, when an expert is missing
+            require_pretrained(root, folder)
+        loaders = [lambda folder=folder: load_pretrained(root, folder) for folder in experts]
+        router_model = load_pretrained(root, router).to(device) if router else None
+        if router_model is not None and router_model.config.num_experts != len(experts):
+            raise ParisError(f"the router of {root.url} chooses among {router_model.config.num_experts} experts "
+                             f"but there are {len(experts)}; retrain it or fix config.json")
+        mixture = Mixture(ExpertPool(loaders, max_resident, device), router_model, text_encoder,
+                          build_autoencoder(config["autoencoder"]), tuple(config["latent_shape"]))
+        return cls(mixture, config)
+
+    def save_pretrained(self, path: str) -> None:
+        out = RunDir(path)
+        for k in range(len(self.mixture.experts)):
+            save_pretrained(out, f"expert_{k}", self.mixture.experts[k])
+        if self.mixture.router is not None:
+            save_pretrained(out, "router", self.mixture.router)
+        encoder = self.mixture.text_encoder
+        if out.fs.protocol not in ("file", ("file", "local")):
+            raise ParisError(f"save_pretrained writes the text encoder with transformers, which needs a local path, not {path}")
+        encoder.model.save_pretrained(out.path("text_encoder"))
+        encoder.tokenizer.save_pretrained(out.path("text_encoder"))
+        encoder.tokenizer.save_pretrained(out.path("tokenizer"))
+        out.write_json("model_index.json", {"_class_name": "ParisPipeline", "experts": len(self.mixture.experts)})
+        out.write_json("config.json", self.config)  # last: a folder with a config.json is complete
+
+    def generate(self, prompts: list[str], **options):
+        """Tensors in [-1, 1] and sampling statistics; options as paris.sample.generate."""
+        return generate(self.mixture, list(prompts), **options)
+
+    def __call__(self, prompts: list[str] | str, strategy: str = "top2", steps: int = 50, guidance: float = 7.5,
+                 seed: int = 0, **options):
+        """PIL images, one per prompt."""
+        prompts = [prompts] if isinstance(prompts, str) else prompts
+        images, _ = self.generate(prompts, strategy=strategy, steps=steps, guidance=guidance, seed=seed, **options)
+        return [to_pil(image) for image in images]

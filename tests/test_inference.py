@@ -1,0 +1,143 @@
+"""The inference engine and the Python API: release-layout round trip, strict loading, lazy experts with a
+residency cap, guidance before/after mixing, samplers."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import run_cli
+from paris.errors import ParisError
+from paris.pipeline import ParisPipeline
+from paris.run import RunDir
+from paris.sample import ExpertPool, generate, timesteps
+
+PROMPTS = ["a photo of a sneaker", "a photo of a bag", "a photo of a dress"]
+
+
+@pytest.fixture(scope="module")
+def pipe(trained):
+    return ParisPipeline.from_run(str(trained))
+
+
+@pytest.fixture(scope="module")
+def saved(pipe, tmp_path_factory):
+    path = tmp_path_factory.mktemp("release") / "paris-tiny"
+    pipe.save_pretrained(str(path))
+    return path
+
+
+def test_save_pretrained_writes_the_release_layout(saved):
+    names = sorted(p.name for p in saved.iterdir())
+    assert names == ["config.json", "expert_0", "expert_1", "model_index.json", "router", "text_encoder", "tokenizer"]
+    assert sorted(p.name for p in (saved / "expert_1").iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert sorted(p.name for p in (saved / "router").iterdir()) == ["config.json", "pytorch_model.safetensors"]
+
+
+def test_from_pretrained_generates_the_same_images_as_the_run(pipe, saved):
+    loaded = ParisPipeline.from_pretrained(str(saved))
+    a, _ = pipe.generate(PROMPTS, strategy="top2", steps=3, guidance=3.0, seed=1)
+    b, _ = loaded.generate(PROMPTS, strategy="top2", steps=3, guidance=3.0, seed=1)
+    assert torch.equal(a, b)
+    images = loaded(PROMPTS[:2], strategy="top1", steps=2, seed=0)
+    assert [im.size for im in images] == [(32, 32), (32, 32)]
+
+
+def test_cli_generates_from_a_pipeline_folder(saved, tmp_path):
+    result = run_cli("generate", str(saved), "-p", "a photo of a bag", "--steps", "2", "--out", str(tmp_path / "x.png"),
+                     "--show-routing")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "x.png").exists() and (tmp_path / "x_routing_0.png").exists()
+
+
+def test_strict_loading_lists_what_does_not_fit(saved, tmp_path):
+    import shutil
+
+    folder = tmp_path / "other"
+    shutil.copytree(saved, folder)
+    weights = folder / "expert_0" / "diffusion_pytorch_model.safetensors"
+    state = RunDir(str(folder)).load_tensors("expert_0/diffusion_pytorch_model.safetensors")
+    state["extra.weight"] = torch.zeros(1)
+    state["t_block.1.bias"] = torch.zeros(3)
+    del state["final_layer.linear.bias"]
+    save_file(state, weights)
+    with pytest.raises(ParisError) as error:
+        ParisPipeline.from_pretrained(str(folder)).generate(PROMPTS, strategy="full", steps=1)
+    message = str(error.value)
+    assert "missing final_layer.linear.bias" in message and "unexpected extra.weight" in message
+    assert "t_block.1.bias has shape (3,)" in message
+
+
+def test_pickle_only_checkpoint_is_refused(saved, tmp_path):
+    import shutil
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(saved, folder)
+    (folder / "router" / "pytorch_model.safetensors").rename(folder / "router" / "pytorch_model.bin")
+    with pytest.raises(ParisError, match="pickle checkpoints are refused"):
+        ParisPipeline.from_pretrained(str(folder))
+
+
+def test_a_router_for_another_number_of_experts_is_refused(saved, tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "three"
+    shutil.copytree(saved, folder)
+    shutil.copytree(folder / "expert_1", folder / "expert_2")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "num_experts": 3}))
+    with pytest.raises(ParisError, match="chooses among 2 experts but there are 3"):
+        ParisPipeline.from_pretrained(str(folder))
+
+
+def test_residency_cap_gives_the_same_images_with_fewer_experts_in_memory(trained):
+    capped = ParisPipeline.from_run(str(trained), max_resident_experts=1)
+    free = ParisPipeline.from_run(str(trained))
+    a, _ = capped.generate(PROMPTS, strategy="full", steps=2, seed=0)
+    b, _ = free.generate(PROMPTS, strategy="full", steps=2, seed=0)
+    assert torch.equal(a, b)
+    assert len(capped.mixture.experts.resident) == 1 and capped.mixture.experts.loads > 2
+    assert len(free.mixture.experts.resident) == 2 and free.mixture.experts.loads == 2
+
+
+def test_expert_pool_evicts_the_least_recently_used():
+    pool = ExpertPool([lambda k=k: torch.nn.Linear(1, 1) for k in range(3)], max_resident=2)
+    pool[0], pool[1], pool[0], pool[2]
+    assert list(pool.resident) == [0, 2] and pool.loads == 3
+
+
+def test_guidance_after_mixing_is_the_same_flow_for_a_router_without_text(pipe):
+    """Guidance is linear: with the same weights for both branches, guiding before or after mixing agree."""
+    per, _ = pipe.generate(PROMPTS, strategy="full", steps=2, guidance=4.0, guidance_mode="per-expert")
+    after, _ = pipe.generate(PROMPTS, strategy="full", steps=2, guidance=4.0, guidance_mode="after")
+    assert torch.allclose(per, after, atol=1e-5)
+
+
+def test_guidance_after_mixing_uses_the_routers_weights_for_the_empty_prompt(pipe):
+    """With a text-conditioned router (DDM), "after" mixes v(empty) with p(k | x_t, t, "") and so differs."""
+    from conftest import randomize_zero_params
+    from paris.models.router import Router
+
+    router = pipe.mixture.router
+    text_router = randomize_zero_params(Router(dataclasses.replace(router.config, text_dim=384)), seed=0, std=0.5)
+    mixture = dataclasses.replace(pipe.mixture, router=text_router.eval())
+    per, _ = generate(mixture, PROMPTS, "top1", steps=2, guidance=4.0, guidance_mode="per-expert")
+    after, _ = generate(mixture, PROMPTS, "top1", steps=2, guidance=4.0, guidance_mode="after")
+    assert not torch.allclose(per, after, atol=1e-4)
+
+
+def test_heun_evaluates_twice_per_step_and_time_shift():
+    assert timesteps(4) == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
+    shifted = timesteps(4, shift=3.0)
+    assert shifted[0] == 1.0 and shifted[-1] == 0.0 and shifted[2] == pytest.approx(0.75)  # 3*.5/(1+2*.5)
+
+
+def test_heun_costs_two_router_calls_per_step_but_the_last(pipe):
+    _, euler = pipe.generate(PROMPTS, strategy="top1", steps=3, trace=True)
+    _, heun = pipe.generate(PROMPTS, strategy="top1", steps=3, sampler="heun", trace=True)
+    assert euler["routing"].shape == (3, 3, 2) and heun["routing"].shape == (3, 5, 2)
+    assert heun["expert_passes_per_image"] == pytest.approx(5 / 3)
