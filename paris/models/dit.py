@@ -16,8 +16,8 @@ from paris.models.layers import (
     Mlp,
     PatchEmbed,
     TimestepEmbedder,
+    init_embedders,
     init_linear_layers,
-    init_patch_embed,
     modulate,
     run_block,
 )
@@ -69,9 +69,7 @@ class DiT(nn.Module):
 
     def initialize_weights(self):
         init_linear_layers(self)
-        init_patch_embed(self.x_embedder)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        init_embedders(self.x_embedder, self.t_embedder)
         nn.init.normal_(self.t_block[1].weight, std=0.02)
         # Zero the outputs that write into the residual stream from new inputs, so training starts
         # from a network that ignores the text and predicts zero velocity (PixArt / DiT).

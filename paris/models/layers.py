@@ -103,8 +103,10 @@ def init_linear_layers(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def init_patch_embed(embed: PatchEmbed) -> None:
-    """Initialise the patch projection like a Linear (DiT)."""
-    w = embed.proj.weight
+def init_embedders(patch: PatchEmbed, timestep: TimestepEmbedder) -> None:
+    """DiT's initialisation of the input embedders: the patch projection like a Linear, the timestep MLP small."""
+    w = patch.proj.weight
     nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-    nn.init.zeros_(embed.proj.bias)
+    nn.init.zeros_(patch.proj.bias)
+    nn.init.normal_(timestep.mlp[0].weight, std=0.02)
+    nn.init.normal_(timestep.mlp[2].weight, std=0.02)

@@ -16,8 +16,8 @@ from paris.models.layers import (
     Mlp,
     PatchEmbed,
     TimestepEmbedder,
+    init_embedders,
     init_linear_layers,
-    init_patch_embed,
     modulate,
     run_block,
 )
@@ -57,10 +57,8 @@ class Router(nn.Module):
 
     def initialize_weights(self):
         init_linear_layers(self)
-        init_patch_embed(self.x_embedder)
+        init_embedders(self.x_embedder, self.t_embedder)
         nn.init.normal_(self.cls_token, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         for block in self.blocks:
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
