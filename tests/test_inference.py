@@ -141,3 +141,36 @@ def test_heun_costs_two_router_calls_per_step_but_the_last(pipe):
     _, heun = pipe.generate(PROMPTS, strategy="top1", steps=3, sampler="heun", trace=True)
     assert euler["routing"].shape == (3, 3, 2) and heun["routing"].shape == (3, 5, 2)
     assert heun["expert_passes_per_image"] == pytest.approx(5 / 3)
+
+
+def test_evaluate_writes_the_table(trained, tmp_path, config):
+    """A tiny end-to-end evaluate: monolith at matched compute, then FID, adherence and cost per strategy."""
+    import shutil
+
+    from paris.evaluate import evaluate_run
+    from paris.train.expert import train_monolith
+
+    run_path = tmp_path / "run"
+    shutil.copytree(trained, run_path)
+    run = RunDir(str(run_path))
+    summary = train_monolith(run, config)
+    assert summary["steps"] == 2 * config.expert.steps and summary["cluster_size"] == 300  # matched compute, all data
+    report = evaluate_run(str(run_path), ["monolith", "top1", "full"], num_samples=6, steps=2, classifier_images=600)
+    rows = report["strategies"]
+    assert list(rows) == ["monolith", "top1", "full"]
+    assert rows["monolith"]["expert_passes_per_image_step"] == 1 and rows["full"]["expert_passes_per_image_step"] == 2
+    assert all(r["fid"] > 0 and 0 <= r["prompt_adherence"] <= 1 for r in rows.values())
+    assert run.exists("eval/report.png") and "| top1 |" in run.read_text("eval/report.md")
+
+
+def test_frechet_distance_matches_the_closed_form():
+    """Gaussians with known means and covariances: FID = |mu_a - mu_b|^2 + Tr(Sa + Sb - 2 (Sa Sb)^1/2)."""
+    import numpy as np
+
+    from paris.fid import frechet_distance
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 1, (20000, 3))
+    b = rng.normal(1, 2, (20000, 3))  # mean 1, covariance 4 I
+    assert frechet_distance(a, b) == pytest.approx(3 * 1 + 3 * (1 + 4 - 2 * 2), rel=0.03)
+    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-6)

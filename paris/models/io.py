@@ -80,4 +80,6 @@ def _missing_hint(folder: str) -> str:
         return f"train it with `paris train-expert RUN --expert {folder.split('/')[1]}`"
     if folder.startswith("router"):
         return "train it with `paris train-router RUN`"
+    if folder.startswith("monolith"):
+        return "train it with `paris train-monolith RUN`"
     return "is the folder complete?"

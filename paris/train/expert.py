@@ -6,6 +6,8 @@ any other expert, so the K experts can run anywhere, at any time, in any order (
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from rich.console import Console
 
@@ -22,18 +24,36 @@ console = Console(stderr=True)
 
 
 def train_expert(run: RunDir, config: RunConfig, expert: int) -> dict:
-    cfg = config.expert
-    store, part = load_store(run), load_partition(run)
+    part = load_partition(run)
     if not 0 <= expert < part.num_clusters:
         raise ParisError(f"expert {expert} does not exist: the partition has clusters 0..{part.num_clusters - 1}")
     members = (part.assignments == expert).nonzero().squeeze(1)
     if len(members) == 0:
         raise ParisError(f"cluster {expert} is empty; re-run `paris partition` with fewer clusters")
+    identity = {"cluster": expert, "partition_hash": part.meta["hash"], "cluster_size": len(members)}
+    return _train_flow_model(run, config, members, f"expert {expert}", f"experts/{expert}", identity,
+                             config.expert.steps, seed=config.expert.seed + expert)  # experts start differently
+
+
+def train_monolith(run: RunDir, config: RunConfig) -> dict:
+    """The baseline of the paper's table: one model on all the data at matched compute, i.e. as many
+    training samples as the K experts together (K x expert.steps steps of the same batch)."""
+    part = load_partition(run)
+    everything = torch.arange(len(part.assignments))
+    identity = {"cluster": "all", "partition_hash": part.meta["hash"], "cluster_size": len(everything)}
+    return _train_flow_model(run, config, everything, "monolith", "monolith", identity,
+                             config.expert.steps * part.num_clusters, seed=config.expert.seed)
+
+
+def _train_flow_model(run: RunDir, config: RunConfig, members: torch.Tensor, name: str, folder: str,
+                      identity: dict, steps: int, seed: int) -> dict:
+    cfg = dataclasses.replace(config.expert, steps=steps)
+    store = load_store(run)
     latents, caption_ids = store.latents[members], store.caption_ids[members]
     c, h, _ = store.manifest["latent_shape"]
-    torch.manual_seed(cfg.seed + expert)  # experts start from different initialisations
+    torch.manual_seed(seed)
     model = DiT(dit_config(cfg.preset, in_channels=c, input_size=h, text_dim=store.text_dim))
-    console.print(f"[bold]expert {expert}[/]: {len(members)} images, "
+    console.print(f"[bold]{name}[/]: {len(members)} images, "
                   f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {cfg.steps} steps")
 
     def loss(model, index, random, device):
@@ -43,5 +63,4 @@ def train_expert(run: RunDir, config: RunConfig, expert: int) -> dict:
         return flow_matching_loss(model, latents[index].to(device), cfg.t_distribution, random,
                                   text=text.to(device), text_mask=mask.to(device))
 
-    identity = {"cluster": expert, "partition_hash": part.meta["hash"], "cluster_size": len(members)}
-    return train(run, Job(f"expert {expert}", f"experts/{expert}", model, loss, len(members), identity), cfg)
+    return train(run, Job(name, folder, model, loss, len(members), identity), cfg)
