@@ -155,15 +155,15 @@ def generate(
     from paris.images import grid
     from paris.pipeline import ParisPipeline
     from paris.routing import parse_strategy
+    from paris.run import RunDir
 
     if not prompt:
         raise ParisError("no prompts given; pass at least one --prompt \"a photo of a sneaker\"")
     if num < 1:
         raise ParisError(f"--num must be at least 1, got {num}")
-    from paris.run import RunDir
-
-    is_run = RunDir(run).exists("config.yaml")
-    s = RunDir(run).read_config().sample if is_run else SampleConfig()
+    source = RunDir(run)
+    is_run = source.exists("config.yaml")  # a training run; otherwise a folder written by save_pretrained
+    s = source.read_config().sample if is_run else SampleConfig()
     strategy = str(parse_strategy(strategy or s.strategy))
     pipe = (ParisPipeline.from_run if is_run else ParisPipeline.from_pretrained)(run, max_resident_experts, device)
     prompts = [p for p in prompt for _ in range(num)]
