@@ -53,7 +53,7 @@ def test_unknown_config_key_via_set(run):
 
 def test_generate_unknown_strategy(run):
     result = run_cli("generate", run.url, "--prompt", "a photo of a bag", "--strategy", "top7")
-    assert_user_error(result, "'top7'", "top1, top2, full")
+    assert_user_error(result, "'top7'", "top1, top2, topk:K, full")
 
 
 def test_generate_without_prompt(run):
