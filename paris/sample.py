@@ -41,7 +41,7 @@ def load_mixture(run: RunDir) -> Mixture:
                          f"{num_experts}; retrain it with `paris train-router {run.url}`")
     d = config.data
     return Mixture(experts, router, build_text_encoder(d.text_encoder, d.text_encoder_path, d.max_tokens),
-                   build_autoencoder(d.autoencoder))
+                   build_autoencoder(d.autoencoder, d.autoencoder_path, d.latent_scale))
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ import torch
 from rich.console import Console
 
 from paris.config import RunConfig, dit_config
-from paris.data.store import EMPTY_CAPTION_ID, load_store
+from paris.data.store import load_store
 from paris.errors import ParisError
 from paris.flow import flow_matching_loss
 from paris.models.dit import DiT
@@ -23,13 +23,14 @@ console = Console(stderr=True)
 
 def train_expert(run: RunDir, config: RunConfig, expert: int) -> dict:
     cfg = config.expert
-    store, part = load_store(run), load_partition(run)
+    part = load_partition(run)
     if not 0 <= expert < part.num_clusters:
         raise ParisError(f"expert {expert} does not exist: the partition has clusters 0..{part.num_clusters - 1}")
-    members = (part.assignments == expert).nonzero().squeeze(1)
+    store = load_store(run, cluster=expert)  # only this cluster's samples are read
+    members = store.rows
     if len(members) == 0:
         raise ParisError(f"cluster {expert} is empty; re-run `paris partition` with fewer clusters")
-    latents, caption_ids = store.latents[members], store.caption_ids[members]
+    latents = store.latents
     c, h, _ = store.manifest["latent_shape"]
     torch.manual_seed(cfg.seed + expert)  # experts start from different initialisations
     model = DiT(dit_config(cfg.preset, in_channels=c, input_size=h, text_dim=store.text_dim))
@@ -37,9 +38,8 @@ def train_expert(run: RunDir, config: RunConfig, expert: int) -> dict:
                   f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {cfg.steps} steps")
 
     def loss(model, index, generator):
-        ids = caption_ids[index]
-        dropped = torch.rand(len(ids), generator=generator) < cfg.caption_dropout
-        text, mask = store.text(torch.where(dropped, EMPTY_CAPTION_ID, ids))
+        dropped = torch.rand(len(index), generator=generator) < cfg.caption_dropout
+        text, mask = store.text(index, drop=dropped)
         return flow_matching_loss(model, latents[index], cfg.t_distribution, generator, text=text, text_mask=mask)
 
     identity = {"cluster": expert, "partition_hash": part.meta["hash"], "cluster_size": len(members)}

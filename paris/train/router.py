@@ -90,5 +90,5 @@ def print_accuracy(accuracy: dict) -> None:
 def _text(store: Store, rows: torch.Tensor, use_text: bool) -> dict:
     if not use_text:
         return {}
-    text, mask = store.text(store.caption_ids[rows])
+    text, mask = store.text(rows)
     return {"text": text, "text_mask": mask}

@@ -1,0 +1,186 @@
+"""Where images and captions come from: one interface, `open_source(cfg).samples(start)`, for every kind.
+
+A source yields `Sample`s in a fixed order; a sample's position in that order is its identity, so
+shard i of the store always holds positions [i * shard_size, (i+1) * shard_size) and many machines can
+encode disjoint shard ranges. A source never decodes images: broken ones are found (and counted) later.
+
+  folder      DIR of images; captions in a .txt beside each image, or one DIR/captions.jsonl / captions.csv
+              with a `file` column and `data.caption_column`
+  webdataset  tar shards as img2dataset writes them (jpg/png/webp + txt + json), any fsspec URL,
+              braces for ranges: s3://bucket/laion/{00000..00999}.tar
+  hf          a Hugging Face `datasets` data set saved with save_to_disk, or parquet file(s)
+  fashion-mnist  the embedded demo data set
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import logging
+from dataclasses import dataclass
+from typing import Iterator
+
+import fsspec
+
+from paris.config import DataConfig
+from paris.data import fashion_mnist
+from paris.errors import ParisError
+
+log = logging.getLogger(__name__)
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
+
+
+@dataclass
+class Sample:
+    key: str  # the source's name for it (file name, tar key, row number)
+    image: object  # encoded bytes, a PIL image, or (fashion-mnist) a ready tensor [C,H,W] in [-1,1]
+    caption: str | None  # None when the source has no caption for it (the sample is skipped)
+    label: int = -1
+
+
+class FashionMnistSource:
+    def __init__(self, cfg: DataConfig):
+        self.images, self.labels = fashion_mnist.load(cfg.path, cfg.split, cfg.limit)
+        self.size = len(self.images)  # sources that know their length get an ETA
+
+    def samples(self, start: int = 0) -> Iterator[Sample]:
+        for i in range(start, len(self.images)):
+            label = int(self.labels[i])
+            yield Sample(str(i), self.images[i], fashion_mnist.caption(label, i), label)
+
+
+class FolderSource:
+    def __init__(self, cfg: DataConfig):
+        self.fs, self.root = fsspec.core.url_to_fs(cfg.path.rstrip("/"))
+        if not self.fs.isdir(self.root):
+            raise ParisError(f"image folder {cfg.path} not found; set data.path to a directory of images")
+        files = sorted(p for p in self.fs.find(self.root) if p.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise ParisError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {cfg.path}")
+        self.files = files[: cfg.limit] if cfg.limit else files
+        self.size = len(self.files)
+        self.captions, self.labels = self._caption_table(cfg)
+
+    def _caption_table(self, cfg: DataConfig) -> tuple[dict | None, dict]:
+        """file name -> caption (and label) from captions.jsonl/.csv; None: read the .txt beside each image."""
+        rows = None
+        if self.fs.exists(f"{self.root}/captions.jsonl"):
+            with self.fs.open(f"{self.root}/captions.jsonl", "r") as f:
+                rows = [json.loads(line) for line in f if line.strip()]
+        elif self.fs.exists(f"{self.root}/captions.csv"):
+            with self.fs.open(f"{self.root}/captions.csv", "r") as f:
+                rows = list(csv.DictReader(f))
+        if rows is None:
+            return None, {}
+        if rows and ("file" not in rows[0] or cfg.caption_column not in rows[0]):
+            raise ParisError(f"the captions file in {cfg.path} needs columns `file` and `{cfg.caption_column}` "
+                             f"(data.caption_column); it has {', '.join(rows[0])}")
+        labels = {r["file"]: int(r[cfg.label_column]) for r in rows if cfg.label_column} if cfg.label_column else {}
+        return {r["file"]: r[cfg.caption_column] for r in rows}, labels
+
+    def samples(self, start: int = 0) -> Iterator[Sample]:
+        for path in self.files[start:]:
+            name = path[len(self.root) + 1 :]
+            yield Sample(name, self.fs.cat_file(path), self._caption(path, name), self.labels.get(name, -1))
+
+    def _caption(self, path: str, name: str) -> str | None:
+        if self.captions is not None:
+            return self.captions.get(name)
+        txt = path.rsplit(".", 1)[0] + ".txt"
+        return self.fs.cat_file(txt).decode().strip() if self.fs.exists(txt) else None
+
+
+class WebDatasetSource:
+    def __init__(self, cfg: DataConfig):
+        from webdataset.tariterators import braceexpand
+
+        self.urls = list(braceexpand.braceexpand(cfg.path))
+        self.cfg = cfg
+        self.size = None  # unknown until read through
+        self.broken_tars: list[str] = []
+
+    def samples(self, start: int = 0) -> Iterator[Sample]:
+        stream = itertools.chain.from_iterable(self._tar(url) for url in self.urls)
+        if self.cfg.limit:
+            stream = itertools.islice(stream, self.cfg.limit)
+        return itertools.islice(stream, start, None)  # skipping reads bytes but decodes nothing
+
+    def _tar(self, url: str) -> Iterator[Sample]:
+        from webdataset.tariterators import group_by_keys, tar_file_iterator
+        import tarfile
+
+        try:
+            with fsspec.open(url, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
+                for record in group_by_keys(tar_file_iterator(tar)):
+                    yield self._sample(record)
+        except FileNotFoundError:
+            raise ParisError(f"webdataset shard {url} not found; check data.path ({self.cfg.path})") from None
+        except (tarfile.TarError, EOFError, OSError) as e:
+            # A tar cut off mid-write (img2dataset killed): keep what was read, count the tar, go on.
+            log.warning("webdataset shard %s is truncated or corrupt (%s); its remaining samples are skipped", url, e)
+            self.broken_tars.append(url)
+
+    def _sample(self, record: dict) -> Sample:
+        image = next((record[ext] for ext in IMAGE_EXTENSIONS if ext in record), None)
+        caption = record["txt"].decode().strip() if "txt" in record else None
+        meta = json.loads(record["json"]) if "json" in record else {}
+        if caption is None and self.cfg.caption_column in meta:
+            caption = meta[self.cfg.caption_column]
+        label = int(meta[self.cfg.label_column]) if self.cfg.label_column in meta else -1
+        return Sample(record["__key__"], image, caption, label)
+
+
+class HuggingFaceSource:
+    def __init__(self, cfg: DataConfig):
+        import datasets
+
+        datasets.disable_progress_bars()
+        try:
+            if cfg.path.endswith(".parquet") or "*" in cfg.path:
+                data = datasets.Dataset.from_parquet(cfg.path)
+            else:
+                data = datasets.load_from_disk(cfg.path)
+        except (FileNotFoundError, ValueError) as e:
+            raise ParisError(f"cannot read a Hugging Face data set at {cfg.path} ({str(e).splitlines()[0]}); "
+                             f"give a directory written by save_to_disk or parquet file(s)") from None
+        if isinstance(data, datasets.DatasetDict):
+            if cfg.split not in data:
+                raise ParisError(f"data set {cfg.path} has no split {cfg.split!r}; choose one of {', '.join(data)}")
+            data = data[cfg.split]
+        for column in (cfg.image_column, cfg.caption_column, *([cfg.label_column] if cfg.label_column else [])):
+            if column not in data.column_names:
+                raise ParisError(f"data set {cfg.path} has no column {column!r}; its columns: "
+                                 f"{', '.join(data.column_names)} (set data.image_column / caption_column / label_column)")
+        if isinstance(data.features[cfg.image_column], datasets.Image):
+            data = data.cast_column(cfg.image_column, datasets.Image(decode=False))  # decode later, skip broken
+        self.data = data.select(range(min(cfg.limit, len(data)))) if cfg.limit else data
+        self.size = len(self.data)
+        self.cfg = cfg
+
+    def samples(self, start: int = 0) -> Iterator[Sample]:
+        c = self.cfg
+        for i in range(start, len(self.data)):
+            row = self.data[i]
+            image = row[c.image_column]
+            if isinstance(image, dict):  # the datasets Image feature, undecoded: {"bytes", "path"}
+                image = image["bytes"] if image.get("bytes") else _read(image.get("path"))
+            label = int(row[c.label_column]) if c.label_column else -1
+            yield Sample(str(i), image, row[c.caption_column], label)
+
+
+def _read(path: str | None) -> bytes | None:
+    if not path:
+        return None
+    with fsspec.open(path, "rb") as f:
+        return f.read()
+
+
+SOURCES = {"fashion-mnist": FashionMnistSource, "folder": FolderSource, "webdataset": WebDatasetSource,
+           "hf": HuggingFaceSource}
+
+
+def open_source(cfg: DataConfig):
+    if cfg.source not in SOURCES:
+        raise ParisError(f"unknown data source {cfg.source!r}; choose one of {', '.join(SOURCES)}")
+    return SOURCES[cfg.source](cfg)
