@@ -66,7 +66,9 @@ class StableDiffusionVAE:
 
     def __init__(self, path: str, scale: float):
         from diffusers import AutoencoderKL
+        from diffusers.utils import logging as diffusers_logging
 
+        diffusers_logging.set_verbosity_error()  # "install accelerate" advice on every load is noise
         self.vae = load_local(AutoencoderKL.from_pretrained, path, "sd-vae", "data.autoencoder_path", {"AutoencoderKL"})
         self.scale = scale
 

@@ -96,7 +96,7 @@ def prepare(run: RunDir, config: RunConfig, shard_range: tuple[int, int | None] 
             if not samples:
                 exhausted = True
                 break
-            tensors, meta = encoders.shard(samples, stamp)
+            tensors, meta = encoders.shard(samples, index * cfg.shard_size, stamp)
             if not meta["captions"] and not any(e["count"] for e in entries):
                 raise ParisError(f"none of the {len(samples)} samples of shard {index} could be used "
                                  f"({_reasons(meta['skipped'])}); {_hint(meta['skipped'])}")
@@ -138,9 +138,8 @@ class Encoders:
         except Skip:
             return None
 
-    def shard(self, samples: list, stamp: str) -> tuple[dict, dict]:
+    def shard(self, samples: list, first: int, stamp: str) -> tuple[dict, dict]:
         skipped, kept, images = Counter(), [], []
-        broken_before = len(getattr(self.source, "broken_tars", []))
         for sample in samples:
             try:
                 if sample.caption is None:
@@ -149,16 +148,20 @@ class Encoders:
                 kept.append(sample)
             except Skip as reason:
                 skipped[str(reason)] += 1
-        if len(getattr(self.source, "broken_tars", [])) > broken_before:
-            skipped["truncated_tar"] += len(self.source.broken_tars) - broken_before
+        # A truncated tar counts in the shard where its samples ended, wherever (and by whom) it was read.
+        broken = [p for p in getattr(self.source, "broken", {}).values() if first <= p < first + self.cfg.shard_size]
+        if broken:
+            skipped["truncated_tar"] = len(broken)
+        if kept:
+            batches = [(torch.stack(images[i : i + self.cfg.batch_size]), [s.caption for s in kept[i : i + self.cfg.batch_size]])
+                       for i in range(0, len(kept), self.cfg.batch_size)]
+        else:  # an empty shard still needs columns of the right shapes: encode one blank image, keep none
+            batches = [(torch.zeros(1, *self._image_shape()), [""])]
         columns: dict[str, list] = {}
-        for i in range(0, max(len(kept), 1), self.cfg.batch_size):
-            batch = images[i : i + self.cfg.batch_size]
-            x = torch.stack(batch) if batch else torch.zeros(0, *self._image_shape())
-            captions = [s.caption for s in kept[i : i + self.cfg.batch_size]]
+        for x, captions in batches:
             for key, value in self._encode(x, captions).items():
                 columns.setdefault(key, []).append(value)
-        tensors = {key: torch.cat(values) for key, values in columns.items()}
+        tensors = {key: torch.cat(values)[: len(kept)] for key, values in columns.items()}
         tensors["labels"] = torch.tensor([s.label for s in kept], dtype=torch.int64)
         meta = {"captions": [s.caption for s in kept], "keys": [s.key for s in kept], "skipped": dict(skipped),
                 "fingerprint": stamp, "positions": len(samples)}
@@ -168,14 +171,13 @@ class Encoders:
         return (1, 32, 32) if self.cfg.source == "fashion-mnist" else (3, self.cfg.image_size, self.cfg.image_size)
 
     def _encode(self, images: torch.Tensor, captions: list[str]) -> dict[str, torch.Tensor]:
-        ids, mask = self.text.tokenize(captions) if captions else (torch.zeros(0, self.cfg.max_tokens, dtype=torch.int32),) * 2
+        ids, mask = self.text.tokenize(captions)
         out = {"latents": self.autoencoder.encode(images).half(), "features": self.features(images).half(),
-               "text_mask": mask.bool()}
+               "text_mask": mask}
         if self.cfg.text_storage == "tokens":
-            out["text_ids"] = ids.int()
+            out["text_ids"] = ids
         else:
-            out["text_states"] = self.text.encode_tokens(ids, mask.bool()).half() if captions else \
-                torch.zeros(0, self.cfg.max_tokens, self.text.dim, dtype=torch.float16)
+            out["text_states"] = self.text.encode_tokens(ids, mask).half()
         return out
 
 

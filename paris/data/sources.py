@@ -18,6 +18,7 @@ import csv
 import itertools
 import json
 import logging
+import tarfile
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -98,28 +99,49 @@ class WebDatasetSource:
         self.urls = list(braceexpand.braceexpand(cfg.path))
         self.cfg = cfg
         self.size = None  # unknown until read through
-        self.broken_tars: list[str] = []
+        self.broken: dict[str, int] = {}  # truncated tar -> the source position where its samples ended
 
     def samples(self, start: int = 0) -> Iterator[Sample]:
-        stream = itertools.chain.from_iterable(self._tar(url) for url in self.urls)
+        stream = self._stream()
         if self.cfg.limit:
             stream = itertools.islice(stream, self.cfg.limit)
         return itertools.islice(stream, start, None)  # skipping reads bytes but decodes nothing
 
-    def _tar(self, url: str) -> Iterator[Sample]:
-        from webdataset.tariterators import group_by_keys, tar_file_iterator
-        import tarfile
+    def _stream(self) -> Iterator[Sample]:
+        position = 0
+        for url in self.urls:
+            complete = yield from self._tar(url)
+            position += complete[0]
+            if not complete[1]:
+                self.broken[url] = position
 
+    def _tar(self, url: str):
+        """Yields the samples of one tar; returns (how many, whether the tar was whole)."""
+        from webdataset.tariterators import group_by_keys
+
+        fs, path = fsspec.core.url_to_fs(url)
+        if not fs.exists(path):
+            raise ParisError(f"webdataset shard {url} not found; check data.path ({self.cfg.path})")
+        end, count = 0, 0
+
+        def files():
+            nonlocal end
+            with fs.open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
+                for info in tar:
+                    if info.isfile():
+                        yield {"fname": info.name, "data": tar.extractfile(info).read(), "__url__": url}
+                        end = info.offset_data + info.size
         try:
-            with fsspec.open(url, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
-                for record in group_by_keys(tar_file_iterator(tar)):
-                    yield self._sample(record)
-        except FileNotFoundError:
-            raise ParisError(f"webdataset shard {url} not found; check data.path ({self.cfg.path})") from None
-        except (tarfile.TarError, EOFError, OSError) as e:
-            # A tar cut off mid-write (img2dataset killed): keep what was read, count the tar, go on.
-            log.warning("webdataset shard %s is truncated or corrupt (%s); its remaining samples are skipped", url, e)
-            self.broken_tars.append(url)
+            for record in group_by_keys(files()):
+                yield self._sample(record)
+                count += 1
+            # A whole tar ends with two zero blocks after its last member; img2dataset killed mid-write leaves none.
+            whole = fs.size(path) >= -(-end // 512) * 512 + 1024
+        except (tarfile.TarError, EOFError, OSError):
+            whole = False
+        if not whole:
+            log.warning("webdataset shard %s is truncated or corrupt; %d samples read from it", url, count)
+        return count, whole
 
     def _sample(self, record: dict) -> Sample:
         image = next((record[ext] for ext in IMAGE_EXTENSIONS if ext in record), None)
@@ -129,7 +151,6 @@ class WebDatasetSource:
             caption = meta[self.cfg.caption_column]
         label = int(meta[self.cfg.label_column]) if self.cfg.label_column in meta else -1
         return Sample(record["__key__"], image, caption, label)
-
 
 class HuggingFaceSource:
     def __init__(self, cfg: DataConfig):
