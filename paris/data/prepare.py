@@ -84,10 +84,10 @@ def prepare(run: RunDir, config: RunConfig, shard_range: tuple[int, int | None] 
             if index in done:
                 entries.append(done[index])
                 meter.advance(done[index]["positions"], encoded=False)
-                if done[index]["positions"] < cfg.shard_size:
+                index += 1
+                if done[index - 1]["positions"] < cfg.shard_size:
                     exhausted = True
                     break
-                index += 1
                 continue
             if at != index * cfg.shard_size:  # (re)open the source where this shard starts
                 stream, at = source.samples(index * cfg.shard_size), index * cfg.shard_size
@@ -102,11 +102,11 @@ def prepare(run: RunDir, config: RunConfig, shard_range: tuple[int, int | None] 
                                  f"({_reasons(meta['skipped'])}); {_hint(meta['skipped'])}")
             entries.append(write_shard(run, "data", index, tensors, meta))
             meter.advance(len(samples), encoded=True)
+            index += 1
             if len(samples) < cfg.shard_size:
                 exhausted = True
                 break
-            index += 1
-    part = {"first": first, "end": index + 1 if exhausted else index, "exhausted": exhausted, "fingerprint": stamp,
+    part = {"first": first, "end": index, "exhausted": exhausted, "fingerprint": stamp,
             "data_config": dataclasses.asdict(cfg), "text_dim": text.dim, "shards": entries}
     if cfg.text_storage == "embeddings":
         states, mask = text.encode([""])

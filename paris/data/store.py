@@ -42,9 +42,18 @@ def write_shard(run: RunDir, prefix: str, index: int, tensors: dict, meta: dict)
 def shard_entry(index: int, data: bytes, tensors: dict, meta: dict) -> dict:
     """What a manifest records of a shard: size and hash (to check it), counts and shapes (to merge)."""
     return {"index": index, "name": shard_name(index), "count": len(tensors["labels"]), "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(), "skipped": meta.get("skipped", {}),
+            "sha256": content_hash(tensors, meta), "skipped": meta.get("skipped", {}),
             "positions": meta.get("positions", len(tensors["labels"])),
             "latent_shape": list(tensors["latents"].shape[1:]), "feature_dim": tensors["features"].shape[1]}
+
+
+def content_hash(tensors: dict[str, torch.Tensor], meta: dict) -> str:
+    """A hash of what a shard holds. Not of its bytes: safetensors writes its header keys in no fixed order."""
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    for key in sorted(tensors):
+        h.update(key.encode())
+        h.update(tensors[key].contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def parse_shard(data: bytes, where: str) -> tuple[dict[str, torch.Tensor], dict]:
@@ -64,11 +73,11 @@ def parse_shard(data: bytes, where: str) -> tuple[dict[str, torch.Tensor], dict]
 def read_shard(run: RunDir, prefix: str, entry: dict) -> tuple[dict[str, torch.Tensor], dict]:
     """A shard listed in a manifest, checked against the manifest's hash."""
     rel = f"{prefix}/shards/{entry['name']}"
-    data = run.read_bytes(rel)
-    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+    tensors, meta = parse_shard(run.read_bytes(rel), f"{run.url}/{rel}")
+    if content_hash(tensors, meta) != entry["sha256"]:
         raise ParisError(f"{run.url}/{rel} does not match {prefix}/manifest.json (its hash differs): the shard "
                          f"was changed or replaced after prepare; delete it and rerun `paris prepare {run.url}`")
-    return parse_shard(data, f"{run.url}/{rel}")
+    return tensors, meta
 
 
 def read_manifest(run: RunDir, prefix: str = "data") -> dict:
