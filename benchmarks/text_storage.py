@@ -27,7 +27,7 @@ def main() -> None:
                                          num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=TOKENS,
                                          projection_dim=768)).eval()
     params = sum(p.numel() for p in model.parameters())
-    lookups = sum(p.numel() for p in model.text_model.embeddings.parameters())  # tables: no FLOPs
+    lookups = (model.config.vocab_size + TOKENS) * WIDTH  # token and position tables: no FLOPs
     ids = torch.randint(0, 49408, (BATCH, TOKENS))
     with torch.no_grad():
         model(input_ids=ids)  # warm-up

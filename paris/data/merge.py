@@ -41,6 +41,8 @@ def merge(run: RunDir) -> dict:
         raise ParisError(f"shards {_ranges(gaps)} are missing; prepare them with `paris prepare {run.url} "
                          f"--shard-range {gaps[0]}:{gaps[-1] + 1}`, then merge again")
     entries = [shards[i] for i in range(end)]
+    if not any(e["count"] for e in entries):
+        raise ParisError(f"the data set at {parts[names[0]]['data_config']['path']} has no usable image; check data.path")
     missing = missing_shards(run, {"shards": entries})
     if missing:
         raise ParisError(f"{run.url}/data/shards/{missing[0]['name']} does not match its part (missing or another "

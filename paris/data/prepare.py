@@ -16,15 +16,14 @@ import json
 import time
 from collections import Counter
 
-import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from paris.config import RunConfig
 from paris.data import fashion_mnist
-from paris.data.encoders import build_autoencoder, build_features, build_text_encoder
+from paris.data.encoders import build_text_encoder
 from paris.data.merge import merge, missing_shards
-from paris.data.preprocess import Skip, load_image
+from paris.data.shard_encoder import ShardEncoder
 from paris.data.sources import open_source
 from paris.data.store import parse_shard, read_manifest, shard_entry, write_shard
 from paris.errors import ParisError
@@ -69,43 +68,13 @@ def prepare(run: RunDir, config: RunConfig, shard_range: tuple[int, int | None] 
             return manifest
     source = open_source(cfg)
     text = build_text_encoder(cfg.text_encoder, cfg.text_encoder_path, cfg.max_tokens)
-    encoders = Encoders(cfg, source, text)
+    encoders = ShardEncoder(cfg, source, text)
     run.write_config(config)  # only once the data and the encoders are known to load
     first, end = shard_range
     done = _complete_shards(run, first, end, stamp)
     console.print(f"[bold]prepare[/]: {cfg.source} {cfg.path} -> {run.url}/data, shards {first}:{'' if end is None else end}"
                   f" ({len(done)} already complete)")
-    entries, exhausted, stream, at = [], False, None, None
-    meter = Meter(getattr(source, "size", None))
-    meter.bar.update(meter.task, completed=first * cfg.shard_size)
-    with meter.bar:
-        index = first
-        while end is None or index < end:
-            if index in done:
-                entries.append(done[index])
-                meter.advance(done[index]["positions"], encoded=False)
-                index += 1
-                if done[index - 1]["positions"] < cfg.shard_size:
-                    exhausted = True
-                    break
-                continue
-            if at != index * cfg.shard_size:  # (re)open the source where this shard starts
-                stream, at = source.samples(index * cfg.shard_size), index * cfg.shard_size
-            samples = list(itertools.islice(stream, cfg.shard_size))
-            at += len(samples)
-            if not samples:
-                exhausted = True
-                break
-            tensors, meta = encoders.shard(samples, index * cfg.shard_size, stamp)
-            if not meta["captions"] and not any(e["count"] for e in entries):
-                raise ParisError(f"none of the {len(samples)} samples of shard {index} could be used "
-                                 f"({_reasons(meta['skipped'])}); {_hint(meta['skipped'])}")
-            entries.append(write_shard(run, "data", index, tensors, meta))
-            meter.advance(len(samples), encoded=True)
-            index += 1
-            if len(samples) < cfg.shard_size:
-                exhausted = True
-                break
+    entries, index, exhausted = _encode_range(run, cfg, encoders, first, end, done, stamp)
     part = {"first": first, "end": index, "exhausted": exhausted, "fingerprint": stamp,
             "data_config": dataclasses.asdict(cfg), "text_dim": text.dim, "shards": entries}
     if cfg.text_storage == "embeddings":
@@ -120,65 +89,35 @@ def prepare(run: RunDir, config: RunConfig, shard_range: tuple[int, int | None] 
     return merge(run) if whole else part
 
 
-class Encoders:
-    """Images and captions of one shard -> its columns, in batches of data.batch_size."""
-
-    def __init__(self, cfg, source, text):
-        self.cfg, self.source, self.text = cfg, source, text
-        self.autoencoder = build_autoencoder(cfg.autoencoder, cfg.autoencoder_path, cfg.latent_scale)
-        self.features = build_features(cfg, lambda: self._first_images(cfg.pca_fit_images))
-
-    def _first_images(self, n: int) -> torch.Tensor:
-        images = (self._image(s) for s in itertools.islice(self.source.samples(0), n))
-        return torch.stack([image for image in images if image is not None])
-
-    def _image(self, sample):
-        try:
-            return load_image(sample.image, self.cfg.image_size, self.cfg.min_image_size)
-        except Skip:
-            return None
-
-    def shard(self, samples: list, first: int, stamp: str) -> tuple[dict, dict]:
-        skipped, kept, images = Counter(), [], []
-        for sample in samples:
-            try:
-                if sample.caption is None:
-                    raise Skip("no_caption")
-                images.append(load_image(sample.image, self.cfg.image_size, self.cfg.min_image_size))
-                kept.append(sample)
-            except Skip as reason:
-                skipped[str(reason)] += 1
-        # A truncated tar counts in the shard where its samples ended, wherever (and by whom) it was read.
-        broken = [p for p in getattr(self.source, "broken", {}).values() if first <= p < first + self.cfg.shard_size]
-        if broken:
-            skipped["truncated_tar"] = len(broken)
-        if kept:
-            batches = [(torch.stack(images[i : i + self.cfg.batch_size]), [s.caption for s in kept[i : i + self.cfg.batch_size]])
-                       for i in range(0, len(kept), self.cfg.batch_size)]
-        else:  # an empty shard still needs columns of the right shapes: encode one blank image, keep none
-            batches = [(torch.zeros(1, *self._image_shape()), [""])]
-        columns: dict[str, list] = {}
-        for x, captions in batches:
-            for key, value in self._encode(x, captions).items():
-                columns.setdefault(key, []).append(value)
-        tensors = {key: torch.cat(values)[: len(kept)] for key, values in columns.items()}
-        tensors["labels"] = torch.tensor([s.label for s in kept], dtype=torch.int64)
-        meta = {"captions": [s.caption for s in kept], "keys": [s.key for s in kept], "skipped": dict(skipped),
-                "fingerprint": stamp, "positions": len(samples)}
-        return tensors, meta
-
-    def _image_shape(self) -> tuple:
-        return (1, 32, 32) if self.cfg.source == "fashion-mnist" else (3, self.cfg.image_size, self.cfg.image_size)
-
-    def _encode(self, images: torch.Tensor, captions: list[str]) -> dict[str, torch.Tensor]:
-        ids, mask = self.text.tokenize(captions)
-        out = {"latents": self.autoencoder.encode(images).half(), "features": self.features(images).half(),
-               "text_mask": mask}
-        if self.cfg.text_storage == "tokens":
-            out["text_ids"] = ids
-        else:
-            out["text_states"] = self.text.encode_tokens(ids, mask).half()
-        return out
+def _encode_range(run: RunDir, cfg, encoders, first: int, end: int | None, done: dict, stamp: str):
+    """Shards first..end-1 (or to the source's end): reuse the complete ones, encode the others.
+    Returns their manifest entries, the index after the last one, and whether the source ended."""
+    source, entries, stream, at = encoders.source, [], None, None
+    meter = Meter(getattr(source, "size", None))
+    meter.bar.update(meter.task, completed=first * cfg.shard_size)
+    index = first
+    with meter.bar:
+        while end is None or index < end:
+            if index in done:
+                entry, positions, encoded = done[index], done[index]["positions"], False
+            else:
+                if at != index * cfg.shard_size:  # (re)open the source where this shard starts
+                    stream, at = source.samples(index * cfg.shard_size), index * cfg.shard_size
+                samples = list(itertools.islice(stream, cfg.shard_size))
+                at += len(samples)
+                if not samples:
+                    return entries, index, True
+                tensors, meta = encoders.shard(samples, index * cfg.shard_size, stamp)
+                if not meta["captions"] and not any(e["count"] for e in entries):
+                    raise ParisError(f"none of the {len(samples)} samples of shard {index} could be used "
+                                     f"({_reasons(meta['skipped'])}); {_hint(meta['skipped'])}")
+                entry, positions, encoded = write_shard(run, "data", index, tensors, meta), len(samples), True
+            entries.append(entry)
+            meter.advance(positions, encoded)
+            index += 1
+            if positions < cfg.shard_size:  # a short shard is the last one
+                return entries, index, True
+    return entries, index, False
 
 
 def _check(cfg) -> None:
