@@ -53,7 +53,7 @@ class FashionMnistSource:
 
 class FolderSource:
     def __init__(self, cfg: DataConfig):
-        self.fs, self.root = fsspec.core.url_to_fs(cfg.path.rstrip("/"))
+        self.fs, self.root = filesystem(cfg.path.rstrip("/"))
         if not self.fs.isdir(self.root):
             raise ParisError(f"image folder {cfg.path} not found; set data.path to a directory of images")
         files = sorted(p for p in self.fs.find(self.root) if p.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS)
@@ -119,7 +119,7 @@ class WebDatasetSource:
         """Yields the samples of one tar; returns (how many, whether the tar was whole)."""
         from webdataset.tariterators import group_by_keys
 
-        fs, path = fsspec.core.url_to_fs(url)
+        fs, path = filesystem(url)
         if not fs.exists(path):
             raise ParisError(f"webdataset shard {url} not found; check data.path ({self.cfg.path})")
         end, count = 0, 0
@@ -195,6 +195,14 @@ def _read(path: str | None) -> bytes | None:
         return None
     with fsspec.open(path, "rb") as f:
         return f.read()
+
+
+def filesystem(url: str):
+    """The fsspec filesystem of a URL; a protocol whose package is missing (s3fs, gcsfs) is a clear error."""
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as e:
+        raise ParisError(f"cannot open {url}: {e}") from None
 
 
 SOURCES = {"fashion-mnist": FashionMnistSource, "folder": FolderSource, "webdataset": WebDatasetSource,
