@@ -123,3 +123,18 @@ def test_text_storage_embeddings_matches_tokens(tmp_path, models):
     (sa, ma), (sb, mb) = a.text(rows, drop), b.text(rows, drop)
     assert torch.allclose(sa, sb, atol=3e-3) and torch.equal(ma, mb)  # embeddings are fp16
     assert not torch.allclose(sa[0], sa[2], atol=1e-2)  # the dropped one is the empty prompt
+
+
+def test_token_ids_are_encoded_per_batch_when_captions_are_too_many_for_a_table(tmp_path, models, monkeypatch):
+    from paris.data import text_lookup
+
+    folder = write_folder(tmp_path / "images", 5)
+    run = RunDir(str(tmp_path / "run"))
+    prepare(run, laion_config(models, "folder", str(folder)))
+    rows, drop = torch.tensor([1, 3, 0]), torch.tensor([False, True, False])
+    table = load_store(run).text(rows, drop)
+    monkeypatch.setattr(text_lookup, "TABLE_BYTES", 0)
+    store = load_store(run)
+    per_batch = store.text(rows, drop)
+    assert store._text.table is None  # really the per-batch path
+    assert torch.allclose(table[0], per_batch[0], atol=1e-5) and torch.equal(table[1], per_batch[1])

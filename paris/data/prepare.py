@@ -141,7 +141,7 @@ def _complete_shards(run: RunDir, first: int, end: int | None, stamp: str) -> di
             console.print(f"[yellow]shard {name} is truncated or corrupt; encoding it again[/]")
             continue
         if meta.get("fingerprint") == stamp:
-            done[index] = shard_entry(index, data, tensors, meta)
+            done[index] = shard_entry(index, len(data), tensors, meta)
     return done
 
 

@@ -77,7 +77,7 @@ class FolderSource:
         if rows and ("file" not in rows[0] or cfg.caption_column not in rows[0]):
             raise ParisError(f"the captions file in {cfg.path} needs columns `file` and `{cfg.caption_column}` "
                              f"(data.caption_column); it has {', '.join(rows[0])}")
-        labels = {r["file"]: int(r[cfg.label_column]) for r in rows if cfg.label_column} if cfg.label_column else {}
+        labels = {r["file"]: int(r[cfg.label_column]) for r in rows} if cfg.label_column else {}
         return {r["file"]: r[cfg.caption_column] for r in rows}, labels
 
     def samples(self, start: int = 0) -> Iterator[Sample]:
@@ -105,14 +105,15 @@ class WebDatasetSource:
         stream = self._stream()
         if self.cfg.limit:
             stream = itertools.islice(stream, self.cfg.limit)
-        return itertools.islice(stream, start, None)  # skipping reads bytes but decodes nothing
+        # Skipping to `start` reads the tar bytes before it (tars are streams) but decodes nothing.
+        return itertools.islice(stream, start, None)
 
     def _stream(self) -> Iterator[Sample]:
         position = 0
         for url in self.urls:
-            complete = yield from self._tar(url)
-            position += complete[0]
-            if not complete[1]:
+            count, whole = yield from self._tar(url)
+            position += count
+            if not whole:
                 self.broken[url] = position
 
     def _tar(self, url: str):

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from paris.data.text_lookup import TextLookup
 from paris.errors import ParisError
 from paris.run import RunDir
 
-TABLE_BYTES = 1 << 30  # encode each distinct caption once when their states fit in this (templated data)
 
 
 DTYPES = {"F16": torch.float16, "F32": torch.float32, "I64": torch.int64, "I32": torch.int32, "BOOL": torch.bool}
@@ -36,12 +36,12 @@ def write_shard(run: RunDir, prefix: str, index: int, tensors: dict, meta: dict)
     """Write one shard atomically; returns its manifest entry."""
     rel = f"{prefix}/shards/{shard_name(index)}"
     run.save_tensors(rel, tensors, metadata=meta)
-    return shard_entry(index, run.read_bytes(rel), tensors, meta)  # hash what readers will see
+    return shard_entry(index, run.fs.size(run.path(rel)), tensors, meta)
 
 
-def shard_entry(index: int, data: bytes, tensors: dict, meta: dict) -> dict:
+def shard_entry(index: int, size: int, tensors: dict, meta: dict) -> dict:
     """What a manifest records of a shard: size and hash (to check it), counts and shapes (to merge)."""
-    return {"index": index, "name": shard_name(index), "count": len(tensors["labels"]), "bytes": len(data),
+    return {"index": index, "name": shard_name(index), "count": len(tensors["labels"]), "bytes": size,
             "sha256": content_hash(tensors, meta), "skipped": meta.get("skipped", {}),
             "positions": meta.get("positions", len(tensors["labels"])),
             "latent_shape": list(tensors["latents"].shape[1:]), "feature_dim": tensors["features"].shape[1]}
@@ -136,9 +136,7 @@ class Store:
 
     def text(self, index: torch.Tensor, drop: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Token states [B,L,D] float32 and mask [B,L] of samples `index`; where `drop`, the empty prompt."""
-        if self._text is None:
-            from paris.data.text_lookup import TextLookup
-
+        if self._text is None:  # built on first use: it may load the text encoder
             self._text = TextLookup(self.manifest, self.text_data, self.captions)
         return self._text(index, drop)
 
@@ -147,7 +145,7 @@ def load_store(run: RunDir, cluster: int | None = None) -> Store:
     """All prepared samples, or only those of one cluster (from its export when there is a current one)."""
     prefix, keep = "data", None
     if cluster is not None:
-        from paris.partition import load_partition
+        from paris.partition import load_partition  # here: partition.py imports this module
 
         part = load_partition(run)
         export = f"clusters/{cluster}"

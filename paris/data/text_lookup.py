@@ -15,12 +15,11 @@ from paris.data.encoders import build_text_encoder
 from paris.errors import ParisError
 
 CHUNK = 256  # captions per encoder call when building the table
+TABLE_BYTES = 1 << 30  # build the table when the distinct captions' states fit in this
 
 
 class TextLookup:
     def __init__(self, manifest: dict, text_data: dict[str, torch.Tensor], captions: list[str]):
-        from paris.data.store import TABLE_BYTES
-
         self.mask = text_data["text_mask"]
         enc = manifest["encoders"]
         if "text_states" in text_data:
