@@ -69,7 +69,7 @@ class DataConfig:
     image_column: str = "image"  # HF columns
     label_column: str = ""  # optional integer labels (for `--method labels`); "" = none
     limit: int = 0  # 0 = every image
-    image_size: int = 256  # shorter side resized to this, then centre-cropped (Paris: 256)
+    image_size: int = 256  # shorter side resized to this, then centre-cropped (Paris: 256; fashion-mnist: always 32)
     min_image_size: int = 128  # images with a shorter side below this are skipped (counted), not upscaled
     autoencoder: str = "identity"  # identity (pixels) | sd-vae
     autoencoder_path: str = ""  # local diffusers directory of the VAE (Paris: stabilityai/sd-vae-ft-mse)

@@ -140,6 +140,9 @@ def test_a_shard_that_does_not_match_the_manifest_is_refused_then_repaired(tmp_p
     (shards / "000001.safetensors").write_bytes((shards / "000000.safetensors").read_bytes())  # a swapped file
     with pytest.raises(ParisError, match="000001.safetensors does not match data/manifest.json.*delete it"):
         load_store(run)
+    (shards / "000001.safetensors").write_bytes((shards / "000000.safetensors").read_bytes()[:300])  # cut short
+    with pytest.raises(ParisError, match="000001.safetensors is truncated or corrupt.*delete it and rerun"):
+        load_store(run)
     (shards / "000001.safetensors").unlink()
     prepare(run, config)  # the manifest names a shard that is gone: prepare encodes just that one
     assert_same_store(run, baseline)

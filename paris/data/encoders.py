@@ -161,10 +161,13 @@ class PixelPCA:
 
     def __init__(self, fit_images: torch.Tensor, dim: int, seed: int):
         flat = fit_images.flatten(1).numpy()
-        self.pca = PCA(min(dim, *flat.shape), svd_solver="randomized", random_state=seed).fit(flat)
+        pca = PCA(min(dim, *flat.shape), svd_solver="randomized", random_state=seed).fit(flat)
+        # Projected with torch: sklearn's transform on small batches is slow here (BLAS threads contend).
+        self.mean = torch.from_numpy(pca.mean_).float()
+        self.components = torch.from_numpy(pca.components_).float()
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.pca.transform(images.flatten(1).numpy())).float()
+        return (images.flatten(1) - self.mean) @ self.components.T
 
 
 class Dinov2Features:
