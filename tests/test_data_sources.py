@@ -104,6 +104,22 @@ def test_webdataset_source_with_braces_and_a_truncated_tar(tmp_path, models):
     assert store.labels.tolist() == [k % 3 for k in kept]
 
 
+def test_webdataset_range_skips_tars_whose_size_img2dataset_recorded(tmp_path, models):
+    for i in range(3):
+        write_tar(tmp_path / "tars" / f"{i:05d}.tar", 4 * i, 4, stats=True)
+    url = f"{tmp_path}/tars/{{00000..00002}}.tar"
+    manifest, _ = _prepare(tmp_path, models, "webdataset", url)
+    for i in range(2):  # a range starting at shard 2 (= tar 2) must not even open tars 0 and 1
+        (tmp_path / "tars" / f"{i:05d}.tar").write_bytes(b"unreadable")
+    run = RunDir(str(tmp_path / "range"))
+    part = prepare(run, laion_config(models, "webdataset", url), (2, None))
+    assert [e["count"] for e in part["shards"]] == [4] and part["shards"][0]["skipped"] == {}
+    assert part["shards"][0]["sha256"] == manifest["shards"][2]["sha256"]  # the same positions 8..11
+    write_tar(tmp_path / "tars" / "00002.tar", 8, 3)  # now 3 samples, but its stats still say 4
+    with pytest.raises(ParisError, match="00002.tar holds 3 samples but its _stats.json says 4"):
+        prepare(RunDir(str(tmp_path / "other")), laion_config(models, "webdataset", url), (2, None))
+
+
 def test_webdataset_missing_shard(tmp_path, models):
     with pytest.raises(ParisError, match="webdataset shard .*nothing.tar not found"):
         _prepare(tmp_path, models, "webdataset", str(tmp_path / "nothing.tar"))

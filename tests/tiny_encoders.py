@@ -106,8 +106,8 @@ def write_folder(root: Path, n: int, captions: str = "txt") -> Path:
     return root
 
 
-def write_tar(path: Path, first: int, n: int, truncate: bool = False) -> Path:
-    """An img2dataset-style webdataset shard: KEY.jpg, KEY.txt, KEY.json per sample."""
+def write_tar(path: Path, first: int, n: int, truncate: bool = False, stats: bool = False) -> Path:
+    """An img2dataset-style webdataset shard: KEY.jpg, KEY.txt, KEY.json per sample (and NNNNN_stats.json)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(path, "w") as tar:
         for i in range(first, first + n):
@@ -118,6 +118,8 @@ def write_tar(path: Path, first: int, n: int, truncate: bool = False) -> Path:
                 info = tarfile.TarInfo(f"{key}.{ext}")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
+    if stats:
+        path.with_name(path.stem + "_stats.json").write_text(json.dumps({"count": n, "successes": n}))
     if truncate:  # img2dataset killed mid-write
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 2])

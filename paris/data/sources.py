@@ -102,19 +102,35 @@ class WebDatasetSource:
         self.broken: dict[str, int] = {}  # truncated tar -> the source position where its samples ended
 
     def samples(self, start: int = 0) -> Iterator[Sample]:
-        stream = self._stream()
-        if self.cfg.limit:
-            stream = itertools.islice(stream, self.cfg.limit)
-        # Skipping to `start` reads the tar bytes before it (tars are streams) but decodes nothing.
-        return itertools.islice(stream, start, None)
+        stream = self._stream(start)
+        return itertools.islice(stream, max(0, self.cfg.limit - start)) if self.cfg.limit else stream
 
-    def _stream(self) -> Iterator[Sample]:
+    def _stream(self, start: int) -> Iterator[Sample]:
+        """Samples from position `start` on. A tar wholly before `start` whose size img2dataset recorded (in
+        NNNNN_stats.json, written after the tar is complete) is skipped unread; others are read through."""
         position = 0
         for url in self.urls:
-            count, whole = yield from self._tar(url)
+            known = self._recorded_count(url)
+            if known is not None and position + known <= start:
+                position += known
+                continue
+            count, whole = yield from _drop(self._tar(url), max(0, start - position))
+            if whole and known is not None and count != known:
+                raise ParisError(f"{url} holds {count} samples but its _stats.json says {known}; delete the stats "
+                                 f"file (the tar is then counted by reading it) and prepare again")
             position += count
             if not whole:
                 self.broken[url] = position
+
+    @staticmethod
+    def _recorded_count(url: str) -> int | None:
+        if not url.endswith(".tar"):
+            return None
+        fs, path = filesystem(url[: -len(".tar")] + "_stats.json")
+        if not fs.exists(path):
+            return None
+        with fs.open(path, "r") as f:
+            return int(json.load(f)["successes"])
 
     def _tar(self, url: str):
         """Yields the samples of one tar; returns (how many, whether the tar was whole)."""
@@ -196,6 +212,17 @@ def _read(path: str | None) -> bytes | None:
         return None
     with fsspec.open(path, "rb") as f:
         return f.read()
+
+
+def _drop(generator, n: int):
+    """Yield from `generator` after dropping its first n items; return what it returns."""
+    for i in itertools.count():
+        try:
+            item = next(generator)
+        except StopIteration as stop:
+            return stop.value
+        if i >= n:
+            yield item
 
 
 def filesystem(url: str):
