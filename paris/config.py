@@ -85,6 +85,7 @@ class DataConfig:
     pca_fit_images: int = 10000  # pixel-pca is fitted on the first N images, so shards encode independently
     shard_size: int = 10000  # source positions per shard (skipped images leave a shard short)
     batch_size: int = 64  # images per encoder call
+    decode_threads: int = 8  # images decoded and resized in parallel
     seed: int = 0
 
 

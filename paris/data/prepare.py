@@ -48,7 +48,8 @@ def parse_shard_range(text: str) -> tuple[int, int | None]:
 def fingerprint(config: RunConfig) -> str:
     """What the stored bytes depend on; shards and parts of another fingerprint are never mixed."""
     data = dataclasses.asdict(config.data)
-    data.pop("batch_size")
+    for key in ("batch_size", "decode_threads"):  # how fast, not what
+        data.pop(key)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -21,37 +22,34 @@ class ShardEncoder:
         self.features = build_features(cfg, lambda: self._first_images(cfg.pca_fit_images))
 
     def _first_images(self, n: int) -> torch.Tensor:
-        images = (self._image(s) for s in itertools.islice(self.source.samples(0), n))
-        return torch.stack([image for image in images if image is not None])
+        images = map(self._load, itertools.islice(self.source.samples(0), n))
+        return torch.stack([image for image in images if not isinstance(image, Skip)])
 
-    def _image(self, sample):
+    def _load(self, sample):
+        """The preprocessed image of a sample, or the Skip that says why it has none."""
+        if sample.caption is None:
+            return Skip("no_caption")
         try:
             return load_image(sample.image, self.cfg.image_size, self.cfg.min_image_size)
-        except Skip:
-            return None
+        except Skip as reason:
+            return reason
 
     def shard(self, samples: list, first: int, stamp: str) -> tuple[dict, dict]:
-        """Decode and encode one batch at a time: a shard of 256px images would not fit in memory at once."""
-        skipped, kept, batch, columns = Counter(), [], [], {}
-
-        def encode_batch():
-            encoded = self._encode(torch.stack([image for _, image in batch]), [s.caption for s, _ in batch])
-            for key, value in encoded.items():
-                columns.setdefault(key, []).append(value)
-            kept.extend(sample for sample, _ in batch)
-            batch.clear()
-
-        for sample in samples:
-            try:
-                if sample.caption is None:
-                    raise Skip("no_caption")
-                batch.append((sample, load_image(sample.image, self.cfg.image_size, self.cfg.min_image_size)))
-            except Skip as reason:
-                skipped[str(reason)] += 1
-            if len(batch) == self.cfg.batch_size:
-                encode_batch()
-        if batch:
-            encode_batch()
+        """One batch of positions at a time (a shard of 256px images would not fit in memory at once),
+        decoded by a pool of threads (PIL releases the GIL), in order."""
+        skipped, kept, columns = Counter(), [], {}
+        with ThreadPoolExecutor(max(1, self.cfg.decode_threads)) as pool:
+            for i in range(0, len(samples), self.cfg.batch_size):
+                chunk = samples[i : i + self.cfg.batch_size]
+                loaded = list(pool.map(self._load, chunk))
+                skipped.update(str(x) for x in loaded if isinstance(x, Skip))
+                good = [(sample, x) for sample, x in zip(chunk, loaded) if not isinstance(x, Skip)]
+                if not good:
+                    continue
+                encoded = self._encode(torch.stack([x for _, x in good]), [sample.caption for sample, _ in good])
+                for key, value in encoded.items():
+                    columns.setdefault(key, []).append(value)
+                kept.extend(sample for sample, _ in good)
         if not kept:  # an empty shard still needs columns of the right shapes: encode a blank image, keep none
             blank = self._encode(torch.zeros(1, *self._image_shape()), [""])
             columns = {key: [value[:0]] for key, value in blank.items()}
