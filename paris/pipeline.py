@@ -7,7 +7,7 @@
 The folder layout is the public Paris release's:
     model_index.json, config.json (num_experts, latent shape, encoders)
     expert_<i>/config.json + diffusion_pytorch_model.safetensors      router/config.json + pytorch_model.safetensors
-    text_encoder/ (model and tokenizer, transformers' save_pretrained), tokenizer/
+    text_encoder/ (model and tokenizer, transformers' save_pretrained), tokenizer/, vae/ (when not pixel space)
 Weights load with strict key and shape checks, from safetensors only (never a pickle).
 """
 
@@ -35,7 +35,8 @@ class ParisPipeline:
         manifest = run.read_json("data/manifest.json")
         num_experts = run.read_json("partition/meta.json")["num_clusters"]
         config = {"num_experts": num_experts, "latent_shape": manifest["latent_shape"],
-                  "autoencoder": data.autoencoder, "max_tokens": data.max_tokens}
+                  "autoencoder": data.autoencoder, "autoencoder_path": data.autoencoder_path,
+                  "latent_scale": data.latent_scale, "text_encoder": data.text_encoder, "max_tokens": data.max_tokens}
         text_encoder = build_text_encoder(data.text_encoder, data.text_encoder_path, data.max_tokens)
         if monolith:
             return cls._assemble(run, ["monolith/final"], None, text_encoder, {**config, "num_experts": 1}, 0, device)
@@ -54,7 +55,9 @@ class ParisPipeline:
         if missing:
             raise ParisError(f"{path} lacks {', '.join(missing)} (config.json says {config['num_experts']} experts)")
         router = "router" if config["num_experts"] > 1 else None
-        text_encoder = TextEncoder(folder.path("text_encoder"), config["max_tokens"])
+        text_encoder = TextEncoder(config["text_encoder"], folder.path("text_encoder"), config["max_tokens"])
+        if config["autoencoder"] != "identity":
+            config = {**config, "autoencoder_path": folder.path("vae")}
         return cls._assemble(folder, experts, router, text_encoder, config, max_resident_experts, device)
 
     @classmethod
@@ -67,8 +70,9 @@ class ParisPipeline:
         if router_model is not None and router_model.config.num_experts != len(experts):
             raise ParisError(f"the router of {root.url} chooses among {router_model.config.num_experts} experts "
                              f"but there are {len(experts)}; retrain it or fix config.json")
-        mixture = Mixture(ExpertPool(loaders, max_resident, device), router_model, text_encoder,
-                          build_autoencoder(config["autoencoder"]), tuple(config["latent_shape"]))
+        autoencoder = build_autoencoder(config["autoencoder"], config["autoencoder_path"], config["latent_scale"])
+        mixture = Mixture(ExpertPool(loaders, max_resident, device), router_model, text_encoder, autoencoder,
+                          tuple(config["latent_shape"]))
         return cls(mixture, config)
 
     def save_pretrained(self, path: str) -> None:
@@ -83,6 +87,8 @@ class ParisPipeline:
         encoder.model.save_pretrained(out.path("text_encoder"))
         encoder.tokenizer.save_pretrained(out.path("text_encoder"))
         encoder.tokenizer.save_pretrained(out.path("tokenizer"))
+        if hasattr(self.mixture.autoencoder, "vae"):  # the SD VAE; pixel space has nothing to save
+            self.mixture.autoencoder.vae.save_pretrained(out.path("vae"))
         out.write_json("model_index.json", {"_class_name": "ParisPipeline", "experts": len(self.mixture.experts)})
         out.write_json("config.json", self.config)  # last: a folder with a config.json is complete
 

@@ -12,7 +12,7 @@ import torch
 
 from conftest import FASHION_MNIST, NUM_IMAGES, SHARD_SIZE, copy_run, record_writes
 from paris.data import fashion_mnist
-from paris.data.store import EMPTY_CAPTION_ID, load_store
+from paris.data.store import load_store, read_columns
 from paris.errors import ParisError
 from paris.partition import load_partition, partition
 from paris.run import RunDir
@@ -115,12 +115,11 @@ def test_captions_cycle_through_templates():
 
 def test_prepare_manifest(prepared, config):
     manifest = prepared["manifest"]
-    assert manifest["count"] == NUM_IMAGES
+    assert manifest["count"] == NUM_IMAGES and manifest["skipped"] == {}
     assert [s["count"] for s in manifest["shards"]] == [128, 128, NUM_IMAGES - 2 * SHARD_SIZE]
-    assert manifest["latent_shape"] == [1, 32, 32]
+    assert manifest["latent_shape"] == [1, 32, 32] and manifest["feature_dim"] == 64
     assert manifest["text_dim"] == 384 and manifest["max_tokens"] == config.data.max_tokens
-    assert manifest["captions"][EMPTY_CAPTION_ID] == ""
-    assert len(manifest["captions"]) == len(set(manifest["captions"]))
+    assert manifest["text_storage"] == "tokens" and manifest["class_names"] == fashion_mnist.CLASSES
     run = RunDir(str(prepared["path"]))
     assert run.read_json("data/manifest.json") == manifest
     assert run.read_config() == config
@@ -130,39 +129,38 @@ def test_prepare_writes_manifest_last(prepared):
     writes = prepared["writes"]
     assert writes[-1] == "data/manifest.json"
     assert writes.count("data/manifest.json") == 1
-    assert {"config.yaml", "data/text.safetensors", "data/shards/00002.safetensors"} <= set(writes)
+    assert {"config.yaml", "data/shards/000002.safetensors", "data/parts/000000-000003.json"} <= set(writes)
 
 
 def test_store_matches_the_source(prepared):
-    store = load_store(RunDir(str(prepared["path"])))
+    run = RunDir(str(prepared["path"]))
+    store = load_store(run)
     images, labels = fashion_mnist.load(FASHION_MNIST, "train", NUM_IMAGES)
-    assert len(store) == NUM_IMAGES
+    assert len(store) == NUM_IMAGES and torch.equal(store.rows, torch.arange(NUM_IMAGES))
     assert torch.equal(store.labels, labels)
     assert torch.allclose(store.latents, images, atol=1e-3)  # identity autoencoder, stored as fp16
-    assert store.features.shape == (NUM_IMAGES, 64)
-    # each sample points at the row of its own caption
-    assert [store.captions[i] for i in store.caption_ids] == [
-        fashion_mnist.caption(int(label), i) for i, label in enumerate(labels)
-    ]
-    assert (store.caption_ids != EMPTY_CAPTION_ID).all()
+    assert torch.cat([c["features"] for _, c in read_columns(run, ["features"])]).shape == (NUM_IMAGES, 64)
+    assert store.captions == [fashion_mnist.caption(int(label), i) for i, label in enumerate(labels)]
+    assert store.text_data["text_ids"].shape == (NUM_IMAGES, 16)
 
 
 def test_text_states_match_the_encoder(prepared, text_encoder):
     store = load_store(RunDir(str(prepared["path"])))
-    caption = fashion_mnist.caption(3, 1)
-    row = store.captions.index(caption)
-    states, mask = text_encoder.encode([caption])
-    assert torch.allclose(store.text_states[row], states[0], atol=2e-2)  # fp16 storage
-    assert torch.equal(store.text_mask[row], mask[0])
-    assert store.text_mask[EMPTY_CAPTION_ID].sum() == 2  # "" is just [CLS] [SEP]
-    assert store.text_mask[row].sum() > 2
+    row = 7
+    states, mask = text_encoder.encode([store.captions[row]])
+    text, text_mask = store.text(torch.tensor([row, row]), drop=torch.tensor([False, True]))
+    assert torch.allclose(text[0], states[0], atol=1e-4)
+    assert torch.equal(text_mask[0], mask[0]) and text_mask[0].sum() > 2
+    empty, empty_mask = text_encoder.encode([""])
+    assert torch.allclose(text[1], empty[0], atol=1e-4)
+    assert text_mask[1].sum() == 2  # "" is just [CLS] [SEP]
 
 
 def test_same_caption_gives_identical_text_states(prepared, text_encoder):
     store = load_store(RunDir(str(prepared["path"])))
-    ids = store.caption_ids
-    a, b = next((i, j) for i in range(len(ids)) for j in range(i + 1, len(ids)) if ids[i] == ids[j])
-    text, mask = store.text(ids[[a, b]])
+    captions = store.captions
+    a, b = next((i, j) for i in range(len(captions)) for j in range(i + 1, len(captions)) if captions[i] == captions[j])
+    text, mask = store.text(torch.tensor([a, b]))
     assert torch.equal(text[0], text[1]) and torch.equal(mask[0], mask[1])
     # The encoder itself: a caption's states do not depend on what else is in the batch.
     caption = "a photo of a bag"
@@ -200,7 +198,7 @@ def test_partition_writes_meta_last(prepared, tmp_path):
     partition(run, 2)
     assert writes[-1] == "partition/meta.json"
     assert set(writes) == {"partition/centroids.safetensors", "partition/assignments.safetensors",
-                           "partition/meta.json"}
+                           "partition/montage/0.png", "partition/montage/1.png", "partition/meta.json"}
 
 
 @pytest.mark.parametrize("k", [NUM_IMAGES + 1, 0])

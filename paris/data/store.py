@@ -1,58 +1,170 @@
-"""The prepared data of a run (data/ in the run directory), loaded into memory.
+"""The prepared data of a run: fixed-size safetensors shards plus a manifest, and the `Store` training reads.
 
-Layout written by `paris prepare`:
-  data/shards/00000.safetensors  latents (fp16), labels, caption_ids, features, for `shard_size` samples each
-  data/text.safetensors          token states (fp16) + mask of every distinct caption; row 0 is "" (no text)
-  data/manifest.json             written last: counts, shard list with hashes, encoders, shapes
-Captions are stored once each and referenced by id: Fashion-MNIST has 40 distinct captions for 60k images,
-and caption dropout for classifier-free guidance is just "use id 0".
+Layout written by `paris prepare` (and, per cluster, by `paris export-clusters` under clusters/<k>/):
+  data/shards/000000.safetensors  one shard = `shard_size` source positions; columns
+      latents [n,C,H,W] fp16 · labels [n] int64 · features [n,F] fp16 (what the partition clusters) ·
+      text_ids [n,L] int32 (text_storage=tokens) or text_states [n,L,D] fp16 (embeddings) · text_mask [n,L]
+      and, in the safetensors metadata, the captions, source keys and skipped counts of the shard
+  data/parts/<first>-<end>.json   what one `prepare --shard-range` wrote (merged into the manifest)
+  data/manifest.json              written last: counts, skipped counts, encoders, shard list with hashes
+Text is per sample (11M captions are 11M distinct strings); caption dropout uses the empty prompt "".
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+import struct
+from dataclasses import dataclass, field
 
 import torch
 
+from paris.data.text_lookup import TextLookup
+from paris.errors import ParisError
 from paris.run import RunDir
 
-EMPTY_CAPTION_ID = 0
+
+
+DTYPES = {"F16": torch.float16, "F32": torch.float32, "I64": torch.int64, "I32": torch.int32, "BOOL": torch.bool}
+
+
+def shard_name(index: int) -> str:
+    return f"{index:06d}.safetensors"
+
+
+def write_shard(run: RunDir, prefix: str, index: int, tensors: dict, meta: dict) -> dict:
+    """Write one shard atomically; returns its manifest entry."""
+    rel = f"{prefix}/shards/{shard_name(index)}"
+    run.save_tensors(rel, tensors, metadata=meta)
+    return shard_entry(index, run.fs.size(run.path(rel)), tensors, meta)
+
+
+def shard_entry(index: int, size: int, tensors: dict, meta: dict) -> dict:
+    """What a manifest records of a shard: size and hash (to check it), counts and shapes (to merge)."""
+    return {"index": index, "name": shard_name(index), "count": len(tensors["labels"]), "bytes": size,
+            "sha256": content_hash(tensors, meta), "skipped": meta.get("skipped", {}),
+            "positions": meta.get("positions", len(tensors["labels"])),
+            "latent_shape": list(tensors["latents"].shape[1:]), "feature_dim": tensors["features"].shape[1]}
+
+
+def content_hash(tensors: dict[str, torch.Tensor], meta: dict) -> str:
+    """A hash of what a shard holds. Not of its bytes: safetensors writes its header keys in no fixed order."""
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    for key in sorted(tensors):
+        h.update(key.encode())
+        h.update(tensors[key].contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def parse_shard(data: bytes, where: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and metadata of a shard file; a truncated or foreign file is a ParisError."""
+    from safetensors.torch import load
+
+    try:
+        (size,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8 : 8 + size])
+        meta = {k: json.loads(v) for k, v in header.get("__metadata__", {}).items()}
+        return load(data), meta
+    except Exception as e:  # safetensors raises its own error types for every kind of damage
+        raise ParisError(f"shard {where} is truncated or corrupt ({type(e).__name__}); delete it and rerun "
+                         f"`paris prepare` to encode it again") from None
+
+
+def read_shard(run: RunDir, prefix: str, entry: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """A shard listed in a manifest, checked against the manifest's hash."""
+    rel = f"{prefix}/shards/{entry['name']}"
+    tensors, meta = parse_shard(run.read_bytes(rel), f"{run.url}/{rel}")
+    if content_hash(tensors, meta) != entry["sha256"]:
+        raise ParisError(f"{run.url}/{rel} does not match {prefix}/manifest.json (its hash differs): the shard "
+                         f"was changed or replaced after prepare; delete it and rerun `paris prepare {run.url}`")
+    return tensors, meta
+
+
+def read_manifest(run: RunDir, prefix: str = "data") -> dict:
+    return run.read_json(f"{prefix}/manifest.json")
+
+
+def iter_shards(run: RunDir, prefix: str = "data", manifest: dict | None = None):
+    """(first row, tensors, metadata) of every shard, in order: one shard in memory at a time."""
+    manifest = manifest or read_manifest(run, prefix)
+    row = 0
+    for entry in manifest["shards"]:
+        tensors, meta = read_shard(run, prefix, entry)
+        yield row, tensors, meta
+        row += entry["count"]
+
+
+def read_columns(run: RunDir, names: list[str], prefix: str = "data", manifest: dict | None = None):
+    """(first row, {name: tensor}) per shard, reading only the bytes of those columns (safetensors keeps
+    each tensor contiguous at offsets listed in its header): the partition reads features, not latents."""
+    manifest = manifest or read_manifest(run, prefix)
+    row = 0
+    for entry in manifest["shards"]:
+        path = run.path(f"{prefix}/shards/{entry['name']}")
+        (size,) = struct.unpack("<Q", run.fs.cat_file(path, start=0, end=8))
+        header = json.loads(run.fs.cat_file(path, start=8, end=8 + size))
+        columns = {}
+        for name in names:
+            info = header[name]
+            begin, stop = (8 + size + offset for offset in info["data_offsets"])
+            raw = bytearray(run.fs.cat_file(path, start=begin, end=stop)) if stop > begin else bytearray()
+            dtype = DTYPES[info["dtype"]]
+            columns[name] = torch.frombuffer(raw, dtype=dtype).reshape(info["shape"]) if raw else \
+                torch.zeros(info["shape"], dtype=dtype)
+        yield row, columns
+        row += entry["count"]
 
 
 @dataclass
 class Store:
+    """The samples one job trains on, in memory: latents, labels, per-sample text, captions."""
+
     manifest: dict
     latents: torch.Tensor  # [N, C, H, W] float32
     labels: torch.Tensor  # [N] int64 (-1 when the source has no labels)
-    caption_ids: torch.Tensor  # [N] int64 into the text table
-    features: torch.Tensor  # [N, F] float32, what the partition clusters
-    text_states: torch.Tensor  # [U, L, D] float32
-    text_mask: torch.Tensor  # [U, L] bool
-    captions: list[str]  # [U]
+    text_data: dict[str, torch.Tensor]  # text_ids or text_states, and text_mask, per sample
+    captions: list[str]  # [N]
+    rows: torch.Tensor  # [N] the samples' row numbers in the full data set
+    _text: object = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.latents)
 
-    def text(self, caption_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.text_states[caption_ids], self.text_mask[caption_ids]
-
     @property
     def text_dim(self) -> int:
-        return self.text_states.shape[-1]
+        return self.manifest["text_dim"]
+
+    def text(self, index: torch.Tensor, drop: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token states [B,L,D] float32 and mask [B,L] of samples `index`; where `drop`, the empty prompt."""
+        if self._text is None:  # built on first use: it may load the text encoder
+            self._text = TextLookup(self.manifest, self.text_data, self.captions)
+        return self._text(index, drop)
 
 
-def load_store(run: RunDir) -> Store:
-    manifest = run.read_json("data/manifest.json")
-    shards = [run.load_tensors(f"data/shards/{s['name']}") for s in manifest["shards"]]
-    columns = {key: torch.cat([s[key] for s in shards]) for key in ("latents", "labels", "caption_ids", "features")}
-    text = run.load_tensors("data/text.safetensors")
-    return Store(
-        manifest=manifest,
-        latents=columns["latents"].float(),
-        labels=columns["labels"],
-        caption_ids=columns["caption_ids"],
-        features=columns["features"],
-        text_states=text["states"].float(),
-        text_mask=text["mask"],
-        captions=manifest["captions"],
-    )
+def load_store(run: RunDir, cluster: int | None = None) -> Store:
+    """All prepared samples, or only those of one cluster (from its export when there is a current one)."""
+    prefix, keep = "data", None
+    if cluster is not None:
+        from paris.partition import load_partition  # here: partition.py imports this module
+
+        part = load_partition(run)
+        export = f"clusters/{cluster}"
+        if run.exists(f"{export}/manifest.json") and read_manifest(run, export)["partition_hash"] == part.meta["hash"]:
+            prefix = export
+        else:
+            keep = part.assignments == cluster
+    manifest = read_manifest(run, prefix)
+    columns: dict[str, list] = {}
+    captions: list[str] = []
+    rows = []
+    for first, tensors, meta in iter_shards(run, prefix, manifest):
+        index = torch.as_tensor(meta["rows"]) if "rows" in meta else torch.arange(first, first + len(tensors["labels"]))
+        chosen = keep[index] if keep is not None else torch.ones(len(index), dtype=torch.bool)
+        for key, value in tensors.items():
+            if key != "features":  # only the partition needs them, and it streams them
+                columns.setdefault(key, []).append(value[chosen])
+        captions += [c for c, k in zip(meta["captions"], chosen.tolist()) if k]
+        rows.append(index[chosen])
+    data = {key: torch.cat(values) for key, values in columns.items()}
+    text = {key: data[key] for key in ("text_ids", "text_states", "text_mask") if key in data}
+    return Store(manifest, data["latents"].float(), data["labels"], text, captions, torch.cat(rows))

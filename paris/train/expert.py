@@ -12,7 +12,7 @@ import torch
 from rich.console import Console
 
 from paris.config import RunConfig, dit_config
-from paris.data.store import EMPTY_CAPTION_ID, load_store
+from paris.data.store import Store, load_store
 from paris.errors import ParisError
 from paris.flow import flow_matching_loss
 from paris.models.dit import DiT
@@ -27,11 +27,11 @@ def train_expert(run: RunDir, config: RunConfig, expert: int) -> dict:
     part = load_partition(run)
     if not 0 <= expert < part.num_clusters:
         raise ParisError(f"expert {expert} does not exist: the partition has clusters 0..{part.num_clusters - 1}")
-    members = (part.assignments == expert).nonzero().squeeze(1)
-    if len(members) == 0:
+    store = load_store(run, cluster=expert)  # only this cluster's samples are read
+    if len(store) == 0:
         raise ParisError(f"cluster {expert} is empty; re-run `paris partition` with fewer clusters")
-    identity = {"cluster": expert, "partition_hash": part.meta["hash"], "cluster_size": len(members)}
-    return _train_flow_model(run, config, members, f"expert {expert}", f"experts/{expert}", identity,
+    identity = {"cluster": expert, "partition_hash": part.meta["hash"], "cluster_size": len(store)}
+    return _train_flow_model(run, config, store, f"expert {expert}", f"experts/{expert}", identity,
                              config.expert.steps, seed=config.expert.seed + expert)  # experts start differently
 
 
@@ -39,28 +39,26 @@ def train_monolith(run: RunDir, config: RunConfig) -> dict:
     """The baseline of the paper's table: one model on all the data at matched compute, i.e. as many
     training samples as the K experts together (K x expert.steps steps of the same batch)."""
     part = load_partition(run)
-    everything = torch.arange(len(part.assignments))
-    identity = {"cluster": "all", "partition_hash": part.meta["hash"], "cluster_size": len(everything)}
-    return _train_flow_model(run, config, everything, "monolith", "monolith", identity,
+    store = load_store(run)
+    identity = {"cluster": "all", "partition_hash": part.meta["hash"], "cluster_size": len(store)}
+    return _train_flow_model(run, config, store, "monolith", "monolith", identity,
                              config.expert.steps * part.num_clusters, seed=config.expert.seed)
 
 
-def _train_flow_model(run: RunDir, config: RunConfig, members: torch.Tensor, name: str, folder: str,
-                      identity: dict, steps: int, seed: int) -> dict:
+def _train_flow_model(run: RunDir, config: RunConfig, store: Store, name: str, folder: str, identity: dict,
+                      steps: int, seed: int) -> dict:
     cfg = dataclasses.replace(config.expert, steps=steps)
-    store = load_store(run)
-    latents, caption_ids = store.latents[members], store.caption_ids[members]
+    latents = store.latents
     c, h, _ = store.manifest["latent_shape"]
     torch.manual_seed(seed)
     model = DiT(dit_config(cfg.preset, in_channels=c, input_size=h, text_dim=store.text_dim))
-    console.print(f"[bold]{name}[/]: {len(members)} images, "
+    console.print(f"[bold]{name}[/]: {len(store)} images, "
                   f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {cfg.steps} steps")
 
     def loss(model, index, random, device):
-        ids = caption_ids[index]
         dropped = random.uniform() < cfg.caption_dropout
-        text, mask = store.text(torch.where(dropped, EMPTY_CAPTION_ID, ids))
+        text, mask = store.text(index, drop=dropped)
         return flow_matching_loss(model, latents[index].to(device), cfg.t_distribution, random,
                                   text=text.to(device), text_mask=mask.to(device))
 
-    return train(run, Job(name, folder, model, loss, len(members), identity), cfg)
+    return train(run, Job(name, folder, model, loss, len(store), identity), cfg)

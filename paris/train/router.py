@@ -43,7 +43,7 @@ def train_router(run: RunDir, config: RunConfig) -> dict:
     steps = cfg.steps or math.ceil(cfg.epochs * len(train_index) / cfg.batch_size)
     console.print(f"[bold]router[/]: {len(train_index)} images ({n_val} held out), {part.num_clusters} clusters, "
                   f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {steps} steps")
-    targets = part.assignments
+    targets = part.assignments[store.rows]  # the cluster of each sample, in the store's order
 
     def loss(model, index, random, device):
         rows = train_index[index]
@@ -92,5 +92,5 @@ def print_accuracy(accuracy: dict) -> None:
 def _text(store: Store, rows: torch.Tensor, use_text: bool) -> dict:
     if not use_text:
         return {}
-    text, mask = store.text(store.caption_ids[rows])
+    text, mask = store.text(rows)
     return {"text": text, "text_mask": mask}

@@ -1,0 +1,95 @@
+"""`paris merge RUN`: join the parts written by `paris prepare --shard-range` into data/manifest.json.
+
+Parts may come from many machines, in any order, and may overlap (a range encoded twice gives the same
+shards). The merge refuses anything that would lose or duplicate a sample: parts of different configs,
+one shard with two different contents, a gap in the shard indices, or no part that reached the source's end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+
+from paris.errors import ParisError
+from paris.run import RunDir
+
+
+def merge(run: RunDir) -> dict:
+    names = [n for n in run.list("data/parts") if n.endswith(".json")]
+    if not names:
+        raise ParisError(f"no prepared parts in {run.url}/data/parts; run `paris prepare {run.url}` "
+                         f"(or `--shard-range FIRST:END` on each machine) first")
+    parts = {name: run.read_json(f"data/parts/{name}") for name in names}
+    stamps = {part["fingerprint"] for part in parts.values()}
+    if len(stamps) > 1:
+        raise ParisError(f"the parts in {run.url}/data/parts were prepared with different data configs "
+                         f"({', '.join(names)}); prepare every range with the same config")
+    shards: dict[int, dict] = {}
+    for name, part in parts.items():
+        for entry in part["shards"]:
+            seen = shards.setdefault(entry["index"], entry)
+            if seen["sha256"] != entry["sha256"]:
+                raise ParisError(f"shard {entry['index']} was prepared twice with different contents (see {name}); "
+                                 f"delete {run.url}/data/shards/{entry['name']} and the parts naming it, and prepare it again")
+    ends = [part["end"] for part in parts.values() if part["exhausted"]]
+    if not ends:
+        last = max(part["end"] for part in parts.values())
+        raise ParisError(f"no part reached the end of the data set; prepare the rest with `--shard-range {last}:`")
+    end = min(ends)
+    gaps = [i for i in range(end) if i not in shards]
+    if gaps:
+        raise ParisError(f"shards {_ranges(gaps)} are missing; prepare them with `paris prepare {run.url} "
+                         f"--shard-range {gaps[0]}:{gaps[-1] + 1}`, then merge again")
+    entries = [shards[i] for i in range(end)]
+    if not any(e["count"] for e in entries):
+        raise ParisError(f"the data set at {parts[names[0]]['data_config']['path']} has no usable image; check data.path")
+    missing = missing_shards(run, {"shards": entries})
+    if missing:
+        raise ParisError(f"{run.url}/data/shards/{missing[0]['name']} does not match its part (missing or another "
+                         f"size); rerun `paris prepare {run.url}` to encode it again")
+    part = next(iter(parts.values()))
+    cfg = part["data_config"]
+    sample = next((e for e in entries if e["count"]), entries[0])
+    manifest = {
+        "source": cfg["source"],
+        "path": cfg["path"],
+        "split": cfg["split"],
+        "count": sum(e["count"] for e in entries),
+        "skipped": dict(sum((Counter(e["skipped"]) for e in entries), Counter())),
+        "latent_shape": sample["latent_shape"],
+        "feature_dim": sample["feature_dim"],
+        "text_dim": part["text_dim"],
+        "max_tokens": cfg["max_tokens"],
+        "text_storage": cfg["text_storage"],
+        "encoders": {key: cfg[key] for key in ("autoencoder", "autoencoder_path", "latent_scale", "text_encoder",
+                                               "text_encoder_path", "max_tokens", "features", "features_path",
+                                               "feature_pooling")},
+        "data_config": cfg,
+        "fingerprint": part["fingerprint"],
+        "class_names": part.get("class_names"),
+        "empty_text": part.get("empty_text"),
+        "shards": entries,
+        "data_hash": hashlib.sha256("".join(e["sha256"] for e in entries).encode()).hexdigest()[:16],
+    }
+    run.write_json("data/manifest.json", manifest)  # last: the store exists once this does
+    return manifest
+
+
+def missing_shards(run: RunDir, manifest: dict, prefix: str = "data") -> list[dict]:
+    """Manifest entries whose shard file is absent or of another size (a cheap check: no bytes are read)."""
+    missing = []
+    for entry in manifest["shards"]:
+        path = run.path(f"{prefix}/shards/{entry['name']}")
+        if not run.fs.exists(path) or run.fs.size(path) != entry["bytes"]:
+            missing.append(entry)
+    return missing
+
+
+def _ranges(indices: list[int]) -> str:
+    """[3, 4, 5, 9] -> '3-5, 9'."""
+    groups, start = [], indices[0]
+    for a, b in zip(indices, indices[1:] + [None]):
+        if b != a + 1:
+            groups.append(f"{start}-{a}" if a > start else str(a))
+            start = b
+    return ", ".join(groups)

@@ -1,0 +1,140 @@
+"""Partition methods (hierarchical k-means with faiss, random, labels), montages, and per-cluster export."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import NUM_IMAGES, copy_run, run_cli
+from tiny_encoders import image_bytes, laion_config, tiny_models, write_folder
+from paris.data.export import export_clusters
+from paris.data.prepare import prepare
+from paris.data.store import load_store, read_columns
+from paris.errors import ParisError
+from paris.partition import load_partition, partition
+from paris.run import RunDir
+
+
+@pytest.fixture
+def run(prepared, tmp_path) -> RunDir:
+    """A copy of the prepared Fashion-MNIST run (300 images, 64-d pixel-PCA features)."""
+    return copy_run(prepared["path"], tmp_path / "run")
+
+
+def _features(run: RunDir) -> torch.Tensor:
+    return torch.cat([c["features"] for _, c in read_columns(run, ["features"])]).float()
+
+
+def _purity(histogram) -> float:
+    """Share of samples in their cluster's most common class."""
+    return sum(max(row) for row in histogram) / sum(map(sum, histogram))
+
+
+def test_kmeans_is_fine_then_coarse_and_nearest_coarse(run):
+    part = partition(run, 3, seed=1)
+    centroids = run.load_tensors("partition/centroids.safetensors")
+    n_fine = NUM_IMAGES // 39  # no more fine centroids than 39 points each support
+    assert part.meta["fine_clusters"] == n_fine and part.meta["train_points"] == NUM_IMAGES
+    assert centroids["fine"].shape == (n_fine, 64) and centroids["coarse"].shape == (3, 64)
+    features = _features(run)
+    assert torch.equal(part.assignments, torch.cdist(features, centroids["coarse"]).argmin(1))
+    for k in range(3):  # the saved per-cluster centroid is the mean of its members
+        assert torch.allclose(part.centroids[k], features[part.assignments == k].mean(0), atol=1e-4)
+
+
+def test_kmeans_is_deterministic_for_a_seed_and_samples_for_training(run, tmp_path):
+    other = copy_run(run.url, tmp_path / "other")
+    a = partition(run, 3, seed=4, max_train_points=200)
+    b = partition(other, 3, seed=4, max_train_points=200)
+    assert a.meta["hash"] == b.meta["hash"] and torch.equal(a.assignments, b.assignments)
+    assert torch.equal(run.load_tensors("partition/centroids.safetensors")["fine"],
+                       other.load_tensors("partition/centroids.safetensors")["fine"])
+    assert a.meta["train_points"] == 200 and a.meta["fine_clusters"] == 200 // 39
+    c = partition(other, 3, seed=5, max_train_points=200)
+    assert not torch.equal(run.load_tensors("partition/centroids.safetensors")["fine"],
+                           other.load_tensors("partition/centroids.safetensors")["fine"])
+    assert c.meta["seed"] == 5
+
+
+def test_kmeans_clusters_mean_more_than_random_ones(run):
+    kmeans = partition(run, 4, seed=0)
+    random = partition(run, 4, seed=0, method="random")
+    assert _purity(kmeans.meta["label_histogram"]) > _purity(random.meta["label_histogram"]) + 0.15
+
+
+def test_random_is_balanced_and_seeded(run):
+    a = partition(run, 7, seed=0, method="random")
+    assert sorted(a.meta["sizes"]) == [42] + [43] * 6 and a.meta["method"] == "random"
+    assert torch.equal(a.assignments, partition(run, 7, seed=0, method="random").assignments)
+    assert not torch.equal(a.assignments, partition(run, 7, seed=1, method="random").assignments)
+
+
+def test_labels_method_uses_the_labels_as_clusters(run):
+    labels = load_store(run).labels
+    part = partition(run, 10, method="labels")
+    assert torch.equal(part.assignments, labels)  # Fashion-MNIST labels are 0..9
+    with pytest.raises(ParisError, match="data has 10 labels; use --clusters 10"):
+        partition(run, 3, method="labels")
+
+
+def test_labels_method_without_labels_and_unknown_method(tmp_path):
+    run = RunDir(str(tmp_path / "run"))
+    prepare(run, laion_config(tiny_models(), "folder", str(write_folder(tmp_path / "images", 4))))
+    with pytest.raises(ParisError, match="needs a label for every sample.*data.label_column"):
+        partition(run, 2, method="labels")
+    with pytest.raises(ParisError, match="unknown partition method 'spectral'"):
+        partition(run, 2, method="spectral")
+
+
+def test_a_cluster_that_comes_out_empty_is_an_error(tmp_path):
+    """Identical images have identical features: k-means cannot make 2 clusters of them."""
+    folder = write_folder(tmp_path / "images", 6)
+    for i in range(6):
+        (folder / f"{i:04d}.jpg").write_bytes(image_bytes(0))
+    run = RunDir(str(tmp_path / "run"))
+    prepare(run, laion_config(tiny_models(), "folder", str(folder)))
+    with pytest.raises(ParisError, match="kmeans left cluster 1 empty; use fewer clusters"):
+        partition(run, 2)
+    assert not run.exists("partition/meta.json")
+
+
+def test_montage_shows_the_first_images_of_each_cluster(run):
+    part = partition(run, 2, seed=0, montage_images=5)
+    store = load_store(run)
+    for k in range(2):
+        montage = Image.open(io.BytesIO(run.read_bytes(f"partition/montage/{k}.png")))
+        assert montage.size == (5 * 96, 96)  # 32x32 images at 3x
+        first = int((part.assignments == k).nonzero()[0])
+        tile = torch.from_numpy(np.asarray(montage.convert("L").resize((5 * 32, 32), Image.NEAREST)).copy())
+        expected = ((store.latents[first, 0].clamp(-1, 1) + 1) * 127.5).round()
+        assert (tile[:, :32].float() - expected).abs().max() <= 1
+
+
+def test_export_gives_each_expert_only_its_cluster(run):
+    part = partition(run, 2, seed=0)
+    filtered = [load_store(run, cluster=k) for k in range(2)]
+    manifests = export_clusters(run)
+    data_bytes = sum(s["bytes"] for s in run.read_json("data/manifest.json")["shards"])
+    for k in range(2):
+        exported = load_store(run, cluster=k)
+        assert exported.manifest.get("cluster") == k  # read from clusters/k, not data/
+        assert torch.equal(exported.rows, (part.assignments == k).nonzero()[:, 0])
+        assert torch.equal(exported.latents, filtered[k].latents) and exported.captions == filtered[k].captions
+        share = sum(s["bytes"] for s in manifests[k]["shards"]) / data_bytes
+        assert abs(share - part.meta["sizes"][k] / NUM_IMAGES) < 0.05
+    repartitioned = partition(run, 2, seed=3, method="random")  # the export is now stale: not used
+    stale = load_store(run, cluster=0)
+    assert "cluster" not in stale.manifest and torch.equal(stale.rows, (repartitioned.assignments == 0).nonzero()[:, 0])
+
+
+def test_cli_partition_method_and_export(run):
+    result = run_cli("partition", run.url, "--clusters", "3", "--method", "random")
+    assert result.returncode == 0, result.stderr
+    assert load_partition(run).meta["method"] == "random" and run.read_config().partition.method == "random"
+    result = run_cli("export-clusters", run.url, "--cluster", "1")
+    assert result.returncode == 0, result.stderr
+    assert "cluster 1:" in result.stdout and run.exists("clusters/1/manifest.json") and not run.exists("clusters/0")
