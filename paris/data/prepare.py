@@ -25,7 +25,7 @@ from paris.data.encoders import build_text_encoder
 from paris.data.merge import merge, missing_shards
 from paris.data.shard_encoder import ShardEncoder
 from paris.data.sources import open_source
-from paris.data.store import parse_shard, read_manifest, shard_entry, write_shard
+from paris.data.store import read_manifest, shard_entry, write_shard
 from paris.errors import ParisError
 from paris.run import RunDir
 
@@ -129,20 +129,18 @@ def _check(cfg) -> None:
 
 
 def _complete_shards(run: RunDir, first: int, end: int | None, stamp: str) -> dict[int, dict]:
-    """Shards of this range already on storage, whole and of this config: resume keeps them."""
+    """Shards of this range already on storage, whole and of this config: resume keeps them. Only their
+    headers are read (each holds its content hash); a shard's bytes are checked whenever it is loaded."""
     done = {}
     for name in run.list("data/shards"):
         index = int(name.split(".")[0]) if name.endswith(".safetensors") else -1
         if index < first or (end is not None and index >= end):
             continue
-        data = run.read_bytes(f"data/shards/{name}")
-        try:
-            tensors, meta = parse_shard(data, name)
-        except ParisError:
+        entry = shard_entry(run, f"data/shards/{name}", index)
+        if entry is None:
             console.print(f"[yellow]shard {name} is truncated or corrupt; encoding it again[/]")
-            continue
-        if meta.get("fingerprint") == stamp:
-            done[index] = shard_entry(index, len(data), tensors, meta)
+        elif entry["fingerprint"] == stamp:
+            done[index] = entry
     return done
 
 

@@ -33,22 +33,42 @@ def shard_name(index: int) -> str:
 
 
 def write_shard(run: RunDir, prefix: str, index: int, tensors: dict, meta: dict) -> dict:
-    """Write one shard atomically; returns its manifest entry."""
+    """Write one shard atomically, its content hash in its own header; returns its manifest entry."""
     rel = f"{prefix}/shards/{shard_name(index)}"
-    run.save_tensors(rel, tensors, metadata=meta)
-    return shard_entry(index, run.fs.size(run.path(rel)), tensors, meta)
+    run.save_tensors(rel, tensors, metadata={**meta, "sha256": content_hash(tensors, meta)})
+    return shard_entry(run, rel, index)
 
 
-def shard_entry(index: int, size: int, tensors: dict, meta: dict) -> dict:
-    """What a manifest records of a shard: size and hash (to check it), counts and shapes (to merge)."""
-    return {"index": index, "name": shard_name(index), "count": len(tensors["labels"]), "bytes": size,
-            "sha256": content_hash(tensors, meta), "skipped": meta.get("skipped", {}),
-            "positions": meta.get("positions", len(tensors["labels"])),
-            "latent_shape": list(tensors["latents"].shape[1:]), "feature_dim": tensors["features"].shape[1]}
+def shard_entry(run: RunDir, rel: str, index: int) -> dict | None:
+    """What a manifest records of a shard (size and hash to check it, counts and shapes to merge), read
+    from its header alone; None when the file is incomplete (cut short by a store that is not atomic)."""
+    try:
+        header, header_end = shard_header(run, rel)
+        meta = {k: json.loads(v) for k, v in header.pop("__metadata__").items()}
+        digest = meta["sha256"]
+        size = run.fs.size(run.path(rel))
+        complete = size == header_end + max(t["data_offsets"][1] for t in header.values())
+    except (ValueError, KeyError, struct.error):  # a header cut short, or not a shard at all
+        return None
+    if not complete:
+        return None
+    count = header["labels"]["shape"][0]
+    return {"index": index, "name": shard_name(index), "count": count, "bytes": size,
+            "sha256": digest, "skipped": meta.get("skipped", {}), "positions": meta.get("positions", count),
+            "fingerprint": meta.get("fingerprint"),
+            "latent_shape": header["latents"]["shape"][1:], "feature_dim": header["features"]["shape"][1]}
+
+
+def shard_header(run: RunDir, rel: str) -> tuple[dict, int]:
+    """The JSON header of a safetensors file (tensor dtypes, shapes, byte offsets; metadata), and where it ends."""
+    path = run.path(rel)
+    (size,) = struct.unpack("<Q", run.fs.cat_file(path, start=0, end=8))
+    return json.loads(run.fs.cat_file(path, start=8, end=8 + size)), 8 + size
 
 
 def content_hash(tensors: dict[str, torch.Tensor], meta: dict) -> str:
     """A hash of what a shard holds. Not of its bytes: safetensors writes its header keys in no fixed order."""
+    meta = {k: v for k, v in meta.items() if k != "sha256"}
     h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
     for key in sorted(tensors):
         h.update(key.encode())
@@ -100,13 +120,13 @@ def read_columns(run: RunDir, names: list[str], prefix: str = "data", manifest: 
     manifest = manifest or read_manifest(run, prefix)
     row = 0
     for entry in manifest["shards"]:
-        path = run.path(f"{prefix}/shards/{entry['name']}")
-        (size,) = struct.unpack("<Q", run.fs.cat_file(path, start=0, end=8))
-        header = json.loads(run.fs.cat_file(path, start=8, end=8 + size))
+        rel = f"{prefix}/shards/{entry['name']}"
+        header, header_end = shard_header(run, rel)
         columns = {}
         for name in names:
             info = header[name]
-            begin, stop = (8 + size + offset for offset in info["data_offsets"])
+            begin, stop = (header_end + offset for offset in info["data_offsets"])
+            path = run.path(rel)
             raw = bytearray(run.fs.cat_file(path, start=begin, end=stop)) if stop > begin else bytearray()
             dtype = DTYPES[info["dtype"]]
             columns[name] = torch.frombuffer(raw, dtype=dtype).reshape(info["shape"]) if raw else \
