@@ -15,7 +15,8 @@ from paris.config import from_yaml
 from paris.data.prepare import prepare
 from paris.partition import partition
 from paris.run import RunDir
-from paris.sample import generate, load_mixture
+from paris.pipeline import ParisPipeline
+from paris.sample import generate
 from paris.train.expert import train_expert
 from paris.train.router import train_router
 
@@ -32,7 +33,7 @@ def test_train_and_sample_from_a_laion_style_store(tmp_path):
     assert torch.isfinite(torch.tensor(summary["final_loss"]))
     train_expert(run, config, 1)
     train_router(run, config)
-    images, _ = generate(load_mixture(run), ["picture number 3 of a thing"], "top2", steps=2, guidance=2.0)
+    images, _ = generate(ParisPipeline.from_run(run.url).mixture, ["picture number 3 of a thing"], "top2", steps=2, guidance=2.0)
     assert images.shape == (1, 3, 64, 64) and images.abs().max() <= 1  # decoded by the SD VAE
 
 

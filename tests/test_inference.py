@@ -125,8 +125,9 @@ def test_guidance_after_mixing_uses_the_routers_weights_for_the_empty_prompt(pip
     router = pipe.mixture.router
     text_router = randomize_zero_params(Router(dataclasses.replace(router.config, text_dim=384)), seed=0, std=0.5)
     mixture = dataclasses.replace(pipe.mixture, router=text_router.eval())
-    per, _ = generate(mixture, PROMPTS, "top1", steps=2, guidance=4.0, guidance_mode="per-expert")
-    after, _ = generate(mixture, PROMPTS, "top1", steps=2, guidance=4.0, guidance_mode="after")
+    # "full": continuous weights, which differ between the prompt and "" whenever the router uses the text.
+    per, _ = generate(mixture, PROMPTS, "full", steps=2, guidance=4.0, guidance_mode="per-expert")
+    after, _ = generate(mixture, PROMPTS, "full", steps=2, guidance=4.0, guidance_mode="after")
     assert not torch.allclose(per, after, atol=1e-4)
 
 
