@@ -135,11 +135,11 @@ def mixed_velocity(mixture: Mixture, x, t: float, weights, empty_weights, cond: 
                                         cond["null_text"], cond["null_mask"])
         mixture.stats["expert_passes"] += len(rows)
         if mode == "per-expert":
-            v_text[rows] += w * (ve + guidance * (vt - ve))
+            v_text[rows] += w * guide(vt, ve, guidance)
         else:
             v_text[rows] += w * vt
             v_empty[rows] += w_empty * ve
-    return v_text if mode == "per-expert" else v_empty + guidance * (v_text - v_empty)
+    return v_text if mode == "per-expert" else guide(v_text, v_empty, guidance)
 
 
 def conditional_velocities(model, x, t, text, mask, null_text, null_mask):
@@ -150,7 +150,11 @@ def conditional_velocities(model, x, t, text, mask, null_text, null_mask):
     return v.chunk(2)
 
 
-def guided_velocity(model, x, t, text, mask, null_text, null_mask, scale: float) -> torch.Tensor:
-    """Classifier-free guidance of one model: v(empty) + s (v(text) - v(empty))."""
-    v_text, v_empty = conditional_velocities(model, x, t, text, mask, null_text, null_mask)
+def guide(v_text: torch.Tensor, v_empty: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance: v(empty) + s (v(text) - v(empty))."""
     return v_empty + scale * (v_text - v_empty)
+
+
+def guided_velocity(model, x, t, text, mask, null_text, null_mask, scale: float) -> torch.Tensor:
+    """The guided velocity of one model."""
+    return guide(*conditional_velocities(model, x, t, text, mask, null_text, null_mask), scale)

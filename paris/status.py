@@ -22,7 +22,7 @@ def job_status(run: RunDir, folder: str, target_steps: int, now: float | None = 
     progress = run.read_json(f"{folder}/progress.json") if run.exists(f"{folder}/progress.json") else None
     checkpoint = None
     if run.exists(f"{folder}/LATEST"):
-        checkpoint = run.read_json(f"{folder}/ckpt/{run.read_json(f'{folder}/LATEST')['path'].split('/')[-1]}/state.json")
+        checkpoint = run.read_json(f"{folder}/{run.read_json(f'{folder}/LATEST')['path']}/state.json")
         target_steps = checkpoint["config"]["steps"]  # what the job itself was asked for
     manifest = run.read_json(f"{folder}/final/manifest.json") if run.exists(f"{folder}/final/manifest.json") else None
     if manifest and manifest["steps"] >= target_steps:
