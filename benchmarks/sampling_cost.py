@@ -4,7 +4,7 @@ Experts and router have random weights (the cost does not depend on training); e
 and loaded lazily, as ParisPipeline does. Figures are ratios measured in the same run.
 
     .venv/bin/python benchmarks/sampling_cost.py                        # K=8 tiny experts; memory with B/2 experts
-    .venv/bin/python benchmarks/sampling_cost.py --router-sizes tiny,B/2,XL/2
+    .venv/bin/python benchmarks/sampling_cost.py --router-sizes tiny,B/2,XL/2 --route-every 4
 """
 
 from __future__ import annotations
@@ -55,23 +55,31 @@ def _randomised(model):
     return model
 
 
-def latency(mixture: Mixture, strategy: str, batch: int, steps: int) -> float:
+def latency(mixture: Mixture, strategy: str, batch: int, steps: int, route_every: int = 1) -> float:
     prompts = (PROMPTS * batch)[:batch]
     generate(mixture, prompts, strategy, steps=1)  # warm-up: loads every expert
     start = time.perf_counter()
-    generate(mixture, prompts, strategy, steps=steps)
+    generate(mixture, prompts, strategy, steps=steps, route_every=route_every)
     return (time.perf_counter() - start) / steps
 
 
-def router_seconds(mixture: Mixture, batch: int, repeats: int = 5) -> float:
-    x = torch.randn(batch, *mixture.latent_shape)
-    t = torch.full((batch,), 0.5)
+def seconds(fn, repeats: int) -> float:
+    """Mean wall time of fn() after one warm-up call."""
     with torch.no_grad():
-        mixture.router(x, t)
+        fn()
         start = time.perf_counter()
         for _ in range(repeats):
-            mixture.router(x, t)
+            fn()
     return (time.perf_counter() - start) / repeats
+
+
+def router_and_expert_seconds(mixture: Mixture, batch: int, repeats: int) -> tuple[float, float]:
+    """One router pass and one guided expert pass (cond + uncond batched, as in a top-1 step) on `batch` samples."""
+    x, t = torch.randn(batch, *mixture.latent_shape), torch.full((batch,), 0.5)
+    text = torch.randn(2 * batch, 16, 384)
+    expert = mixture.experts[0]
+    return (seconds(lambda: mixture.router(x, t), repeats),
+            seconds(lambda: expert(torch.cat([x, x]), torch.cat([t, t]), text), repeats))
 
 
 def peak_memory_child(preset: str, num_experts: int, max_resident: int, folder: str) -> None:
@@ -93,6 +101,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--router-sizes", default="tiny,B/2")
+    parser.add_argument("--router-batch", type=int, default=2, help="samples per pass in the router-share figure")
+    parser.add_argument("--route-every", type=int, default=4, help="also measure the router share with this interval")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory-preset", default="B/2")
     parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -102,21 +113,20 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         mixture = build("tiny", args.experts, f"{tmp}/tiny", 0)
-        seconds = {s: latency(mixture, s, args.batch, args.steps) for s in ("top1", "top2", "full")}
+        per_step = {s: latency(mixture, s, args.batch, args.steps) for s in ("top1", "top2", "full")}
         print(f"K={args.experts} tiny experts, batch {args.batch}, CPU: seconds per sampling step")
-        for s, sec in seconds.items():
-            print(f"  {s:5s} {sec:.4f} s  ({sec / seconds['top1']:.2f}x top1)")
-        print("router share of a top-1 step (expert at that size, batch of cond + uncond):")
+        for s, sec in per_step.items():
+            print(f"  {s:5s} {sec:.4f} s  ({sec / per_step['top1']:.2f}x top1)")
+        print(f"top1 with --route-every {args.route_every}: {latency(mixture, 'top1', args.batch, args.steps, args.route_every):.4f} s"
+              f" per step (router calls per step: 1/{args.route_every})")
+        print(f"router share of a top-1 step (expert at that size, batch {args.router_batch}, guided; "
+              f"with --route-every N the router runs once per N steps):")
         for size in args.router_sizes.split(","):
             m = mixture if size == "tiny" else build(size, 1, f"{tmp}/{size.replace('/', '')}", 0)
-            expert = m.experts[0]
-            x = torch.randn(2 * 2, *m.latent_shape)
-            with torch.no_grad():
-                start = time.perf_counter()
-                expert(x, torch.full((4,), 0.5), torch.randn(4, 16, 384))
-                expert_s = time.perf_counter() - start
-            r = router_seconds(m, 2, repeats=2)
-            print(f"  {size:5s} expert {expert_s:.3f} s, router {r:.3f} s: router = {r / (r + expert_s):.1%} of a top-1 step")
+            router_s, expert_s = router_and_expert_seconds(m, args.router_batch, args.repeats)
+            shares = ", ".join(f"every {n}: {router_s / n / (router_s / n + expert_s):.1%}"
+                               for n in sorted({1, args.route_every}))
+            print(f"  {size:5s} router {router_s:.3f} s, guided expert {expert_s:.3f} s; router share when routing {shares}")
         k2 = peak_memory(args.memory_preset, 2, 2, f"{tmp}/mem")
         k8 = peak_memory(args.memory_preset, args.experts, 2, f"{tmp}/mem")
         print(f"peak memory of top-2 sampling with --max-resident-experts 2, {args.memory_preset} experts: "

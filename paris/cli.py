@@ -176,6 +176,8 @@ def generate(
     sampler: str = typer.Option("euler", help="euler or heun."),
     shift: float = typer.Option(1.0, help="Time shift (> 1: more steps at high noise)."),
     seed: Optional[int] = typer.Option(None, help="Random seed (default: sample.seed)."),
+    route_every: Optional[int] = typer.Option(None, help="Run the router every N steps, reusing its choice in "
+                                              "between (default: sample.route_every, 1 = every step)."),
     max_resident_experts: int = typer.Option(0, help="Keep at most this many experts in memory (0 = all)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     show_routing: bool = typer.Option(False, help="Also write a steps x experts heatmap per prompt and the weights as JSON."),
@@ -200,7 +202,8 @@ def generate(
     prompts = [p for p in prompt for _ in range(num)]
     images, stats = pipe.generate(prompts, strategy=strategy, steps=steps or s.steps,
                                   guidance=s.guidance if guidance is None else guidance, seed=s.seed if seed is None else seed,
-                                  sampler=sampler, shift=shift, guidance_mode=guidance_mode, trace=show_routing)
+                                  sampler=sampler, shift=shift, guidance_mode=guidance_mode,
+                                  route_every=s.route_every if route_every is None else route_every, trace=show_routing)
     out.parent.mkdir(parents=True, exist_ok=True)
     grid(images, rows=len(prompt), labels=prompt if len(prompt) > 1 else None, scale=4).save(out)
     typer.echo(f"wrote {out} ({len(prompts)} images, strategy {strategy}, "
@@ -294,11 +297,19 @@ def demo(
     out: str = typer.Option("runs/demo", help="Run directory of the demo."),
     data: str = typer.Option("/usr/share/datasets/fashion-mnist", help="Directory with the Fashion-MNIST idx.gz files."),
     jobs: int = typer.Option(0, help="Experts trained at once (default: one per CPU core)."),
+    full: bool = typer.Option(False, "--full", help="Then train the one-model baseline at matched compute and write "
+                              "the paper's table to RUN/eval/ (about 35 more minutes on 2 cores)."),
+    num_samples: int = typer.Option(2000, help="With --full: images per strategy for FID and adherence."),
 ):
     """Run the whole pipeline on Fashion-MNIST and print a table of the routing strategies."""
-    from paris.demo import demo_config, run_demo
+    from paris.demo import demo_config, run_demo, run_paper_table
 
-    run_demo(out, demo_config(data), jobs)
+    if full and num_samples < 2:
+        raise ParisError(f"--num-samples must be at least 2 for FID, got {num_samples}")
+    config = demo_config(data)
+    run_demo(out, config, jobs)
+    if full:
+        run_paper_table(out, config, num_samples)
 
 
 def main() -> None:

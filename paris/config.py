@@ -143,6 +143,7 @@ class SampleConfig:
     guidance: float = 7.5
     strategy: str = "top2"
     seed: int = 0
+    route_every: int = 1  # the router runs at every n-th velocity evaluation; 1 = at every one (the paper)
 
 
 @dataclass

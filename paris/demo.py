@@ -2,6 +2,8 @@
 
 prepare -> partition (K=4) -> 4 experts as independent processes -> router -> sample with every strategy
 -> a table of seconds per image and prompt adherence, grids, loss curves and report.json under the run.
+With --full it then trains the one-model baseline at matched compute and writes the paper's table
+(`paris evaluate`: FID, adherence and cost of monolith, top-1, top-2 and full) to RUN/eval/.
 Every stage resumes: rerunning after a crash picks up where it stopped.
 """
 
@@ -20,7 +22,7 @@ from paris.config import DataConfig, PartitionConfig, RouterTrainConfig, RunConf
 from paris.data import fashion_mnist
 from paris.data.prepare import prepare
 from paris.errors import ParisError
-from paris.evaluate import accuracy, train_classifier
+from paris.evaluate import accuracy, evaluate_run, report_markdown, train_classifier
 from paris.images import grid, save_png
 from paris.launch.local import launch_local
 from paris.partition import partition
@@ -28,6 +30,7 @@ from paris.plots import plot_loss_curves
 from paris.run import RunDir
 from paris.pipeline import ParisPipeline
 from paris.sample import generate
+from paris.train.expert import train_monolith
 from paris.train.router import train_router
 
 console = Console(stderr=True)
@@ -99,6 +102,17 @@ def run_demo(out: str = "runs/demo", config: RunConfig | None = None, jobs: int 
     }
     run.write_json("report.json", report)
     print_report(report, out)
+    return report
+
+
+def run_paper_table(out: str, config: RunConfig, num_samples: int = 2000) -> dict:
+    """After run_demo: the monolith baseline at matched compute, then FID, adherence and cost per strategy."""
+    # The experts are done, so the baseline may use every core.
+    train_monolith(RunDir(out), dataclasses.replace(config, expert=dataclasses.replace(config.expert, threads=0)))
+    console.print(f"[bold]evaluate[/]: {num_samples} images per strategy against as many held-out test images")
+    report = evaluate_run(out, ["monolith", *DEMO_STRATEGIES], num_samples)
+    console.print(report_markdown(report))
+    console.print(f"wrote {out}/eval/report.md, report.json and report.png")
     return report
 
 

@@ -175,3 +175,16 @@ def test_frechet_distance_matches_the_closed_form():
     b = rng.normal(1, 2, (20000, 3))  # mean 1, covariance 4 I
     assert frechet_distance(a, b) == pytest.approx(3 * 1 + 3 * (1 + 4 - 2 * 2), rel=0.03)
     assert frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
+
+
+def test_route_every_reuses_the_routers_weights_between_calls(pipe):
+    _, every = pipe.generate(PROMPTS, strategy="full", steps=6, trace=True)
+    _, third = pipe.generate(PROMPTS, strategy="full", steps=6, route_every=3, trace=True)
+    assert every["router_calls_per_step"] == 1 and third["router_calls_per_step"] == pytest.approx(2 / 6)
+    w = third["routing"]  # [B, evaluations, K]: evaluations 0-2 use the call at t=1, 3-5 the call at t=0.5
+    assert torch.equal(w[:, 0], w[:, 1]) and torch.equal(w[:, 0], w[:, 2]) and torch.equal(w[:, 3], w[:, 5])
+    assert not torch.equal(w[:, 0], w[:, 3])
+    assert torch.equal(w[:, 0], every["routing"][:, 0])  # the same first call
+    assert third["expert_passes_per_image"] == every["expert_passes_per_image"] == 2  # full: both experts always
+    with pytest.raises(ParisError, match="route_every must be at least 1"):
+        pipe.generate(PROMPTS, route_every=0)
