@@ -111,7 +111,7 @@ def run_paper_table(out: str, config: RunConfig, num_samples: int = 2000) -> dic
     train_monolith(RunDir(out), dataclasses.replace(config, expert=dataclasses.replace(config.expert, threads=0)))
     console.print(f"[bold]evaluate[/]: {num_samples} images per strategy against as many held-out test images")
     report = evaluate_run(out, ["monolith", *DEMO_STRATEGIES], num_samples)
-    console.print(report_markdown(report))
+    console.print(report_markdown(report), soft_wrap=True)
     console.print(f"wrote {out}/eval/report.md, report.json and report.png")
     return report
 
