@@ -80,7 +80,8 @@ def evaluate_run(run_url: str, strategies: list[str], num_samples: int, steps: i
         start, images, passes = time.perf_counter(), [], 0.0
         for i in range(0, len(prompts), batch_size):
             batch, stats = pipe.generate(prompts[i : i + batch_size], strategy="top1" if monolith else strategy,
-                                         steps=steps, guidance=guidance, seed=seed + i)
+                                         steps=steps, guidance=guidance, seed=seed + i,
+                                         route_every=config.sample.route_every)
             images.append(batch)
             passes += stats["expert_passes_per_image"] * len(batch)
         seconds = (time.perf_counter() - start) / len(prompts)
@@ -89,6 +90,7 @@ def evaluate_run(run_url: str, strategies: list[str], num_samples: int, steps: i
                           "prompt_adherence": accuracy(classifier, images, labels),
                           "expert_passes_per_image_step": passes / len(prompts), "seconds_per_image": seconds}
     report = {"num_samples": len(prompts), "steps": steps, "guidance": guidance, "seed": seed,
+              "route_every": config.sample.route_every,
               "classifier_test_accuracy": accuracy(classifier, real, labels), "strategies": rows}
     run.write_json("eval/report.json", report)
     run.write_text("eval/report.md", report_markdown(report))
