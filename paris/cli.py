@@ -207,7 +207,8 @@ def generate(
     out.parent.mkdir(parents=True, exist_ok=True)
     grid(images, rows=len(prompt), labels=prompt if len(prompt) > 1 else None, scale=4).save(out)
     typer.echo(f"wrote {out} ({len(prompts)} images, strategy {strategy}, "
-               f"{stats['expert_passes_per_image']:.2f} expert passes per image and step)")
+               f"{stats['expert_passes_per_image']:.2f} expert passes per image and step, "
+               f"peak memory {stats['peak_memory_mib']:.0f} MiB)")
     if show_routing:
         from paris.plots import write_routing
 

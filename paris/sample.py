@@ -17,6 +17,7 @@ p(k | x_t, t) changes slowly from one step to the next. n=1 (the paper) routes a
 
 from __future__ import annotations
 
+import resource
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
@@ -93,6 +94,8 @@ def generate(mixture: Mixture, prompts: list[str], strategy: str | Strategy = "t
     cond = {"text": text, "mask": mask, "null_text": null_text, "null_mask": null_mask}
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(len(prompts), *mixture.latent_shape, generator=generator).to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     routing, routed, evaluations = [], {}, 0  # routed: the last router call's weights (text, empty prompt)
     mixture.stats.update(expert_passes=0, router_calls=0)
 
@@ -115,10 +118,17 @@ def generate(mixture: Mixture, prompts: list[str], strategy: str | Strategy = "t
             v = (v + velocity(euler_step(x, v, t, t_next), t_next)) / 2
         x = euler_step(x, v, t, t_next)
     stats = {"expert_passes_per_image": mixture.stats["expert_passes"] / len(prompts) / steps,
-             "router_calls_per_step": mixture.stats["router_calls"] / steps}
+             "router_calls_per_step": mixture.stats["router_calls"] / steps, "peak_memory_mib": _peak_memory_mib(device)}
     if trace:
         stats["routing"] = torch.stack(routing).transpose(0, 1)  # [B, evaluations, K]
     return mixture.autoencoder.decode(x.float().cpu()), stats
+
+
+def _peak_memory_mib(device: torch.device) -> float:
+    """The GPU memory peak of this sampling run; on CPU, the process's peak resident memory so far."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def _weights(mixture: Mixture, x, t: float, text, mask, strategy: Strategy, generator) -> torch.Tensor:

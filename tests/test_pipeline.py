@@ -4,6 +4,8 @@ expert on every sample and weighting by the routing rule."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -81,6 +83,7 @@ def test_cli_generate_writes_png(trained, tmp_path):
                      "--steps", "2", "--strategy", "top1", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
+    assert int(re.search(r"peak memory (\d+) MiB", result.stdout).group(1)) > 100  # torch + MiniLM alone exceed it
     image = Image.open(out)
     assert image.size == (150 + 2 * 32 * 4, 2 * 32 * 4)  # 2 rows (prompts) x 2 images, 4x scale, label margin
 
