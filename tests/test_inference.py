@@ -175,3 +175,16 @@ def test_frechet_distance_matches_the_closed_form():
     b = rng.normal(1, 2, (20000, 3))  # mean 1, covariance 4 I
     assert frechet_distance(a, b) == pytest.approx(3 * 1 + 3 * (1 + 4 - 2 * 2), rel=0.03)
     assert frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
+
+
+def test_frechet_distance_with_fewer_samples_than_features():
+    """Zero features change nothing: 5 and 7 samples in 3 dimensions (covariances of full rank) give the same FID
+    padded to 10 dimensions, where the covariances are singular and the small-sample formula is used."""
+    import numpy as np
+
+    from paris.fid import frechet_distance
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 1, (5, 3)), rng.normal(1, 2, (7, 3))
+    padded = [np.pad(x, ((0, 0), (0, 7))) for x in (a, b)]
+    assert frechet_distance(*padded) == pytest.approx(frechet_distance(a, b), rel=1e-9)
