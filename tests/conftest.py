@@ -138,3 +138,28 @@ def text_encoder(config):
     from paris.data.encoders import build_text_encoder
 
     return build_text_encoder(config.data.text_encoder, config.data.text_encoder_path, config.data.max_tokens)
+
+
+@pytest.fixture(scope="session")
+def laion_trained(tmp_path_factory) -> dict:
+    """Paris's pipeline at test size: 3 webdataset tars of 8 JPEGs -> SD-VAE latents, CLIP token ids, DINOv2
+    features (tiny random models) -> K=2 -> both experts and the router trained. The run's path, its config and
+    the experts' training summaries."""
+    from tiny_encoders import laion_config, tiny_models, write_tar
+
+    from paris.data.prepare import prepare
+    from paris.partition import partition
+    from paris.train.expert import train_expert
+    from paris.train.router import train_router
+
+    root = tmp_path_factory.mktemp("laion")
+    for i in range(3):
+        write_tar(root / "tars" / f"{i:05d}.tar", 8 * i, 8)
+    config = dataclasses.replace(tiny_config(), data=laion_config(tiny_models(), "webdataset",
+                                                                  f"{root}/tars/{{00000..00002}}.tar").data)
+    run = RunDir(str(root / "run"))
+    prepare(run, config)
+    partition(run, 2, seed=0)
+    summaries = [train_expert(run, config, k) for k in range(2)]
+    train_router(run, config)
+    return {"path": root / "run", "config": config, "summaries": summaries}

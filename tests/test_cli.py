@@ -56,6 +56,10 @@ def test_generate_unknown_strategy(run):
     assert_user_error(result, "'top7'", "top1, top2, topk:K, full")
 
 
+def test_evaluate_empty_strategies(run):
+    assert_user_error(run_cli("evaluate", run.url, "--strategies", ","), "--strategies is empty")
+
+
 def test_generate_without_prompt(run):
     assert_user_error(run_cli("generate", run.url), "--prompt")
 

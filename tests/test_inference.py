@@ -145,8 +145,10 @@ def test_heun_costs_two_router_calls_per_step_but_the_last(pipe):
 
 
 def test_evaluate_writes_the_table(trained, tmp_path, config):
-    """A tiny end-to-end evaluate: monolith at matched compute, then FID, adherence and cost per strategy."""
+    """A tiny end-to-end evaluate: monolith at matched compute, then FID, adherence, CLIP score and cost per strategy."""
     import shutil
+
+    from tiny_encoders import tiny_models
 
     from paris.evaluate import evaluate_run
     from paris.train.expert import train_monolith
@@ -156,12 +158,17 @@ def test_evaluate_writes_the_table(trained, tmp_path, config):
     run = RunDir(str(run_path))
     summary = train_monolith(run, config)
     assert summary["steps"] == 2 * config.expert.steps and summary["cluster_size"] == 300  # matched compute, all data
-    report = evaluate_run(str(run_path), ["monolith", "top1", "full"], num_samples=6, steps=2, classifier_images=600)
+    report = evaluate_run(str(run_path), ["monolith", "top1", "full"], num_samples=6, steps=2, classifier_images=600,
+                          clip_model=tiny_models()["clip_model"], route_every=2)  # grey images, an RGB CLIP
     rows = report["strategies"]
     assert list(rows) == ["monolith", "top1", "full"]
     assert rows["monolith"]["expert_passes_per_image_step"] == 1 and rows["full"]["expert_passes_per_image_step"] == 2
-    assert all(r["fid"] > 0 and 0 <= r["prompt_adherence"] <= 1 for r in rows.values())
-    assert run.exists("eval/report.png") and "| top1 |" in run.read_text("eval/report.md")
+    assert all(r["fid"] > 0 and 0 <= r["prompt_adherence"] <= 1 and 0 <= r["clip_score"] <= 100 for r in rows.values())
+    assert 0 <= report["classifier_test_accuracy"] <= 1 and 0 <= report["reference_clip_score"] <= 100
+    table = run.read_text("eval/report.md")
+    assert "| strategy | FID | prompt adherence | CLIP score | expert passes / image / step | s / image |" in table
+    assert run.exists("eval/report.png") and "| top1 |" in table
+    assert report["route_every"] == 2 and "router every 2 steps" in table
 
 
 def test_frechet_distance_matches_the_closed_form():
@@ -188,3 +195,16 @@ def test_route_every_reuses_the_routers_weights_between_calls(pipe):
     assert third["expert_passes_per_image"] == every["expert_passes_per_image"] == 2  # full: both experts always
     with pytest.raises(ParisError, match="route_every must be at least 1"):
         pipe.generate(PROMPTS, route_every=0)
+
+
+def test_frechet_distance_with_fewer_samples_than_features():
+    """Zero features change nothing: 5 and 7 samples in 3 dimensions (covariances of full rank) give the same FID
+    padded to 10 dimensions, where the covariances are singular and the small-sample formula is used."""
+    import numpy as np
+
+    from paris.fid import frechet_distance
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 1, (5, 3)), rng.normal(1, 2, (7, 3))
+    padded = [np.pad(x, ((0, 0), (0, 7))) for x in (a, b)]
+    assert frechet_distance(*padded) == pytest.approx(frechet_distance(a, b), rel=1e-9)

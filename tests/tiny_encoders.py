@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from paris.config import DataConfig, RunConfig
@@ -33,19 +34,40 @@ def save_tiny_vae(path: Path) -> Path:
     return path
 
 
-def save_tiny_clip(path: Path) -> Path:
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+def tiny_clip_text(path: Path):
+    """The CLIP tokenizer described at the top, saved to `path`, and a tiny text config over its vocabulary."""
+    from transformers import CLIPTextConfig, CLIPTokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     symbols = list(bytes_to_unicode().values())
     vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"])}
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
-    config = CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                            num_attention_heads=4, max_position_embeddings=77,
-                            bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-                            pad_token_id=vocab["<|endoftext|>"])
-    CLIPTextModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(path)
+    return CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                          num_attention_heads=4, max_position_embeddings=77,
+                          bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+                          pad_token_id=vocab["<|endoftext|>"])
+
+
+def save_tiny_clip(path: Path) -> Path:
+    """The text encoder alone (CLIPTextModel), as the pipeline uses it."""
+    from transformers import CLIPTextModel
+
+    CLIPTextModel(tiny_clip_text(path)).save_pretrained(path)
+    return path
+
+
+def save_tiny_clip_model(path: Path) -> Path:
+    """A whole CLIP (text and 32x32 vision towers, 16-d joint space) with its tokenizer and image processor,
+    laid out as a download of openai/clip-vit-large-patch14: what the CLIP score loads."""
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPVisionConfig
+
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=32, patch_size=8)
+    config = CLIPConfig(text_config=tiny_clip_text(path).to_dict(), vision_config=vision.to_dict(), projection_dim=16)
+    with torch.random.fork_rng():  # the same weights in every session: score tests need pairs of both signs
+        torch.manual_seed(0)
+        CLIPModel(config).save_pretrained(path)
+    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
     return path
 
 
@@ -62,7 +84,7 @@ def tiny_models() -> dict[str, str]:
     """Saved once per test session, in a temporary directory."""
     root = Path(tempfile.mkdtemp(prefix="paris-tiny-models-"))
     return {"vae": str(save_tiny_vae(root / "vae")), "clip": str(save_tiny_clip(root / "clip")),
-            "dinov2": str(save_tiny_dinov2(root / "dinov2"))}
+            "dinov2": str(save_tiny_dinov2(root / "dinov2")), "clip_model": str(save_tiny_clip_model(root / "clip_model"))}
 
 
 def laion_config(models: dict[str, str], source: str, path: str, **data) -> RunConfig:
