@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.console import Console
@@ -90,37 +91,45 @@ def evaluate_run(run_url: str, strategies: list[str], num_samples: int, steps: i
     if clip is not None:
         report["reference_clip_score"] = clip(real.images, real.prompts)
     report["strategies"] = rows = {}
+    measures = {"features": features, "classifier": classifier, "clip": clip}
     for strategy in strategies:
-        images, cost = _sample(run_url, strategy, real.prompts, sampling, seed, batch_size)
-        console.print(f"evaluate: {strategy}: {cost['seconds_per_image']:.3f} s per image; scoring")
-        row = {"fid": frechet_distance(features(images), real_features)}
-        if classifier is not None:
-            row["prompt_adherence"] = accuracy(classifier, images, real.labels)
-        if clip is not None:
-            row["clip_score"] = clip(images, real.prompts)
-        rows[strategy] = {**row, **cost}
+        sampled = _sample_and_score(run_url, strategy, real, sampling, seed, batch_size, measures)
+        rows[strategy] = row = {"fid": frechet_distance(sampled.pop("features"), real_features), **sampled}
+        console.print(f"evaluate: {strategy}: FID {row['fid']:.2f}, {row['seconds_per_image']:.3f} s per image")
     run.write_json("eval/report.json", report)
     run.write_text("eval/report.md", report_markdown(report))
     _plot(run, rows)
     return report
 
 
-def _sample(run_url: str, strategy: str, prompts: list[str], sampling: dict, seed: int,
-            batch_size: int) -> tuple[torch.Tensor, dict]:
-    """One image per prompt with one strategy, and its cost: expert passes per image and step, s per image."""
+def _sample_and_score(run_url: str, strategy: str, real, sampling: dict, seed: int, batch_size: int,
+                      measures: dict) -> dict:
+    """One image per reference prompt with one strategy, scored batch by batch (so memory does not grow with
+    the number of samples): Inception features, adherence and CLIP score when measured, and the cost."""
     from paris.pipeline import ParisPipeline
 
     monolith = strategy == "monolith"
     pipe = ParisPipeline.from_run(run_url, monolith=monolith)
-    start, images, passes = time.perf_counter(), [], 0.0
-    for i in track(range(0, len(prompts), batch_size), f"evaluate: {strategy}: sampling", console=console,
+    features, correct, clip_scores, seconds, passes = [], 0.0, [], 0.0, 0.0
+    for i in track(range(0, len(real.prompts), batch_size), f"evaluate: {strategy}", console=console,
                    disable=not console.is_terminal):
-        batch, stats = pipe.generate(prompts[i : i + batch_size], strategy="top1" if monolith else strategy,
-                                     seed=seed + i, **sampling)
-        images.append(batch)
-        passes += stats["expert_passes_per_image"] * len(batch)
-    seconds = (time.perf_counter() - start) / len(prompts)
-    return torch.cat(images), {"expert_passes_per_image_step": passes / len(prompts), "seconds_per_image": seconds}
+        prompts = real.prompts[i : i + batch_size]
+        tick = time.perf_counter()
+        images, stats = pipe.generate(prompts, strategy="top1" if monolith else strategy, seed=seed + i, **sampling)
+        seconds += time.perf_counter() - tick  # the cost column counts sampling only, not scoring
+        passes += stats["expert_passes_per_image"] * len(images)
+        features.append(measures["features"](images))
+        if measures["classifier"] is not None:
+            correct += accuracy(measures["classifier"], images, real.labels[i : i + batch_size]) * len(images)
+        if measures["clip"] is not None:
+            clip_scores.append(measures["clip"].pairs(images, prompts))
+    n = len(real.prompts)
+    row = {"features": np.concatenate(features)}
+    if measures["classifier"] is not None:
+        row["prompt_adherence"] = correct / n
+    if measures["clip"] is not None:
+        row["clip_score"] = torch.cat(clip_scores).mean().item()
+    return {**row, "expert_passes_per_image_step": passes / n, "seconds_per_image": seconds / n}
 
 
 COLUMNS = [  # (JSON key, header, format) of the table; a column appears when its measure was taken
