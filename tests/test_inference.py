@@ -208,3 +208,11 @@ def test_frechet_distance_with_fewer_samples_than_features():
     a, b = rng.normal(0, 1, (5, 3)), rng.normal(1, 2, (7, 3))
     padded = [np.pad(x, ((0, 0), (0, 7))) for x in (a, b)]
     assert frechet_distance(*padded) == pytest.approx(frechet_distance(a, b), rel=1e-9)
+
+
+def test_a_prompt_longer_than_the_text_encoder_is_truncated_with_a_warning(trained, tmp_path):
+    long_prompt = "a photo of a sneaker " + "with laces " * 40
+    result = run_cli("generate", str(trained), "-p", long_prompt, "--steps", "1", "--out", str(tmp_path / "x.png"))
+    assert result.returncode == 0, result.stderr
+    assert "is longer than" in result.stderr and "tokens and is truncated" in result.stderr
+    assert "Traceback" not in result.stderr
