@@ -10,7 +10,6 @@ and loaded lazily, as ParisPipeline does. Figures are ratios measured in the sam
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from paris.models.dit import DiT
 from paris.models.io import load_pretrained, save_pretrained
 from paris.models.router import Router
 from paris.run import RunDir
-from paris.sample import ExpertPool, Mixture, generate
+from paris.sample import ExpertPool, Mixture, generate, peak_memory_mib
 
 PROMPTS = ["a photo of a sneaker", "a photo of a bag", "a photo of a dress", "a picture of a coat"]
 
@@ -86,7 +85,7 @@ def peak_memory_child(preset: str, num_experts: int, max_resident: int, folder: 
     """Run top-2 sampling and print this process's peak resident memory in MiB (called in a subprocess)."""
     mixture = build(preset, num_experts, folder, max_resident)
     generate(mixture, PROMPTS, "top2", steps=2)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(peak_memory_mib(torch.device("cpu")))
 
 
 def peak_memory(preset: str, num_experts: int, max_resident: int, folder: str) -> float:

@@ -118,17 +118,21 @@ def generate(mixture: Mixture, prompts: list[str], strategy: str | Strategy = "t
             v = (v + velocity(euler_step(x, v, t, t_next), t_next)) / 2
         x = euler_step(x, v, t, t_next)
     stats = {"expert_passes_per_image": mixture.stats["expert_passes"] / len(prompts) / steps,
-             "router_calls_per_step": mixture.stats["router_calls"] / steps, "peak_memory_mib": _peak_memory_mib(device)}
+             "router_calls_per_step": mixture.stats["router_calls"] / steps, "peak_memory_mib": peak_memory_mib(device)}
     if trace:
         stats["routing"] = torch.stack(routing).transpose(0, 1)  # [B, evaluations, K]
     return mixture.autoencoder.decode(x.float().cpu()), stats
 
 
-def _peak_memory_mib(device: torch.device) -> float:
-    """The GPU memory peak of this sampling run; on CPU, the process's peak resident memory so far."""
+def peak_memory_mib(device: torch.device) -> float:
+    """The GPU memory peak since the last reset; on CPU, this process's peak resident memory so far."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    try:  # VmHWM starts afresh at exec; ru_maxrss would carry over the peak of the parent that forked us
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+    except OSError:  # not Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # macOS reports bytes
 
 
 def _weights(mixture: Mixture, x, t: float, text, mask, strategy: Strategy, generator) -> torch.Tensor:
