@@ -314,7 +314,7 @@ def demo(
     data: str = typer.Option("/usr/share/datasets/fashion-mnist", help="Directory with the Fashion-MNIST idx.gz files."),
     jobs: int = typer.Option(0, help="Experts trained at once (default: one per CPU core)."),
     full: bool = typer.Option(False, "--full", help="Then train the one-model baseline at matched compute and write "
-                              "the paper's table to RUN/eval/ (about 35 more minutes on 2 cores)."),
+                              "the paper's table to RUN/eval/ (about 30 more minutes on 2 cores)."),
     num_samples: int = typer.Option(2000, help="With --full: images per strategy for FID and adherence."),
 ):
     """Run the whole pipeline on Fashion-MNIST and print a table of the routing strategies."""
