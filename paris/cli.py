@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -272,7 +271,7 @@ def launch(
         codes = launch_ray(run, chosen, set, ray_address, per_expert)
     else:
         gpu_ids = gpus.split(",") if gpus else []
-        codes = local.launch_local(run_dir, chosen, cfg.expert.steps, jobs or min(len(chosen), os.cpu_count() or 1),
+        codes = local.launch_local(run_dir, chosen, cfg.expert.steps, local.local_jobs(jobs, len(chosen)),
                                    set, out, gpu_ids, per_expert)
     failed = sorted(k for k, code in codes.items() if code != 0)
     if failed:

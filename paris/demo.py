@@ -10,7 +10,6 @@ Every stage resumes: rerunning after a crash picks up where it stopped.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from paris.data.prepare import prepare
 from paris.errors import ParisError
 from paris.evaluate import accuracy, evaluate_run, report_markdown, train_classifier
 from paris.images import grid, save_png
-from paris.launch.local import launch_local
+from paris.launch.local import launch_local, local_jobs
 from paris.partition import partition
 from paris.plots import plot_loss_curves
 from paris.run import RunDir
@@ -55,7 +54,7 @@ def run_demo(out: str = "runs/demo", config: RunConfig | None = None, jobs: int 
     started = time.perf_counter()
     config = config or demo_config()
     run = RunDir(out)
-    jobs = jobs or min(config.partition.num_clusters, os.cpu_count() or 1)
+    jobs = local_jobs(jobs, config.partition.num_clusters)
 
     if run.exists("data/manifest.json") and run.read_config().data == config.data:
         console.print(f"prepare: reusing {out}/data")

@@ -22,6 +22,11 @@ from paris.run import RunDir
 console = Console(stderr=True)
 
 
+def local_jobs(jobs: int, num_experts: int) -> int:
+    """How many experts to train at once: `jobs`, or by default one per CPU core and at most one per expert."""
+    return jobs or min(num_experts, os.cpu_count() or 1)
+
+
 def launch_local(run: RunDir, experts: list[int], total_steps: int, jobs: int, overrides: list[str] = (),
                  log_dir: Path | None = None, gpus: list[str] = (), gpus_per_expert: int = 1) -> dict[int, int]:
     """Train `experts`, at most `jobs` at once (or one per GPU group); returns each expert's exit code."""
