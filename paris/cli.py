@@ -160,18 +160,8 @@ def evaluate(
 ):
     """Write the paper's table for this run to RUN/eval/: report.md, report.json and report.png."""
     from paris.evaluate import evaluate_run, report_markdown
-    from paris.routing import parse_strategy
 
     names = [s.strip() for s in strategies.split(",") if s.strip()]
-    if not names:
-        raise ParisError("--strategies is empty; give a comma-separated list, e.g. monolith,top1,top2,full")
-    for name in names:
-        if name != "monolith":
-            parse_strategy(name)
-    if num_samples < 2:
-        raise ParisError(f"--num-samples must be at least 2 for FID, got {num_samples}")
-    if route_every < 0:
-        raise ParisError(f"--route-every must be at least 1 (or 0 for the run's sample.route_every), got {route_every}")
     report = evaluate_run(run, names, num_samples, steps, guidance, seed, inception=inception, clip_model=clip_model,
                           reference=reference, reference_source=reference_source, route_every=route_every)
     typer.echo(report_markdown(report))
@@ -317,10 +307,11 @@ def demo(
     num_samples: int = typer.Option(2000, help="With --full: images per strategy for FID and adherence."),
 ):
     """Run the whole pipeline on Fashion-MNIST and print a table of the routing strategies."""
-    from paris.demo import demo_config, run_demo, run_paper_table
+    from paris.demo import DEMO_STRATEGIES, demo_config, run_demo, run_paper_table
+    from paris.evaluate import check_options
 
-    if full and num_samples < 2:
-        raise ParisError(f"--num-samples must be at least 2 for FID, got {num_samples}")
+    if full:  # before the demo's minutes of training, not after them
+        check_options(["monolith", *DEMO_STRATEGIES], num_samples)
     config = demo_config(data)
     run_demo(out, config, jobs)
     if full:

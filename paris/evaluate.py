@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import track
 from torch import nn
 
+from paris.errors import ParisError
 from paris.randomness import EpochBatches, step_generator
 
 console = Console(stderr=True)
@@ -59,6 +60,21 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     return (predicted == labels).float().mean().item()
 
 
+def check_options(strategies: list[str], num_samples: int, route_every: int = 0) -> None:
+    """The mistakes an evaluation would otherwise meet only after minutes of work, each a one-line error."""
+    from paris.routing import parse_strategy
+
+    if not strategies:
+        raise ParisError("--strategies is empty; give a comma-separated list, e.g. monolith,top1,top2,full")
+    for name in strategies:
+        if name != "monolith":
+            parse_strategy(name)
+    if num_samples < 2:
+        raise ParisError(f"--num-samples must be at least 2 for FID, got {num_samples}")
+    if route_every < 0:
+        raise ParisError(f"--route-every must be at least 1 (or 0 for the run's sample.route_every), got {route_every}")
+
+
 def evaluate_run(run_url: str, strategies: list[str], num_samples: int, steps: int = 0, guidance: float | None = None,
                  seed: int = 0, batch_size: int = 100, classifier_images: int = 0, inception: str = "",
                  clip_model: str = "", reference: str = "", reference_source: str = "", route_every: int = 0) -> dict:
@@ -72,6 +88,7 @@ def evaluate_run(run_url: str, strategies: list[str], num_samples: int, steps: i
     from paris.reference import load_reference
     from paris.run import RunDir
 
+    check_options(strategies, num_samples, route_every)
     run = RunDir(run_url)
     config = run.read_config()
     sampling = {"steps": steps or config.sample.steps, "route_every": route_every or config.sample.route_every,
