@@ -15,34 +15,17 @@ def test_yaml_round_trip_keeps_every_value():
     assert from_yaml(to_yaml(cfg)) == cfg
 
 
-def test_from_yaml_rejects_unknown_key_naming_it():
-    with pytest.raises(ParisError, match=r"expert\.nope"):
-        from_yaml("expert:\n  nope: 1\n")
-
-
-def test_from_yaml_rejects_unknown_section_naming_it():
-    with pytest.raises(ParisError, match="bogus"):
-        from_yaml("bogus:\n  steps: 1\n")
-
-
-def test_from_yaml_rejects_wrong_type_naming_key():
-    with pytest.raises(ParisError, match=r"expert\.steps.*int"):
-        from_yaml("expert:\n  steps: many\n")
-
-
-def test_from_yaml_bool_is_not_an_int():
-    with pytest.raises(ParisError, match=r"expert\.steps"):
-        from_yaml("expert:\n  steps: true\n")
-
-
-def test_from_yaml_section_must_be_a_mapping():
-    with pytest.raises(ParisError, match="expert"):
-        from_yaml("expert: 3\n")
-
-
-def test_invalid_yaml_is_a_paris_error():
-    with pytest.raises(ParisError, match="not valid YAML"):
-        from_yaml("expert: [unclosed\n")
+@pytest.mark.parametrize("text, message", [
+    ("expert:\n  nope: 1\n", r"expert\.nope"),  # an unknown key, named
+    ("bogus:\n  steps: 1\n", "bogus"),  # an unknown section, named
+    ("expert:\n  steps: many\n", r"expert\.steps.*int"),  # a wrong type, naming the key
+    ("expert:\n  steps: true\n", r"expert\.steps"),  # a bool is not an int
+    ("expert: 3\n", "expert"),  # a section must be a mapping
+    ("expert: [unclosed\n", "not valid YAML"),
+], ids=["unknown-key", "unknown-section", "wrong-type", "bool-not-int", "section-not-mapping", "invalid-yaml"])
+def test_from_yaml_errors_name_what_is_wrong(text, message):
+    with pytest.raises(ParisError, match=message):
+        from_yaml(text)
 
 
 def test_int_is_coerced_to_float():
