@@ -7,6 +7,7 @@
     paris export-clusters RUN    one shard set per cluster (optional)
     paris train-expert RUN -e K  train expert K on cluster K (run K of these anywhere, in any order)
     paris train-router RUN       train the router that mixes the experts
+    paris train-seed RUN         a seed on all the data, the experts' shared start (optional)
     paris train-monolith RUN     the one-model baseline at matched compute (for evaluate)
     paris generate RUN -p TEXT   sample images
     paris evaluate RUN           FID, prompt adherence / CLIP score and cost per routing strategy
@@ -30,6 +31,12 @@ app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
 
 RUN = typer.Argument(..., help="Run directory: a local path or an fsspec URL (s3://bucket/run, memory://run).")
 SET = typer.Option([], "--set", help="Override a config value for this command, e.g. --set expert.steps=2000 (repeatable).")
+INIT_FROM = typer.Option(None, "--init-from", help="Start from this finished model (a final/ folder such as seed/final, "
+                         "or a release's expert_<i>/); a relative path is inside RUN.")
+
+
+def _init_override(section: str, init_from: str | None, overrides: list[str]) -> list[str]:
+    return [*overrides, f"{section}.init_from={init_from}"] if init_from is not None else list(overrides)
 
 
 def _config(run_url: str, overrides: list[str]):
@@ -109,34 +116,64 @@ def export_clusters(
 def train_expert(
     run: str = RUN,
     expert: int = typer.Option(..., "--expert", "-e", help="Which expert / cluster to train (0..K-1)."),
+    init_from: Optional[str] = INIT_FROM,
     set: list[str] = SET,
 ):
     """Train ONE expert on its cluster; resumes from its last checkpoint. Touches only RUN/experts/K."""
     from paris.train.expert import train_expert as train
 
-    run_dir, cfg = _config(run, set)
+    run_dir, cfg = _config(run, _init_override("expert", init_from, set))
     summary = train(run_dir, cfg, expert)
     typer.echo(f"expert {expert}: done, final loss {summary['final_loss']:.4f}, weights in {run}/experts/{expert}/final")
 
 
 @app.command("train-router")
-def train_router(run: str = RUN, set: list[str] = SET):
+def train_router(run: str = RUN, init_from: Optional[str] = INIT_FROM, set: list[str] = SET):
     """Train the router (x_t, t) -> cluster, then report its accuracy per band of t."""
     from paris.train.router import train_router as train
 
-    run_dir, cfg = _config(run, set)
+    run_dir, cfg = _config(run, _init_override("router", init_from, set))
     summary = train(run_dir, cfg)
     typer.echo(f"router: done, mean held-out accuracy {summary['accuracy']['mean']:.1%}, weights in {run}/router/final")
 
 
 @app.command("train-monolith")
-def train_monolith(run: str = RUN, set: list[str] = SET):
-    """Train one model on all the data with as many samples as the K experts together (the paper's baseline)."""
+def train_monolith(
+    run: str = RUN,
+    protocol: Optional[str] = typer.Option(None, help="How the experts' compute was matched: split-batch (DDM: they "
+                                           "took its steps at 1/K its batch) or equal-batch (1/K its steps at its "
+                                           "batch) (default: baseline.protocol, split-batch)."),
+    batch_size: Optional[int] = typer.Option(None, help="Train at this batch instead, with as many samples "
+                                             "(default: baseline.batch_size, 0 = the protocol's)."),
+    init_from: Optional[str] = INIT_FROM,
+    set: list[str] = SET,
+):
+    """Train one model on all the data with as many samples as the K experts together (the paper's baseline).
+    It starts where the experts start (expert.init_from)."""
     from paris.train.expert import train_monolith as train
 
-    run_dir, cfg = _config(run, set)
+    overrides = [*_init_override("expert", init_from, set), *([f"baseline.protocol={protocol}"] if protocol else []),
+                 *([f"baseline.batch_size={batch_size}"] if batch_size is not None else [])]
+    run_dir, cfg = _config(run, overrides)
     summary = train(run_dir, cfg)
-    typer.echo(f"monolith: done after {summary['steps']} steps, final loss {summary['final_loss']:.4f}")
+    typer.echo(f"monolith ({cfg.baseline.protocol}): done after {summary['steps']} steps of {summary['batch_size']}, "
+               f"final loss {summary['final_loss']:.4f}")
+
+
+@app.command("train-seed")
+def train_seed(
+    run: str = RUN,
+    steps: int = typer.Option(..., help="Optimiser steps on all the data (at the monolith's batch)."),
+    set: list[str] = SET,
+):
+    """Train a seed on all the data, the shared start of every expert (Branch-Train-Merge): then
+    `paris train-expert RUN -e K --init-from seed/final`. Its samples count in the compute comparison."""
+    from paris.train.expert import train_seed as train
+
+    run_dir, cfg = _config(run, set)
+    summary = train(run_dir, cfg, steps)
+    typer.echo(f"seed: done after {summary['steps']} steps of {summary['batch_size']}, final loss "
+               f"{summary['final_loss']:.4f}; start the experts with --init-from seed/final")
 
 
 @app.command()

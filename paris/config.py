@@ -78,7 +78,7 @@ class DataConfig:
     text_encoder_path: str = ""  # a local HF model directory; "" = the default location of `text_encoder`
     max_tokens: int = 16  # Paris (CLIP): 77
     text_storage: str = "tokens"  # tokens: ids, encoded while training | embeddings: fp16 states in the shards
-    features: str = "pixel-pca"  # image features for clustering: pixel-pca | dinov2
+    features: str = "pixel-pca"  # clustering features: pixel-pca | dinov2 (images) | text (the captions' embeddings)
     features_path: str = ""  # local HF directory of DINOv2 (Paris: facebook/dinov2-large)
     feature_pooling: str = "cls"  # dinov2: cls | mean (of the patch tokens) | both (concatenated)
     feature_dim: int = 64  # pixel-pca only
@@ -124,6 +124,10 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     gradient_checkpointing: bool = False  # recompute block activations in backward: less memory, ~30% slower
     tensorboard: bool = True  # also log to <job>/tensorboard when tensorboard is installed and the run is local
+    # Start from a finished model instead of random weights: a paris final/ folder (e.g. seed/final, made by
+    # `paris train-seed`) or an expert_<i>/ folder of a release. A relative path is taken inside the run directory.
+    init_from: str = ""
+    init_fresh_head: bool = False  # keep the init's random text projection and output layer (HDDM)
 
 
 @dataclass
@@ -146,6 +150,24 @@ class SampleConfig:
     route_every: int = 1  # the router runs at every n-th velocity evaluation; 1 = at every one (the paper)
 
 
+COMPUTE_PROTOCOLS = ("split-batch", "equal-batch")
+
+
+@dataclass
+class BaselineConfig:
+    """The one-model baseline (`paris train-monolith`): all the data, as many training samples as the K experts
+    together. The protocol says how the experts' compute was matched to it (DDM uses split-batch)."""
+
+    protocol: str = "split-batch"  # split-batch: the experts take its steps at 1/K its batch | equal-batch: 1/K its steps at its batch
+    batch_size: int = 0  # 0 = the protocol's batch; any other value keeps the samples and changes the steps
+
+    def __post_init__(self):
+        if self.protocol not in COMPUTE_PROTOCOLS:
+            raise ParisError(f"unknown baseline.protocol {self.protocol!r}; choose one of {', '.join(COMPUTE_PROTOCOLS)}")
+        if self.batch_size < 0:
+            raise ParisError(f"baseline.batch_size must be 0 (the protocol's) or positive, got {self.batch_size}")
+
+
 @dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
@@ -153,6 +175,7 @@ class RunConfig:
     expert: TrainConfig = field(default_factory=TrainConfig)
     router: RouterTrainConfig = field(default_factory=RouterTrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
 
 
 def dit_config(preset: str, **overrides) -> DiTConfig:

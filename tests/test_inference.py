@@ -157,7 +157,8 @@ def test_evaluate_writes_the_table(trained, tmp_path, config):
     shutil.copytree(trained, run_path)
     run = RunDir(str(run_path))
     summary = train_monolith(run, config)
-    assert summary["steps"] == 2 * config.expert.steps and summary["cluster_size"] == 300  # matched compute, all data
+    e = config.expert  # matched compute (split-batch: the experts' steps at twice their batch), all data
+    assert summary["samples_seen"] == 2 * e.steps * e.batch_size and summary["cluster_size"] == 300
     report = evaluate_run(str(run_path), ["monolith", "top1", "full"], num_samples=6, steps=2, classifier_images=600,
                           clip_model=tiny_models()["clip_model"], route_every=2)  # grey images, an RGB CLIP
     rows = report["strategies"]

@@ -4,7 +4,7 @@
   (identity: pixels, the demo; sd-vae: diffusers AutoencoderKL, Paris: sd-vae-ft-mse, scale 0.18215);
 - text encoder: captions -> token ids -> token states [N,L,D] + mask [N,L] (minilm: the demo; clip: Paris,
   CLIP ViT-L/14, 77 tokens);
-- image features for clustering: images -> [N,F] (pixel-pca: the demo; dinov2: Paris, ViT-L/14, 1024-d).
+- clustering features: images -> [N,F] (pixel-pca: the demo; dinov2: Paris, ViT-L/14, 1024-d), or captions (text).
 Real weights load from local directories named in the config (there is no model hub at training time).
 """
 
@@ -193,10 +193,35 @@ class Dinov2Features:
         return {"cls": cls, "mean": mean, "both": torch.cat([cls, mean], 1)}[self.pooling]
 
 
-def build_features(cfg, first_images):
-    """The clustering feature extractor of data config `cfg`; `first_images()` gives pixel-pca its fit set."""
+class TextFeatures:
+    """The caption's meaning as the clustering feature (c-BTM and MoDE cluster on text): the text encoder's
+    token states, mean-pooled over real tokens and L2-normalised. Each distinct caption is encoded once."""
+
+    def __init__(self, text: TextEncoder):
+        self.text, self.cache = text, {}
+
+    def __call__(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        new = sorted({c for c in captions if c not in self.cache})
+        if new:
+            states, mask = self.text.encode(new)
+            weights = mask.float()[..., None]
+            pooled = F.normalize((states * weights).sum(1) / weights.sum(1).clamp(min=1), dim=1)
+            self.cache.update(zip(new, pooled))
+        return torch.stack([self.cache[c] for c in captions])
+
+
+FEATURES = ("pixel-pca", "dinov2", "text")
+
+
+def build_features(cfg, first_images, text: TextEncoder):
+    """The clustering feature extractor of data config `cfg`, called as (images, captions) -> [N, F];
+    `first_images()` gives pixel-pca its fit set."""
     if cfg.features == "pixel-pca":
-        return PixelPCA(first_images(), cfg.feature_dim, cfg.seed)
+        pca = PixelPCA(first_images(), cfg.feature_dim, cfg.seed)
+        return lambda images, captions: pca(images)
     if cfg.features == "dinov2":
-        return Dinov2Features(cfg.features_path, cfg.feature_pooling)
-    raise ParisError(f"unknown image features {cfg.features!r}; choose pixel-pca or dinov2")
+        dinov2 = Dinov2Features(cfg.features_path, cfg.feature_pooling)
+        return lambda images, captions: dinov2(images)
+    if cfg.features == "text":
+        return TextFeatures(text)
+    raise ParisError(f"unknown clustering features {cfg.features!r}; choose one of {', '.join(FEATURES)}")

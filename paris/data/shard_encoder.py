@@ -19,7 +19,7 @@ class ShardEncoder:
     def __init__(self, cfg, source, text):
         self.cfg, self.source, self.text = cfg, source, text
         self.autoencoder = build_autoencoder(cfg.autoencoder, cfg.autoencoder_path, cfg.latent_scale)
-        self.features = build_features(cfg, lambda: self._first_images(cfg.pca_fit_images))
+        self.features = build_features(cfg, lambda: self._first_images(cfg.pca_fit_images), text)
 
     def _first_images(self, n: int) -> torch.Tensor:
         images = map(self._load, itertools.islice(self.source.samples(0), n))
@@ -68,7 +68,7 @@ class ShardEncoder:
 
     def _encode(self, images: torch.Tensor, captions: list[str]) -> dict[str, torch.Tensor]:
         ids, mask = self.text.tokenize(captions)
-        out = {"latents": self.autoencoder.encode(images).half(), "features": self.features(images).half(),
+        out = {"latents": self.autoencoder.encode(images).half(), "features": self.features(images, captions).half(),
                "text_mask": mask}
         if self.cfg.text_storage == "tokens":
             out["text_ids"] = ids

@@ -63,12 +63,13 @@ def load_pretrained(run: RunDir, folder: str) -> nn.Module:
 def load_state_dict_strict(model: nn.Module, state: dict, where: str) -> None:
     """load_state_dict that lists every missing, unexpected or mis-shaped key in one clear error."""
     expected = model.state_dict()
-    problems = [f"missing {k}" for k in expected if k not in state]
-    problems += [f"unexpected {k}" for k in state if k not in expected]
-    problems += [
+    # Shapes first: one mis-shaped tensor says more about a wrong config than a list of missing blocks.
+    problems = [
         f"{k} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)}"
         for k, v in expected.items() if k in state and state[k].shape != v.shape
     ]
+    problems += [f"missing {k}" for k in expected if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in expected]
     if problems:
         raise ParisError(f"weights in {where} do not fit the model: {'; '.join(problems[:8])}"
                          + (f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""))

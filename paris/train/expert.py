@@ -11,13 +11,14 @@ import dataclasses
 import torch
 from rich.console import Console
 
-from paris.config import RunConfig, dit_config
+from paris.config import RunConfig, TrainConfig, dit_config
 from paris.data.store import Store, load_store
 from paris.errors import ParisError
 from paris.flow import flow_matching_loss
 from paris.models.dit import DiT
 from paris.partition import load_partition
 from paris.run import RunDir
+from paris.train.init_from import load_initial_weights
 from paris.train.loop import Job, train
 
 console = Console(stderr=True)
@@ -31,29 +32,63 @@ def train_expert(run: RunDir, config: RunConfig, expert: int) -> dict:
     if len(store) == 0:
         raise ParisError(f"cluster {expert} is empty; re-run `paris partition` with fewer clusters")
     identity = {"cluster": expert, "partition_hash": part.meta["hash"], "cluster_size": len(store)}
-    return _train_flow_model(run, config, store, f"expert {expert}", f"experts/{expert}", identity,
-                             config.expert.steps, seed=config.expert.seed + expert)  # experts start differently
+    return _train_flow_model(run, config.expert, store, f"expert {expert}", f"experts/{expert}", identity,
+                             seed=config.expert.seed + expert)  # experts start differently
+
+
+def baseline_schedule(config: RunConfig, num_experts: int) -> tuple[int, int]:
+    """(steps, batch) of the monolith: as many training samples as the K experts together.
+
+    split-batch (DDM): the experts took the monolith's steps, each at 1/K of its batch, so it takes
+    expert.steps steps of K x expert.batch_size. equal-batch: the experts took its batch, so it takes K x the
+    steps. baseline.batch_size, when set, keeps the samples and trades steps for batch (a tuned baseline)."""
+    e, b = config.expert, config.baseline
+    samples = num_experts * e.steps * e.batch_size
+    batch = b.batch_size or (num_experts * e.batch_size if b.protocol == "split-batch" else e.batch_size)
+    if samples % batch:
+        raise ParisError(f"baseline.batch_size {batch} does not divide the experts' {samples} training samples; "
+                         f"choose a divisor of {samples}")
+    return samples // batch, batch
 
 
 def train_monolith(run: RunDir, config: RunConfig) -> dict:
-    """The baseline of the paper's table: one model on all the data at matched compute, i.e. as many
-    training samples as the K experts together (K x expert.steps steps of the same batch)."""
+    """The baseline of the paper's table: one model on all the data at matched compute (baseline_schedule).
+    It starts where the experts start (expert.init_from), so a shared seed counts on both sides."""
     part = load_partition(run)
+    steps, batch = baseline_schedule(config, part.num_clusters)
+    store = load_store(run)
+    identity = {"cluster": "all", "partition_hash": part.meta["hash"], "cluster_size": len(store),
+                "protocol": config.baseline.protocol}
+    cfg = dataclasses.replace(config.expert, steps=steps, batch_size=batch)
+    return _train_flow_model(run, cfg, store, "monolith", "monolith", identity, seed=cfg.seed)
+
+
+def train_seed(run: RunDir, config: RunConfig, steps: int) -> dict:
+    """A seed: the monolith's first `steps` steps (same batch, same recipe), from random weights, written to
+    seed/. Experts that start from it (`--set expert.init_from=seed/final`) share it like a public checkpoint;
+    its samples count in the budget of the comparison."""
+    if steps < 1:
+        raise ParisError(f"--steps must be at least 1, got {steps}")
+    part = load_partition(run)
+    _, batch = baseline_schedule(dataclasses.replace(config, baseline=dataclasses.replace(config.baseline, batch_size=0)),
+                                 part.num_clusters)
     store = load_store(run)
     identity = {"cluster": "all", "partition_hash": part.meta["hash"], "cluster_size": len(store)}
-    return _train_flow_model(run, config, store, "monolith", "monolith", identity,
-                             config.expert.steps * part.num_clusters, seed=config.expert.seed)
+    cfg = dataclasses.replace(config.expert, steps=steps, batch_size=batch, init_from="")
+    return _train_flow_model(run, cfg, store, "seed", "seed", identity, seed=cfg.seed)
 
 
-def _train_flow_model(run: RunDir, config: RunConfig, store: Store, name: str, folder: str, identity: dict,
-                      steps: int, seed: int) -> dict:
-    cfg = dataclasses.replace(config.expert, steps=steps)
+def _train_flow_model(run: RunDir, cfg: TrainConfig, store: Store, name: str, folder: str, identity: dict,
+                      seed: int) -> dict:
     latents = store.latents
     c, h, _ = store.manifest["latent_shape"]
     torch.manual_seed(seed)
     model = DiT(dit_config(cfg.preset, in_channels=c, input_size=h, text_dim=store.text_dim))
-    console.print(f"[bold]{name}[/]: {len(store)} images, "
-                  f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {cfg.steps} steps")
+    if cfg.init_from:
+        identity = {**identity, **load_initial_weights(run, model, cfg.init_from, cfg.init_fresh_head)}
+    console.print(f"[bold]{name}[/]: {len(store)} images, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
+                  f"parameters, {cfg.steps} steps of {cfg.batch_size}"
+                  + (f", starting from {identity['init_from']}" if cfg.init_from else ""))
 
     def loss(model, index, random, device):
         dropped = random.uniform() < cfg.caption_dropout

@@ -134,7 +134,7 @@ def train(run: RunDir, job: Job, cfg: TrainConfig) -> dict:
                 dist.barrier()
                 raise ParisError(f"{job.name}: stopped by signal at step {done}; checkpoint saved, "
                                  "run the same command again to resume")
-    summary = {"steps": cfg.steps, "samples_seen": cfg.steps * cfg.batch_size, "final_loss": last_loss,
+    summary = {"steps": cfg.steps, "batch_size": cfg.batch_size, "samples_seen": cfg.steps * cfg.batch_size, "final_loss": last_loss,
                "config_hash": _hash(dataclasses.asdict(cfg)), **job.identity}
     if dist.is_main:
         save_pretrained(run, f"{job.folder}/final", ema, manifest=summary)

@@ -24,6 +24,7 @@ from paris.models.router import Router
 from paris.partition import load_partition
 from paris.run import RunDir
 from paris.randomness import BatchRandom, step_generator
+from paris.train.init_from import load_initial_weights
 from paris.train.loop import Job, train
 
 console = Console(stderr=True)
@@ -40,6 +41,9 @@ def train_router(run: RunDir, config: RunConfig) -> dict:
     torch.manual_seed(cfg.seed)
     model = Router(router_config(cfg.preset, in_channels=c, input_size=h, num_experts=part.num_clusters,
                                  text_dim=store.text_dim if cfg.use_text else 0))
+    identity = {"partition_hash": part.meta["hash"], "num_experts": part.num_clusters}
+    if cfg.init_from:
+        identity.update(load_initial_weights(run, model, cfg.init_from, cfg.init_fresh_head))
     steps = cfg.steps or math.ceil(cfg.epochs * len(train_index) / cfg.batch_size)
     console.print(f"[bold]router[/]: {len(train_index)} images ({n_val} held out), {part.num_clusters} clusters, "
                   f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {steps} steps")
@@ -51,7 +55,6 @@ def train_router(run: RunDir, config: RunConfig) -> dict:
         text = {k: v.to(device) for k, v in _text(store, rows, cfg.use_text).items()}
         return F.cross_entropy(model(x_t, t, **text).float(), targets[rows].to(device))
 
-    identity = {"partition_hash": part.meta["hash"], "num_experts": part.num_clusters}
     job = Job("router", "router", model, loss, len(train_index), identity)
     summary = train(run, job, dataclasses.replace(cfg, steps=steps))
     accuracy = router_accuracy(load_pretrained(run, "router/final"), store, val, targets[val], cfg.use_text, cfg.seed)

@@ -1,0 +1,245 @@
+"""Decentralized experts against one model at matched compute, on Fashion-MNIST, at several budgets.
+
+Each row is a system trained from scratch in its own run directory under OUT/runs/ and evaluated with
+`paris evaluate` (the same sampler, steps, reference images and FID code for every row):
+  monolith rows   one model on all the data (`paris train-monolith`), at a given batch
+  mixture rows    K experts (`paris train-expert`, each its own process) + a router, scored as top1/top2/full
+A budget is a number of training samples (1x = the demo's 4 experts x 1,800 steps x 64 = 460,800); a seed's
+samples count in it; the router's training cost is reported beside it (DDM: about 4%). Every stage is a file
+under OUT, so the sweep can be stopped at any point and rerun to continue; two jobs run at once (one per core).
+
+    .venv/bin/python benchmarks/quality_vs_compute.py --out runs/quality                 # the whole sweep
+    .venv/bin/python benchmarks/quality_vs_compute.py --rows core --budgets 1 --num-samples 1000
+    .venv/bin/python benchmarks/quality_vs_compute.py --report-only                      # table + plot of what is done
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+DEMO_SAMPLES = 4 * 1800 * 64
+PAPER = "--set expert.preset=tiny --set router.preset=tiny"
+
+
+@dataclasses.dataclass(frozen=True)
+class System:
+    name: str
+    budget: float  # training samples, in multiples of DEMO_SAMPLES (seed included)
+    batch: int = 64  # the monolith's batch; split-batch experts take batch / K, equal-batch experts take batch
+    kind: str = "mixture"  # mixture | monolith
+    features: str = "pixel-pca"  # clustering: pixel-pca | text | labels (the oracle bound, K = 10)
+    clusters: int = 4
+    protocol: str = "split-batch"
+    seed_fraction: float = 0.0  # share of the budget spent on a seed trained on all the data
+    text_router: bool = False  # DDM's router (sees the prompt) instead of Paris's
+    patch: int = 8
+
+    @property
+    def samples(self) -> int:
+        return int(self.budget * DEMO_SAMPLES)
+
+    def schedule(self) -> dict:
+        """Steps and batches: the seed's (at the monolith's batch) and each expert's."""
+        seed_steps = round(self.samples * self.seed_fraction / self.batch)
+        rest = self.samples - seed_steps * self.batch
+        if self.kind == "monolith":
+            # The run's partition has 4 clusters: train-monolith takes 4 x expert.steps x expert.batch_size samples.
+            return {"seed_steps": 0, "expert_batch": self.batch, "expert_steps": rest // (4 * self.batch),
+                    "monolith_batch": self.batch}
+        k = 10 if self.features == "labels" else self.clusters
+        batch = self.batch // k if self.protocol == "split-batch" else self.batch
+        return {"seed_steps": seed_steps, "expert_batch": batch, "expert_steps": rest // (k * batch), "clusters": k}
+
+
+def rows(budgets: list[float], which: str) -> list[System]:
+    """The sweep: the core comparison at every budget, then one lever at a time at the middle budget."""
+    out = []
+    for b in budgets:
+        x = f"{b:g}x"
+        out += [System(f"monolith-b64-{x}", b, kind="monolith"), System(f"monolith-b16-{x}", b, 16, kind="monolith"),
+                System(f"text-textrouter-{x}", b, features="text", text_router=True)]
+    if which == "all":
+        b = budgets[len(budgets) // 2]
+        x = f"{b:g}x"
+        out += [System(f"pixel-paris-{x}", b), System(f"pixel-textrouter-{x}", b, text_router=True),
+                System(f"text-paris-{x}", b, features="text"),
+                System(f"text-textrouter-equal-{x}", b, features="text", text_router=True, protocol="equal-batch"),
+                System(f"text-textrouter-seed25-{x}", b, features="text", text_router=True, seed_fraction=0.25),
+                System(f"text-textrouter-seed10-{x}", b, features="text", text_router=True, seed_fraction=0.10),
+                System(f"text-textrouter-k2-{x}", b, features="text", text_router=True, clusters=2),
+                System(f"text-textrouter-k8-{x}", b, features="text", text_router=True, clusters=8),
+                System(f"labels-textrouter-{x}", b, 60, features="labels", text_router=True)]
+    return out
+
+
+def paris(*args: str, log: Path) -> None:
+    """One paris command in its own process, one thread (two run at once on two cores)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as f:
+        f.write(f"$ paris {' '.join(args)}\n")
+        f.flush()
+        code = subprocess.call([sys.executable, "-m", "paris", *args], stdout=f, stderr=subprocess.STDOUT, env=env)
+    if code:
+        raise RuntimeError(f"paris {' '.join(args)} failed (exit {code}); see {log}")
+
+
+def prepared_data(out: Path, features: str, data: str) -> Path:
+    """One prepared copy of Fashion-MNIST per kind of clustering feature, shared (hard-linked) by the rows."""
+    base = out / "data" / features
+    if not (base / "data" / "manifest.json").exists():
+        paris("prepare", str(base), "--data", data, "--set", f"data.features={'pixel-pca' if features == 'labels' else features}",
+              *PAPER.split(), log=out / "logs" / f"prepare-{features}.log")
+    return base
+
+
+def setup(out: Path, system: System, data: str) -> Path:
+    """The row's run directory: the shared data, its config, its partition."""
+    run = out / "runs" / system.name
+    if (run / "partition" / "meta.json").exists():
+        return run
+    base = prepared_data(out, system.features, data)
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.copytree(base / "data", run / "data", copy_function=os.link)
+    shutil.copy(base / "config.yaml", run / "config.yaml")
+    s = system.schedule()
+    k = s.get("clusters", 4)
+    method = "labels" if system.features == "labels" else "kmeans"
+    overrides = [f"expert.steps={s['expert_steps']}", f"expert.batch_size={s['expert_batch']}", "expert.lr=0.0005",
+                 "expert.warmup_steps=100", "expert.ema_decay=0.999", "expert.log_every=100", "expert.threads=1",
+                 f"expert.checkpoint_every={max(100, s['expert_steps'] // 4)}", "router.epochs=1.0",
+                 "router.batch_size=128", "router.lr=0.0005", "router.warmup_steps=50", "router.ema_decay=0.999",
+                 "router.threads=1", f"router.use_text={str(system.text_router).lower()}", "sample.guidance=4.0",
+                 f"baseline.protocol={system.protocol}", f"baseline.batch_size={s.get('monolith_batch', 0)}"]
+    if system.patch != 8:
+        raise SystemExit("patch sizes other than the tiny preset's 8 need a preset; not in this sweep")
+    if s["seed_steps"]:
+        overrides += ["expert.init_from=seed/final"]
+    paris("partition", str(run), "--clusters", str(k), "--method", method, *sum((["--set", o] for o in overrides), []),
+          log=run / "logs" / "partition.log")
+    return run
+
+
+def train_jobs(system: System) -> list[tuple[str, list[str]]]:
+    """(folder it writes, paris arguments) of each training job of a row, in order: seed, experts, router."""
+    s = system.schedule()
+    if system.kind == "monolith":
+        return [("monolith", ["train-monolith"])]
+    jobs = [("seed", ["train-seed", "--steps", str(s["seed_steps"])])] if s["seed_steps"] else []
+    jobs += [(f"experts/{k}", ["train-expert", "--expert", str(k)]) for k in range(s["clusters"])]
+    return jobs + [("router", ["train-router"])]
+
+
+def evaluate(out: Path, run: Path, system: System, num_samples: int, guidance: float) -> dict:
+    strategies = "monolith" if system.kind == "monolith" else "top1,top2,full"
+    cache = out / "results" / f"{system.name}__n{num_samples}__g{guidance}.json"
+    if not cache.exists():
+        paris("evaluate", str(run), "--strategies", strategies, "--num-samples", str(num_samples),
+              "--guidance", str(guidance), log=run / "logs" / "evaluate.log")
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(run / "eval" / "report.json", cache)
+    return json.loads(cache.read_text())
+
+
+def run_row(out: Path, system: System, data: str, num_samples: int, guidance: float) -> None:
+    """Train a row's jobs one after the other (each resumes from its checkpoints), then evaluate it."""
+    run = setup(out, system, data)
+    for folder, (command, *options) in train_jobs(system):
+        if not (run / folder / "final" / "config.json").exists():
+            paris(command, str(run), *options, log=run / "logs" / f"{folder.replace('/', '-')}.log")
+    evaluate(out, run, system, num_samples, guidance)
+
+
+def run_sweep(out: Path, systems: list[System], data: str, num_samples: int, guidance: float) -> None:
+    """Data first (shared), then the rows two at a time: one process per core."""
+    for features in sorted({s.features for s in systems}):
+        prepared_data(out, features, data)
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda s: run_row(out, s, data, num_samples, guidance), systems))
+
+
+def table(out: Path, systems: list[System], num_samples: int, guidance: float) -> list[dict]:
+    """One line per (system, strategy) that has been evaluated."""
+    lines = []
+    for s in systems:
+        cache = out / "results" / f"{s.name}__n{num_samples}__g{guidance}.json"
+        if not cache.exists():
+            continue
+        report = json.loads(cache.read_text())
+        run = out / "runs" / s.name
+        router = json.loads((run / "router" / "accuracy.json").read_text())["mean"] if s.kind == "mixture" else None
+        for strategy, row in report["strategies"].items():
+            lines.append({"system": s.name, "strategy": strategy, "budget": s.budget, "samples": s.samples,
+                          "fid": row["fid"], "adherence": row.get("prompt_adherence"), "router_accuracy": router,
+                          "seconds_per_image": row["seconds_per_image"], **dataclasses.asdict(s)})
+    return lines
+
+
+def markdown(lines: list[dict]) -> str:
+    head = "| system | strategy | training samples | FID | adherence | router acc. |\n|---|---|---|---|---|---|\n"
+    return head + "".join(
+        f"| {l['system']} | {l['strategy']} | {l['samples']:,} | {l['fid']:.2f} | {l['adherence']:.1%} | "
+        + (f"{l['router_accuracy']:.1%}" if l["router_accuracy"] is not None else "") + " |\n" for l in lines)
+
+
+def plot(lines: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series: dict[str, list] = {}
+    for l in lines:
+        family = l["system"].rsplit("-", 1)[0] + ("" if l["kind"] == "monolith" else f" {l['strategy']}")
+        series.setdefault(family, []).append((l["samples"], l["fid"]))
+    for family, points in sorted(series.items()):
+        if len(points) > 1:
+            xs, ys = zip(*sorted(points))
+            ax.plot(xs, ys, marker="o", label=family, linestyle="--" if "monolith" in family else "-")
+    ax.set_xscale("log")
+    ax.set_xlabel("training samples (= training FLOPs / cost per sample; seed included)")
+    ax.set_ylabel("FID (lower is better)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="runs/quality")
+    parser.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
+    parser.add_argument("--budgets", default="0.25,1,4", help="Comma-separated multiples of the demo's 460,800 samples.")
+    parser.add_argument("--rows", default="all", choices=["core", "all"], help="core: monoliths and the main mixture only.")
+    parser.add_argument("--only", default="", help="Comma-separated system names to run (default: every row).")
+    parser.add_argument("--num-samples", type=int, default=2000)
+    parser.add_argument("--guidance", type=float, default=4.0)
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    out = Path(args.out)
+    systems = rows([float(b) for b in args.budgets.split(",")], args.rows)
+    if args.only:
+        systems = [s for s in systems if s.name in args.only.split(",")]
+    started = time.perf_counter()
+    if not args.report_only:
+        run_sweep(out, systems, args.data, args.num_samples, args.guidance)
+    lines = table(out, systems, args.num_samples, args.guidance)
+    (out / "table.md").write_text(markdown(lines))
+    (out / "table.json").write_text(json.dumps(lines, indent=2))
+    plot(lines, out / "fid_vs_compute.png")
+    print(markdown(lines))
+    print(f"wrote {out}/table.md, table.json, fid_vs_compute.png ({(time.perf_counter() - started) / 60:.1f} min)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Start a training job from a finished model instead of random weights (`--init-from`).
+
+The start can be a seed trained briefly on all the data (`paris train-seed`, as in Branch-Train-Merge and
+Diffusion Soup), another run's final/ folder, or one expert_<i>/ folder of a release (as HDDM starts its
+experts from a pretrained DiT): any folder with config.json and the model's safetensors file. Like a public
+pretrained model it is only a starting point: the job reads it once and never depends on it again.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from paris.errors import ParisError
+from paris.models.io import load_state_dict_strict, weights_name
+from paris.run import RunDir
+
+# Re-initialised with `init_fresh_head`: what connects a model to a new text encoder and a new output (HDDM).
+FRESH_HEAD = {"DiT": ("text_proj.", "final_layer."), "Router": ("head.",)}
+
+
+def resolve(run: RunDir, init_from: str) -> RunDir:
+    """The folder of `init_from`: a URL or an absolute path as given, a relative path inside the run."""
+    if "://" in init_from or init_from.startswith("/"):
+        return RunDir(init_from)
+    return RunDir(f"{run.url}/{init_from}")
+
+
+def load_initial_weights(run: RunDir, model: nn.Module, init_from: str, fresh_head: bool = False) -> dict:
+    """Copy the weights of `init_from` into `model` (strictly: every mismatch is listed in one error) and return
+    where they came from and how many training samples they hold (0 when unknown, e.g. a release)."""
+    source = resolve(run, init_from)
+    weights = weights_name(model)
+    if not source.exists(weights):
+        raise ParisError(f"--init-from {source.url} holds no {weights}; give a folder with config.json and "
+                         f"{weights}, such as RUN/seed/final (`paris train-seed RUN`) or an expert's final/")
+    state = source.load_tensors(weights)
+    kept = model.state_dict()
+    if fresh_head:  # the model's own random initialisation stays for these, whatever their shape in the start
+        prefixes = FRESH_HEAD[type(model).__name__]
+        state = {k: v for k, v in state.items() if not k.startswith(prefixes)}
+        state.update({k: v for k, v in kept.items() if k.startswith(prefixes)})
+    load_state_dict_strict(model, state, f"--init-from {source.url}")
+    manifest = source.read_json("manifest.json") if source.exists("manifest.json") else {}
+    return {"init_from": source.url, "init_samples": int(manifest.get("samples_seen", 0)) + int(manifest.get("init_samples", 0))}
