@@ -11,14 +11,16 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no model hub here: a failed download would retry for 25-50 s
+os.environ["PARIS_CACHE"] = tempfile.mkdtemp(prefix="paris-cache-")  # the tests never touch the user's cache
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from paris.config import RunConfig  # noqa: E402
+from paris.config import BaselineConfig, RunConfig  # noqa: E402
 from paris.demo import demo_config  # noqa: E402
 from paris.run import RunDir  # noqa: E402
 
@@ -39,6 +41,7 @@ def tiny_config(**expert) -> RunConfig:
         router=dataclasses.replace(cfg.router, steps=10, batch_size=16, warmup_steps=0, checkpoint_every=1000,
                                    log_every=5, threads=1, val_fraction=0.1),
         sample=dataclasses.replace(cfg.sample, steps=4),
+        baseline=BaselineConfig(),  # the protocol's own batch
     )
 
 

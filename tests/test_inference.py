@@ -217,3 +217,13 @@ def test_a_prompt_longer_than_the_text_encoder_is_truncated_with_a_warning(train
     assert result.returncode == 0, result.stderr
     assert "is longer than" in result.stderr and "tokens and is truncated" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_adherence_classifier_is_trained_once_then_read_from_the_cache(monkeypatch, config):
+    import paris.evaluate as evaluate
+
+    first = evaluate.fashion_classifier(config.data.path, limit=256, seed=3)
+    monkeypatch.setattr(evaluate, "train_classifier", lambda *a, **k: pytest.fail("trained again"))
+    again = evaluate.fashion_classifier(config.data.path, limit=256, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+    assert not again.training  # dropout and batch statistics frozen for scoring
