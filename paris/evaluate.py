@@ -135,6 +135,11 @@ def evaluate_run(run_url: str, strategies: list[str], num_samples: int, steps: i
         report["classifier_test_accuracy"] = accuracy(classifier, real.images, real.labels)
     if clip is not None:
         report["reference_clip_score"] = clip(real.images, real.prompts)
+    if "monolith" in strategies:  # how its compute was matched to the experts'
+        trained = run.read_json("monolith/final/manifest.json")  # a monolith from before protocols: equal-batch
+        report["baseline"] = {"protocol": trained.get("protocol", "equal-batch"), "steps": trained["steps"],
+                              "batch_size": trained["samples_seen"] // trained["steps"],
+                              "samples_seen": trained["samples_seen"]}
     report["strategies"] = rows = {}
     measures = {"features": features, "classifier": classifier, "clip": clip}
     for strategy in strategies:
@@ -194,6 +199,10 @@ def report_markdown(report: dict) -> str:
         notes.append(f"classifier test accuracy {report['classifier_test_accuracy']:.1%}")
     if "reference_clip_score" in report:
         notes.append(f"CLIP score of the real images with their captions {report['reference_clip_score']:.2f}")
+    if "baseline" in report:
+        b = report["baseline"]
+        notes.append(f"monolith: {b['steps']:,} steps of {b['batch_size']} ({b['samples_seen']:,} samples, "
+                     f"{b['protocol']} protocol)")
     first = next(iter(report["strategies"].values()))
     columns = [c for c in COLUMNS if c[0] in first]
     lines = ["; ".join(notes), "", "| strategy | " + " | ".join(header for _, header, _ in columns) + " |",

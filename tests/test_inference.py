@@ -170,6 +170,9 @@ def test_evaluate_writes_the_table(trained, tmp_path, config):
     assert "| strategy | FID | prompt adherence | CLIP score | expert passes / image / step | s / image |" in table
     assert run.exists("eval/report.png") and "| top1 |" in table
     assert report["route_every"] == 2 and "router every 2 steps" in table
+    assert report["baseline"] == {"protocol": "split-batch", "steps": e.steps, "batch_size": 2 * e.batch_size,
+                                  "samples_seen": 2 * e.steps * e.batch_size}
+    assert f"monolith: {e.steps:,} steps of {2 * e.batch_size} ({2 * e.steps * e.batch_size:,} samples, split-batch protocol)" in table
 
 
 def test_frechet_distance_matches_the_closed_form():
