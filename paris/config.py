@@ -127,7 +127,10 @@ class TrainConfig:
     # Start from a finished model instead of random weights: a paris final/ folder (e.g. seed/final, made by
     # `paris train-seed`) or an expert_<i>/ folder of a release. A relative path is taken inside the run directory.
     init_from: str = ""
-    init_fresh_head: bool = False  # keep the init's random text projection and output layer (HDDM)
+    init_fresh_head: bool = False  # keep the new model's random text projection and output layer (HDDM)
+    # Experts only: expert k takes steps x K x (its cluster's share of the data) steps instead of `steps`, so the
+    # total is unchanged and every cluster's data is seen as often as by the monolith (uneven clusters).
+    steps_by_size: bool = False
 
 
 @dataclass

@@ -45,9 +45,11 @@ def job_status(run: RunDir, folder: str, target_steps: int, now: float | None = 
 
 
 def run_status(run: RunDir) -> list[dict]:
+    from paris.train.expert import expert_steps
+
     config = run.read_config()
-    num_experts = run.read_json("partition/meta.json")["num_clusters"]
-    rows = [job_status(run, f"experts/{k}", config.expert.steps) for k in range(num_experts)]
+    meta = run.read_json("partition/meta.json")
+    rows = [job_status(run, f"experts/{k}", expert_steps(config, meta, k)) for k in range(meta["num_clusters"])]
     # The router's steps derive from its epochs unless given; its checkpoint tells once it has started.
     return rows + [job_status(run, "router", config.router.steps)]
 

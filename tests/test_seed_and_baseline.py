@@ -147,3 +147,20 @@ def test_text_features_put_each_caption_class_in_one_cluster(tmp_path, config):
     part = partition(run, 3, seed=0)
     histogram = torch.tensor(part.meta["label_histogram"])  # [cluster, class]
     assert ((histogram > 0).sum(0) == 1).all()  # no class is split between clusters
+
+
+def test_steps_by_size_share_the_experts_steps_by_cluster_size(config):
+    from paris.train.expert import expert_steps
+
+    meta = {"sizes": [300, 100, 400, 200]}  # shares 0.3, 0.1, 0.4, 0.2 of K x 10 = 40 steps
+    by_size = apply_overrides(config, ["expert.steps=10", "expert.steps_by_size=true"])
+    assert [expert_steps(by_size, meta, k) for k in range(4)] == [12, 4, 16, 8]
+    assert [expert_steps(with_expert(config, steps=10), meta, k) for k in range(4)] == [10] * 4
+
+
+def test_an_expert_trains_its_share_of_the_steps(partitioned, tmp_path, config):
+    run = copy_run(partitioned, tmp_path / "run")
+    sizes = run.read_json("partition/meta.json")["sizes"]
+    big = max(range(2), key=lambda k: sizes[k])
+    summary = train_expert(run, with_expert(config, steps=10, steps_by_size=True), big)
+    assert summary["steps"] == round(10 * 2 * sizes[big] / sum(sizes)) > 10, sizes

@@ -32,8 +32,15 @@ def train_expert(run: RunDir, config: RunConfig, expert: int) -> dict:
     if len(store) == 0:
         raise ParisError(f"cluster {expert} is empty; re-run `paris partition` with fewer clusters")
     identity = {"cluster": expert, "partition_hash": part.meta["hash"], "cluster_size": len(store)}
-    return _train_flow_model(run, config.expert, store, f"expert {expert}", f"experts/{expert}", identity,
-                             seed=config.expert.seed + expert)  # experts start differently
+    cfg = dataclasses.replace(config.expert, steps=expert_steps(config, part.meta, expert))
+    return _train_flow_model(run, cfg, store, f"expert {expert}", f"experts/{expert}", identity,
+                             seed=cfg.seed + expert)  # experts start differently
+
+
+def expert_steps(config: RunConfig, partition_meta: dict, expert: int) -> int:
+    """expert.steps, or with expert.steps_by_size its share of the K experts' steps, by cluster size."""
+    e, sizes = config.expert, partition_meta["sizes"]
+    return round(e.steps * len(sizes) * sizes[expert] / sum(sizes)) if e.steps_by_size else e.steps
 
 
 def baseline_schedule(config: RunConfig, num_experts: int) -> tuple[int, int]:
