@@ -41,6 +41,7 @@ class System:
     protocol: str = "split-batch"
     seed_fraction: float = 0.0  # share of the budget spent on a seed trained on all the data
     text_router: bool = False  # DDM's router (sees the prompt) instead of Paris's
+    by_size: bool = False  # expert.steps_by_size: each expert's steps in proportion to its cluster's size
     patch: int = 8
 
     @property
@@ -72,6 +73,7 @@ def rows(budgets: list[float], which: str) -> list[System]:
         x = f"{b:g}x"
         out += [System(f"pixel-paris-{x}", b), System(f"pixel-textrouter-{x}", b, text_router=True),
                 System(f"text-paris-{x}", b, features="text"),
+                System(f"text-textrouter-bysize-{x}", b, features="text", text_router=True, by_size=True),
                 System(f"text-textrouter-equal-{x}", b, features="text", text_router=True, protocol="equal-batch"),
                 System(f"text-textrouter-seed25-{x}", b, features="text", text_router=True, seed_fraction=0.25),
                 System(f"text-textrouter-seed10-{x}", b, features="text", text_router=True, seed_fraction=0.10),
@@ -116,10 +118,11 @@ def setup(out: Path, system: System, data: str) -> Path:
     method = "labels" if system.features == "labels" else "kmeans"
     overrides = [f"expert.steps={s['expert_steps']}", f"expert.batch_size={s['expert_batch']}", "expert.lr=0.0005",
                  "expert.warmup_steps=100", "expert.ema_decay=0.999", "expert.log_every=100", "expert.threads=1",
-                 f"expert.checkpoint_every={max(100, s['expert_steps'] // 4)}", "router.epochs=1.0",
+                 f"expert.checkpoint_every={max(100, s['expert_steps'] // 10)}", "router.epochs=1.0",
                  "router.batch_size=128", "router.lr=0.0005", "router.warmup_steps=50", "router.ema_decay=0.999",
                  "router.threads=1", f"router.use_text={str(system.text_router).lower()}", "sample.guidance=4.0",
-                 f"baseline.protocol={system.protocol}", f"baseline.batch_size={s.get('monolith_batch', 0)}"]
+                 f"baseline.protocol={system.protocol}", f"baseline.batch_size={s.get('monolith_batch', 0)}",
+                 f"expert.steps_by_size={str(system.by_size).lower()}"]
     if system.patch != 8:
         raise SystemExit("patch sizes other than the tiny preset's 8 need a preset; not in this sweep")
     if s["seed_steps"]:
@@ -167,6 +170,27 @@ def run_sweep(out: Path, systems: list[System], data: str, num_samples: int, gui
         list(pool.map(lambda s: run_row(out, s, data, num_samples, guidance), systems))
 
 
+def flops_per_sample(run: Path) -> dict[str, float]:
+    """Training FLOPs per sample (forward x 3) of the run's expert and router networks, counted by torch."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from paris.models.io import load_pretrained
+    from paris.run import RunDir
+
+    counts = {}
+    for name, folder in (("expert", "experts/0/final"), ("router", "router/final")):
+        model = load_pretrained(RunDir(str(run)), folder)
+        x, t = torch.zeros(1, 1, 32, 32), torch.full((1,), 0.5)
+        text = {"text": torch.zeros(1, 16, 384), "text_mask": torch.ones(1, 16, dtype=torch.bool)}
+        if name == "router" and not model.config.text_dim:
+            text = {}
+        with FlopCounterMode(display=False) as counter:
+            model(x, t, **text)
+        counts[name] = 3.0 * counter.get_total_flops()
+    return counts
+
+
 def table(out: Path, systems: list[System], num_samples: int, guidance: float) -> list[dict]:
     """One line per (system, strategy) that has been evaluated."""
     lines = []
@@ -176,19 +200,27 @@ def table(out: Path, systems: list[System], num_samples: int, guidance: float) -
             continue
         report = json.loads(cache.read_text())
         run = out / "runs" / s.name
-        router = json.loads((run / "router" / "accuracy.json").read_text())["mean"] if s.kind == "mixture" else None
+        router, router_share = None, None
+        if s.kind == "mixture":
+            router = json.loads((run / "router" / "accuracy.json").read_text())["mean"]
+            flops = flops_per_sample(run)
+            router_samples = json.loads((run / "router" / "final" / "manifest.json").read_text())["samples_seen"]
+            router_share = router_samples * flops["router"] / (router_samples * flops["router"] + s.samples * flops["expert"])
         for strategy, row in report["strategies"].items():
             lines.append({"system": s.name, "strategy": strategy, "budget": s.budget, "samples": s.samples,
                           "fid": row["fid"], "adherence": row.get("prompt_adherence"), "router_accuracy": router,
+                          "router_share": router_share,
                           "seconds_per_image": row["seconds_per_image"], **dataclasses.asdict(s)})
     return lines
 
 
 def markdown(lines: list[dict]) -> str:
-    head = "| system | strategy | training samples | FID | adherence | router acc. |\n|---|---|---|---|---|---|\n"
+    head = ("| system | strategy | training samples | FID | adherence | router accuracy | router's share of training |\n"
+            "|---|---|---|---|---|---|---|\n")
     return head + "".join(
         f"| {l['system']} | {l['strategy']} | {l['samples']:,} | {l['fid']:.2f} | {l['adherence']:.1%} | "
-        + (f"{l['router_accuracy']:.1%}" if l["router_accuracy"] is not None else "") + " |\n" for l in lines)
+        + (f"{l['router_accuracy']:.1%} | {l['router_share']:.1%}" if l["router_accuracy"] is not None else " | ")
+        + " |\n" for l in lines)
 
 
 def plot(lines: list[dict], path: Path) -> None:
