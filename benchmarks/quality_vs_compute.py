@@ -142,32 +142,52 @@ def train_jobs(system: System) -> list[tuple[str, list[str]]]:
     return jobs + [("router", ["train-router"])]
 
 
-def evaluate(out: Path, run: Path, system: System, num_samples: int, guidance: float) -> dict:
-    strategies = "monolith" if system.kind == "monolith" else "top1,top2,full"
-    cache = out / "results" / f"{system.name}__n{num_samples}__g{guidance}.json"
+def evaluate(out: Path, run: Path, system: System, num_samples: int, guidance: float, strategies: str = "",
+             seed: int = 0) -> dict:
+    """`paris evaluate` of a row (all its strategies unless named), cached under OUT/results."""
+    strategies = strategies or ("monolith" if system.kind == "monolith" else "top1,top2,full")
+    tag = f"__{strategies.replace(',', '-')}__seed{seed}" if seed else ""
+    cache = out / "results" / f"{system.name}__n{num_samples}__g{guidance}{tag}.json"
     if not cache.exists():
         paris("evaluate", str(run), "--strategies", strategies, "--num-samples", str(num_samples),
-              "--guidance", str(guidance), log=run / "logs" / "evaluate.log")
+              "--guidance", str(guidance), "--seed", str(seed), log=run / "logs" / "evaluate.log")
         cache.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(run / "eval" / "report.json", cache)
     return json.loads(cache.read_text())
 
 
-def run_row(out: Path, system: System, data: str, num_samples: int, guidance: float) -> None:
+def chosen_guidance(out: Path, run: Path, system: System, grid: list[float], samples: int, compute: bool = True):
+    """The guidance scale of the grid with the best FID for the row's main strategy (top2; the monolith), on
+    `samples` images drawn with another seed than the final evaluation's, as papers choose it. Without
+    `compute`, only from evaluations already made (None if one is missing)."""
+    if len(grid) == 1:
+        return grid[0]
+    main = "monolith" if system.kind == "monolith" else "top2"
+    fids = {}
+    for g in grid:
+        cache = out / "results" / f"{system.name}__n{samples}__g{g}__{main}__seed1.json"
+        if not compute and not cache.exists():
+            return None
+        fids[g] = evaluate(out, run, system, samples, g, main, seed=1)["strategies"][main]["fid"]
+    return min(fids, key=fids.get)
+
+
+def run_row(out: Path, system: System, data: str, num_samples: int, grid: list[float], select_samples: int) -> None:
     """Train a row's jobs one after the other (each resumes from its checkpoints), then evaluate it."""
     run = setup(out, system, data)
     for folder, (command, *options) in train_jobs(system):
         if not (run / folder / "final" / "config.json").exists():
             paris(command, str(run), *options, log=run / "logs" / f"{folder.replace('/', '-')}.log")
-    evaluate(out, run, system, num_samples, guidance)
+    evaluate(out, run, system, num_samples, chosen_guidance(out, run, system, grid, select_samples))
 
 
-def run_sweep(out: Path, systems: list[System], data: str, num_samples: int, guidance: float) -> None:
+def run_sweep(out: Path, systems: list[System], data: str, num_samples: int, grid: list[float],
+              select_samples: int) -> None:
     """Data first (shared), then the rows two at a time: one process per core."""
     for features in sorted({s.features for s in systems}):
         prepared_data(out, features, data)
     with ThreadPoolExecutor(2) as pool:
-        list(pool.map(lambda s: run_row(out, s, data, num_samples, guidance), systems))
+        list(pool.map(lambda s: run_row(out, s, data, num_samples, grid, select_samples), systems))
 
 
 def flops_per_sample(run: Path) -> dict[str, float]:
@@ -191,15 +211,16 @@ def flops_per_sample(run: Path) -> dict[str, float]:
     return counts
 
 
-def table(out: Path, systems: list[System], num_samples: int, guidance: float) -> list[dict]:
+def table(out: Path, systems: list[System], num_samples: int, grid: list[float], select_samples: int) -> list[dict]:
     """One line per (system, strategy) that has been evaluated."""
     lines = []
     for s in systems:
+        run = out / "runs" / s.name
+        guidance = chosen_guidance(out, run, s, grid, select_samples, compute=False)
         cache = out / "results" / f"{s.name}__n{num_samples}__g{guidance}.json"
         if not cache.exists():
             continue
         report = json.loads(cache.read_text())
-        run = out / "runs" / s.name
         router, router_share = None, None
         if s.kind == "mixture":
             router = json.loads((run / "router" / "accuracy.json").read_text())["mean"]
@@ -210,7 +231,8 @@ def table(out: Path, systems: list[System], num_samples: int, guidance: float) -
             lines.append({"system": s.name, "strategy": strategy, "budget": s.budget, "samples": s.samples,
                           "fid": row["fid"], "adherence": row.get("prompt_adherence"), "router_accuracy": router,
                           "router_share": router_share,
-                          "seconds_per_image": row["seconds_per_image"], **dataclasses.asdict(s)})
+                          "seconds_per_image": row["seconds_per_image"], "guidance": guidance,
+                          **dataclasses.asdict(s)})
     return lines
 
 
@@ -255,17 +277,20 @@ def main() -> None:
     parser.add_argument("--rows", default="all", choices=["core", "all"], help="core: monoliths and the main mixture only.")
     parser.add_argument("--only", default="", help="Comma-separated system names to run (default: every row).")
     parser.add_argument("--num-samples", type=int, default=2000)
-    parser.add_argument("--guidance", type=float, default=4.0)
+    parser.add_argument("--guidance", default="4", help="One scale for every row, or a comma-separated grid to "
+                        "choose from per row (e.g. 1.5,3,5) on --select-samples images.")
+    parser.add_argument("--select-samples", type=int, default=500)
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
+    grid = [float(g) for g in args.guidance.split(",")]
     out = Path(args.out)
     systems = rows([float(b) for b in args.budgets.split(",")], args.rows)
     if args.only:
         systems = [s for s in systems if s.name in args.only.split(",")]
     started = time.perf_counter()
     if not args.report_only:
-        run_sweep(out, systems, args.data, args.num_samples, args.guidance)
-    lines = table(out, systems, args.num_samples, args.guidance)
+        run_sweep(out, systems, args.data, args.num_samples, grid, args.select_samples)
+    lines = table(out, systems, args.num_samples, grid, args.select_samples)
     (out / "table.md").write_text(markdown(lines))
     (out / "table.json").write_text(json.dumps(lines, indent=2))
     plot(lines, out / "fid_vs_compute.png")
