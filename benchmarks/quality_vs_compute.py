@@ -286,7 +286,8 @@ def main() -> None:
     out = Path(args.out)
     systems = rows([float(b) for b in args.budgets.split(",")], args.rows)
     if args.only:
-        systems = [s for s in systems if s.name in args.only.split(",")]
+        by_name = {s.name: s for s in systems}
+        systems = [by_name[name] for name in args.only.split(",") if name in by_name]  # in the order given
     started = time.perf_counter()
     if not args.report_only:
         run_sweep(out, systems, args.data, args.num_samples, grid, args.select_samples)
