@@ -67,7 +67,9 @@ def rows(budgets: list[float], which: str) -> list[System]:
     for b in budgets:
         x = f"{b:g}x"
         out += [System(f"monolith-b64-{x}", b, kind="monolith"), System(f"monolith-b16-{x}", b, 16, kind="monolith"),
-                System(f"text-textrouter-{x}", b, features="text", text_router=True)]
+                System(f"text-textrouter-{x}", b, features="text", text_router=True),
+                # DDM's split of the batch-16 monolith: experts of batch 4 take its steps.
+                System(f"text-textrouter-split16-{x}", b, 16, features="text", text_router=True)]
     if which == "all":
         b = budgets[len(budgets) // 2]
         x = f"{b:g}x"
