@@ -47,7 +47,7 @@ def demo_config(data: str = DataConfig.path) -> RunConfig:
                                  ema_decay=0.999, checkpoint_every=200, log_every=25, threads=0),
         sample=SampleConfig(steps=50, guidance=4.0),
         # The experts keep the monolith's batch for 1/K of its steps, so --full trains it for 7,200 steps of 64:
-        # at this budget it beats DDM's split-batch baseline by far (benchmarks/quality_vs_compute.py).
+        # at this budget more steps of a smaller batch make the stronger baseline (benchmarks/quality_vs_compute.py).
         baseline=BaselineConfig(protocol="equal-batch"),
     )
 
