@@ -74,7 +74,7 @@ def test_missing_weights_say_how_to_provide_them(tmp_path, models):
     with pytest.raises(ParisError, match="openai/clip-vit-large-patch14.*data.text_encoder_path"):
         build_text_encoder("clip", "", 77)
     with pytest.raises(ParisError, match="facebook/dinov2-large.*data.features_path"):
-        build_features(with_data(laion_config(models, "folder", ""), features_path="").data, None)
+        build_features(with_data(laion_config(models, "folder", ""), features_path="").data, None, None)
 
 
 def test_weights_of_the_wrong_model_type_are_refused(models, tmp_path):
