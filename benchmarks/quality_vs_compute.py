@@ -259,9 +259,9 @@ def plot(lines: list[dict], path: Path) -> None:
         family = l["system"].rsplit("-", 1)[0] + ("" if l["kind"] == "monolith" else f" {l['strategy']}")
         series.setdefault(family, []).append((l["samples"], l["fid"]))
     for family, points in sorted(series.items()):
-        if len(points) > 1:
-            xs, ys = zip(*sorted(points))
-            ax.plot(xs, ys, marker="o", label=family, linestyle="--" if "monolith" in family else "-")
+        xs, ys = zip(*sorted(points))
+        ax.plot(xs, ys, marker="o" if "monolith" in family else "s", label=family,
+                linestyle="--" if "monolith" in family else "-")
     ax.set_xscale("log")
     ax.set_xlabel("training samples (= training FLOPs / cost per sample; seed included)")
     ax.set_ylabel("FID (lower is better)")
