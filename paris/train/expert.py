@@ -77,8 +77,7 @@ def train_seed(run: RunDir, config: RunConfig, steps: int) -> dict:
     if steps < 1:
         raise ParisError(f"--steps must be at least 1, got {steps}")
     part = load_partition(run)
-    _, batch = baseline_schedule(dataclasses.replace(config, baseline=dataclasses.replace(config.baseline, batch_size=0)),
-                                 part.num_clusters)
+    _, batch = baseline_schedule(config, part.num_clusters)
     store = load_store(run)
     identity = {"cluster": "all", "partition_hash": part.meta["hash"], "cluster_size": len(store)}
     cfg = dataclasses.replace(config.expert, steps=steps, batch_size=batch, init_from="")
