@@ -17,7 +17,7 @@ from paris.errors import ParisError
 
 @dataclass
 class DiTConfig:
-    """Expert network (shared/paper.md): DiT with AdaLN-Single and cross-attention. Defaults are XL/2."""
+    """Expert network (Paris, arXiv 2510.03434): DiT with AdaLN-Single and cross-attention. Defaults are XL/2."""
 
     input_size: int = 32  # latent side (256px images through an 8x VAE)
     in_channels: int = 4

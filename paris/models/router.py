@@ -1,7 +1,7 @@
 """The router: a DiT with AdaLN-Zero on t and a CLS token, predicting which cluster x_t came from.
 
 Trained with cross-entropy on (x_t, t) -> cluster of x0; at sampling time its softmax estimates
-p(k | x_t, t), the weight of expert k in the decentralized flow (shared/paper.md). Paris's router sees
+p(k | x_t, t), the weight of expert k in the decentralized flow (DDM, arXiv 2501.05450). Paris's router sees
 no text; with `text_dim > 0` the mean-pooled text joins the timestep conditioning, as in DDM.
 """
 
