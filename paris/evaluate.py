@@ -65,22 +65,18 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: float =
 def fashion_classifier(data_path: str, limit: int = 0, seed: int = 0) -> FashionClassifier:
     """The adherence classifier, trained on the real train split once per machine and then read from a cache
     ($PARIS_CACHE, else ~/.cache/paris): training it takes minutes on a CPU, and every evaluation needs it."""
-    from safetensors.torch import load_file, save_file
-
     from paris.data import fashion_mnist
+    from paris.run import RunDir
 
     key = hashlib.sha256(f"{os.path.abspath(data_path)}|{limit}|{seed}|{CLASSIFIER_RECIPE}".encode()).hexdigest()[:16]
-    cache = os.path.join(os.environ.get("PARIS_CACHE", os.path.expanduser("~/.cache/paris")), f"fashion-classifier-{key}.safetensors")
-    if os.path.isfile(cache):
+    cache, name = RunDir(os.environ.get("PARIS_CACHE", os.path.expanduser("~/.cache/paris"))), f"fashion-classifier-{key}.safetensors"
+    if cache.exists(name):
         model = FashionClassifier()
-        model.load_state_dict(load_file(cache))
+        model.load_state_dict(cache.load_tensors(name))
         return model.eval()
     images, labels = fashion_mnist.load(data_path, "train", limit)
     model = train_classifier(images, labels, seed=seed)
-    os.makedirs(os.path.dirname(cache), exist_ok=True)
-    partial = f"{cache}.{os.getpid()}.tmp"
-    save_file(model.state_dict(), partial)
-    os.replace(partial, cache)  # whole or absent, even with two evaluations writing it at once
+    cache.save_tensors(name, model.state_dict())  # written whole, even with two evaluations writing it at once
     return model
 
 
