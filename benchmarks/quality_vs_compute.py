@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 DEMO_SAMPLES = 4 * 1800 * 64
-PAPER = "--set expert.preset=tiny --set router.preset=tiny"
+TINY_PRESETS = "--set expert.preset=tiny --set router.preset=tiny"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +42,6 @@ class System:
     seed_fraction: float = 0.0  # share of the budget spent on a seed trained on all the data
     text_router: bool = False  # DDM's router (sees the prompt) instead of Paris's
     by_size: bool = False  # expert.steps_by_size: each expert's steps in proportion to its cluster's size
-    patch: int = 8
 
     @property
     def samples(self) -> int:
@@ -102,7 +101,7 @@ def prepared_data(out: Path, features: str, data: str) -> Path:
     base = out / "data" / features
     if not (base / "data" / "manifest.json").exists():
         paris("prepare", str(base), "--data", data, "--set", f"data.features={'pixel-pca' if features == 'labels' else features}",
-              *PAPER.split(), log=out / "logs" / f"prepare-{features}.log")
+              *TINY_PRESETS.split(), log=out / "logs" / f"prepare-{features}.log")
     return base
 
 
@@ -125,8 +124,6 @@ def setup(out: Path, system: System, data: str) -> Path:
                  "router.threads=1", f"router.use_text={str(system.text_router).lower()}", "sample.guidance=4.0",
                  f"baseline.protocol={system.protocol}", f"baseline.batch_size={s.get('monolith_batch', 0)}",
                  f"expert.steps_by_size={str(system.by_size).lower()}"]
-    if system.patch != 8:
-        raise SystemExit("patch sizes other than the tiny preset's 8 need a preset; not in this sweep")
     if s["seed_steps"]:
         overrides += ["expert.init_from=seed/final"]
     paris("partition", str(run), "--clusters", str(k), "--method", method, *sum((["--set", o] for o in overrides), []),
@@ -200,13 +197,15 @@ def flops_per_sample(run: Path) -> dict[str, float]:
     from paris.models.io import load_pretrained
     from paris.run import RunDir
 
+    run_dir = RunDir(str(run))
+    tokens = run_dir.read_config().data.max_tokens
     counts = {}
     for name, folder in (("expert", "experts/0/final"), ("router", "router/final")):
-        model = load_pretrained(RunDir(str(run)), folder)
-        x, t = torch.zeros(1, 1, 32, 32), torch.full((1,), 0.5)
-        text = {"text": torch.zeros(1, 16, 384), "text_mask": torch.ones(1, 16, dtype=torch.bool)}
-        if name == "router" and not model.config.text_dim:
-            text = {}
+        model = load_pretrained(run_dir, folder)
+        c = model.config
+        x, t = torch.zeros(1, c.in_channels, c.input_size, c.input_size), torch.full((1,), 0.5)
+        text = {"text": torch.zeros(1, tokens, c.text_dim), "text_mask": torch.ones(1, tokens, dtype=torch.bool)}
+        text = text if c.text_dim else {}  # Paris's router sees no text
         with FlopCounterMode(display=False) as counter:
             model(x, t, **text)
         counts[name] = 3.0 * counter.get_total_flops()

@@ -34,11 +34,10 @@ def load_initial_weights(run: RunDir, model: nn.Module, init_from: str, fresh_he
         raise ParisError(f"--init-from {source.url} holds no {weights}; give a folder with config.json and "
                          f"{weights}, such as RUN/seed/final (`paris train-seed RUN`) or an expert's final/")
     state = source.load_tensors(weights)
-    kept = model.state_dict()
     if fresh_head:  # the model's own random initialisation stays for these, whatever their shape in the start
         prefixes = FRESH_HEAD[type(model).__name__]
         state = {k: v for k, v in state.items() if not k.startswith(prefixes)}
-        state.update({k: v for k, v in kept.items() if k.startswith(prefixes)})
+        state.update({k: v for k, v in model.state_dict().items() if k.startswith(prefixes)})
     load_state_dict_strict(model, state, f"--init-from {source.url}")
     manifest = source.read_json("manifest.json") if source.exists("manifest.json") else {}
     return {"init_from": source.url, "init_samples": int(manifest.get("samples_seen", 0)) + int(manifest.get("init_samples", 0))}
