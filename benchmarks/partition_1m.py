@@ -1,4 +1,4 @@
-"""Partition 1,000,000 random 1024-d features -> 1024 fine -> 8 coarse clusters through `paris.partition`.
+"""Partition 1,000,000 random 1024-d features -> 1024 fine -> 8 coarse clusters through `paris.clusters.partition`.
 
     /usr/bin/time -v .venv/bin/python benchmarks/partition_1m.py [RUN_DIR]
 
@@ -17,7 +17,8 @@ import time
 import torch
 
 from paris.data.store import write_shard
-from paris.partition import partition
+from paris.clusters.partition import partition
+from paris.config import PartitionConfig
 from paris.run import RunDir
 
 N, DIM, SHARD = 1_000_000, 1024, 10_000
@@ -46,7 +47,7 @@ def main() -> None:
     run = synthetic_store(url)
     print(f"wrote the synthetic store: {time.perf_counter() - tick:.1f} s")
     tick = time.perf_counter()
-    part = partition(run, 8, seed=0, fine_clusters=1024)
+    part = partition(run, PartitionConfig(num_clusters=8, seed=0, fine_clusters=1024))
     seconds = time.perf_counter() - tick
     print(f"partition of {N} x {DIM}: {seconds:.1f} s ({part.meta['fine_clusters']} fine centroids trained on "
           f"{part.meta['train_points']} points, sizes {part.meta['sizes']})")

@@ -141,10 +141,9 @@ def train_jobs(system: System) -> list[tuple[str, list[str]]]:
     return jobs + [("router", ["train-router"])]
 
 
-def evaluate(out: Path, run: Path, system: System, num_samples: int, guidance: float, strategies: str = "",
+def evaluate(out: Path, run: Path, system: System, num_samples: int, guidance: float, strategies: str,
              seed: int = 0) -> dict:
-    """`paris evaluate` of a row (all its strategies unless named), cached under OUT/results."""
-    strategies = strategies or ("monolith" if system.kind == "monolith" else "top1,top2,full")
+    """`paris evaluate` of a row with the named strategies, cached under OUT/results."""
     tag = f"__{strategies.replace(',', '-')}__seed{seed}" if seed else ""
     cache = out / "results" / f"{system.name}__n{num_samples}__g{guidance}{tag}.json"
     if not cache.exists():
@@ -171,22 +170,24 @@ def chosen_guidance(out: Path, run: Path, system: System, grid: list[float], sam
     return min(fids, key=fids.get)
 
 
-def run_row(out: Path, system: System, data: str, num_samples: int, grid: list[float], select_samples: int) -> None:
+def run_row(out: Path, system: System, data: str, num_samples: int, grid: list[float], select_samples: int,
+            mixture_strategies: str) -> None:
     """Train a row's jobs one after the other (each resumes from its checkpoints), then evaluate it."""
     run = setup(out, system, data)
     for folder, (command, *options) in train_jobs(system):
         if not (run / folder / "final" / "config.json").exists():
             paris(command, str(run), *options, log=run / "logs" / f"{folder.replace('/', '-')}.log")
-    evaluate(out, run, system, num_samples, chosen_guidance(out, run, system, grid, select_samples))
+    strategies = "monolith" if system.kind == "monolith" else mixture_strategies
+    evaluate(out, run, system, num_samples, chosen_guidance(out, run, system, grid, select_samples), strategies)
 
 
 def run_sweep(out: Path, systems: list[System], data: str, num_samples: int, grid: list[float],
-              select_samples: int) -> None:
+              select_samples: int, mixture_strategies: str) -> None:
     """Data first (shared), then the rows two at a time: one process per core."""
     for features in sorted({s.features for s in systems}):
         prepared_data(out, features, data)
     with ThreadPoolExecutor(2) as pool:
-        list(pool.map(lambda s: run_row(out, s, data, num_samples, grid, select_samples), systems))
+        list(pool.map(lambda s: run_row(out, s, data, num_samples, grid, select_samples, mixture_strategies), systems))
 
 
 def flops_per_sample(run: Path) -> dict[str, float]:
@@ -281,6 +282,8 @@ def main() -> None:
     parser.add_argument("--guidance", default="4", help="One scale for every row, or a comma-separated grid to "
                         "choose from per row (e.g. 1.5,3,5) on --select-samples images.")
     parser.add_argument("--select-samples", type=int, default=500)
+    parser.add_argument("--strategies", default="top1,top2,full", help="The mixture rows' strategies (a row's "
+                        "table lists those it was scored with; with a one-hot router they coincide, so fewer save time).")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     grid = [float(g) for g in args.guidance.split(",")]
@@ -291,7 +294,7 @@ def main() -> None:
         systems = [by_name[name] for name in args.only.split(",") if name in by_name]  # in the order given
     started = time.perf_counter()
     if not args.report_only:
-        run_sweep(out, systems, args.data, args.num_samples, grid, args.select_samples)
+        run_sweep(out, systems, args.data, args.num_samples, grid, args.select_samples, args.strategies)
     lines = table(out, systems, args.num_samples, grid, args.select_samples)
     (out / "table.md").write_text(markdown(lines))
     (out / "table.json").write_text(json.dumps(lines, indent=2))

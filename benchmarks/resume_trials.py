@@ -24,7 +24,8 @@ import torch
 
 from paris.data.prepare import prepare
 from paris.demo import demo_config
-from paris.partition import partition
+from paris.clusters.partition import partition
+from paris.config import PartitionConfig
 from paris.run import RunDir
 
 STEPS = ["--set", "expert.steps=150", "--set", "expert.checkpoint_every=10", "--set", "expert.log_every=5"]
@@ -38,7 +39,7 @@ def make_run(path: Path) -> RunDir:
         expert=dataclasses.replace(config.expert, batch_size=8, warmup_steps=10, threads=1))
     run = RunDir(str(path))
     prepare(run, config)
-    partition(run, 2, 0)
+    partition(run, PartitionConfig(num_clusters=2, seed=0))
     return run
 
 

@@ -18,7 +18,7 @@ import time
 import torch
 
 from paris.config import dit_config, router_config
-from paris.data.encoders import IdentityAutoencoder, build_text_encoder
+from paris.models.encoders import IdentityAutoencoder, build_text_encoder
 from paris.models.dit import DiT
 from paris.models.io import load_pretrained, save_pretrained
 from paris.models.router import Router

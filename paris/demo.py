@@ -14,25 +14,24 @@ import time
 from pathlib import Path
 
 import torch
-from rich.console import Console
-from rich.table import Table
 
-from paris.config import BaselineConfig, DataConfig, PartitionConfig, RouterTrainConfig, RunConfig, SampleConfig, TrainConfig
+from paris import progress
+from paris.clusters.partition import partition
+from paris.config import (BaselineConfig, DataConfig, EvalConfig, PartitionConfig, RouterTrainConfig, RunConfig,
+                          SampleConfig, TrainConfig)
 from paris.data import fashion_mnist
 from paris.data.prepare import prepare
 from paris.errors import ParisError
-from paris.evaluate import accuracy, evaluate_run, fashion_classifier, report_markdown
+from paris.evaluate.adherence import accuracy, fashion_classifier
+from paris.evaluate.table import evaluate_run
 from paris.images import grid, save_png
 from paris.launch.local import launch_local, local_jobs
-from paris.partition import partition
-from paris.plots import plot_loss_curves
 from paris.run import RunDir
 from paris.pipeline import ParisPipeline
 from paris.sample import generate
-from paris.train.expert import train_monolith
+from paris.train.expert import expert_steps, train_monolith
 from paris.train.router import train_router
 
-console = Console(stderr=True)
 DEMO_STRATEGIES = ("top1", "top2", "full")
 
 
@@ -60,22 +59,24 @@ def run_demo(out: str = "runs/demo", config: RunConfig | None = None, jobs: int 
     jobs = local_jobs(jobs, config.partition.num_clusters)
 
     if run.exists("data/manifest.json") and run.read_config().data == config.data:
-        console.print(f"prepare: reusing {out}/data")
+        progress.say(f"prepare: reusing {out}/data")
     else:
         prepare(run, config)
     run.write_config(config)
     if not _partition_matches(run, config):
-        partition(run, config.partition.num_clusters, config.partition.seed)
+        partition(run, config.partition)
 
     k = config.partition.num_clusters
-    console.print(f"[bold]training {k} experts[/] as independent processes, {jobs} at a time (logs in {out}/logs)")
-    codes = launch_local(run, list(range(k)), config.expert.steps, jobs, log_dir=Path(out) / "logs")
+    progress.say(f"training {k} experts as independent processes, {jobs} at a time (logs in {out}/logs)")
+    meta = run.read_json("partition/meta.json")
+    targets = {e: expert_steps(config, meta, e) for e in range(k)}
+    codes = launch_local(run, targets, jobs, log_dir=Path(out) / "logs")
     failed = sorted(e for e, code in codes.items() if code != 0)
     if failed:
         raise ParisError(f"experts {failed} failed (logs in {out}/logs); fix the cause and rerun `paris demo` to resume")
     train_router(run, config)
 
-    console.print("[bold]classifier[/] for prompt adherence, trained on the real Fashion-MNIST train split (cached)")
+    progress.say("classifier for prompt adherence, trained on the real Fashion-MNIST train split (cached)")
     test_images, test_labels = fashion_mnist.load(config.data.path, "test")
     classifier = fashion_classifier(config.data.path)
     classifier_accuracy = accuracy(classifier, test_images, test_labels)
@@ -90,8 +91,6 @@ def run_demo(out: str = "runs/demo", config: RunConfig | None = None, jobs: int 
         seconds = (time.perf_counter() - tick) / len(prompts)
         results[strategy] = {"seconds_per_image": seconds, "prompt_adherence": accuracy(classifier, images, classes), **stats}
         save_png(run, f"samples/{strategy}.png", grid(images, len(fashion_mnist.CLASSES), fashion_mnist.CLASSES))
-    plot_loss_curves(run, {"experts: flow-matching loss": [f"experts/{e}" for e in range(k)],
-                           "router: cross-entropy": ["router"]}, "loss_curves.png")
 
     report = {
         "strategies": results,
@@ -102,19 +101,20 @@ def run_demo(out: str = "runs/demo", config: RunConfig | None = None, jobs: int 
         "minutes": (time.perf_counter() - started) / 60,
     }
     run.write_json("report.json", report)
-    print_report(report, out)
     return report
 
 
-def run_paper_table(out: str, config: RunConfig, num_samples: int = 2000) -> dict:
+def paper_table_config(num_samples: int = 2000) -> EvalConfig:
+    """What `paris demo --full` measures: made before the demo's minutes of training, so a bad value fails first."""
+    return EvalConfig(strategies=",".join(["monolith", *DEMO_STRATEGIES]), num_samples=num_samples)
+
+
+def run_paper_table(out: str, config: RunConfig, evaluation: EvalConfig) -> dict:
     """After run_demo: the monolith baseline at matched compute, then FID, adherence and cost per strategy."""
     # The experts are done, so the baseline may use every core.
     train_monolith(RunDir(out), dataclasses.replace(config, expert=dataclasses.replace(config.expert, threads=0)))
-    console.print(f"[bold]evaluate[/]: {num_samples} images per strategy against as many held-out test images")
-    report = evaluate_run(out, ["monolith", *DEMO_STRATEGIES], num_samples)
-    console.print(report_markdown(report), soft_wrap=True)
-    console.print(f"wrote {out}/eval/report.md, report.json and report.png")
-    return report
+    progress.say(f"evaluate: {evaluation.num_samples} images per strategy against as many held-out test images")
+    return evaluate_run(out, evaluation)
 
 
 def _partition_matches(run: RunDir, config: RunConfig) -> bool:
@@ -124,18 +124,3 @@ def _partition_matches(run: RunDir, config: RunConfig) -> bool:
     meta = run.read_json("partition/meta.json")
     current = run.read_json("data/manifest.json")["data_hash"]
     return meta["num_clusters"] == config.partition.num_clusters and meta["data_hash"] == current
-
-
-def print_report(report: dict, out: str) -> None:
-    table = Table(title=f"paris demo: {report['images_per_strategy']} images per strategy")
-    table.add_column("strategy")
-    table.add_column("s / image", justify="right")
-    table.add_column("expert passes / image / step", justify="right")
-    table.add_column("prompt adherence", justify="right")
-    for strategy, row in report["strategies"].items():
-        table.add_row(strategy, f"{row['seconds_per_image']:.3f}", f"{row['expert_passes_per_image']:.2f}",
-                      f"{row['prompt_adherence']:.1%}")
-    console.print(table)
-    console.print(f"classifier test accuracy {report['classifier_test_accuracy']:.1%}; router accuracy "
-                  f"{report['router_accuracy']['mean']:.1%} (mean over t); {report['minutes']:.1f} min in all")
-    console.print(f"wrote {out}/report.json, {out}/samples/<strategy>.png, {out}/loss_curves.png")

@@ -4,6 +4,9 @@
     images = pipe(["a photo of a sneaker"], strategy="top2", steps=50, guidance=7.5, seed=0)   # PIL images
     pipe.save_pretrained("paris-fashion")
 
+A call's defaults are the pipeline's sampling settings, `pipe.sample`: the run's sample config (the one `paris
+generate RUN` uses), or the one saved in config.json, so Python and the command line draw the same images.
+
 The folder layout is the public Paris release's:
     model_index.json, config.json (num_experts, latent shape, encoders)
     expert_<i>/config.json + diffusion_pytorch_model.safetensors      router/config.json + pytorch_model.safetensors
@@ -13,8 +16,11 @@ Weights load with strict key and shape checks, from safetensors only (never a pi
 
 from __future__ import annotations
 
-from paris.data.encoders import TextEncoder, build_autoencoder, build_text_encoder
+import dataclasses
+
+from paris.config import SampleConfig, from_dict
 from paris.errors import ParisError
+from paris.models.encoders import TextEncoder, build_autoencoder, build_text_encoder
 from paris.images import to_pil
 from paris.models.io import load_pretrained, require_pretrained, save_pretrained
 from paris.run import RunDir
@@ -22,8 +28,9 @@ from paris.sample import ExpertPool, Mixture, generate
 
 
 class ParisPipeline:
-    def __init__(self, mixture: Mixture, config: dict):
+    def __init__(self, mixture: Mixture, config: dict, sample: SampleConfig | None = None):
         self.mixture, self.config = mixture, config
+        self.sample = sample or SampleConfig()
 
     @classmethod
     def from_run(cls, run_url: str, max_resident_experts: int = 0, device: str = "cpu",
@@ -31,17 +38,19 @@ class ParisPipeline:
         """The experts (experts/<k>/final) and router (router/final) of a training run, or with `monolith`
         its single baseline model (monolith/final)."""
         run = RunDir(run_url)
-        data = run.read_config().data
+        run_config = run.read_config()
+        data, sample = run_config.data, run_config.sample
         manifest = run.read_json("data/manifest.json")
         num_experts = run.read_json("partition/meta.json")["num_clusters"]
         config = {"num_experts": num_experts, "latent_shape": manifest["latent_shape"],
                   "autoencoder": data.autoencoder, "autoencoder_path": data.autoencoder_path,
                   "latent_scale": data.latent_scale, "text_encoder": data.text_encoder, "max_tokens": data.max_tokens}
-        text_encoder = build_text_encoder(data.text_encoder, data.text_encoder_path, data.max_tokens)
+        text_encoder = build_text_encoder(data.text_encoder, data.text_encoder_path, data.max_tokens, device)
         if monolith:
-            return cls._assemble(run, ["monolith/final"], None, text_encoder, {**config, "num_experts": 1}, 0, device)
+            return cls._assemble(run, ["monolith/final"], None, text_encoder, {**config, "num_experts": 1}, 0, device,
+                                 sample)
         return cls._assemble(run, [f"experts/{k}/final" for k in range(num_experts)], "router/final",
-                             text_encoder, config, max_resident_experts, device)
+                             text_encoder, config, max_resident_experts, device, sample)
 
     @classmethod
     def from_pretrained(cls, path: str, max_resident_experts: int = 0, device: str = "cpu") -> "ParisPipeline":
@@ -55,14 +64,17 @@ class ParisPipeline:
         if missing:
             raise ParisError(f"{path} lacks {', '.join(missing)} (config.json says {config['num_experts']} experts)")
         router = "router" if config["num_experts"] > 1 else None
-        text_encoder = TextEncoder(config["text_encoder"], folder.path("text_encoder"), config["max_tokens"])
+        text_encoder = TextEncoder(config["text_encoder"], folder.path("text_encoder"), config["max_tokens"], device)
         if config["autoencoder"] != "identity":
             config = {**config, "autoencoder_path": folder.path("vae")}
-        return cls._assemble(folder, experts, router, text_encoder, config, max_resident_experts, device)
+        sample = from_dict(SampleConfig, config.get("sample", {}), f"{path}/config.json sample.")
+        return cls._assemble(folder, experts, router, text_encoder, config, max_resident_experts, device, sample)
 
     @classmethod
     def _assemble(cls, root: RunDir, experts: list[str], router: str | None, text_encoder, config: dict,
-                  max_resident: int, device: str) -> "ParisPipeline":
+                  max_resident: int, device: str, sample: SampleConfig) -> "ParisPipeline":
+        if len(experts) == 1:  # one model (the monolith): its only rule is top1
+            sample = dataclasses.replace(sample, strategy="top1")
         for folder in experts:  # fail now, not in the middle of sampling, when an expert is missing
             require_pretrained(root, folder)
         loaders = [lambda folder=folder: load_pretrained(root, folder) for folder in experts]
@@ -70,10 +82,10 @@ class ParisPipeline:
         if router_model is not None and router_model.config.num_experts != len(experts):
             raise ParisError(f"the router of {root.url} chooses among {router_model.config.num_experts} experts "
                              f"but there are {len(experts)}; retrain it or fix config.json")
-        autoencoder = build_autoencoder(config["autoencoder"], config["autoencoder_path"], config["latent_scale"])
+        autoencoder = build_autoencoder(config["autoencoder"], config["autoencoder_path"], config["latent_scale"], device)
         mixture = Mixture(ExpertPool(loaders, max_resident, device), router_model, text_encoder, autoencoder,
                           tuple(config["latent_shape"]))
-        return cls(mixture, config)
+        return cls(mixture, config, sample)
 
     def save_pretrained(self, path: str) -> None:
         out = RunDir(path)
@@ -90,15 +102,19 @@ class ParisPipeline:
         if hasattr(self.mixture.autoencoder, "vae"):  # the SD VAE; pixel space has nothing to save
             self.mixture.autoencoder.vae.save_pretrained(out.path("vae"))
         out.write_json("model_index.json", {"_class_name": "ParisPipeline", "experts": len(self.mixture.experts)})
-        out.write_json("config.json", self.config)  # last: a folder with a config.json is complete
+        config = {**self.config, "sample": dataclasses.asdict(self.sample)}
+        out.write_json("config.json", config)  # last: a folder with a config.json is complete
 
     def generate(self, prompts: list[str], **options):
-        """Tensors in [-1, 1] and sampling statistics; options as paris.sample.generate."""
-        return generate(self.mixture, list(prompts), **options)
+        """Tensors in [-1, 1] and sampling statistics. `options` are those of paris.sample.generate; the
+        sampling ones (strategy, steps, guidance, seed, route_every, sampler, shift, guidance_mode) default to
+        `self.sample`."""
+        settings = dataclasses.asdict(self.sample)
+        settings.update({key: value for key, value in options.items() if value is not None})
+        return generate(self.mixture, list(prompts), **settings)
 
-    def __call__(self, prompts: list[str] | str, strategy: str = "top2", steps: int = 50, guidance: float = 7.5,
-                 seed: int = 0, **options):
-        """PIL images, one per prompt."""
+    def __call__(self, prompts: list[str] | str, **options):
+        """PIL images, one per prompt; `options` as in `generate`."""
         prompts = [prompts] if isinstance(prompts, str) else prompts
-        images, _ = self.generate(prompts, strategy=strategy, steps=steps, guidance=guidance, seed=seed, **options)
+        images, _ = self.generate(prompts, **options)
         return [to_pil(image) for image in images]

@@ -60,7 +60,7 @@ class ExpertPool:
 class Mixture:
     experts: ExpertPool
     router: Router | None  # None: a monolith (exactly one expert)
-    text_encoder: object  # paris.data.encoders.TextEncoder
+    text_encoder: object  # paris.models.encoders.TextEncoder
     autoencoder: object
     latent_shape: tuple[int, int, int]
     stats: dict = field(default_factory=lambda: {"expert_passes": 0, "router_calls": 0})

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import time
 
-from rich.console import Console
-from rich.table import Table
-
 from paris.run import RunDir
 
 STALE_AFTER_S = 15 * 60  # a job silent for longer than this is presumed dead (preempted, crashed)
@@ -52,28 +49,3 @@ def run_status(run: RunDir) -> list[dict]:
     rows = [job_status(run, f"experts/{k}", expert_steps(config, meta, k)) for k in range(meta["num_clusters"])]
     # The router's steps derive from its epochs unless given; its checkpoint tells once it has started.
     return rows + [job_status(run, "router", config.router.steps)]
-
-
-def print_status(rows: list[dict], url: str) -> None:
-    colours = {"done": "green", "running": "cyan", "stale": "red", "not started": "dim"}
-    table = Table(title=f"paris status: {url}")
-    for column in ("job", "step", "loss", "samples/s", "last checkpoint", "state"):
-        table.add_column(column, justify="left" if column in ("job", "state") else "right")
-    for r in rows:
-        table.add_row(
-            r["job"],
-            f"{r['step']} / {r['target'] or '?'}",
-            "-" if r["loss"] is None else f"{r['loss']:.4f}",
-            "-" if r["samples_per_s"] is None else f"{r['samples_per_s']:.0f}",
-            "-" if r["checkpoint_age_s"] is None else f"{_age(r['checkpoint_age_s'])} ago",
-            f"[{colours[r['state']]}]{r['state']}",
-        )
-    Console().print(table)
-
-
-def _age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"

@@ -20,7 +20,7 @@ os.environ["PARIS_CACHE"] = tempfile.mkdtemp(prefix="paris-cache-")  # the tests
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from paris.config import BaselineConfig, RunConfig  # noqa: E402
+from paris.config import BaselineConfig, PartitionConfig, RunConfig  # noqa: E402
 from paris.demo import demo_config  # noqa: E402
 from paris.run import RunDir  # noqa: E402
 
@@ -115,10 +115,10 @@ def prepared(tmp_path_factory, config):
 @pytest.fixture(scope="session")
 def partitioned(tmp_path_factory, prepared, config) -> Path:
     """A copy of the prepared run, partitioned into K=2 clusters."""
-    from paris.partition import partition
+    from paris.clusters.partition import partition
 
     run = copy_run(prepared["path"], tmp_path_factory.mktemp("partitioned") / "run")
-    partition(run, config.partition.num_clusters, config.partition.seed)
+    partition(run, config.partition)
     return Path(run.url)
 
 
@@ -138,7 +138,7 @@ def trained(tmp_path_factory, partitioned, config) -> Path:
 @pytest.fixture(scope="session")
 def text_encoder(config):
     """The real MiniLM text encoder, loaded once."""
-    from paris.data.encoders import build_text_encoder
+    from paris.models.encoders import build_text_encoder
 
     return build_text_encoder(config.data.text_encoder, config.data.text_encoder_path, config.data.max_tokens)
 
@@ -151,7 +151,7 @@ def laion_trained(tmp_path_factory) -> dict:
     from tiny_encoders import laion_config, tiny_models, write_tar
 
     from paris.data.prepare import prepare
-    from paris.partition import partition
+    from paris.clusters.partition import partition
     from paris.train.expert import train_expert
     from paris.train.router import train_router
 
@@ -162,7 +162,7 @@ def laion_trained(tmp_path_factory) -> dict:
                                                                   f"{root}/tars/{{00000..00002}}.tar").data)
     run = RunDir(str(root / "run"))
     prepare(run, config)
-    partition(run, 2, seed=0)
+    partition(run, PartitionConfig(num_clusters=2, seed=0))
     summaries = [train_expert(run, config, k) for k in range(2)]
     train_router(run, config)
     return {"path": root / "run", "config": config, "summaries": summaries}

@@ -83,3 +83,46 @@ def test_preset_overrides_do_not_mutate_the_registry():
     dit_config("tiny", hidden_size=64)
     assert dit_config("tiny").hidden_size == 128
     assert dataclasses.asdict(router_config("tiny"))["num_experts"] == 8
+
+
+def _choice_fields():
+    """(section.key, choices) of every Literal field of the run config."""
+    import typing
+
+    for section, cls in typing.get_type_hints(RunConfig).items():
+        for name, kind in typing.get_type_hints(cls).items():
+            if typing.get_origin(kind) is typing.Literal:
+                yield f"{section}.{name}", typing.get_args(kind)
+
+
+@pytest.mark.parametrize("key, choices", list(_choice_fields()))
+def test_every_choice_is_checked_when_the_config_loads(key, choices):
+    for choice in choices:  # each listed choice loads
+        assert getattr(getattr(apply_overrides(RunConfig(), [f"{key}={choice}"]), key.split(".")[0]),
+                       key.split(".")[1]) == choice
+    with pytest.raises(ParisError, match=f"config key '{key}' must be one of {', '.join(choices)}; got 'foo'"):
+        apply_overrides(RunConfig(), [f"{key}=foo"])
+
+
+def test_choice_fields_cover_the_choices_the_code_makes():
+    """The config's vocabulary and the tables the code looks names up in agree."""
+    import typing
+
+    from paris.config import DIT_PRESETS, ROUTER_PRESETS, DataConfig, RouterTrainConfig, TrainConfig
+    from paris.data.sources import SOURCES
+
+    assert set(typing.get_args(typing.get_type_hints(TrainConfig)["preset"])) == set(DIT_PRESETS)
+    assert set(typing.get_args(typing.get_type_hints(RouterTrainConfig)["preset"])) == set(ROUTER_PRESETS)
+    assert set(typing.get_args(typing.get_type_hints(DataConfig)["source"])) == set(SOURCES)
+    assert len(list(_choice_fields())) >= 15
+
+
+@pytest.mark.parametrize("item, message", [
+    ("partition.num_clusters=0", "'partition.num_clusters' must be at least 1, got 0"),
+    ("expert.caption_dropout=1.5", "'expert.caption_dropout' must be at least 0.0 and at most 1.0, got 1.5"),
+    ("sample.route_every=0", "'sample.route_every' must be at least 1, got 0"),
+    ("sample.strategy=top7", "config key 'sample.strategy': unknown strategy 'top7'"),
+])
+def test_numbers_and_strategies_are_checked_when_the_config_loads(item, message):
+    with pytest.raises(ParisError, match=message):
+        apply_overrides(RunConfig(), [item])

@@ -14,7 +14,8 @@ from conftest import FASHION_MNIST, NUM_IMAGES, SHARD_SIZE, copy_run, record_wri
 from paris.data import fashion_mnist
 from paris.data.store import load_store, read_columns
 from paris.errors import ParisError
-from paris.partition import load_partition, partition
+from paris.clusters.partition import load_partition, partition
+from paris.config import PartitionConfig, apply_overrides
 from paris.run import RunDir
 
 PACKAGE = "dataset-fashion-mnist"  # every data error must say how to get the data
@@ -185,17 +186,17 @@ def test_partition_sizes_and_files(partitioned):
 
 
 def test_partition_is_deterministic_for_a_seed(prepared, tmp_path):
-    a = partition(copy_run(prepared["path"], tmp_path / "a"), 3, seed=5)
-    b = partition(copy_run(prepared["path"], tmp_path / "b"), 3, seed=5)
+    a = partition(copy_run(prepared["path"], tmp_path / "a"), PartitionConfig(num_clusters=3, seed=5))
+    b = partition(copy_run(prepared["path"], tmp_path / "b"), PartitionConfig(num_clusters=3, seed=5))
     assert a.meta["hash"] == b.meta["hash"]
     assert torch.equal(a.assignments, b.assignments)
-    assert a.meta["hash"] != partition(RunDir(str(tmp_path / "a")), 4, seed=5).meta["hash"]
+    assert a.meta["hash"] != partition(RunDir(str(tmp_path / "a")), PartitionConfig(num_clusters=4, seed=5)).meta["hash"]
 
 
 def test_partition_writes_meta_last(prepared, tmp_path):
     run = copy_run(prepared["path"], tmp_path / "run")
     writes = record_writes(run)
-    partition(run, 2)
+    partition(run, PartitionConfig(num_clusters=2))
     assert writes[-1] == "partition/meta.json"
     assert set(writes) == {"partition/centroids.safetensors", "partition/assignments.safetensors",
                            "partition/montage/0.png", "partition/montage/1.png", "partition/meta.json"}
@@ -205,11 +206,11 @@ def test_partition_writes_meta_last(prepared, tmp_path):
 def test_partition_refuses_impossible_k(partitioned, tmp_path, k):
     run = copy_run(partitioned, tmp_path / "run")
     before = run.read_bytes("partition/meta.json")
-    with pytest.raises(ParisError, match=str(k)):
-        partition(run, k)
+    with pytest.raises(ParisError, match=str(k)):  # 0: refused as the config loads; N + 1: by the partition
+        partition(run, apply_overrides(run.read_config(), [f"partition.num_clusters={k}"]).partition)
     assert run.read_bytes("partition/meta.json") == before
 
 
 def test_partition_without_prepare_says_what_to_run(tmp_path):
     with pytest.raises(ParisError, match="paris prepare"):
-        partition(RunDir(str(tmp_path)), 2)
+        partition(RunDir(str(tmp_path)), PartitionConfig(num_clusters=2))

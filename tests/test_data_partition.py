@@ -11,11 +11,12 @@ from PIL import Image
 
 from conftest import NUM_IMAGES, copy_run, run_cli
 from tiny_encoders import image_bytes, laion_config, tiny_models, write_folder
-from paris.data.export import export_clusters
+from paris.clusters.export import export_clusters, load_cluster
 from paris.data.prepare import prepare
 from paris.data.store import load_store, read_columns
 from paris.errors import ParisError
-from paris.partition import load_partition, partition
+from paris.clusters.partition import load_partition, partition
+from paris.config import PartitionConfig, apply_overrides
 from paris.run import RunDir
 
 
@@ -35,7 +36,7 @@ def _purity(histogram) -> float:
 
 
 def test_kmeans_is_fine_then_coarse_and_nearest_coarse(run):
-    part = partition(run, 3, seed=1)
+    part = partition(run, PartitionConfig(num_clusters=3, seed=1))
     centroids = run.load_tensors("partition/centroids.safetensors")
     n_fine = NUM_IMAGES // 39  # no more fine centroids than 39 points each support
     assert part.meta["fine_clusters"] == n_fine and part.meta["train_points"] == NUM_IMAGES
@@ -48,46 +49,46 @@ def test_kmeans_is_fine_then_coarse_and_nearest_coarse(run):
 
 def test_kmeans_is_deterministic_for_a_seed_and_samples_for_training(run, tmp_path):
     other = copy_run(run.url, tmp_path / "other")
-    a = partition(run, 3, seed=4, max_train_points=200)
-    b = partition(other, 3, seed=4, max_train_points=200)
+    a = partition(run, PartitionConfig(num_clusters=3, seed=4, max_train_points=200))
+    b = partition(other, PartitionConfig(num_clusters=3, seed=4, max_train_points=200))
     assert a.meta["hash"] == b.meta["hash"] and torch.equal(a.assignments, b.assignments)
     assert torch.equal(run.load_tensors("partition/centroids.safetensors")["fine"],
                        other.load_tensors("partition/centroids.safetensors")["fine"])
     assert a.meta["train_points"] == 200 and a.meta["fine_clusters"] == 200 // 39
-    c = partition(other, 3, seed=5, max_train_points=200)
+    c = partition(other, PartitionConfig(num_clusters=3, seed=5, max_train_points=200))
     assert not torch.equal(run.load_tensors("partition/centroids.safetensors")["fine"],
                            other.load_tensors("partition/centroids.safetensors")["fine"])
     assert c.meta["seed"] == 5
 
 
 def test_kmeans_clusters_mean_more_than_random_ones(run):
-    kmeans = partition(run, 4, seed=0)
-    random = partition(run, 4, seed=0, method="random")
+    kmeans = partition(run, PartitionConfig(num_clusters=4, seed=0))
+    random = partition(run, PartitionConfig(num_clusters=4, seed=0, method="random"))
     assert _purity(kmeans.meta["label_histogram"]) > _purity(random.meta["label_histogram"]) + 0.15
 
 
 def test_random_is_balanced_and_seeded(run):
-    a = partition(run, 7, seed=0, method="random")
+    a = partition(run, PartitionConfig(num_clusters=7, seed=0, method="random"))
     assert sorted(a.meta["sizes"]) == [42] + [43] * 6 and a.meta["method"] == "random"
-    assert torch.equal(a.assignments, partition(run, 7, seed=0, method="random").assignments)
-    assert not torch.equal(a.assignments, partition(run, 7, seed=1, method="random").assignments)
+    assert torch.equal(a.assignments, partition(run, PartitionConfig(num_clusters=7, seed=0, method="random")).assignments)
+    assert not torch.equal(a.assignments, partition(run, PartitionConfig(num_clusters=7, seed=1, method="random")).assignments)
 
 
 def test_labels_method_uses_the_labels_as_clusters(run):
     labels = load_store(run).labels
-    part = partition(run, 10, method="labels")
+    part = partition(run, PartitionConfig(num_clusters=10, method="labels"))
     assert torch.equal(part.assignments, labels)  # Fashion-MNIST labels are 0..9
     with pytest.raises(ParisError, match="data has 10 labels; use --clusters 10"):
-        partition(run, 3, method="labels")
+        partition(run, PartitionConfig(num_clusters=3, method="labels"))
 
 
 def test_labels_method_without_labels_and_unknown_method(tmp_path):
     run = RunDir(str(tmp_path / "run"))
     prepare(run, laion_config(tiny_models(), "folder", str(write_folder(tmp_path / "images", 4))))
     with pytest.raises(ParisError, match="needs a label for every sample.*data.label_column"):
-        partition(run, 2, method="labels")
-    with pytest.raises(ParisError, match="unknown partition method 'spectral'"):
-        partition(run, 2, method="spectral")
+        partition(run, PartitionConfig(num_clusters=2, method="labels"))
+    with pytest.raises(ParisError, match="config key 'partition.method' must be one of kmeans, random, labels; got 'spectral'"):
+        apply_overrides(run.read_config(), ["partition.method=spectral"])
 
 
 def test_a_cluster_that_comes_out_empty_is_an_error(tmp_path):
@@ -98,12 +99,12 @@ def test_a_cluster_that_comes_out_empty_is_an_error(tmp_path):
     run = RunDir(str(tmp_path / "run"))
     prepare(run, laion_config(tiny_models(), "folder", str(folder)))
     with pytest.raises(ParisError, match="kmeans left cluster 1 empty; use fewer clusters"):
-        partition(run, 2)
+        partition(run, PartitionConfig(num_clusters=2))
     assert not run.exists("partition/meta.json")
 
 
 def test_montage_shows_the_first_images_of_each_cluster(run):
-    part = partition(run, 2, seed=0, montage_images=5)
+    part = partition(run, PartitionConfig(num_clusters=2, seed=0, montage_images=5))
     store = load_store(run)
     for k in range(2):
         montage = Image.open(io.BytesIO(run.read_bytes(f"partition/montage/{k}.png")))
@@ -115,19 +116,19 @@ def test_montage_shows_the_first_images_of_each_cluster(run):
 
 
 def test_export_gives_each_expert_only_its_cluster(run):
-    part = partition(run, 2, seed=0)
-    filtered = [load_store(run, cluster=k) for k in range(2)]
+    part = partition(run, PartitionConfig(num_clusters=2, seed=0))
+    filtered = [load_cluster(run, k)[1] for k in range(2)]
     manifests = export_clusters(run)
     data_bytes = sum(s["bytes"] for s in run.read_json("data/manifest.json")["shards"])
     for k in range(2):
-        exported = load_store(run, cluster=k)
+        exported = load_cluster(run, k)[1]
         assert exported.manifest.get("cluster") == k  # read from clusters/k, not data/
         assert torch.equal(exported.rows, (part.assignments == k).nonzero()[:, 0])
         assert torch.equal(exported.latents, filtered[k].latents) and exported.captions == filtered[k].captions
         share = sum(s["bytes"] for s in manifests[k]["shards"]) / data_bytes
         assert abs(share - part.meta["sizes"][k] / NUM_IMAGES) < 0.05
-    repartitioned = partition(run, 2, seed=3, method="random")  # the export is now stale: not used
-    stale = load_store(run, cluster=0)
+    repartitioned = partition(run, PartitionConfig(num_clusters=2, seed=3, method="random"))  # the export is now stale: not used
+    stale = load_cluster(run, 0)[1]
     assert "cluster" not in stale.manifest and torch.equal(stale.rows, (repartitioned.assignments == 0).nonzero()[:, 0])
 
 

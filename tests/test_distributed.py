@@ -34,6 +34,7 @@ def single(partitioned, tmp_path_factory):
     run = copy_run(partitioned, tmp_path_factory.mktemp("single") / "run")
     result = run_cli("train-expert", run.url, "--expert", "0", *STEPS)
     assert result.returncode == 0, result.stderr
+    assert run.exists("experts/0/loss.png")  # the command draws the job's loss curve
     return final_weights(run)
 
 

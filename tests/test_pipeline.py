@@ -11,7 +11,7 @@ import torch
 
 from conftest import NUM_IMAGES, copy_run, randomize_zero_params, run_cli
 from paris.config import DiTConfig, RouterConfig
-from paris.data.encoders import IdentityAutoencoder
+from paris.models.encoders import IdentityAutoencoder
 from paris.flow import euler_step, time_grid
 from paris.launch.local import launch_local
 from paris.models.dit import DiT
@@ -167,7 +167,7 @@ def test_launch_local_trains_experts_as_processes(partitioned, tmp_path):
     exit 2 and a one-line error in its log, and that does not stop the others."""
     run = copy_run(partitioned, tmp_path / "run")
     logs = tmp_path / "logs"
-    codes = launch_local(run, [0, 5, 1], total_steps=2, jobs=2, overrides=["expert.steps=2"], log_dir=logs)
+    codes = launch_local(run, {0: 2, 5: 2, 1: 2}, jobs=2, overrides=["expert.steps=2"], log_dir=logs)
     assert codes == {0: 0, 1: 0, 5: 2}, [(logs / f"expert_{k}.log").read_text() for k in (0, 1, 5)]
     for k in (0, 1):
         assert run.read_json(f"experts/{k}/LATEST")["step"] == 2

@@ -45,8 +45,9 @@ def test_split_batch_gives_the_monolith_the_experts_steps_and_equal_batch_k_time
         baseline_schedule(with_baseline(config, batch_size=5), k)
 
 
-@pytest.mark.parametrize("item, pattern", [("baseline.protocol=same-flops", "unknown baseline.protocol 'same-flops'"),
-                                           ("baseline.batch_size=-2", "baseline.batch_size must be")])
+@pytest.mark.parametrize("item, pattern", [
+    ("baseline.protocol=same-flops", "'baseline.protocol' must be one of split-batch, equal-batch; got 'same-flops'"),
+    ("baseline.batch_size=-2", "'baseline.batch_size' must be at least 0, got -2")])
 def test_a_bad_baseline_is_refused_when_the_config_is_loaded(config, item, pattern):
     with pytest.raises(ParisError, match=pattern):
         apply_overrides(config, [item])
@@ -139,12 +140,13 @@ def test_the_monolith_starts_where_the_experts_start(seeded, tmp_path, config):
 def test_text_features_put_each_caption_class_in_one_cluster(tmp_path, config):
     """Clustering on the captions' embeddings: every Fashion-MNIST class lands whole in one cluster."""
     from paris.data.prepare import prepare
-    from paris.partition import partition
+    from paris.clusters.partition import partition
+    from paris.config import PartitionConfig
 
     run = RunDir(str(tmp_path / "run"))
     prepare(run, dataclasses.replace(config, data=dataclasses.replace(config.data, features="text")))
     assert run.read_json("data/manifest.json")["feature_dim"] == 384
-    part = partition(run, 3, seed=0)
+    part = partition(run, PartitionConfig(num_clusters=3, seed=0))
     histogram = torch.tensor(part.meta["label_histogram"])  # [cluster, class]
     assert ((histogram > 0).sum(0) == 1).all()  # no class is split between clusters
 

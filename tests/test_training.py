@@ -13,7 +13,8 @@ from conftest import copy_run, record_writes, snapshot, with_expert
 from paris.errors import ParisError
 from paris.models.dit import DiT
 from paris.models.io import load_pretrained
-from paris.partition import partition
+from paris.clusters.partition import partition
+from paris.config import PartitionConfig
 from paris.run import RunDir
 from paris.train.expert import train_expert
 from paris.train.metrics import read_metrics
@@ -34,7 +35,7 @@ def test_expert_writes_release_layout_and_nothing_outside_its_folder(partitioned
     assert changed and all(p.startswith("experts/1/") for p in changed), sorted(changed)
     assert {"experts/1/final/config.json", "experts/1/final/diffusion_pytorch_model.safetensors",
             "experts/1/final/manifest.json", "experts/1/LATEST", "experts/1/metrics/00000003.jsonl",
-            "experts/1/progress.json", "experts/1/loss.png"} <= changed
+            "experts/1/progress.json"} <= changed
     assert run.read_json("experts/1/LATEST") == {"step": 3, "path": "ckpt/00000003"}
     assert run.list("experts/1/ckpt/00000003") == ["ema.safetensors", "model.safetensors", "optimizer.safetensors",
                                                    "state.json"]
@@ -121,7 +122,7 @@ def test_resume_with_another_model_shape_is_refused(checkpointed, config):
 
 
 def test_resume_with_another_partition_is_refused(checkpointed, config):
-    partition(checkpointed, 3, seed=0)  # re-clustering changes the data of cluster 0
+    partition(checkpointed, PartitionConfig(num_clusters=3, seed=0))  # re-clustering changes the data of cluster 0
     with pytest.raises(ParisError, match="refusing to resume.*partition_hash"):
         train_expert(checkpointed, with_expert(config, steps=4), 0)
     assert checkpointed.read_json("experts/0/LATEST")["step"] == 2

@@ -16,12 +16,10 @@ import json
 import time
 from collections import Counter
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
+from paris import progress
 from paris.config import RunConfig
 from paris.data import fashion_mnist
-from paris.data.encoders import build_text_encoder
+from paris.models.encoders import build_text_encoder, default_device
 from paris.data.merge import merge, missing_shards
 from paris.data.shard_encoder import ShardEncoder
 from paris.data.sources import open_source
@@ -29,8 +27,6 @@ from paris.data.store import read_manifest, shard_entry, write_shard
 from paris.errors import ParisError
 from paris.run import RunDir
 
-console = Console(stderr=True)
-TEXT_STORAGE = ("tokens", "embeddings")
 
 
 def parse_shard_range(text: str) -> tuple[int, int | None]:
@@ -53,11 +49,11 @@ def fingerprint(config: RunConfig) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def prepare(run: RunDir, config: RunConfig, shard_range: tuple[int, int | None] = (0, None)) -> dict:
-    """Encode shards `shard_range` of the configured data set into RUN/data; with the whole range, also merge
-    them into data/manifest.json and return it (else return the part manifest)."""
+def prepare(run: RunDir, config: RunConfig, shard_range: tuple[int, int | None] = (0, None), device: str = "") -> dict:
+    """Encode shards `shard_range` of the configured data set into RUN/data, running the encoders on `device`
+    (default: the first GPU, else the CPU); with the whole range, also merge them into data/manifest.json and
+    return it (else return the part manifest)."""
     cfg, stamp = config.data, fingerprint(config)
-    _check(cfg)
     whole = shard_range == (0, None)
     if whole and run.exists("data/manifest.json"):
         manifest = read_manifest(run)
@@ -65,15 +61,16 @@ def prepare(run: RunDir, config: RunConfig, shard_range: tuple[int, int | None] 
             raise ParisError(f"{run.url}/data holds data prepared with another data config; prepare into a new "
                              f"run directory, or delete {run.url}/data (and what was made from it) to replace it")
         if not missing_shards(run, manifest):
-            console.print(f"prepare: {run.url}/data is complete ({manifest['count']} images); nothing to do")
+            progress.say(f"prepare: {run.url}/data is complete ({manifest['count']} images); nothing to do")
             return manifest
     source = open_source(cfg)
-    text = build_text_encoder(cfg.text_encoder, cfg.text_encoder_path, cfg.max_tokens)
-    encoders = ShardEncoder(cfg, source, text)
+    device = device or default_device()
+    text = build_text_encoder(cfg.text_encoder, cfg.text_encoder_path, cfg.max_tokens, device)
+    encoders = ShardEncoder(cfg, source, text, device)
     run.write_config(config)  # only once the data and the encoders are known to load
     first, end = shard_range
     done = _complete_shards(run, first, end, stamp)
-    console.print(f"[bold]prepare[/]: {cfg.source} {cfg.path} -> {run.url}/data, shards {first}:{'' if end is None else end}"
+    progress.say(f"prepare: {cfg.source} {cfg.path} -> {run.url}/data, shards {first}:{'' if end is None else end}"
                   f" ({len(done)} already complete)")
     entries, index, exhausted = _encode_range(run, cfg, encoders, first, end, done, stamp)
     part = {"first": first, "end": index, "exhausted": exhausted, "fingerprint": stamp,
@@ -85,7 +82,7 @@ def prepare(run: RunDir, config: RunConfig, shard_range: tuple[int, int | None] 
         part["class_names"] = fashion_mnist.CLASSES
     run.write_json(f"data/parts/{first:06d}-{part['end']:06d}.json", part)
     kept = sum(e["count"] for e in entries)
-    console.print(f"encoded shards {first}..{part['end'] - 1}: {kept} images kept, skipped: "
+    progress.say(f"encoded shards {first}..{part['end'] - 1}: {kept} images kept, skipped: "
                   f"{_reasons(_total_skipped(entries)) or 'none'}")
     return merge(run) if whole else part
 
@@ -94,10 +91,9 @@ def _encode_range(run: RunDir, cfg, encoders, first: int, end: int | None, done:
     """Shards first..end-1 (or to the source's end): reuse the complete ones, encode the others.
     Returns their manifest entries, the index after the last one, and whether the source ended."""
     source, entries, stream, at = encoders.source, [], None, None
-    meter = Meter(getattr(source, "size", None))
-    meter.bar.update(meter.task, completed=first * cfg.shard_size)
     index = first
-    with meter.bar:
+    with progress.bar("encoding", getattr(source, "size", None), first * cfg.shard_size, "images") as bar:
+        meter = Meter(bar)
         while end is None or index < end:
             if index in done:
                 entry, positions, encoded = done[index], done[index]["positions"], False
@@ -121,13 +117,6 @@ def _encode_range(run: RunDir, cfg, encoders, first: int, end: int | None, done:
     return entries, index, False
 
 
-def _check(cfg) -> None:
-    if cfg.shard_size < 1 or cfg.batch_size < 1:
-        raise ParisError(f"data.shard_size and data.batch_size must be at least 1, got {cfg.shard_size} and {cfg.batch_size}")
-    if cfg.text_storage not in TEXT_STORAGE:
-        raise ParisError(f"unknown data.text_storage {cfg.text_storage!r}; choose tokens or embeddings")
-
-
 def _complete_shards(run: RunDir, first: int, end: int | None, stamp: str) -> dict[int, dict]:
     """Shards of this range already on storage, whole and of this config: resume keeps them. Only their
     headers are read (each holds its content hash); a shard's bytes are checked whenever it is loaded."""
@@ -138,25 +127,23 @@ def _complete_shards(run: RunDir, first: int, end: int | None, stamp: str) -> di
             continue
         entry = shard_entry(run, f"data/shards/{name}", index)
         if entry is None:
-            console.print(f"[yellow]shard {name} is truncated or corrupt; encoding it again[/]")
+            progress.say(f"shard {name} is truncated or corrupt; encoding it again", warning=True)
         elif entry["fingerprint"] == stamp:
             done[index] = entry
     return done
 
 
 class Meter:
-    """A progress bar over source positions showing images/s of this run's encoding, and the ETA."""
+    """Moves a progress bar over source positions, showing images/s of this run's encoding (not of the
+    shards an earlier run left complete)."""
 
-    def __init__(self, total: int | None):
-        self.bar = Progress(TextColumn("[bold]encoding"), BarColumn(), TextColumn("{task.completed} images"),
-                            TextColumn("{task.fields[rate]} img/s"), TimeRemainingColumn(), console=console)
-        self.task = self.bar.add_task("encode", total=total, rate="-")
-        self.began, self.encoded = time.perf_counter(), 0
+    def __init__(self, bar: progress.Bar):
+        self.bar, self.began, self.encoded = bar, time.perf_counter(), 0
 
     def advance(self, positions: int, encoded: bool) -> None:
         self.encoded += positions if encoded else 0
         rate = self.encoded / max(time.perf_counter() - self.began, 1e-9)
-        self.bar.update(self.task, advance=positions, rate=f"{rate:.1f}")
+        self.bar.update(advance=positions, **{"img/s": f"{rate:.1f}"})
 
 
 def _total_skipped(entries: list[dict]) -> dict:

@@ -9,17 +9,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from paris.data.encoders import build_autoencoder, build_features
+from paris.models.encoders import build_autoencoder, build_features
 from paris.data.preprocess import Skip, load_image
 
 
 class ShardEncoder:
     """Images and captions of one shard -> its columns, in batches of data.batch_size."""
 
-    def __init__(self, cfg, source, text):
+    def __init__(self, cfg, source, text, device: str = "cpu"):
         self.cfg, self.source, self.text = cfg, source, text
-        self.autoencoder = build_autoencoder(cfg.autoencoder, cfg.autoencoder_path, cfg.latent_scale)
-        self.features = build_features(cfg, lambda: self._first_images(cfg.pca_fit_images), text)
+        self.autoencoder = build_autoencoder(cfg.autoencoder, cfg.autoencoder_path, cfg.latent_scale, device)
+        self.features = build_features(cfg, lambda: self._first_images(cfg.pca_fit_images), text, device)
 
     def _first_images(self, n: int) -> torch.Tensor:
         images = map(self._load, itertools.islice(self.source.samples(0), n))

@@ -154,25 +154,18 @@ class Store:
     def text_dim(self) -> int:
         return self.manifest["text_dim"]
 
-    def text(self, index: torch.Tensor, drop: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token states [B,L,D] float32 and mask [B,L] of samples `index`; where `drop`, the empty prompt."""
-        if self._text is None:  # built on first use: it may load the text encoder
-            self._text = TextLookup(self.manifest, self.text_data, self.captions)
+    def text(self, index: torch.Tensor, drop: torch.Tensor | None = None,
+             device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """Token states [B,L,D] float32 and mask [B,L] of samples `index`; where `drop`, the empty prompt.
+        A text encoder, when one is needed, is loaded on first use onto `device`."""
+        if self._text is None:
+            self._text = TextLookup(self.manifest, self.text_data, self.captions, str(device))
         return self._text(index, drop)
 
 
-def load_store(run: RunDir, cluster: int | None = None) -> Store:
-    """All prepared samples, or only those of one cluster (from its export when there is a current one)."""
-    prefix, keep = "data", None
-    if cluster is not None:
-        from paris.partition import load_partition  # here: partition.py imports this module
-
-        part = load_partition(run)
-        export = f"clusters/{cluster}"
-        if run.exists(f"{export}/manifest.json") and read_manifest(run, export)["partition_hash"] == part.meta["hash"]:
-            prefix = export
-        else:
-            keep = part.assignments == cluster
+def load_store(run: RunDir, prefix: str = "data", keep: torch.Tensor | None = None) -> Store:
+    """The samples of the shard set under `prefix`; with `keep` ([N] bool over its rows), only those.
+    One cluster's samples: paris.clusters.export.load_cluster."""
     manifest = read_manifest(run, prefix)
     columns: dict[str, list] = {}
     captions: list[str] = []

@@ -4,14 +4,15 @@
 - text_storage=tokens: the ids were stored; run the text encoder now. When the data's distinct captions
   are few (templated captions, the demo), each is encoded once up front in a fixed order, so training is
   as fast and as reproducible as a lookup; otherwise (web captions, all distinct) each batch is encoded.
-The empty prompt "" (caption dropout, classifier-free guidance) is encoded by the same encoder.
+The empty prompt "" (caption dropout, classifier-free guidance) is encoded by the same encoder, which runs on
+the device of the job that trains (the states come back on the CPU, beside the rest of the store).
 """
 
 from __future__ import annotations
 
 import torch
 
-from paris.data.encoders import build_text_encoder
+from paris.models.encoders import build_text_encoder
 from paris.errors import ParisError
 
 CHUNK = 256  # captions per encoder call when building the table
@@ -19,7 +20,7 @@ TABLE_BYTES = 1 << 30  # build the table when the distinct captions' states fit 
 
 
 class TextLookup:
-    def __init__(self, manifest: dict, text_data: dict[str, torch.Tensor], captions: list[str]):
+    def __init__(self, manifest: dict, text_data: dict[str, torch.Tensor], captions: list[str], device: str = "cpu"):
         self.mask = text_data["text_mask"]
         enc = manifest["encoders"]
         if "text_states" in text_data:
@@ -29,7 +30,7 @@ class TextLookup:
             return
         self.states = None
         try:
-            self.encoder = build_text_encoder(enc["text_encoder"], enc["text_encoder_path"], enc["max_tokens"])
+            self.encoder = build_text_encoder(enc["text_encoder"], enc["text_encoder_path"], enc["max_tokens"], device)
         except ParisError as e:
             raise ParisError(f"this store keeps token ids, so training encodes text and needs the text encoder: {e}") from None
         self.ids = text_data["text_ids"]

@@ -12,47 +12,41 @@ import sys
 import time
 from pathlib import Path
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+from paris import progress
 from paris.errors import ParisError
 from paris.launch import train_command
 from paris.run import RunDir
-
-console = Console(stderr=True)
-
 
 def local_jobs(jobs: int, num_experts: int) -> int:
     """How many experts to train at once: `jobs`, or by default one per CPU core and at most one per expert."""
     return jobs or min(num_experts, os.cpu_count() or 1)
 
 
-def launch_local(run: RunDir, experts: list[int], total_steps: int, jobs: int, overrides: list[str] = (),
+def launch_local(run: RunDir, targets: dict[int, int], jobs: int, overrides: list[str] = (),
                  log_dir: Path | None = None, gpus: list[str] = (), gpus_per_expert: int = 1) -> dict[int, int]:
-    """Train `experts`, at most `jobs` at once (or one per GPU group); returns each expert's exit code."""
+    """Train the experts of `targets` (expert -> its steps, for the progress bar), at most `jobs` at once (or
+    one per GPU group); returns each expert's exit code."""
     slots = gpu_groups(gpus, gpus_per_expert) if gpus else [None] * jobs
     if not slots:
         raise ParisError(f"the number of experts trained at once must be at least 1, got {jobs}")
     log_dir = log_dir or Path("logs")
     log_dir.mkdir(parents=True, exist_ok=True)
-    pending, running, codes, free = list(experts), {}, {}, list(slots)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.fields[status]}"))
-    with Progress(*columns, console=console) as progress:
-        tasks = {k: progress.add_task(f"expert {k}", total=total_steps, status="waiting") for k in experts}
+    pending, running, codes, free = list(targets), {}, {}, list(slots)
+    with progress.bar(f"{len(targets)} experts", sum(targets.values())) as bar:
         while pending or running:
             while pending and free:
                 k, slot = pending.pop(0), free.pop(0)
                 running[k] = (_start(run, k, overrides, log_dir / f"expert_{k}.log", slot), slot)
-                progress.update(tasks[k], status="running" + (f" on GPU {slot}" if slot else ""))
             for k, (process, slot) in list(running.items()):
-                progress.update(tasks[k], completed=_last_step(run, k))
                 if process.poll() is not None:
                     codes[k] = process.returncode
                     del running[k]
                     free.append(slot)
-                    status = "done" if codes[k] == 0 else f"[red]failed (exit {codes[k]}), see {log_dir}/expert_{k}.log"
-                    progress.update(tasks[k], completed=_last_step(run, k), status=status)
+                    if codes[k]:
+                        progress.say(f"expert {k} failed (exit {codes[k]}); see {log_dir}/expert_{k}.log", warning=True)
+            done = [k for k in codes if codes[k] == 0]
+            bar.update(sum(min(_last_step(run, k), targets[k]) for k in targets),
+                       running=",".join(map(str, running)) or "-", done=",".join(map(str, done)) or "-")
             time.sleep(0.5)
     return codes
 

@@ -9,26 +9,22 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from rich.console import Console
 
+from paris import progress
 from paris.config import RunConfig, TrainConfig, dit_config
+from paris.clusters.export import load_cluster
+from paris.clusters.partition import load_partition
 from paris.data.store import Store, load_store
 from paris.errors import ParisError
 from paris.flow import flow_matching_loss
 from paris.models.dit import DiT
-from paris.partition import load_partition
 from paris.run import RunDir
 from paris.train.init_from import load_initial_weights
 from paris.train.loop import Job, train
 
-console = Console(stderr=True)
-
 
 def train_expert(run: RunDir, config: RunConfig, expert: int) -> dict:
-    part = load_partition(run)
-    if not 0 <= expert < part.num_clusters:
-        raise ParisError(f"expert {expert} does not exist: the partition has clusters 0..{part.num_clusters - 1}")
-    store = load_store(run, cluster=expert)  # only this cluster's samples are read
+    part, store = load_cluster(run, expert)  # only this cluster's samples are read
     if len(store) == 0:
         raise ParisError(f"cluster {expert} is empty; re-run `paris partition` with fewer clusters")
     identity = {"cluster": expert, "partition_hash": part.meta["hash"], "cluster_size": len(store)}
@@ -92,13 +88,13 @@ def _train_flow_model(run: RunDir, cfg: TrainConfig, store: Store, name: str, fo
     model = DiT(dit_config(cfg.preset, in_channels=c, input_size=h, text_dim=store.text_dim))
     if cfg.init_from:
         identity = {**identity, **load_initial_weights(run, model, cfg.init_from, cfg.init_fresh_head)}
-    console.print(f"[bold]{name}[/]: {len(store)} images, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
+    progress.say(f"{name}: {len(store)} images, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
                   f"parameters, {cfg.steps} steps of {cfg.batch_size}"
                   + (f", starting from {identity['init_from']}" if cfg.init_from else ""))
 
     def loss(model, index, random, device):
         dropped = random.uniform() < cfg.caption_dropout
-        text, mask = store.text(index, drop=dropped)
+        text, mask = store.text(index, drop=dropped, device=device)
         return flow_matching_loss(model, latents[index].to(device), cfg.t_distribution, random,
                                   text=text.to(device), text_mask=mask.to(device))
 

@@ -23,22 +23,18 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from paris import progress
 from paris.config import TrainConfig
 from paris.errors import ParisError
 from paris.models.io import save_pretrained
-from paris.plots import plot_loss_curves
 from paris.randomness import EpochBatches, SampleRandom
 from paris.run import RunDir
 from paris.train import distributed
 from paris.train.checkpoint import load_latest, save_checkpoint
 from paris.train.metrics import MetricsLog
-
-console = Console(stderr=True)
 
 # (model, sample indices of this micro-batch, their random draws, device) -> mean loss of the micro-batch
 LossFn = Callable[[nn.Module, torch.Tensor, SampleRandom, torch.device], torch.Tensor]
@@ -75,7 +71,7 @@ def train(run: RunDir, job: Job, cfg: TrainConfig) -> dict:
         raise ParisError(f"{job.name}: its checkpoint is at step {start}, past the {cfg.steps} steps asked for; "
                          f"ask for at least {start} steps or delete {run.url}/{job.folder} to start over")
     if saved and dist.is_main:
-        console.print(f"{job.name}: resuming from step {start}")
+        progress.say(f"{job.name}: resuming from step {start}")
     forward = DistributedDataParallel(model) if dist.world_size > 1 else model
     forward = torch.compile(forward) if cfg.compile else forward
     autocast = _autocast(cfg.precision, dist.device)
@@ -92,7 +88,7 @@ def train(run: RunDir, job: Job, cfg: TrainConfig) -> dict:
 
     stop = _StopFlag()
     losses, window_start = [], time.perf_counter()
-    with stop, _progress(job.name, cfg.steps, start, enabled=dist.is_main) as (bar, task):
+    with stop, progress.bar(job.name, cfg.steps, start, show=dist.is_main) as bar:
         for step in range(start, cfg.steps):
             index = batches(step)
             mine = torch.arange(dist.rank * micro * accumulation, (dist.rank + 1) * micro * accumulation)
@@ -123,9 +119,7 @@ def train(run: RunDir, job: Job, cfg: TrainConfig) -> dict:
                 if dist.is_main:
                     metrics.log({"step": done, "loss": last_loss, "lr": learning_rate(cfg, step),
                                  "grad_norm": float(grad_norm), "samples_per_s": rate, "time": time.time()})
-                    bar.update(task, completed=done, loss=last_loss, rate=rate)
-                    if not console.is_terminal:
-                        console.print(f"{job.name}: step {done}/{cfg.steps} loss {last_loss:.4f} {rate:.0f} samples/s")
+                    bar.update(done, loss=f"{last_loss:.4f}", **{"samples/s": f"{rate:.0f}"})
                 losses, window_start = [], time.perf_counter()
             stopping = dist.any(stop.requested)
             if done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping:
@@ -138,7 +132,6 @@ def train(run: RunDir, job: Job, cfg: TrainConfig) -> dict:
                "config_hash": _hash(dataclasses.asdict(cfg)), **job.identity}
     if dist.is_main:
         save_pretrained(run, f"{job.folder}/final", ema, manifest=summary)
-        plot_loss_curves(run, {f"{job.name}: training loss": [job.folder]}, f"{job.folder}/loss.png")
     dist.barrier()
     distributed.teardown()
     return summary
@@ -146,7 +139,6 @@ def train(run: RunDir, job: Job, cfg: TrainConfig) -> dict:
 
 def micro_batches(cfg: TrainConfig, world_size: int) -> tuple[int, int]:
     """(micro-batch size, accumulation steps) for this machine; refuses splits that do not divide evenly."""
-    _check(cfg)
     if cfg.batch_size % world_size:
         raise ParisError(f"the global batch {cfg.batch_size} does not split over {world_size} processes; "
                          f"choose a batch_size divisible by {world_size}")
@@ -161,18 +153,6 @@ def micro_batches(cfg: TrainConfig, world_size: int) -> tuple[int, int]:
 def learning_rate(cfg: TrainConfig, step: int) -> float:
     """Constant after an optional linear warm-up (DiT/DDM use a constant 1e-4)."""
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
-
-
-def _check(cfg: TrainConfig) -> None:
-    """Refuse settings that would only fail (or loop forever) after minutes of training."""
-    for name in ("batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
-        if getattr(cfg, name) < 1:
-            raise ParisError(f"{name} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.steps < 0 or cfg.micro_batch_size < 0 or not 0 <= cfg.caption_dropout <= 1:
-        raise ParisError("need steps >= 0, micro_batch_size >= 0 and 0 <= caption_dropout <= 1, got "
-                         f"{cfg.steps}, {cfg.micro_batch_size} and {cfg.caption_dropout}")
-    if cfg.precision not in ("auto", "bf16", "fp32"):
-        raise ParisError(f"unknown precision {cfg.precision!r}; choose auto, bf16 or fp32")
 
 
 def _autocast(precision: str, device: torch.device):
@@ -208,16 +188,3 @@ class _StopFlag:
 
     def _handle(self, signum, frame):
         self.requested = True
-
-
-@contextlib.contextmanager
-def _progress(name: str, total: int, start: int, enabled: bool):
-    """A rich progress bar (step, loss, samples/s, ETA), shown on rank 0 when output is a terminal."""
-    bar = Progress(
-        TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.0f} samples/s"),
-        TimeRemainingColumn(), console=console, disable=not (enabled and console.is_terminal),
-    )
-    task = bar.add_task(name, total=total, completed=start, loss=float("nan"), rate=0.0)
-    with bar:
-        yield bar, task

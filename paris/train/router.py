@@ -12,22 +12,20 @@ import math
 
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from rich.table import Table
 
+from paris import progress
 from paris.config import RunConfig, router_config
 from paris.data.store import Store, load_store
 from paris.errors import ParisError
 from paris.flow import interpolate, noisy_sample
 from paris.models.io import load_pretrained
 from paris.models.router import Router
-from paris.partition import load_partition
+from paris.clusters.partition import load_partition
 from paris.run import RunDir
 from paris.randomness import BatchRandom, step_generator
 from paris.train.init_from import load_initial_weights
 from paris.train.loop import Job, train
 
-console = Console(stderr=True)
 T_BANDS = [(0.0, 0.2), (0.2, 0.4), (0.4, 0.6), (0.6, 0.8), (0.8, 1.0)]
 
 
@@ -45,21 +43,20 @@ def train_router(run: RunDir, config: RunConfig) -> dict:
     if cfg.init_from:
         identity.update(load_initial_weights(run, model, cfg.init_from, cfg.init_fresh_head))
     steps = cfg.steps or math.ceil(cfg.epochs * len(train_index) / cfg.batch_size)
-    console.print(f"[bold]router[/]: {len(train_index)} images ({n_val} held out), {part.num_clusters} clusters, "
+    progress.say(f"router: {len(train_index)} images ({n_val} held out), {part.num_clusters} clusters, "
                   f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {steps} steps")
     targets = part.assignments[store.rows]  # the cluster of each sample, in the store's order
 
     def loss(model, index, random, device):
         rows = train_index[index]
         x_t, t, _ = noisy_sample(store.latents[rows].to(device), cfg.t_distribution, random)
-        text = {k: v.to(device) for k, v in _text(store, rows, cfg.use_text).items()}
+        text = {k: v.to(device) for k, v in _text(store, rows, cfg.use_text, device).items()}
         return F.cross_entropy(model(x_t, t, **text).float(), targets[rows].to(device))
 
     job = Job("router", "router", model, loss, len(train_index), identity)
     summary = train(run, job, dataclasses.replace(cfg, steps=steps))
     accuracy = router_accuracy(load_pretrained(run, "router/final"), store, val, targets[val], cfg.use_text, cfg.seed)
     run.write_json("router/accuracy.json", accuracy)
-    print_accuracy(accuracy)
     return {**summary, "accuracy": accuracy}
 
 
@@ -82,18 +79,8 @@ def router_accuracy(model: Router, store: Store, rows: torch.Tensor, targets: to
     return {"bands": bands, "mean": sum(bands.values()) / len(bands), "held_out": len(rows), "chance": largest}
 
 
-def print_accuracy(accuracy: dict) -> None:
-    table = Table(title=f"router accuracy on {accuracy['held_out']} held-out images")
-    for band in accuracy["bands"]:
-        table.add_column(f"t {band}", justify="right")
-    table.add_column("mean", justify="right")
-    table.add_row(*(f"{a:.1%}" for a in accuracy["bands"].values()), f"{accuracy['mean']:.1%}")
-    console.print(table)
-    console.print(f"(always guessing the largest cluster: {accuracy['chance']:.1%})")
-
-
-def _text(store: Store, rows: torch.Tensor, use_text: bool) -> dict:
+def _text(store: Store, rows: torch.Tensor, use_text: bool, device="cpu") -> dict:
     if not use_text:
         return {}
-    text, mask = store.text(rows)
+    text, mask = store.text(rows, device=device)
     return {"text": text, "text_mask": mask}

@@ -1,9 +1,7 @@
 """`paris partition`: split the data set into K clusters, one per expert.
 
-kmeans (Paris/DDM): fine k-means (default 1024 centroids, faiss) on a random sample of the image features,
-then the fine centroids, weighted by how many samples each holds, are clustered into K coarse centroids;
-every sample goes to its nearest coarse centroid. Features are streamed shard by shard, so memory is
-the sample plus one shard, at any data size.
+kmeans (Paris/DDM): hierarchical k-means of the clustering features (paris.clusters.kmeans); every sample
+goes to its nearest coarse centroid.
 random: a balanced random split (the ablation).  labels: one cluster per value of the label column (oracle).
 
 Writes partition/centroids.safetensors (per-cluster mean feature; kmeans also fine + coarse centroids),
@@ -16,19 +14,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 
-import numpy as np
 import torch
-from rich.console import Console
-from rich.table import Table
 
+from paris import progress
+from paris.clusters.kmeans import hierarchical_kmeans, nearest_centroid
 from paris.config import PartitionConfig
 from paris.data.store import read_columns, read_manifest
 from paris.errors import ParisError
 from paris.run import RunDir
-
-console = Console(stderr=True)
-METHODS = ("kmeans", "random", "labels")
-MIN_POINTS_PER_CENTROID = 39  # faiss's own minimum for a meaningful centroid
 
 
 @dataclasses.dataclass
@@ -42,15 +35,10 @@ class Partition:
         return self.meta["num_clusters"]
 
 
-def partition(run: RunDir, num_clusters: int, seed: int = 0, **options) -> Partition:
-    """Cluster the prepared data of `run`; `options` are the other PartitionConfig fields."""
-    cfg = PartitionConfig(num_clusters=num_clusters, seed=seed, **options)
+def partition(run: RunDir, cfg: PartitionConfig) -> Partition:
+    """Cluster the prepared data of `run` into cfg.num_clusters clusters."""
     manifest = read_manifest(run)
-    n = manifest["count"]
-    if cfg.method not in METHODS:
-        raise ParisError(f"unknown partition method {cfg.method!r}; choose one of {', '.join(METHODS)}")
-    if num_clusters < 1:
-        raise ParisError(f"the number of clusters must be at least 1, got {num_clusters}")
+    n, num_clusters, seed = manifest["count"], cfg.num_clusters, cfg.seed
     if num_clusters > n:
         raise ParisError(f"cannot make {num_clusters} clusters from {n} images; use --clusters {n} or fewer")
     extra, info = {}, {}
@@ -59,7 +47,7 @@ def partition(run: RunDir, num_clusters: int, seed: int = 0, **options) -> Parti
         extra = {"fine": fine, "coarse": coarse}
     labels = torch.cat([c["labels"] for _, c in read_columns(run, ["labels"], manifest=manifest)])
     if cfg.method == "kmeans":
-        assignments = _nearest(run, manifest, coarse)
+        assignments = nearest_centroid(run, manifest, coarse)
     elif cfg.method == "random":
         assignments = torch.empty(n, dtype=torch.int64)
         assignments[torch.randperm(n, generator=torch.Generator().manual_seed(seed))] = torch.arange(n) % num_clusters
@@ -85,51 +73,7 @@ def partition(run: RunDir, num_clusters: int, seed: int = 0, **options) -> Parti
     run.save_tensors("partition/assignments.safetensors", {"assignments": assignments})
     write_montages(run, manifest, assignments, num_clusters, cfg.montage_images)
     run.write_json("partition/meta.json", meta)  # last
-    result = Partition(assignments, centroids, meta)
-    print_sizes(result, manifest.get("class_names"))
-    return result
-
-
-def hierarchical_kmeans(run: RunDir, manifest: dict, cfg: PartitionConfig) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Fine centroids from a sample of the features, then K coarse centroids of the count-weighted fine ones."""
-    import faiss
-
-    sample = _feature_sample(run, manifest, cfg.max_train_points, cfg.seed)
-    # Never more fine centroids than the sample supports, never fewer than K.
-    n_fine = max(cfg.num_clusters, min(cfg.fine_clusters, len(sample) // MIN_POINTS_PER_CENTROID))
-    options = dict(niter=cfg.iterations, seed=cfg.seed, min_points_per_centroid=1, max_points_per_centroid=1 << 30)
-    fine = faiss.Kmeans(sample.shape[1], n_fine, **options)
-    fine.train(sample)
-    _, nearest = fine.index.search(sample, 1)
-    counts = np.bincount(nearest[:, 0], minlength=n_fine).astype(np.float32)
-    coarse = faiss.Kmeans(sample.shape[1], cfg.num_clusters, **options)
-    coarse.train(fine.centroids, weights=counts)
-    info = {"fine_clusters": n_fine, "train_points": len(sample)}
-    return torch.from_numpy(fine.centroids.copy()), torch.from_numpy(coarse.centroids.copy()), info
-
-
-def _feature_sample(run: RunDir, manifest: dict, cap: int, seed: int) -> np.ndarray:
-    """At most `cap` feature rows chosen at random (fixed by `seed`), float32, read shard by shard."""
-    n = manifest["count"]
-    chosen = np.sort(np.random.default_rng(seed).choice(n, size=min(cap, n), replace=False))
-    parts = []
-    for first, columns in read_columns(run, ["features"], manifest=manifest):
-        rows = chosen[(chosen >= first) & (chosen < first + len(columns["features"]))] - first
-        parts.append(columns["features"][torch.from_numpy(rows)].float().numpy())
-    return np.ascontiguousarray(np.concatenate(parts))
-
-
-def _nearest(run: RunDir, manifest: dict, centroids: torch.Tensor) -> torch.Tensor:
-    """The nearest centroid of every sample, one shard at a time."""
-    import faiss
-
-    index = faiss.IndexFlatL2(centroids.shape[1])
-    index.add(centroids.numpy())
-    out = []
-    for _, columns in read_columns(run, ["features"], manifest=manifest):
-        _, nearest = index.search(np.ascontiguousarray(columns["features"].float().numpy()), 1)
-        out.append(torch.from_numpy(nearest[:, 0]).long())
-    return torch.cat(out)
+    return Partition(assignments, centroids, meta)
 
 
 def _label_clusters(labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -153,7 +97,7 @@ def _cluster_means(run: RunDir, manifest: dict, assignments: torch.Tensor, k: in
 
 def write_montages(run: RunDir, manifest: dict, assignments: torch.Tensor, k: int, per_cluster: int) -> None:
     """partition/montage/<k>.png: the first `per_cluster` images of each cluster, decoded from their latents."""
-    from paris.data.encoders import build_autoencoder
+    from paris.models.encoders import build_autoencoder
     from paris.images import grid, save_png
 
     if per_cluster < 1:
@@ -168,7 +112,7 @@ def write_montages(run: RunDir, manifest: dict, assignments: torch.Tensor, k: in
     try:
         autoencoder = build_autoencoder(enc["autoencoder"], enc["autoencoder_path"], enc["latent_scale"])
     except ParisError as e:
-        console.print(f"[yellow]no montages: {e}[/]")
+        progress.say(f"no montages: {e}", warning=True)
         return
     for c, members in wanted.items():
         images = autoencoder.decode(torch.stack([latents[r] for r in members.tolist()]))
@@ -194,23 +138,3 @@ def _label_histogram(labels: torch.Tensor, assignments: torch.Tensor, k: int) ->
     counts = torch.zeros(k, int(labels.max()) + 1, dtype=torch.int64)
     counts.index_put_((assignments, labels), torch.ones_like(labels), accumulate=True)
     return counts.tolist()
-
-
-def print_sizes(part: Partition, class_names: list[str] | None) -> None:
-    table = Table(title=f"partition: {part.num_clusters} clusters ({part.meta['method']})")
-    table.add_column("cluster", justify="right")
-    table.add_column("images", justify="right")
-    table.add_column("share", justify="right")
-    table.add_column("main classes")
-    total = sum(part.meta["sizes"])
-    for k, size in enumerate(part.meta["sizes"]):
-        table.add_row(str(k), str(size), f"{size / total:.1%}", _main_classes(part.meta["label_histogram"], k, class_names))
-    console.print(table)
-
-
-def _main_classes(histogram, k: int, names: list[str] | None) -> str:
-    if histogram is None or names is None:
-        return ""
-    row = histogram[k]
-    top = sorted(range(len(row)), key=lambda c: -row[c])[:3]
-    return ", ".join(f"{names[c]} {row[c] / sum(row):.0%}" for c in top if row[c])

@@ -3,16 +3,16 @@
 The machine that trains expert k then reads only clusters/k (about 1/K of the bytes) instead of
 filtering all of data/. One pass over data/ fills every cluster's shards; each cluster's manifest is
 written last and names the partition it came from, so a stale export (the data re-partitioned since)
-is ignored by `load_store`.
+is ignored by `load_cluster`, which reads the rows of data/ instead.
 """
 
 from __future__ import annotations
 
 import torch
 
-from paris.data.store import iter_shards, read_manifest, write_shard
+from paris.clusters.partition import Partition, load_partition
+from paris.data.store import Store, iter_shards, load_store, read_manifest, write_shard
 from paris.errors import ParisError
-from paris.partition import load_partition
 from paris.run import RunDir
 
 
@@ -67,3 +67,15 @@ def export_clusters(run: RunDir, clusters: list[int] | None = None) -> dict[int,
                   "count": sum(e["count"] for e in entries), "cluster": k, "partition_hash": part.meta["hash"]}
         run.write_json(f"clusters/{k}/manifest.json", out[k])  # last
     return out
+
+
+def load_cluster(run: RunDir, cluster: int) -> tuple[Partition, Store]:
+    """The partition and one cluster's samples: from its export when that is of the current partition
+    (1/K of the bytes), else its rows of data/. A job calls this once: the partition is read once."""
+    part = load_partition(run)
+    if not 0 <= cluster < part.num_clusters:
+        raise ParisError(f"expert {cluster} does not exist: the partition has clusters 0..{part.num_clusters - 1}")
+    export = f"clusters/{cluster}"
+    if run.exists(f"{export}/manifest.json") and read_manifest(run, export)["partition_hash"] == part.meta["hash"]:
+        return part, load_store(run, export)
+    return part, load_store(run, keep=part.assignments == cluster)

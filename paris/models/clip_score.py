@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import torch
 
-from paris.data.encoders import DEVICE, load_local
+from paris.models.encoders import load_local
 from paris.errors import ParisError
 from paris.images import to_pil
 
 
 class ClipScore:
-    def __init__(self, path: str, batch_size: int = 50):
+    def __init__(self, path: str, batch_size: int = 50, device: str = "cpu"):
         # The PIL image processor: CLIP's original preprocessing, and the default one needs torchvision.
         from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        self.model = load_local(CLIPModel.from_pretrained, path, "clip", "--clip-model", {"clip"})
+        self.model = load_local(CLIPModel.from_pretrained, path, "clip", "--clip-model", {"clip"}, device)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.processor = CLIPImageProcessorPil.from_pretrained(path)
@@ -30,7 +30,7 @@ class ClipScore:
             raise ParisError(f"{path} holds a CLIP model but lacks its tokenizer or image processor "
                              f"({str(e).splitlines()[0]}); download the whole model repository") from None
         self.max_length = self.model.config.text_config.max_position_embeddings
-        self.batch_size = batch_size
+        self.batch_size, self.device = batch_size, device
 
     @torch.no_grad()
     def pairs(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
@@ -41,8 +41,8 @@ class ClipScore:
                                     return_tensors="pt")["pixel_values"]
             tokens = self.tokenizer(texts[i : i + self.batch_size], padding=True, truncation=True,
                                     max_length=self.max_length, return_tensors="pt")
-            out = self.model(pixel_values=pixels.to(DEVICE), input_ids=tokens["input_ids"].to(DEVICE),
-                             attention_mask=tokens["attention_mask"].to(DEVICE))
+            out = self.model(pixel_values=pixels.to(self.device), input_ids=tokens["input_ids"].to(self.device),
+                             attention_mask=tokens["attention_mask"].to(self.device))
             cosine = (out.image_embeds * out.text_embeds).sum(-1)  # both embeddings come unit length
             scores.append(100 * cosine.clamp(min=0).float().cpu())
         return torch.cat(scores)

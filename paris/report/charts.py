@@ -1,4 +1,5 @@
-"""Loss curves from the metrics that every training job writes (paris.train.metrics)."""
+"""The charts the `paris` command draws into a run: loss curves from the metrics every training job writes
+(paris.train.metrics), the evaluation's bars, and the routing heatmaps of `paris generate --show-routing`."""
 
 from __future__ import annotations
 
@@ -48,6 +49,15 @@ def write_routing(routing, prompts: list[str], stem) -> list[str]:
     json_path = f"{stem}_routing.json"
     Path(json_path).write_text(json.dumps({"prompts": prompts, "weights": routing.tolist()}))
     return paths + [json_path]
+
+
+def evaluation_chart(run: RunDir, report: dict) -> None:
+    """eval/report.png: FID, and adherence and CLIP score when measured, per strategy (from paris evaluate)."""
+    panels = {"FID (lower is better)": "fid", "prompt adherence": "prompt_adherence", "CLIP score": "clip_score"}
+    rows = report["strategies"]
+    measured = next(iter(rows.values()))
+    bar_chart(run, {title: {name: row[key] for name, row in rows.items()}
+                    for title, key in panels.items() if key in measured}, "eval/report.png")
 
 
 def bar_chart(run: RunDir, panels: dict[str, dict[str, float]], rel: str) -> None:

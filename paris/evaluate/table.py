@@ -1,0 +1,122 @@
+"""`paris evaluate`: the paper's table per routing strategy: FID, text alignment, and cost.
+
+FID compares the generated images with held-out real images (paris.evaluate.reference), whose captions are
+the prompts. Text alignment is measured two ways: prompt adherence on Fashion-MNIST (paris.evaluate.adherence)
+and, given a CLIP model, the CLIP score (paris.models.clip_score) on any data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import torch
+
+from paris import progress
+from paris.config import EvalConfig, SampleConfig, from_dict
+from paris.evaluate.adherence import accuracy, fashion_classifier
+from paris.evaluate.fid import InceptionFeatures, frechet_distance
+from paris.evaluate.reference import load_reference
+from paris.models.clip_score import ClipScore
+from paris.pipeline import ParisPipeline
+from paris.run import RunDir
+
+
+def evaluate_run(run_url: str, cfg: EvalConfig, **sampling) -> dict:
+    """The paper's table on a run: per strategy, FID against held-out real images, prompt adherence
+    (Fashion-MNIST), CLIP score (given a CLIP model), expert passes and seconds per image. Images are sampled
+    with the run's sample config, where `sampling` (SampleConfig fields: steps=, guidance=, route_every=)
+    replaces its values. Writes eval/report.json and eval/report.md; a measure not taken has no key."""
+    run = RunDir(run_url)
+    config = run.read_config()
+    sample = from_dict(SampleConfig, {**dataclasses.asdict(config.sample), **sampling}, "sample.")
+    real = load_reference(config, cfg.num_samples, cfg.reference, cfg.reference_source)
+    clip = ClipScore(cfg.clip_model) if cfg.clip_model else None  # loaded before sampling: a bad path fails at once
+    classifier = None  # adherence needs the classes: a Fashion-MNIST run, compared with Fashion-MNIST images
+    if config.data.source == "fashion-mnist" and real.labels is not None:
+        classifier = fashion_classifier(config.data.path, cfg.classifier_images, cfg.seed)
+    features = InceptionFeatures(cfg.inception)
+    progress.say(f"evaluate: Inception features of {len(real.prompts)} reference images ({real.where})")
+    real_features = features(real.images)
+    report = {"num_samples": len(real.prompts), "reference": real.where, "steps": sample.steps,
+              "route_every": sample.route_every, "guidance": sample.guidance, "seed": cfg.seed}
+    if classifier is not None:
+        report["classifier_test_accuracy"] = accuracy(classifier, real.images, real.labels)
+    if clip is not None:
+        report["reference_clip_score"] = clip(real.images, real.prompts)
+    if "monolith" in cfg.strategy_list:  # how its compute was matched to the experts'
+        trained = run.read_json("monolith/final/manifest.json")  # a monolith from before protocols: equal-batch
+        report["baseline"] = {"protocol": trained.get("protocol", "equal-batch"), "steps": trained["steps"],
+                              "batch_size": trained["samples_seen"] // trained["steps"],
+                              "samples_seen": trained["samples_seen"]}
+    report["strategies"] = rows = {}
+    measures = {"features": features, "classifier": classifier, "clip": clip}
+    for strategy in cfg.strategy_list:
+        sampled = _sample_and_score(run_url, strategy, real, sample, cfg, measures)
+        rows[strategy] = row = {"fid": frechet_distance(sampled.pop("features"), real_features), **sampled}
+        progress.say(f"evaluate: {strategy}: FID {row['fid']:.2f}, {row['seconds_per_image']:.3f} s per image")
+    run.write_json("eval/report.json", report)
+    run.write_text("eval/report.md", report_markdown(report))
+    return report
+
+
+def _sample_and_score(run_url: str, strategy: str, real, sample: SampleConfig, cfg: EvalConfig,
+                      measures: dict) -> dict:
+    """One image per reference prompt with one strategy, scored batch by batch (so memory does not grow with
+    the number of samples): Inception features, adherence and CLIP score when measured, and the cost."""
+    monolith = strategy == "monolith"
+    pipe = ParisPipeline.from_run(run_url, monolith=monolith)
+    features, correct, clip_scores, seconds, passes = [], 0.0, [], 0.0, 0.0
+    with progress.bar(f"evaluate: {strategy}", len(real.prompts), unit="images") as bar:
+        for i in range(0, len(real.prompts), cfg.batch_size):
+            prompts = real.prompts[i : i + cfg.batch_size]
+            tick = time.perf_counter()
+            images, stats = pipe.generate(prompts, strategy="top1" if monolith else strategy, seed=cfg.seed + i,
+                                          steps=sample.steps, guidance=sample.guidance, route_every=sample.route_every,
+                                          sampler=sample.sampler, shift=sample.shift, guidance_mode=sample.guidance_mode)
+            seconds += time.perf_counter() - tick  # the cost column counts sampling only, not scoring
+            passes += stats["expert_passes_per_image"] * len(images)
+            features.append(measures["features"](images))
+            if measures["classifier"] is not None:
+                correct += accuracy(measures["classifier"], images, real.labels[i : i + cfg.batch_size]) * len(images)
+            if measures["clip"] is not None:
+                clip_scores.append(measures["clip"].pairs(images, prompts))
+            bar.update(advance=len(images))
+    n = len(real.prompts)
+    row = {"features": np.concatenate(features)}
+    if measures["classifier"] is not None:
+        row["prompt_adherence"] = correct / n
+    if measures["clip"] is not None:
+        row["clip_score"] = torch.cat(clip_scores).mean().item()
+    return {**row, "expert_passes_per_image_step": passes / n, "seconds_per_image": seconds / n}
+
+
+COLUMNS = [  # (JSON key, header, format) of the table; a column appears when its measure was taken
+    ("fid", "FID", "{:.2f}"),
+    ("prompt_adherence", "prompt adherence", "{:.1%}"),
+    ("clip_score", "CLIP score", "{:.2f}"),
+    ("expert_passes_per_image_step", "expert passes / image / step", "{:.2f}"),
+    ("seconds_per_image", "s / image", "{:.3f}"),
+]
+
+
+def report_markdown(report: dict) -> str:
+    notes = [f"FID against {report['num_samples']} held-out images of {report['reference']} "
+             f"({report['steps']} steps, guidance {report['guidance']}"
+             + (f", router every {report['route_every']} steps)" if report.get("route_every", 1) > 1 else ")")]
+    if "classifier_test_accuracy" in report:
+        notes.append(f"classifier test accuracy {report['classifier_test_accuracy']:.1%}")
+    if "reference_clip_score" in report:
+        notes.append(f"CLIP score of the real images with their captions {report['reference_clip_score']:.2f}")
+    if "baseline" in report:
+        b = report["baseline"]
+        notes.append(f"monolith: {b['steps']:,} steps of {b['batch_size']} ({b['samples_seen']:,} samples, "
+                     f"{b['protocol']} protocol)")
+    first = next(iter(report["strategies"].values()))
+    columns = [c for c in COLUMNS if c[0] in first]
+    lines = ["; ".join(notes), "", "| strategy | " + " | ".join(header for _, header, _ in columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
+    for name, row in report["strategies"].items():
+        lines.append(f"| {name} | " + " | ".join(fmt.format(row[key]) for key, _, fmt in columns) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,80 @@
+"""The tables the `paris` command prints, built from what the stages return (rich renderables)."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+
+def partition_table(meta: dict, class_names: list[str] | None) -> Table:
+    """Cluster sizes and, when the data has labels, each cluster's main classes (partition/meta.json)."""
+    table = Table(title=f"partition: {meta['num_clusters']} clusters ({meta['method']})")
+    table.add_column("cluster", justify="right")
+    table.add_column("images", justify="right")
+    table.add_column("share", justify="right")
+    table.add_column("main classes")
+    total = sum(meta["sizes"])
+    for k, size in enumerate(meta["sizes"]):
+        table.add_row(str(k), str(size), f"{size / total:.1%}", _main_classes(meta["label_histogram"], k, class_names))
+    return table
+
+
+def _main_classes(histogram, k: int, names: list[str] | None) -> str:
+    if histogram is None or names is None:
+        return ""
+    row = histogram[k]
+    top = sorted(range(len(row)), key=lambda c: -row[c])[:3]
+    return ", ".join(f"{names[c]} {row[c] / sum(row):.0%}" for c in top if row[c])
+
+
+def router_accuracy_table(accuracy: dict) -> Table:
+    """The router's held-out accuracy per band of t (router/accuracy.json)."""
+    table = Table(title=f"router accuracy on {accuracy['held_out']} held-out images",
+                  caption=f"always guessing the largest cluster: {accuracy['chance']:.1%}")
+    for band in accuracy["bands"]:
+        table.add_column(f"t {band}", justify="right")
+    table.add_column("mean", justify="right")
+    table.add_row(*(f"{a:.1%}" for a in accuracy["bands"].values()), f"{accuracy['mean']:.1%}")
+    return table
+
+
+STATE_COLOURS = {"done": "green", "running": "cyan", "stale": "red", "not started": "dim"}
+
+
+def status_table(rows: list[dict], url: str) -> Table:
+    """One row per training job (paris.status.run_status)."""
+    table = Table(title=f"paris status: {url}")
+    for column in ("job", "step", "loss", "samples/s", "last checkpoint", "state"):
+        table.add_column(column, justify="left" if column in ("job", "state") else "right")
+    for r in rows:
+        table.add_row(
+            r["job"],
+            f"{r['step']} / {r['target'] or '?'}",
+            "-" if r["loss"] is None else f"{r['loss']:.4f}",
+            "-" if r["samples_per_s"] is None else f"{r['samples_per_s']:.0f}",
+            "-" if r["checkpoint_age_s"] is None else f"{_age(r['checkpoint_age_s'])} ago",
+            f"[{STATE_COLOURS[r['state']]}]{r['state']}",
+        )
+    return table
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def demo_table(report: dict) -> Table:
+    """The demo's quick table: cost and prompt adherence per routing strategy (paris.demo.run_demo)."""
+    table = Table(title=f"paris demo: {report['images_per_strategy']} images per strategy",
+                  caption=f"classifier test accuracy {report['classifier_test_accuracy']:.1%}; router accuracy "
+                          f"{report['router_accuracy']['mean']:.1%} (mean over t); {report['minutes']:.1f} min in all")
+    table.add_column("strategy")
+    table.add_column("s / image", justify="right")
+    table.add_column("expert passes / image / step", justify="right")
+    table.add_column("prompt adherence", justify="right")
+    for strategy, row in report["strategies"].items():
+        table.add_row(strategy, f"{row['seconds_per_image']:.3f}", f"{row['expert_passes_per_image']:.2f}",
+                      f"{row['prompt_adherence']:.1%}")
+    return table
