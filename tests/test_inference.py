@@ -232,3 +232,23 @@ def test_the_adherence_classifier_is_trained_once_then_read_from_the_cache(monke
     again = evaluate.fashion_classifier(config.data.path, limit=256, seed=3)
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
     assert not again.training  # dropout and batch statistics frozen for scoring
+
+
+def test_python_and_the_command_line_draw_the_same_images(trained, saved, tmp_path):
+    """ParisPipeline.from_run(RUN)(prompt) samples with the run's settings, as `paris generate RUN` does; a saved
+    pipeline keeps them."""
+    import numpy as np
+    from PIL import Image
+
+    python = ParisPipeline.from_run(str(trained))
+    assert python.sample == RunDir(str(trained)).read_config().sample and python.sample.guidance != 7.5
+    assert ParisPipeline.from_pretrained(str(saved)).sample == python.sample
+    image = python("a photo of a sneaker")[0]
+    out = tmp_path / "cli.png"
+    result = run_cli("generate", str(trained), "--prompt", "a photo of a sneaker", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    drawn = Image.open(out).convert("L")  # one image, each pixel drawn as a 4x4 block
+    assert drawn.size == (4 * image.width, 4 * image.height)
+    assert np.array_equal(np.asarray(drawn.resize(image.size, Image.NEAREST)), np.asarray(image))
+    other = python("a photo of a sneaker", guidance=7.5)[0]  # and a setting given in the call wins
+    assert not np.array_equal(np.asarray(other), np.asarray(image))
