@@ -25,6 +25,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from paris import layout
 from paris.errors import ParisError
 from paris.report.console import console, show_progress
 
@@ -127,7 +128,7 @@ def train_expert(
 
     run_dir, cfg = _config(run, _init_override("expert", init_from, set))
     summary = train(run_dir, cfg, expert)
-    _loss_chart(run_dir, f"experts/{expert}", f"expert {expert}")
+    _loss_chart(run_dir, layout.expert(expert), f"expert {expert}")
     typer.echo(f"expert {expert}: done, final loss {summary['final_loss']:.4f}, weights in {run}/experts/{expert}/final")
 
 
@@ -139,7 +140,7 @@ def train_router(run: str = RUN, init_from: Optional[str] = INIT_FROM, set: list
 
     run_dir, cfg = _config(run, _init_override("router", init_from, set))
     summary = train(run_dir, cfg)
-    _loss_chart(run_dir, "router", "router")
+    _loss_chart(run_dir, layout.ROUTER, "router")
     console.print(router_accuracy_table(summary["accuracy"]))
     typer.echo(f"router: done, mean held-out accuracy {summary['accuracy']['mean']:.1%}, weights in {run}/router/final")
 
@@ -163,7 +164,7 @@ def train_monolith(
                  *([f"baseline.batch_size={batch_size}"] if batch_size is not None else [])]
     run_dir, cfg = _config(run, overrides)
     summary = train(run_dir, cfg)
-    _loss_chart(run_dir, "monolith", "monolith")
+    _loss_chart(run_dir, layout.MONOLITH, "monolith")
     typer.echo(f"monolith ({cfg.baseline.protocol}): done after {summary['steps']} steps of {summary['batch_size']}, "
                f"final loss {summary['final_loss']:.4f}")
 
@@ -180,7 +181,7 @@ def train_seed(
 
     run_dir, cfg = _config(run, set)
     summary = train(run_dir, cfg, steps)
-    _loss_chart(run_dir, "seed", "seed")
+    _loss_chart(run_dir, layout.SEED, "seed")
     typer.echo(f"seed: done after {summary['steps']} steps of {summary['batch_size']}, final loss "
                f"{summary['final_loss']:.4f}; start the experts with --init-from seed/final")
 
@@ -296,7 +297,7 @@ def launch(
     if backend not in BACKENDS:
         raise ParisError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     run_dir, cfg = _config(run, set)
-    meta = run_dir.read_json("partition/meta.json")
+    meta = run_dir.read_json(layout.PARTITION_META)
     chosen = _expert_list(experts, meta["num_clusters"])
     per_expert = gpus_per_expert or (1 if gpus or backend in ("slurm", "skypilot") else 0)
     if backend == "slurm":
@@ -371,10 +372,11 @@ def demo(
     config = demo_config(data)
     report = run_demo(out, config, jobs)
     run_dir = RunDir(out)
-    console.print(partition_table(load_partition(run_dir).meta, run_dir.read_json("data/manifest.json").get("class_names")))
+    console.print(partition_table(load_partition(run_dir).meta, run_dir.read_json(layout.manifest()).get("class_names")))
     console.print(router_accuracy_table(report["router_accuracy"]))
-    plot_loss_curves(run_dir, {"experts: flow-matching loss": [f"experts/{e}" for e in range(config.partition.num_clusters)],
-                               "router: cross-entropy": ["router"]}, "loss_curves.png")
+    experts = [layout.expert(e) for e in range(config.partition.num_clusters)]
+    plot_loss_curves(run_dir, {"experts: flow-matching loss": experts, "router: cross-entropy": [layout.ROUTER]},
+                     layout.DEMO_LOSS_CURVES)
     console.print(demo_table(report))
     console.print(f"wrote {out}/report.json, {out}/samples/<strategy>.png, {out}/loss_curves.png")
     if full:
@@ -388,7 +390,7 @@ def _loss_chart(run, folder: str, name: str) -> None:
     """<folder>/loss.png: the job's training loss against step."""
     from paris.report.charts import plot_loss_curves
 
-    plot_loss_curves(run, {f"{name}: training loss": [folder]}, f"{folder}/loss.png")
+    plot_loss_curves(run, {f"{name}: training loss": [folder]}, layout.loss_chart(folder))
 
 
 def main() -> None:

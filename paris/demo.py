@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from paris import layout
 from paris import progress
 from paris.clusters.partition import partition
 from paris.config import (BaselineConfig, DataConfig, EvalConfig, PartitionConfig, RouterTrainConfig, RunConfig,
@@ -58,7 +59,7 @@ def run_demo(out: str = "runs/demo", config: RunConfig | None = None, jobs: int 
     run = RunDir(out)
     jobs = local_jobs(jobs, config.partition.num_clusters)
 
-    if run.exists("data/manifest.json") and run.read_config().data == config.data:
+    if run.exists(layout.manifest()) and run.read_config().data == config.data:
         progress.say(f"prepare: reusing {out}/data")
     else:
         prepare(run, config)
@@ -68,7 +69,7 @@ def run_demo(out: str = "runs/demo", config: RunConfig | None = None, jobs: int 
 
     k = config.partition.num_clusters
     progress.say(f"training {k} experts as independent processes, {jobs} at a time (logs in {out}/logs)")
-    meta = run.read_json("partition/meta.json")
+    meta = run.read_json(layout.PARTITION_META)
     targets = {e: expert_steps(config, meta, e) for e in range(k)}
     codes = launch_local(run, targets, jobs, log_dir=Path(out) / "logs")
     failed = sorted(e for e, code in codes.items() if code != 0)
@@ -90,17 +91,17 @@ def run_demo(out: str = "runs/demo", config: RunConfig | None = None, jobs: int 
         images, stats = generate(mixture, prompts, strategy, config.sample.steps, config.sample.guidance, config.sample.seed)
         seconds = (time.perf_counter() - tick) / len(prompts)
         results[strategy] = {"seconds_per_image": seconds, "prompt_adherence": accuracy(classifier, images, classes), **stats}
-        save_png(run, f"samples/{strategy}.png", grid(images, len(fashion_mnist.CLASSES), fashion_mnist.CLASSES))
+        save_png(run, layout.demo_samples(strategy), grid(images, len(fashion_mnist.CLASSES), fashion_mnist.CLASSES))
 
     report = {
         "strategies": results,
         "classifier_test_accuracy": classifier_accuracy,
-        "router_accuracy": run.read_json("router/accuracy.json"),
+        "router_accuracy": run.read_json(layout.ROUTER_ACCURACY),
         "images_per_strategy": len(prompts),
         "sample": dataclasses.asdict(config.sample),
         "minutes": (time.perf_counter() - started) / 60,
     }
-    run.write_json("report.json", report)
+    run.write_json(layout.DEMO_REPORT, report)
     return report
 
 
@@ -119,8 +120,8 @@ def run_paper_table(out: str, config: RunConfig, evaluation: EvalConfig) -> dict
 
 def _partition_matches(run: RunDir, config: RunConfig) -> bool:
     """Whether the run already holds a partition of its current data with the configured K."""
-    if not run.exists("partition/meta.json"):
+    if not run.exists(layout.PARTITION_META):
         return False
-    meta = run.read_json("partition/meta.json")
-    current = run.read_json("data/manifest.json")["data_hash"]
+    meta = run.read_json(layout.PARTITION_META)
+    current = run.read_json(layout.manifest())["data_hash"]
     return meta["num_clusters"] == config.partition.num_clusters and meta["data_hash"] == current

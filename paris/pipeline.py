@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from paris import layout
 from paris.config import SampleConfig, from_dict
 from paris.errors import ParisError
 from paris.models.encoders import TextEncoder, build_autoencoder, build_text_encoder
@@ -40,16 +41,16 @@ class ParisPipeline:
         run = RunDir(run_url)
         run_config = run.read_config()
         data, sample = run_config.data, run_config.sample
-        manifest = run.read_json("data/manifest.json")
-        num_experts = run.read_json("partition/meta.json")["num_clusters"]
+        manifest = run.read_json(layout.manifest())
+        num_experts = run.read_json(layout.PARTITION_META)["num_clusters"]
         config = {"num_experts": num_experts, "latent_shape": manifest["latent_shape"],
                   "autoencoder": data.autoencoder, "autoencoder_path": data.autoencoder_path,
                   "latent_scale": data.latent_scale, "text_encoder": data.text_encoder, "max_tokens": data.max_tokens}
         text_encoder = build_text_encoder(data.text_encoder, data.text_encoder_path, data.max_tokens, device)
         if monolith:
-            return cls._assemble(run, ["monolith/final"], None, text_encoder, {**config, "num_experts": 1}, 0, device,
+            return cls._assemble(run, [layout.final(layout.MONOLITH)], None, text_encoder, {**config, "num_experts": 1}, 0, device,
                                  sample)
-        return cls._assemble(run, [f"experts/{k}/final" for k in range(num_experts)], "router/final",
+        return cls._assemble(run, [layout.final(layout.expert(k)) for k in range(num_experts)], layout.final(layout.ROUTER),
                              text_encoder, config, max_resident_experts, device, sample)
 
     @classmethod

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from paris import layout
 from paris.config import RunConfig, from_yaml, to_yaml
 from paris.errors import ParisError
 
@@ -55,7 +56,7 @@ class RunDir:
         try:
             return self.fs.cat_file(self.path(rel))
         except FileNotFoundError:
-            raise ParisError(f"missing {self.url}/{rel}; {_hint(rel)}") from None
+            raise ParisError(f"missing {self.url}/{rel}; {layout.next_step(rel)}") from None
 
     def write_json(self, rel: str, obj) -> None:
         self.write_bytes(rel, json.dumps(obj, indent=2).encode())
@@ -95,19 +96,8 @@ class RunDir:
 
     # --- the run's config -------------------------------------------------------------------------
     def read_config(self) -> RunConfig:
-        return from_yaml(self.read_text("config.yaml"), where=f"{self.url}/config.yaml")
+        return from_yaml(self.read_text(layout.CONFIG), where=f"{self.url}/{layout.CONFIG}")
 
     def write_config(self, config: RunConfig) -> None:
-        self.write_text("config.yaml", to_yaml(config))
+        self.write_text(layout.CONFIG, to_yaml(config))
 
-
-def _hint(rel: str) -> str:
-    """What to run to produce a missing artifact."""
-    stage = {
-        "config.yaml": "run `paris prepare RUN` first",
-        "data": "run `paris prepare RUN` first",
-        "partition": "run `paris partition RUN` first",
-        "experts": "train it with `paris train-expert RUN --expert K`",
-        "router": "train it with `paris train-router RUN`",
-    }
-    return stage.get(rel.split("/", 1)[0], "is the run directory right?")

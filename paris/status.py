@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+from paris import layout
 from paris.run import RunDir
 
 STALE_AFTER_S = 15 * 60  # a job silent for longer than this is presumed dead (preempted, crashed)
@@ -16,12 +17,13 @@ STALE_AFTER_S = 15 * 60  # a job silent for longer than this is presumed dead (p
 def job_status(run: RunDir, folder: str, target_steps: int, now: float | None = None) -> dict:
     """Step, target, loss, samples/s, checkpoint age and state (done / running / stale / not started)."""
     now = now or time.time()
-    progress = run.read_json(f"{folder}/progress.json") if run.exists(f"{folder}/progress.json") else None
+    progress = run.read_json(layout.progress(folder)) if run.exists(layout.progress(folder)) else None
     checkpoint = None
     if run.exists(f"{folder}/LATEST"):
         checkpoint = run.read_json(f"{folder}/{run.read_json(f'{folder}/LATEST')['path']}/state.json")
         target_steps = checkpoint["config"]["steps"]  # what the job itself was asked for
-    manifest = run.read_json(f"{folder}/final/manifest.json") if run.exists(f"{folder}/final/manifest.json") else None
+    done = f"{layout.final(folder)}/manifest.json"
+    manifest = run.read_json(done) if run.exists(done) else None
     if manifest and manifest["steps"] >= target_steps:
         state = "done"
     elif progress is None and checkpoint is None:
@@ -45,7 +47,7 @@ def run_status(run: RunDir) -> list[dict]:
     from paris.train.expert import expert_steps
 
     config = run.read_config()
-    meta = run.read_json("partition/meta.json")
-    rows = [job_status(run, f"experts/{k}", expert_steps(config, meta, k)) for k in range(meta["num_clusters"])]
+    meta = run.read_json(layout.PARTITION_META)
+    rows = [job_status(run, layout.expert(k), expert_steps(config, meta, k)) for k in range(meta["num_clusters"])]
     # The router's steps derive from its epochs unless given; its checkpoint tells once it has started.
-    return rows + [job_status(run, "router", config.router.steps)]
+    return rows + [job_status(run, layout.ROUTER, config.router.steps)]

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "paris"
 
 # Lowest first. A module may import from its own layer and the layers before it, never from a later one.
 LAYERS = [
-    ("base", ["paris.errors", "paris.config", "paris.run", "paris.flow", "paris.routing", "paris.randomness",
+    ("base", ["paris.errors", "paris.config", "paris.layout", "paris.run", "paris.flow", "paris.routing", "paris.randomness",
               "paris.images", "paris.progress"]),
     ("building blocks", ["paris.models", "paris.data"]),
     ("stages", ["paris.data.prepare", "paris.data.merge", "paris.clusters", "paris.train", "paris.sample",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from paris import layout
 from paris.clusters.partition import Partition, load_partition
 from paris.data.store import Store, iter_shards, load_store, read_manifest, write_shard
 from paris.errors import ParisError
@@ -20,7 +21,7 @@ class _ClusterWriter:
     """Buffers one cluster's rows and writes them as shards of `shard_size` samples."""
 
     def __init__(self, run: RunDir, cluster: int, shard_size: int):
-        self.run, self.prefix, self.shard_size = run, f"clusters/{cluster}", shard_size
+        self.run, self.prefix, self.shard_size = run, layout.cluster_data(cluster), shard_size
         self.columns: dict[str, list] = {}
         self.meta = {"captions": [], "keys": [], "rows": []}
         self.entries: list[dict] = []
@@ -55,7 +56,7 @@ def export_clusters(run: RunDir, clusters: list[int] | None = None) -> dict[int,
     manifest = read_manifest(run)
     shard_size = manifest["data_config"]["shard_size"]
     writers = {k: _ClusterWriter(run, k, shard_size) for k in clusters}
-    for first, tensors, meta in iter_shards(run, "data", manifest):
+    for first, tensors, meta in iter_shards(run, layout.DATA, manifest):
         rows = torch.arange(first, first + len(tensors["labels"]))
         for k, writer in writers.items():
             writer.add(tensors, meta, part.assignments[rows] == k, rows)
@@ -65,7 +66,7 @@ def export_clusters(run: RunDir, clusters: list[int] | None = None) -> dict[int,
         entries = writer.entries
         out[k] = {**{key: value for key, value in manifest.items() if key != "shards"}, "shards": entries,
                   "count": sum(e["count"] for e in entries), "cluster": k, "partition_hash": part.meta["hash"]}
-        run.write_json(f"clusters/{k}/manifest.json", out[k])  # last
+        run.write_json(layout.manifest(layout.cluster_data(k)), out[k])  # last
     return out
 
 
@@ -75,7 +76,7 @@ def load_cluster(run: RunDir, cluster: int) -> tuple[Partition, Store]:
     part = load_partition(run)
     if not 0 <= cluster < part.num_clusters:
         raise ParisError(f"expert {cluster} does not exist: the partition has clusters 0..{part.num_clusters - 1}")
-    export = f"clusters/{cluster}"
-    if run.exists(f"{export}/manifest.json") and read_manifest(run, export)["partition_hash"] == part.meta["hash"]:
+    export = layout.cluster_data(cluster)
+    if run.exists(layout.manifest(export)) and read_manifest(run, export)["partition_hash"] == part.meta["hash"]:
         return part, load_store(run, export)
     return part, load_store(run, keep=part.assignments == cluster)

@@ -16,6 +16,7 @@ import hashlib
 
 import torch
 
+from paris import layout
 from paris import progress
 from paris.clusters.kmeans import hierarchical_kmeans, nearest_centroid
 from paris.config import PartitionConfig
@@ -69,10 +70,10 @@ def partition(run: RunDir, cfg: PartitionConfig) -> Partition:
         "hash": hashlib.sha256(assignments.numpy().tobytes() + data_hash.encode()).hexdigest()[:16],
         "label_histogram": _label_histogram(labels, assignments, num_clusters),
     }
-    run.save_tensors("partition/centroids.safetensors", {"centroids": centroids, **extra})
-    run.save_tensors("partition/assignments.safetensors", {"assignments": assignments})
+    run.save_tensors(layout.PARTITION_CENTROIDS, {"centroids": centroids, **extra})
+    run.save_tensors(layout.PARTITION_ASSIGNMENTS, {"assignments": assignments})
     write_montages(run, manifest, assignments, num_clusters, cfg.montage_images)
-    run.write_json("partition/meta.json", meta)  # last
+    run.write_json(layout.PARTITION_META, meta)  # last
     return Partition(assignments, centroids, meta)
 
 
@@ -116,17 +117,17 @@ def write_montages(run: RunDir, manifest: dict, assignments: torch.Tensor, k: in
         return
     for c, members in wanted.items():
         images = autoencoder.decode(torch.stack([latents[r] for r in members.tolist()]))
-        save_png(run, f"partition/montage/{c}.png", grid(images, rows=1, scale=max(1, 96 // images.shape[-1])))
+        save_png(run, layout.montage(c), grid(images, rows=1, scale=max(1, 96 // images.shape[-1])))
 
 
 def load_partition(run: RunDir) -> Partition:
-    meta = run.read_json("partition/meta.json")
-    if meta["data_hash"] != run.read_json("data/manifest.json")["data_hash"]:
+    meta = run.read_json(layout.PARTITION_META)
+    if meta["data_hash"] != read_manifest(run)["data_hash"]:
         raise ParisError(f"the partition in {run.url} was made from other data than {run.url}/data holds now; "
                          f"rerun `paris partition {run.url}`")
     return Partition(
-        run.load_tensors("partition/assignments.safetensors")["assignments"],
-        run.load_tensors("partition/centroids.safetensors")["centroids"],
+        run.load_tensors(layout.PARTITION_ASSIGNMENTS)["assignments"],
+        run.load_tensors(layout.PARTITION_CENTROIDS)["centroids"],
         meta,
     )
 

@@ -10,16 +10,17 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 
+from paris import layout
 from paris.errors import ParisError
 from paris.run import RunDir
 
 
 def merge(run: RunDir) -> dict:
-    names = [n for n in run.list("data/parts") if n.endswith(".json")]
+    names = [n for n in run.list(layout.DATA_PARTS) if n.endswith(".json")]
     if not names:
         raise ParisError(f"no prepared parts in {run.url}/data/parts; run `paris prepare {run.url}` "
                          f"(or `--shard-range FIRST:END` on each machine) first")
-    parts = {name: run.read_json(f"data/parts/{name}") for name in names}
+    parts = {name: run.read_json(f"{layout.DATA_PARTS}/{name}") for name in names}
     stamps = {part["fingerprint"] for part in parts.values()}
     if len(stamps) > 1:
         raise ParisError(f"the parts in {run.url}/data/parts were prepared with different data configs "
@@ -71,11 +72,11 @@ def merge(run: RunDir) -> dict:
         "shards": entries,
         "data_hash": hashlib.sha256("".join(e["sha256"] for e in entries).encode()).hexdigest()[:16],
     }
-    run.write_json("data/manifest.json", manifest)  # last: the store exists once this does
+    run.write_json(layout.manifest(), manifest)  # last: the store exists once this does
     return manifest
 
 
-def missing_shards(run: RunDir, manifest: dict, prefix: str = "data") -> list[dict]:
+def missing_shards(run: RunDir, manifest: dict, prefix: str = layout.DATA) -> list[dict]:
     """Manifest entries whose shard file is absent or of another size (a cheap check: no bytes are read)."""
     missing = []
     for entry in manifest["shards"]:

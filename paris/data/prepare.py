@@ -16,6 +16,7 @@ import json
 import time
 from collections import Counter
 
+from paris import layout
 from paris import progress
 from paris.config import RunConfig
 from paris.data import fashion_mnist
@@ -55,7 +56,7 @@ def prepare(run: RunDir, config: RunConfig, shard_range: tuple[int, int | None] 
     return it (else return the part manifest)."""
     cfg, stamp = config.data, fingerprint(config)
     whole = shard_range == (0, None)
-    if whole and run.exists("data/manifest.json"):
+    if whole and run.exists(layout.manifest()):
         manifest = read_manifest(run)
         if manifest["fingerprint"] != stamp:
             raise ParisError(f"{run.url}/data holds data prepared with another data config; prepare into a new "
@@ -80,7 +81,7 @@ def prepare(run: RunDir, config: RunConfig, shard_range: tuple[int, int | None] 
         part["empty_text"] = {"states": states[0].half().tolist(), "mask": mask[0].tolist()}
     if cfg.source == "fashion-mnist":
         part["class_names"] = fashion_mnist.CLASSES
-    run.write_json(f"data/parts/{first:06d}-{part['end']:06d}.json", part)
+    run.write_json(f"{layout.DATA_PARTS}/{first:06d}-{part['end']:06d}.json", part)
     kept = sum(e["count"] for e in entries)
     progress.say(f"encoded shards {first}..{part['end'] - 1}: {kept} images kept, skipped: "
                   f"{_reasons(_total_skipped(entries)) or 'none'}")
@@ -108,7 +109,7 @@ def _encode_range(run: RunDir, cfg, encoders, first: int, end: int | None, done:
                 if not meta["captions"] and not any(e["count"] for e in entries):
                     raise ParisError(f"none of the {len(samples)} samples of shard {index} could be used "
                                      f"({_reasons(meta['skipped'])}); {_hint(meta['skipped'])}")
-                entry, positions, encoded = write_shard(run, "data", index, tensors, meta), len(samples), True
+                entry, positions, encoded = write_shard(run, layout.DATA, index, tensors, meta), len(samples), True
             entries.append(entry)
             meter.advance(positions, encoded)
             index += 1
@@ -121,11 +122,11 @@ def _complete_shards(run: RunDir, first: int, end: int | None, stamp: str) -> di
     """Shards of this range already on storage, whole and of this config: resume keeps them. Only their
     headers are read (each holds its content hash); a shard's bytes are checked whenever it is loaded."""
     done = {}
-    for name in run.list("data/shards"):
+    for name in run.list(layout.shards()):
         index = int(name.split(".")[0]) if name.endswith(".safetensors") else -1
         if index < first or (end is not None and index >= end):
             continue
-        entry = shard_entry(run, f"data/shards/{name}", index)
+        entry = shard_entry(run, f"{layout.shards()}/{name}", index)
         if entry is None:
             progress.say(f"shard {name} is truncated or corrupt; encoding it again", warning=True)
         elif entry["fingerprint"] == stamp:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from paris import layout
 from paris.data.text_lookup import TextLookup
 from paris.errors import ParisError
 from paris.run import RunDir
@@ -34,7 +35,7 @@ def shard_name(index: int) -> str:
 
 def write_shard(run: RunDir, prefix: str, index: int, tensors: dict, meta: dict) -> dict:
     """Write one shard atomically, its content hash in its own header; returns its manifest entry."""
-    rel = f"{prefix}/shards/{shard_name(index)}"
+    rel = f"{layout.shards(prefix)}/{shard_name(index)}"
     run.save_tensors(rel, tensors, metadata={**meta, "sha256": content_hash(tensors, meta)})
     return shard_entry(run, rel, index)
 
@@ -92,7 +93,7 @@ def parse_shard(data: bytes, where: str) -> tuple[dict[str, torch.Tensor], dict]
 
 def read_shard(run: RunDir, prefix: str, entry: dict) -> tuple[dict[str, torch.Tensor], dict]:
     """A shard listed in a manifest, checked against the manifest's hash."""
-    rel = f"{prefix}/shards/{entry['name']}"
+    rel = f"{layout.shards(prefix)}/{entry['name']}"
     tensors, meta = parse_shard(run.read_bytes(rel), f"{run.url}/{rel}")
     if content_hash(tensors, meta) != entry["sha256"]:
         raise ParisError(f"{run.url}/{rel} does not match {prefix}/manifest.json (its hash differs): the shard "
@@ -100,11 +101,11 @@ def read_shard(run: RunDir, prefix: str, entry: dict) -> tuple[dict[str, torch.T
     return tensors, meta
 
 
-def read_manifest(run: RunDir, prefix: str = "data") -> dict:
-    return run.read_json(f"{prefix}/manifest.json")
+def read_manifest(run: RunDir, prefix: str = layout.DATA) -> dict:
+    return run.read_json(layout.manifest(prefix))
 
 
-def iter_shards(run: RunDir, prefix: str = "data", manifest: dict | None = None):
+def iter_shards(run: RunDir, prefix: str = layout.DATA, manifest: dict | None = None):
     """(first row, tensors, metadata) of every shard, in order: one shard in memory at a time."""
     manifest = manifest or read_manifest(run, prefix)
     row = 0
@@ -114,13 +115,13 @@ def iter_shards(run: RunDir, prefix: str = "data", manifest: dict | None = None)
         row += entry["count"]
 
 
-def read_columns(run: RunDir, names: list[str], prefix: str = "data", manifest: dict | None = None):
+def read_columns(run: RunDir, names: list[str], prefix: str = layout.DATA, manifest: dict | None = None):
     """(first row, {name: tensor}) per shard, reading only the bytes of those columns (safetensors keeps
     each tensor contiguous at offsets listed in its header): the partition reads features, not latents."""
     manifest = manifest or read_manifest(run, prefix)
     row = 0
     for entry in manifest["shards"]:
-        rel = f"{prefix}/shards/{entry['name']}"
+        rel = f"{layout.shards(prefix)}/{entry['name']}"
         header, header_end = shard_header(run, rel)
         columns = {}
         for name in names:
@@ -163,7 +164,7 @@ class Store:
         return self._text(index, drop)
 
 
-def load_store(run: RunDir, prefix: str = "data", keep: torch.Tensor | None = None) -> Store:
+def load_store(run: RunDir, prefix: str = layout.DATA, keep: torch.Tensor | None = None) -> Store:
     """The samples of the shard set under `prefix`; with `keep` ([N] bool over its rows), only those.
     One cluster's samples: paris.clusters.export.load_cluster."""
     manifest = read_manifest(run, prefix)

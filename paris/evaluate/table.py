@@ -13,6 +13,7 @@ import time
 import numpy as np
 import torch
 
+from paris import layout
 from paris import progress
 from paris.config import EvalConfig, SampleConfig, from_dict
 from paris.evaluate.adherence import accuracy, fashion_classifier
@@ -46,7 +47,7 @@ def evaluate_run(run_url: str, cfg: EvalConfig, **sampling) -> dict:
     if clip is not None:
         report["reference_clip_score"] = clip(real.images, real.prompts)
     if "monolith" in cfg.strategy_list:  # how its compute was matched to the experts'
-        trained = run.read_json("monolith/final/manifest.json")  # a monolith from before protocols: equal-batch
+        trained = run.read_json(f"{layout.final(layout.MONOLITH)}/manifest.json")  # a monolith from before protocols: equal-batch
         report["baseline"] = {"protocol": trained.get("protocol", "equal-batch"), "steps": trained["steps"],
                               "batch_size": trained["samples_seen"] // trained["steps"],
                               "samples_seen": trained["samples_seen"]}
@@ -56,8 +57,8 @@ def evaluate_run(run_url: str, cfg: EvalConfig, **sampling) -> dict:
         sampled = _sample_and_score(run_url, strategy, real, sample, cfg, measures)
         rows[strategy] = row = {"fid": frechet_distance(sampled.pop("features"), real_features), **sampled}
         progress.say(f"evaluate: {strategy}: FID {row['fid']:.2f}, {row['seconds_per_image']:.3f} s per image")
-    run.write_json("eval/report.json", report)
-    run.write_text("eval/report.md", report_markdown(report))
+    run.write_json(layout.EVAL_REPORT, report)
+    run.write_text(layout.EVAL_TABLE, report_markdown(report))
     return report
 
 

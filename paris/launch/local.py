@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from paris import layout
 from paris import progress
 from paris.errors import ParisError
 from paris.launch import train_command
@@ -74,5 +75,5 @@ def _start(run: RunDir, expert: int, overrides, log_path: Path, gpu_group: str |
 
 def _last_step(run: RunDir, expert: int) -> int:
     """The newest logged step of an expert (0 before its first log line)."""
-    path = f"experts/{expert}/progress.json"
+    path = layout.progress(layout.expert(expert))
     return run.read_json(path)["step"] if run.exists(path) else 0

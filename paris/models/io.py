@@ -7,6 +7,7 @@ import dataclasses
 from safetensors import SafetensorError
 from torch import nn
 
+from paris import layout
 from paris.config import DiTConfig, RouterConfig, from_dict
 from paris.errors import ParisError
 from paris.models.dit import DiT
@@ -36,7 +37,7 @@ def save_pretrained(run: RunDir, folder: str, model: nn.Module, manifest: dict |
 def require_pretrained(run: RunDir, folder: str) -> None:
     """Fail with a hint on how to make it when `folder` holds no finished model."""
     if not run.exists(f"{folder}/config.json"):
-        raise ParisError(f"no trained model at {run.url}/{folder}; {_missing_hint(folder)}")
+        raise ParisError(f"no trained model at {run.url}/{folder}; {layout.next_step(folder)}")
 
 
 def load_pretrained(run: RunDir, folder: str) -> nn.Module:
@@ -75,12 +76,3 @@ def load_state_dict_strict(model: nn.Module, state: dict, where: str) -> None:
                          + (f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""))
     model.load_state_dict(state)
 
-
-def _missing_hint(folder: str) -> str:
-    if folder.startswith("experts/"):
-        return f"train it with `paris train-expert RUN --expert {folder.split('/')[1]}`"
-    if folder.startswith("router"):
-        return "train it with `paris train-router RUN`"
-    if folder.startswith("monolith"):
-        return "train it with `paris train-monolith RUN`"
-    return "is the folder complete?"

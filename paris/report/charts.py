@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 
+from paris import layout
 from paris.run import RunDir  # noqa: E402
 from paris.train.metrics import read_metrics  # noqa: E402
 
@@ -57,7 +58,7 @@ def evaluation_chart(run: RunDir, report: dict) -> None:
     rows = report["strategies"]
     measured = next(iter(rows.values()))
     bar_chart(run, {title: {name: row[key] for name, row in rows.items()}
-                    for title, key in panels.items() if key in measured}, "eval/report.png")
+                    for title, key in panels.items() if key in measured}, layout.EVAL_CHART)
 
 
 def bar_chart(run: RunDir, panels: dict[str, dict[str, float]], rel: str) -> None:

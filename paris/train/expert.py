@@ -10,6 +10,7 @@ import dataclasses
 
 import torch
 
+from paris import layout
 from paris import progress
 from paris.config import RunConfig, TrainConfig, dit_config
 from paris.clusters.export import load_cluster
@@ -29,7 +30,7 @@ def train_expert(run: RunDir, config: RunConfig, expert: int) -> dict:
         raise ParisError(f"cluster {expert} is empty; re-run `paris partition` with fewer clusters")
     identity = {"cluster": expert, "partition_hash": part.meta["hash"], "cluster_size": len(store)}
     cfg = dataclasses.replace(config.expert, steps=expert_steps(config, part.meta, expert))
-    return _train_flow_model(run, cfg, store, f"expert {expert}", f"experts/{expert}", identity,
+    return _train_flow_model(run, cfg, store, f"expert {expert}", layout.expert(expert), identity,
                              seed=cfg.seed + expert)  # experts start differently
 
 
@@ -63,7 +64,7 @@ def train_monolith(run: RunDir, config: RunConfig) -> dict:
     identity = {"cluster": "all", "partition_hash": part.meta["hash"], "cluster_size": len(store),
                 "protocol": config.baseline.protocol}
     cfg = dataclasses.replace(config.expert, steps=steps, batch_size=batch)
-    return _train_flow_model(run, cfg, store, "monolith", "monolith", identity, seed=cfg.seed)
+    return _train_flow_model(run, cfg, store, "monolith", layout.MONOLITH, identity, seed=cfg.seed)
 
 
 def train_seed(run: RunDir, config: RunConfig, steps: int) -> dict:
@@ -77,7 +78,7 @@ def train_seed(run: RunDir, config: RunConfig, steps: int) -> dict:
     store = load_store(run)
     identity = {"cluster": "all", "partition_hash": part.meta["hash"], "cluster_size": len(store)}
     cfg = dataclasses.replace(config.expert, steps=steps, batch_size=batch, init_from="")
-    return _train_flow_model(run, cfg, store, "seed", "seed", identity, seed=cfg.seed)
+    return _train_flow_model(run, cfg, store, "seed", layout.SEED, identity, seed=cfg.seed)
 
 
 def _train_flow_model(run: RunDir, cfg: TrainConfig, store: Store, name: str, folder: str, identity: dict,

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from paris import layout
 from paris import progress
 from paris.config import TrainConfig
 from paris.errors import ParisError
@@ -131,7 +132,7 @@ def train(run: RunDir, job: Job, cfg: TrainConfig) -> dict:
     summary = {"steps": cfg.steps, "batch_size": cfg.batch_size, "samples_seen": cfg.steps * cfg.batch_size, "final_loss": last_loss,
                "config_hash": _hash(dataclasses.asdict(cfg)), **job.identity}
     if dist.is_main:
-        save_pretrained(run, f"{job.folder}/final", ema, manifest=summary)
+        save_pretrained(run, layout.final(job.folder), ema, manifest=summary)
     dist.barrier()
     distributed.teardown()
     return summary

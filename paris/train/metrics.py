@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+from paris import layout
 from paris.run import RunDir
 
 
@@ -20,7 +21,7 @@ class MetricsLog:
 
     def log(self, record: dict) -> None:
         self.pending.append(record)
-        self.run.write_json(f"{self.folder}/progress.json", record)
+        self.run.write_json(layout.progress(self.folder), record)
         if self.writer:
             for key, value in record.items():
                 if key not in ("step", "time"):

@@ -13,6 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from paris import layout
 from paris import progress
 from paris.config import RunConfig, router_config
 from paris.data.store import Store, load_store
@@ -53,10 +54,10 @@ def train_router(run: RunDir, config: RunConfig) -> dict:
         text = {k: v.to(device) for k, v in _text(store, rows, cfg.use_text, device).items()}
         return F.cross_entropy(model(x_t, t, **text).float(), targets[rows].to(device))
 
-    job = Job("router", "router", model, loss, len(train_index), identity)
+    job = Job("router", layout.ROUTER, model, loss, len(train_index), identity)
     summary = train(run, job, dataclasses.replace(cfg, steps=steps))
-    accuracy = router_accuracy(load_pretrained(run, "router/final"), store, val, targets[val], cfg.use_text, cfg.seed)
-    run.write_json("router/accuracy.json", accuracy)
+    accuracy = router_accuracy(load_pretrained(run, layout.final(layout.ROUTER)), store, val, targets[val], cfg.use_text, cfg.seed)
+    run.write_json(layout.ROUTER_ACCURACY, accuracy)
     return {**summary, "accuracy": accuracy}
 
 

@@ -1,0 +1,91 @@
+"""Where every artifact lives in a run directory, named once: the contract between stages and machines.
+
+    config.yaml                          the run's resolved config
+    data/manifest.json, data/shards/     the prepared samples (paris.data.store); data/parts/ while split over machines
+    partition/meta.json, ...             the clusters (paris.clusters.partition); clusters/<k>/: one cluster's own shards
+    experts/<k>/, router/, monolith/, seed/   training jobs: LATEST + ckpt/ (paris.train.checkpoint), progress.json
+                                         and metrics/ (paris.train.metrics), final/ (the release layout), loss.png
+    eval/report.{json,md,png}            `paris evaluate`;  report.json, samples/, loss_curves.png: `paris demo`
+"""
+
+from __future__ import annotations
+
+CONFIG = "config.yaml"
+
+# --- data: a shard set is a folder with a manifest and shards; the run's own is data/ --------------------
+DATA = "data"
+DATA_PARTS = "data/parts"
+
+
+def manifest(shard_set: str = DATA) -> str:
+    return f"{shard_set}/manifest.json"
+
+
+def shards(shard_set: str = DATA) -> str:
+    return f"{shard_set}/shards"
+
+
+def cluster_data(cluster: int) -> str:
+    """The shard set of one cluster, written by `paris export-clusters`."""
+    return f"clusters/{cluster}"
+
+
+# --- partition ---------------------------------------------------------------------------------------------
+PARTITION_META = "partition/meta.json"  # written last
+PARTITION_ASSIGNMENTS = "partition/assignments.safetensors"
+PARTITION_CENTROIDS = "partition/centroids.safetensors"
+
+
+def montage(cluster: int) -> str:
+    return f"partition/montage/{cluster}.png"
+
+
+# --- training jobs -----------------------------------------------------------------------------------------
+ROUTER, MONOLITH, SEED = "router", "monolith", "seed"
+ROUTER_ACCURACY = "router/accuracy.json"
+
+
+def expert(k: int) -> str:
+    return f"experts/{k}"
+
+
+def final(job: str) -> str:
+    """A job's finished model: config.json + safetensors (+ manifest.json), the release layout."""
+    return f"{job}/final"
+
+
+def progress(job: str) -> str:
+    return f"{job}/progress.json"
+
+
+def loss_chart(job: str) -> str:
+    return f"{job}/loss.png"
+
+
+# --- results -----------------------------------------------------------------------------------------------
+EVAL_REPORT, EVAL_TABLE, EVAL_CHART = "eval/report.json", "eval/report.md", "eval/report.png"
+DEMO_REPORT, DEMO_LOSS_CURVES = "report.json", "loss_curves.png"
+
+
+def demo_samples(strategy: str) -> str:
+    return f"samples/{strategy}.png"
+
+
+# What to run to make a missing artifact, by its first folder (the one table of hints).
+NEXT_STEP = {
+    "config.yaml": "run `paris prepare RUN` first",
+    "data": "run `paris prepare RUN` first",
+    "partition": "run `paris partition RUN` first",
+    "clusters": "run `paris export-clusters RUN`",
+    "router": "train it with `paris train-router RUN`",
+    "monolith": "train it with `paris train-monolith RUN`",
+    "seed": "train it with `paris train-seed RUN --steps N`",
+}
+
+
+def next_step(rel: str) -> str:
+    """What to run to produce the missing artifact `rel`."""
+    top, _, rest = rel.partition("/")
+    if top == "experts" and rest:
+        return f"train it with `paris train-expert RUN --expert {rest.split('/')[0]}`"
+    return NEXT_STEP.get(top, "is the run directory right?")
