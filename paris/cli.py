@@ -290,36 +290,24 @@ def launch(
     set: list[str] = SET,
 ):
     """Start one independent training job per expert; one failed expert never stops the others."""
-    from paris.launch import BACKENDS, local, skypilot, slurm
-    from paris.launch.ray import launch_ray
+    from paris.launch import LaunchRequest
+    from paris.launch import backend as find_backend
     from paris.train.expert import expert_steps
 
-    if backend not in BACKENDS:
-        raise ParisError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    start = find_backend(backend)
     run_dir, cfg = _config(run, set)
     meta = run_dir.read_json(layout.PARTITION_META)
-    chosen = _expert_list(experts, meta["num_clusters"])
-    per_expert = gpus_per_expert or (1 if gpus or backend in ("slurm", "skypilot") else 0)
-    if backend == "slurm":
-        path = slurm.write_sbatch(run, chosen, out, set, nodes, per_expert, time_limit, slurm_partition)
-        typer.echo(f"wrote {path}" + (f"; {slurm.submit(path)}" if submit else f"; submit it with: sbatch {path}"))
+    targets = {k: expert_steps(cfg, meta, k) for k in _expert_list(experts, meta["num_clusters"])}
+    launched = start(LaunchRequest(run_dir, targets, list(set), gpus_per_expert, jobs, gpus.split(",") if gpus else [],
+                                   nodes, time_limit, slurm_partition, accelerators, ray_address, out, submit))
+    if launched.note:
+        typer.echo(launched.note)
+    if launched.codes is None:  # written or submitted: the jobs run elsewhere
         return
-    if backend == "skypilot":
-        paths = skypilot.write_tasks(run, chosen, out, set, accelerators, nodes)
-        typer.echo("wrote " + ", ".join(map(str, paths)))
-        if submit:
-            skypilot.submit(paths)
-        return
-    if backend == "ray":
-        codes = launch_ray(run, chosen, set, ray_address, per_expert)
-    else:
-        gpu_ids = gpus.split(",") if gpus else []
-        targets = {k: expert_steps(cfg, meta, k) for k in chosen}
-        codes = local.launch_local(run_dir, targets, local.local_jobs(jobs, len(chosen)), set, out, gpu_ids, per_expert)
-    failed = sorted(k for k, code in codes.items() if code != 0)
+    failed = sorted(k for k, code in launched.codes.items() if code != 0)
     if failed:
         raise ParisError(f"experts {failed} failed (the others finished); rerun `paris launch` to resume them")
-    typer.echo(f"all {len(chosen)} experts done")
+    typer.echo(f"all {len(targets)} experts done")
 
 
 @app.command()

@@ -19,7 +19,6 @@ from collections import Counter
 from paris import layout
 from paris import progress
 from paris.config import RunConfig
-from paris.data import fashion_mnist
 from paris.models.encoders import build_text_encoder, default_device
 from paris.data.merge import merge, missing_shards
 from paris.data.shard_encoder import ShardEncoder
@@ -79,8 +78,8 @@ def prepare(run: RunDir, config: RunConfig, shard_range: tuple[int, int | None] 
     if cfg.text_storage == "embeddings":
         states, mask = text.encode([""])
         part["empty_text"] = {"states": states[0].half().tolist(), "mask": mask[0].tolist()}
-    if cfg.source == "fashion-mnist":
-        part["class_names"] = fashion_mnist.CLASSES
+    if source.class_names:
+        part["class_names"] = source.class_names
     run.write_json(f"{layout.DATA_PARTS}/{first:06d}-{part['end']:06d}.json", part)
     kept = sum(e["count"] for e in entries)
     progress.say(f"encoded shards {first}..{part['end'] - 1}: {kept} images kept, skipped: "

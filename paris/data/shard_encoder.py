@@ -64,7 +64,7 @@ class ShardEncoder:
         return tensors, meta
 
     def _image_shape(self) -> tuple:
-        return (1, 32, 32) if self.cfg.source == "fashion-mnist" else (3, self.cfg.image_size, self.cfg.image_size)
+        return self.source.image_shape(self.cfg)
 
     def _encode(self, images: torch.Tensor, captions: list[str]) -> dict[str, torch.Tensor]:
         ids, mask = self.text.tokenize(captions)

@@ -40,7 +40,35 @@ class Sample:
     label: int = -1
 
 
-class FashionMnistSource:
+class Source:
+    """What every source knows about its data set beyond the samples; the defaults are those of web data."""
+
+    class_names: list[str] | None = None  # names of the label values, when the labels are classes
+    has_held_out_split = False  # a test split the training never sees, so evaluation needs no --reference
+
+    @staticmethod
+    def image_shape(cfg: DataConfig) -> tuple[int, int, int]:
+        """[C, H, W] of a preprocessed image."""
+        return (3, cfg.image_size, cfg.image_size)
+
+    @staticmethod
+    def prompt(sample: Sample) -> str:
+        """The prompt that asks for an image like `sample` when evaluating: its caption."""
+        return sample.caption
+
+
+class FashionMnistSource(Source):
+    class_names = fashion_mnist.CLASSES
+    has_held_out_split = True
+
+    @staticmethod
+    def image_shape(cfg: DataConfig) -> tuple[int, int, int]:
+        return (1, 32, 32)  # 28x28 padded, whatever data.image_size says
+
+    @staticmethod
+    def prompt(sample: Sample) -> str:
+        return fashion_mnist.class_prompt(sample.label)  # asked for its class, as the demo samples
+
     def __init__(self, cfg: DataConfig):
         self.images, self.labels = fashion_mnist.load(cfg.path, cfg.split, cfg.limit)
         self.size = len(self.images)  # sources that know their length get an ETA
@@ -51,7 +79,7 @@ class FashionMnistSource:
             yield Sample(str(i), self.images[i], fashion_mnist.caption(label, i), label)
 
 
-class FolderSource:
+class FolderSource(Source):
     def __init__(self, cfg: DataConfig):
         self.fs, self.root = filesystem(cfg.path.rstrip("/"))
         if not self.fs.isdir(self.root):
@@ -92,7 +120,7 @@ class FolderSource:
         return self.fs.cat_file(txt).decode().strip() if self.fs.exists(txt) else None
 
 
-class WebDatasetSource:
+class WebDatasetSource(Source):
     def __init__(self, cfg: DataConfig):
         from webdataset.tariterators import braceexpand
 
@@ -169,7 +197,7 @@ class WebDatasetSource:
         label = int(meta[self.cfg.label_column]) if self.cfg.label_column in meta else -1
         return Sample(record["__key__"], image, caption, label)
 
-class HuggingFaceSource:
+class HuggingFaceSource(Source):
     def __init__(self, cfg: DataConfig):
         import datasets
 

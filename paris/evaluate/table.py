@@ -34,9 +34,9 @@ def evaluate_run(run_url: str, cfg: EvalConfig, **sampling) -> dict:
     sample = from_dict(SampleConfig, {**dataclasses.asdict(config.sample), **sampling}, "sample.")
     real = load_reference(config, cfg.num_samples, cfg.reference, cfg.reference_source)
     clip = ClipScore(cfg.clip_model) if cfg.clip_model else None  # loaded before sampling: a bad path fails at once
-    classifier = None  # adherence needs the classes: a Fashion-MNIST run, compared with Fashion-MNIST images
-    if config.data.source == "fashion-mnist" and real.labels is not None:
-        classifier = fashion_classifier(config.data.path, cfg.classifier_images, cfg.seed)
+    classifier = None  # adherence needs classes: only Fashion-MNIST references have them (and a train split beside)
+    if real.labels is not None:
+        classifier = fashion_classifier(real.path, cfg.classifier_images, cfg.seed)
     features = InceptionFeatures(cfg.inception)
     progress.say(f"evaluate: Inception features of {len(real.prompts)} reference images ({real.where})")
     real_features = features(real.images)

@@ -15,8 +15,15 @@ from pathlib import Path
 from paris import layout
 from paris import progress
 from paris.errors import ParisError
-from paris.launch import train_command
+from paris.launch import Launched, LaunchRequest, train_command
 from paris.run import RunDir
+
+def launch(request: LaunchRequest) -> Launched:
+    per_expert = request.gpus_per_expert or (1 if request.gpus else 0)
+    codes = launch_local(request.run, request.targets, local_jobs(request.jobs, len(request.targets)),
+                         request.overrides, request.out, request.gpus, per_expert)
+    return Launched(codes)
+
 
 def local_jobs(jobs: int, num_experts: int) -> int:
     """How many experts to train at once: `jobs`, or by default one per CPU core and at most one per expert."""

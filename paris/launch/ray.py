@@ -11,7 +11,12 @@ import subprocess
 import sys
 
 from paris.errors import ParisError
-from paris.launch import train_command
+from paris.launch import Launched, LaunchRequest, train_command
+
+
+def launch(request: LaunchRequest) -> Launched:
+    return Launched(launch_ray(request.run.url, request.experts, request.overrides, request.ray_address,
+                               request.gpus_per_expert))
 
 
 def launch_ray(run_url: str, experts: list[int], overrides: list[str] = (), address: str | None = "auto",

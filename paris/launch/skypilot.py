@@ -14,9 +14,17 @@ from pathlib import Path
 import yaml
 
 from paris.errors import ParisError
-from paris.launch import train_command
+from paris.launch import Launched, LaunchRequest, train_command
 
 MOUNT = "/paris-run"
+
+
+def launch(request: LaunchRequest) -> Launched:
+    paths = write_tasks(request.run.url, request.experts, request.out, request.overrides, request.accelerators,
+                        request.nodes)
+    if request.submit:
+        submit(paths)
+    return Launched(None, "wrote " + ", ".join(map(str, paths)) + ("; submitted" if request.submit else ""))
 
 
 def write_tasks(run_url: str, experts: list[int], out_dir: Path, overrides: list[str] = (),

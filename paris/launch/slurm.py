@@ -13,7 +13,13 @@ import subprocess
 from pathlib import Path
 
 from paris.errors import ParisError
-from paris.launch import train_command
+from paris.launch import Launched, LaunchRequest, train_command
+
+
+def launch(request: LaunchRequest) -> Launched:
+    path = write_sbatch(request.run.url, request.experts, request.out, request.overrides, request.nodes,
+                        request.gpus_per_expert or 1, request.time_limit, request.slurm_partition)
+    return Launched(None, f"wrote {path}" + (f"; {submit(path)}" if request.submit else f"; submit it with: sbatch {path}"))
 
 
 def write_sbatch(run_url: str, experts: list[int], out_dir: Path, overrides: list[str] = (), nodes: int = 1,
