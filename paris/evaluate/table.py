@@ -52,9 +52,10 @@ def evaluate_run(run_url: str, cfg: EvalConfig, **sampling) -> dict:
                               "batch_size": trained["samples_seen"] // trained["steps"],
                               "samples_seen": trained["samples_seen"]}
     report["strategies"] = rows = {}
-    measures = {"features": features, "classifier": classifier, "clip": clip}
+    measures = Measures(features, classifier, clip)
     for strategy in cfg.strategy_list:
-        sampled = _sample_and_score(run_url, strategy, real, sample, cfg, measures)
+        pipe = ParisPipeline.from_run(run_url, monolith=strategy == "monolith")
+        sampled = sample_and_score(pipe, strategy, real.prompts, real.labels, sample, cfg.seed, cfg.batch_size, measures)
         rows[strategy] = row = {"fid": frechet_distance(sampled.pop("features"), real_features), **sampled}
         progress.say(f"evaluate: {strategy}: FID {row['fid']:.2f}, {row['seconds_per_image']:.3f} s per image")
     run.write_json(layout.EVAL_REPORT, report)
@@ -62,34 +63,49 @@ def evaluate_run(run_url: str, cfg: EvalConfig, **sampling) -> dict:
     return report
 
 
-def _sample_and_score(run_url: str, strategy: str, real, sample: SampleConfig, cfg: EvalConfig,
-                      measures: dict) -> dict:
-    """One image per reference prompt with one strategy, scored batch by batch (so memory does not grow with
-    the number of samples): Inception features, adherence and CLIP score when measured, and the cost."""
-    monolith = strategy == "monolith"
-    pipe = ParisPipeline.from_run(run_url, monolith=monolith)
-    features, correct, clip_scores, seconds, passes = [], 0.0, [], 0.0, 0.0
-    with progress.bar(f"evaluate: {strategy}", len(real.prompts), unit="images") as bar:
-        for i in range(0, len(real.prompts), cfg.batch_size):
-            prompts = real.prompts[i : i + cfg.batch_size]
+@dataclasses.dataclass
+class Measures:
+    """What to score each generated image with; None: not measured."""
+
+    features: InceptionFeatures | None = None  # for FID
+    classifier: torch.nn.Module | None = None  # prompt adherence: needs the prompts' labels
+    clip: ClipScore | None = None
+
+
+def sample_and_score(pipe: ParisPipeline, strategy: str, prompts: list[str], labels: torch.Tensor | None,
+                     sample: SampleConfig, seed: int, batch_size: int, measures: Measures,
+                     keep_images: bool = False) -> dict:
+    """One image per prompt with one strategy, scored batch by batch (so memory does not grow with the number
+    of samples): Inception features, adherence and CLIP score when measured, and the cost. Batch i is drawn
+    with seed + i; with `keep_images`, the images come back too."""
+    features, correct, clip_scores, seconds, passes, kept = [], 0.0, [], 0.0, 0.0, []
+    with progress.bar(f"sample: {strategy}", len(prompts), unit="images") as bar:
+        for i in range(0, len(prompts), batch_size):
+            batch = prompts[i : i + batch_size]
             tick = time.perf_counter()
-            images, stats = pipe.generate(prompts, strategy="top1" if monolith else strategy, seed=cfg.seed + i,
-                                          steps=sample.steps, guidance=sample.guidance, route_every=sample.route_every,
-                                          sampler=sample.sampler, shift=sample.shift, guidance_mode=sample.guidance_mode)
+            images, stats = pipe.generate(batch, strategy="top1" if strategy == "monolith" else strategy,
+                                          seed=seed + i, steps=sample.steps, guidance=sample.guidance,
+                                          route_every=sample.route_every, sampler=sample.sampler, shift=sample.shift,
+                                          guidance_mode=sample.guidance_mode)
             seconds += time.perf_counter() - tick  # the cost column counts sampling only, not scoring
             passes += stats["expert_passes_per_image"] * len(images)
-            features.append(measures["features"](images))
-            if measures["classifier"] is not None:
-                correct += accuracy(measures["classifier"], images, real.labels[i : i + cfg.batch_size]) * len(images)
-            if measures["clip"] is not None:
-                clip_scores.append(measures["clip"].pairs(images, prompts))
+            if measures.features is not None:
+                features.append(measures.features(images))
+            if measures.classifier is not None:
+                correct += accuracy(measures.classifier, images, labels[i : i + batch_size]) * len(images)
+            if measures.clip is not None:
+                clip_scores.append(measures.clip.pairs(images, batch))
+            if keep_images:
+                kept.append(images)
             bar.update(advance=len(images))
-    n = len(real.prompts)
-    row = {"features": np.concatenate(features)}
-    if measures["classifier"] is not None:
+    n = len(prompts)
+    row = {"features": np.concatenate(features)} if features else {}
+    if measures.classifier is not None:
         row["prompt_adherence"] = correct / n
-    if measures["clip"] is not None:
+    if measures.clip is not None:
         row["clip_score"] = torch.cat(clip_scores).mean().item()
+    if keep_images:
+        row["images"] = torch.cat(kept)
     return {**row, "expert_passes_per_image_step": passes / n, "seconds_per_image": seconds / n}
 
 

@@ -75,6 +75,6 @@ def demo_table(report: dict) -> Table:
     table.add_column("expert passes / image / step", justify="right")
     table.add_column("prompt adherence", justify="right")
     for strategy, row in report["strategies"].items():
-        table.add_row(strategy, f"{row['seconds_per_image']:.3f}", f"{row['expert_passes_per_image']:.2f}",
+        table.add_row(strategy, f"{row['seconds_per_image']:.3f}", f"{row['expert_passes_per_image_step']:.2f}",
                       f"{row['prompt_adherence']:.1%}")
     return table
