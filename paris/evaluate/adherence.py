@@ -53,10 +53,10 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: float =
     return model.eval()
 
 
-def fashion_classifier(data_path: str, limit: int = 0, seed: int = 0) -> FashionClassifier:
+def fashion_classifier(data_path: str, limit: int | None = None, seed: int = 0) -> FashionClassifier:
     """The adherence classifier, trained on the real train split once per machine and then read from a cache
     ($PARIS_CACHE, else ~/.cache/paris): training it takes minutes on a CPU, and every evaluation needs it."""
-    key = hashlib.sha256(f"{os.path.abspath(data_path)}|{limit}|{seed}|{CLASSIFIER_RECIPE}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{os.path.abspath(data_path)}|{limit or 0}|{seed}|{CLASSIFIER_RECIPE}".encode()).hexdigest()[:16]
     cache, name = RunDir(os.environ.get("PARIS_CACHE", os.path.expanduser("~/.cache/paris"))), f"fashion-classifier-{key}.safetensors"
     if cache.exists(name):
         model = FashionClassifier()

@@ -26,7 +26,7 @@ class Reference:
     path: str  # the data set it was read from (with labels, its train split trains the adherence classifier)
 
 
-def load_reference(config: RunConfig, num_samples: int, path: str = "", source: str = "") -> Reference:
+def load_reference(config: RunConfig, num_samples: int, path: str | None = None, source: str | None = None) -> Reference:
     """The first `num_samples` usable images of the reference and their prompts."""
     if source and not path:
         raise ParisError(f"--reference-source {source} needs --reference PATH_OR_URL, the data set to read it from")
@@ -38,7 +38,7 @@ def load_reference(config: RunConfig, num_samples: int, path: str = "", source: 
     if source not in SOURCES:
         raise ParisError(f"unknown --reference-source {source!r}; choose one of {', '.join(SOURCES)}")
     # Held out: the test split of Fashion-MNIST and of a Hugging Face DatasetDict; all images, not data.limit.
-    cfg = dataclasses.replace(config.data, source=source, path=path, split="test", limit=0)
+    cfg = dataclasses.replace(config.data, source=source, path=path, split="test", limit=None)
     reader = open_source(cfg)
     images, prompts, labels = [], [], []
     for sample in reader.samples():

@@ -38,7 +38,7 @@ class LaunchRequest:
     gpus: list[str] = field(default_factory=list)  # local: GPU ids to share out
     nodes: int = 1  # slurm, skypilot: nodes per expert
     time_limit: str = "24:00:00"  # slurm
-    slurm_partition: str = ""  # slurm
+    slurm_partition: str | None = None  # slurm; None: the cluster's default
     accelerators: str = "A100:1"  # skypilot
     ray_address: str = "auto"  # ray
     out: Path = Path("launch")  # slurm, skypilot: where the scripts go; local: logs

@@ -23,7 +23,7 @@ def launch(request: LaunchRequest) -> Launched:
 
 
 def write_sbatch(run_url: str, experts: list[int], out_dir: Path, overrides: list[str] = (), nodes: int = 1,
-                 gpus_per_node: int = 1, time_limit: str = "24:00:00", partition: str = "",
+                 gpus_per_node: int = 1, time_limit: str = "24:00:00", partition: str | None = None,
                  max_parallel: int = 0) -> Path:
     """Write <out_dir>/paris_experts.sbatch and return its path."""
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -77,7 +77,7 @@ def train_seed(run: RunDir, config: RunConfig, steps: int) -> dict:
     _, batch = baseline_schedule(config, part.num_clusters)
     store = load_store(run)
     identity = {"cluster": "all", "partition_hash": part.meta["hash"], "cluster_size": len(store)}
-    cfg = dataclasses.replace(config.expert, steps=steps, batch_size=batch, init_from="")
+    cfg = dataclasses.replace(config.expert, steps=steps, batch_size=batch, init_from=None)
     return _train_flow_model(run, cfg, store, "seed", layout.SEED, identity, seed=cfg.seed)
 
 
