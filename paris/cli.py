@@ -253,6 +253,7 @@ def generate(
         raise ParisError(f"--num must be at least 1, got {num}")
     if strategy:
         parse_strategy(strategy)  # a typo fails now, not after loading the experts
+    _check_image_path(out)
     is_run = RunDir(run).exists("config.yaml")  # a training run; otherwise a folder written by save_pretrained
     pipe = (ParisPipeline.from_run if is_run else ParisPipeline.from_pretrained)(run, max_resident_experts, device)
     prompts = [p for p in prompt for _ in range(num)]
@@ -260,7 +261,6 @@ def generate(
     images, stats = pipe.generate(prompts, strategy=strategy, steps=steps, guidance=guidance, seed=seed,
                                   sampler=sampler, shift=shift, guidance_mode=guidance_mode,
                                   route_every=route_every, trace=show_routing)
-    out.parent.mkdir(parents=True, exist_ok=True)
     grid(images, rows=len(prompt), labels=prompt if len(prompt) > 1 else None, scale=4).save(out)
     typer.echo(f"wrote {out} ({len(prompts)} images, strategy {strategy}, "
                f"{stats['expert_passes_per_image']:.2f} expert passes per image and step, "
@@ -372,6 +372,22 @@ def demo(
         evaluation_chart(run_dir, table)
         console.print(report_markdown(table), soft_wrap=True)
         console.print(f"wrote {out}/eval/report.md, report.json and report.png")
+
+
+def _check_image_path(out: Path) -> None:
+    """Refuse, before minutes of sampling, an output path that cannot take an image."""
+    import os
+
+    if out.is_dir():
+        raise ParisError(f"--out {out} is a directory; give a file name such as {out / 'samples.png'}")
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        raise ParisError(f"--out {out} needs an image file name ending in .png, .jpg or .webp")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ParisError(f"cannot create the folder of --out {out}: {e.strerror}") from None
+    if not os.access(out.parent, os.W_OK):
+        raise ParisError(f"cannot write --out {out}: {out.parent} is not writable")
 
 
 def _loss_chart(run, folder: str, name: str) -> None:

@@ -263,8 +263,9 @@ def _preset(presets: dict, name: str, what: str):
     return presets[name]
 
 
-def from_dict(cls, data: dict, where: str = ""):
-    """Build dataclass `cls` from a plain dict, refusing unknown keys and values of the wrong type."""
+def from_dict(cls, data: dict, where: str = "", complete: bool = False):
+    """Build dataclass `cls` from a plain dict, refusing unknown keys and values of the wrong type. With
+    `complete`, every field must be given: a model's architecture is read, never filled in with a default."""
     if not isinstance(data, dict):
         raise ParisError(f"config {where or 'root'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls, include_extras=True)
@@ -272,6 +273,10 @@ def from_dict(cls, data: dict, where: str = ""):
     for key in data:
         if key not in names:
             raise ParisError(f"unknown config key {where + key!r}; valid keys here: {', '.join(sorted(names))}")
+    missing = sorted(names - data.keys()) if complete else []
+    if missing:
+        raise ParisError(f"config {where}lacks {', '.join(missing)}; a model's config must give every "
+                         f"field (it was written by another version, or edited by hand)")
     values = {}
     for key, value in data.items():
         kind = hints[key]

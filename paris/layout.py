@@ -83,6 +83,11 @@ NEXT_STEP = {
 }
 
 
+def remake(rel: str) -> str:
+    """What to do about a damaged artifact `rel`: delete it and make it again."""
+    return f"delete it and rerun the stage that wrote it ({next_step(rel)})"
+
+
 def next_step(rel: str) -> str:
     """What to run to produce the missing artifact `rel`."""
     top, _, rest = rel.partition("/")

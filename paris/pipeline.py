@@ -28,6 +28,10 @@ from paris.run import RunDir
 from paris.sample import ExpertPool, Mixture, generate
 
 
+# What a pipeline folder's config.json must say (and save_pretrained writes, with the sample settings).
+PIPELINE_KEYS = ("num_experts", "latent_shape", "autoencoder", "latent_scale", "text_encoder", "max_tokens")
+
+
 class ParisPipeline:
     def __init__(self, mixture: Mixture, config: dict, sample: SampleConfig | None = None):
         self.mixture, self.config = mixture, config
@@ -60,6 +64,10 @@ class ParisPipeline:
         if not folder.exists("config.json"):
             raise ParisError(f"{path} is not a Paris pipeline folder (no config.json); write one with save_pretrained")
         config = folder.read_json("config.json")
+        lacking = [key for key in PIPELINE_KEYS if key not in config]
+        if lacking:
+            raise ParisError(f"{path}/config.json lacks {', '.join(lacking)}; it is not a complete Paris pipeline "
+                             "config (write one with save_pretrained)")
         experts = [f"expert_{k}" for k in range(config["num_experts"])]
         missing = [e for e in experts + ["text_encoder"] if not folder.exists(e)]
         if missing:

@@ -62,7 +62,11 @@ class RunDir:
         self.write_bytes(rel, json.dumps(obj, indent=2).encode())
 
     def read_json(self, rel: str):
-        return json.loads(self.read_bytes(rel))
+        """A JSON file; one cut short or damaged (a crash while a non-atomic store wrote it) is a ParisError."""
+        try:
+            return json.loads(self.read_bytes(rel))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ParisError(f"{self.url}/{rel} is damaged (not valid JSON: {e}); {layout.remake(rel)}") from None
 
     def write_text(self, rel: str, text: str) -> None:
         self.write_bytes(rel, text.encode())

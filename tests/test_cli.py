@@ -72,3 +72,9 @@ def test_generate_missing_expert_checkpoint(run, tmp_path):
 
 def test_command_on_a_run_that_was_never_prepared(tmp_path):
     assert_user_error(run_cli("train-router", str(tmp_path / "nothing")), "config.yaml", "paris prepare")
+
+
+@pytest.mark.parametrize("out, message", [("samples", "needs an image file name ending in .png"),
+                                          (".", "is a directory"), ("/proc/x/samples.png", "cannot create the folder")])
+def test_generate_checks_its_output_before_sampling(run, out, message):
+    assert_user_error(run_cli("generate", run.url, "--prompt", "a bag", "--out", out), message)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -111,3 +112,20 @@ def test_ray_backend_trains_every_expert_and_reports_a_failure(partitioned, tmp_
     assert codes[0] == 0 and codes[1] == 0 and codes[5] != 0  # expert 5 does not exist; 0 and 1 are unaffected
     for k in (0, 1):
         assert run.read_json(f"experts/{k}/final/manifest.json")["steps"] == 2
+
+
+@pytest.mark.parametrize("backend", ["slurm", "skypilot"])
+def test_launch_scripts_quote_every_value(tmp_path, backend):
+    """A `--set` value reaches the expert's command as one word on the node, never as shell code."""
+    hostile = "data.caption_column=text; touch PWNED #"
+    if backend == "slurm":
+        line = next(l for l in write_sbatch("s3://b/run", [0], tmp_path, [hostile]).read_text().splitlines()
+                    if l.startswith("srun "))
+    else:
+        line = yaml.safe_load(write_tasks("s3://b/run", [0], tmp_path, [hostile])[0].read_text())["run"]
+    words = "srun() { \"$@\"; }; python() { printf '%s\\n' \"$@\"; }; "  # show the words python would get
+    env = {"PATH": os.environ["PATH"], "SKYPILOT_NODE_IPS": "10.0.0.1", "SKYPILOT_NUM_NODES": "1",
+           "SKYPILOT_NODE_RANK": "0", "SLURM_ARRAY_TASK_ID": "0", "SLURM_NNODES": "1", "SLURM_JOB_ID": "7", "head": "h"}
+    shown = subprocess.run(["bash", "-c", words + line], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert hostile in shown.stdout.splitlines() and not (tmp_path / "PWNED").exists()

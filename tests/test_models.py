@@ -268,3 +268,20 @@ def test_load_corrupt_weights_is_a_paris_error(tmp_path):
     run.write_bytes("m/diffusion_pytorch_model.safetensors", b"not a safetensors file")
     with pytest.raises(ParisError, match="safetensors"):
         load_pretrained(run, "m")
+
+
+def test_load_refuses_a_config_with_a_missing_key(run):
+    """An architecture is read, never filled in with a default: without num_heads the model is refused."""
+    _saved(run)
+    config = run.read_json("m/config.json")
+    del config["num_heads"]
+    run.write_json("m/config.json", config)
+    with pytest.raises(ParisError, match="config.json: lacks num_heads"):
+        load_pretrained(run, "m")
+
+
+def test_a_damaged_json_file_is_a_paris_error_that_says_what_to_do(run):
+    _saved(run)
+    run.write_bytes("m/config.json", b'{"_class_name": "Di')
+    with pytest.raises(ParisError, match="m/config.json is damaged .not valid JSON.*delete it and rerun"):
+        load_pretrained(run, "m")

@@ -209,3 +209,16 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
     train(run, Job("toy", "toy", DiT(config), loss, 16, {}), cfg)
     assert run.read_json("toy/LATEST")["step"] == 6 and run.exists("toy/final/config.json")
     assert len(calls) == 6  # 3 before the signal + 3 after resuming: no step repeated or skipped
+
+
+def test_a_damaged_latest_pointer_resumes_from_the_newest_checkpoint(partitioned, tmp_path, config):
+    """LATEST cut to nothing (a store that is not atomic, killed mid-write): the checkpoints decide, bitwise."""
+    straight = copy_run(partitioned, tmp_path / "a")
+    train_expert(straight, with_expert(config, steps=8), 0)
+    resumed = copy_run(partitioned, tmp_path / "b")
+    train_expert(resumed, with_expert(config, steps=4), 0)
+    resumed.write_bytes("experts/0/LATEST", b"")
+    train_expert(resumed, with_expert(config, steps=8), 0)
+    assert [m["step"] for m in _metrics(resumed, 0)] == list(range(1, 9))  # continued from step 4
+    a, b = (r.load_tensors("experts/0/final/diffusion_pytorch_model.safetensors") for r in (straight, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)

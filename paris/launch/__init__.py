@@ -16,6 +16,7 @@ Every backend module has the same entry, `launch(request: LaunchRequest) -> Laun
 from __future__ import annotations
 
 import importlib
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -53,6 +54,12 @@ class LaunchRequest:
 class Launched:
     codes: dict[int, int] | None  # exit code per expert that ran to its end here; None: jobs were written or submitted
     note: str = ""  # what was written or submitted, for the person who launched
+
+
+def shell_line(argv: list[str], expanded: tuple[str, ...]) -> str:
+    """`argv` as one shell command line: every word quoted (a `--set` value can never run code on a node) except
+    the words starting with one of `expanded`, which carry the scheduler's variables for the node's shell."""
+    return " ".join(word if word.startswith(expanded) else shlex.quote(word) for word in argv)
 
 
 def backend(name: str) -> Callable[[LaunchRequest], Launched]:

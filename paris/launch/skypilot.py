@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from paris.errors import ParisError
-from paris.launch import Launched, LaunchRequest, train_command
+from paris.launch import Launched, LaunchRequest, shell_line, train_command
 
 MOUNT = "/paris-run"
 
@@ -47,7 +47,7 @@ def write_tasks(run_url: str, experts: list[int], out_dir: Path, overrides: list
             "workdir": ".",
             "file_mounts": {MOUNT: {"source": run_url, "mode": "MOUNT"}},
             "setup": "pip install torch==2.13.0 && pip install -e .",
-            "run": " ".join(command) + "\n",
+            "run": shell_line(command, ("--nnodes", "--node-rank", "--master-addr", "--master-port")) + "\n",
         }
         path = out_dir / f"expert_{k}.yaml"
         path.write_text(yaml.safe_dump(task, sort_keys=False))

@@ -7,13 +7,12 @@ and, requeued, resumes from its LATEST.
 
 from __future__ import annotations
 
-import shlex
 import shutil
 import subprocess
 from pathlib import Path
 
 from paris.errors import ParisError
-from paris.launch import Launched, LaunchRequest, train_command
+from paris.launch import Launched, LaunchRequest, shell_line, train_command
 
 
 def launch(request: LaunchRequest) -> Launched:
@@ -33,8 +32,7 @@ def write_sbatch(run_url: str, experts: list[int], out_dir: Path, overrides: lis
                   '--rdzv-endpoint="$head":29500']
     command = train_command(run_url, 0, overrides, "python", gpus_per_node, rendezvous)
     command[command.index("--expert") + 1] = "$SLURM_ARRAY_TASK_ID"
-    # Shell variables stay unquoted so that the task's shell expands them; everything else is quoted.
-    quoted = " ".join(c if c.startswith(("--nnodes", "--rdzv", "$")) else shlex.quote(c) for c in command)
+    quoted = shell_line(command, ("--nnodes", "--rdzv", "$"))
     lines = [
         "#!/bin/bash",
         "#SBATCH --job-name=paris-experts",

@@ -48,7 +48,7 @@ def load_local(loader, path: str, name: str, key: str, expected: set[str], devic
     if found not in expected:
         raise ParisError(f"{path} holds a {found!r} model, not {name} ({' or '.join(sorted(expected))}); {how}")
     try:
-        return loader(path).eval().to(device)
+        return loader(path, use_safetensors=True).eval().to(device)  # never a pickle: loading one can run code
     except (OSError, ValueError) as e:
         raise ParisError(f"cannot load {name} from {path}: {str(e).splitlines()[0]}; {how}") from None
 

@@ -52,7 +52,7 @@ def load_pretrained(run: RunDir, folder: str) -> nn.Module:
         raise ParisError(f"{run.url}/{folder} has no {weights}" + (
             f", only {', '.join(pickles)}: pickle checkpoints are refused (loading them can run code); convert them "
             "to safetensors with safetensors.torch.save_file" if pickles else ""))
-    model = model_cls(from_dict(config_cls, config, where=f"{folder}/config.json: "))
+    model = model_cls(from_dict(config_cls, config, where=f"{run.url}/{folder}/config.json: ", complete=True))
     try:
         state = run.load_tensors(f"{folder}/{weights}")
     except SafetensorError as e:

@@ -9,18 +9,16 @@ RNG or data-loader state: every draw is a function of (seed, step) (paris.random
 
 from __future__ import annotations
 
-import logging
 import time
 
 import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from paris import progress
 from paris.errors import ParisError
 from paris.models.io import load_state_dict_strict
 from paris.run import RunDir
-
-log = logging.getLogger(__name__)
 
 
 def save_checkpoint(run: RunDir, folder: str, step: int, model: nn.Module, ema: nn.Module,
@@ -44,7 +42,11 @@ def load_latest(run: RunDir, folder: str, model: nn.Module, ema: nn.Module,
     """
     if not run.exists(f"{folder}/LATEST"):
         return None
-    latest = run.read_json(f"{folder}/LATEST")["path"].rsplit("/", 1)[-1]
+    try:
+        latest = run.read_json(f"{folder}/LATEST")["path"].rsplit("/", 1)[-1]
+    except (ParisError, KeyError, TypeError, AttributeError):  # a damaged pointer: the checkpoints themselves decide
+        progress.say(f"{run.url}/{folder}/LATEST is damaged; resuming from the newest readable checkpoint", warning=True)
+        latest = "~"  # sorts after every checkpoint name
     candidates = [c for c in reversed(run.list(f"{folder}/ckpt")) if c <= latest]
     for name in candidates:
         path = f"{folder}/ckpt/{name}"
@@ -53,7 +55,7 @@ def load_latest(run: RunDir, folder: str, model: nn.Module, ema: nn.Module,
             tensors = {part: run.load_tensors(f"{path}/{part}.safetensors", digest)
                        for part, digest in state["sha256"].items()}
         except (ParisError, SafetensorError, ValueError, KeyError) as e:
-            log.warning("skipping unreadable checkpoint %s/%s: %s", run.url, path, e)
+            progress.say(f"skipping unreadable checkpoint {run.url}/{path}: {e}", warning=True)
             continue
         _check_identity(state.get("identity", {}), identity, f"{run.url}/{path}")
         load_state_dict_strict(model, tensors["model"], f"{run.url}/{path}")
