@@ -28,6 +28,15 @@ from paris.run import RunDir
 from paris.sample import ExpertPool, Mixture, generate
 
 
+def _require_partition(run: RunDir, folder: str, current: str) -> None:
+    """Refuse a model trained on other clusters than the run's partition now holds (it was re-partitioned)."""
+    done = f"{folder}/manifest.json"
+    trained_on = run.read_json(done).get("partition_hash") if run.exists(done) else None
+    if trained_on is not None and trained_on != current:
+        raise ParisError(f"{run.url}/{folder} was trained on another partition ({trained_on}) than the run holds now "
+                         f"({current}); retrain it on the current clusters, or partition again as before")
+
+
 # What a pipeline folder's config.json must say (and save_pretrained writes, with the sample settings).
 PIPELINE_KEYS = ("num_experts", "latent_shape", "autoencoder", "latent_scale", "text_encoder", "max_tokens")
 
@@ -46,7 +55,8 @@ class ParisPipeline:
         run_config = run.read_config()
         data, sample = run_config.data, run_config.sample
         manifest = run.read_json(layout.manifest())
-        num_experts = run.read_json(layout.PARTITION_META)["num_clusters"]
+        partition = run.read_json(layout.PARTITION_META)
+        num_experts = partition["num_clusters"]
         config = {"num_experts": num_experts, "latent_shape": manifest["latent_shape"],
                   "autoencoder": data.autoencoder, "autoencoder_path": data.autoencoder_path,
                   "latent_scale": data.latent_scale, "text_encoder": data.text_encoder, "max_tokens": data.max_tokens}
@@ -54,8 +64,11 @@ class ParisPipeline:
         if monolith:
             return cls._assemble(run, [layout.final(layout.MONOLITH)], None, text_encoder, {**config, "num_experts": 1}, 0, device,
                                  sample)
-        return cls._assemble(run, [layout.final(layout.expert(k)) for k in range(num_experts)], layout.final(layout.ROUTER),
-                             text_encoder, config, max_resident_experts, device, sample)
+        experts = [layout.final(layout.expert(k)) for k in range(num_experts)]
+        for folder in [*experts, layout.final(layout.ROUTER)]:
+            _require_partition(run, folder, partition["hash"])
+        return cls._assemble(run, experts, layout.final(layout.ROUTER), text_encoder, config, max_resident_experts,
+                             device, sample)
 
     @classmethod
     def from_pretrained(cls, path: str, max_resident_experts: int = 0, device: str = "cpu") -> "ParisPipeline":

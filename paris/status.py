@@ -14,8 +14,9 @@ from paris.run import RunDir
 STALE_AFTER_S = 15 * 60  # a job silent for longer than this is presumed dead (preempted, crashed)
 
 
-def job_status(run: RunDir, folder: str, target_steps: int, now: float | None = None) -> dict:
-    """Step, target, loss, samples/s, checkpoint age and state (done / running / stale / not started)."""
+def job_status(run: RunDir, folder: str, target_steps: int, now: float | None = None, partition: str | None = None) -> dict:
+    """Step, target, loss, samples/s, checkpoint age and state (done / running / stale / not started; outdated:
+    made for another partition than `partition`, the run's current one)."""
     now = now or time.time()
     progress = run.read_json(layout.progress(folder)) if run.exists(layout.progress(folder)) else None
     checkpoint = None
@@ -24,7 +25,10 @@ def job_status(run: RunDir, folder: str, target_steps: int, now: float | None = 
         target_steps = checkpoint["config"]["steps"]  # what the job itself was asked for
     done = f"{layout.final(folder)}/manifest.json"
     manifest = run.read_json(done) if run.exists(done) else None
-    if manifest and manifest["steps"] >= target_steps:
+    made_for = (manifest or {}).get("partition_hash") or (checkpoint or {}).get("identity", {}).get("partition_hash")
+    if partition is not None and made_for is not None and made_for != partition:
+        state = "outdated"
+    elif manifest and manifest["steps"] >= target_steps:
         state = "done"
     elif progress is None and checkpoint is None:
         state = "not started"
@@ -48,6 +52,7 @@ def run_status(run: RunDir) -> list[dict]:
 
     config = run.read_config()
     meta = run.read_json(layout.PARTITION_META)
-    rows = [job_status(run, layout.expert(k), expert_steps(config, meta, k)) for k in range(meta["num_clusters"])]
+    rows = [job_status(run, layout.expert(k), expert_steps(config, meta, k), partition=meta["hash"])
+            for k in range(meta["num_clusters"])]
     # The router's steps derive from its epochs unless given; its checkpoint tells once it has started.
-    return rows + [job_status(run, layout.ROUTER, config.router.steps)]
+    return rows + [job_status(run, layout.ROUTER, config.router.steps, partition=meta["hash"])]

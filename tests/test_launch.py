@@ -129,3 +129,17 @@ def test_launch_scripts_quote_every_value(tmp_path, backend):
     shown = subprocess.run(["bash", "-c", words + line], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert shown.returncode == 0, shown.stderr
     assert hostile in shown.stdout.splitlines() and not (tmp_path / "PWNED").exists()
+
+
+def test_models_of_an_old_partition_are_outdated_not_done(trained, tmp_path):
+    """Re-partitioning leaves experts and router trained on other clusters: status says so, sampling refuses."""
+    from paris.clusters.partition import partition
+    from paris.config import PartitionConfig
+    from paris.pipeline import ParisPipeline
+
+    run = copy_run(trained, tmp_path / "run")
+    assert {r["state"] for r in run_status(run)} == {"done"}
+    partition(run, PartitionConfig(num_clusters=2, seed=7, method="random"))
+    assert {r["state"] for r in run_status(run)} == {"outdated"}
+    with pytest.raises(ParisError, match="experts/0/final was trained on another partition"):
+        ParisPipeline.from_run(run.url)
