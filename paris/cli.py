@@ -235,8 +235,9 @@ def generate(
     seed: Optional[int] = typer.Option(None, help="Random seed (default: sample.seed)."),
     route_every: Optional[int] = typer.Option(None, help="Run the router every N steps, reusing its choice in "
                                               "between (default: sample.route_every, 1 = every step)."),
-    max_resident_experts: int = typer.Option(0, help="Keep at most this many experts in memory (0 = all)."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    max_resident_experts: Optional[int] = typer.Option(None, help="Keep at most this many experts in memory "
+                                                       "(default: all)."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     show_routing: bool = typer.Option(False, help="Also write a steps x experts heatmap per prompt and the weights as JSON."),
     out: Path = typer.Option(Path("samples.png"), help="PNG to write: one row per prompt."),
 ):
@@ -249,8 +250,8 @@ def generate(
 
     if not prompt:
         raise ParisError("no prompts given; pass at least one --prompt \"a photo of a sneaker\"")
-    if num < 1:
-        raise ParisError(f"--num must be at least 1, got {num}")
+    _at_least("--num", num, 1)
+    _at_least("--max-resident-experts", max_resident_experts, 1)
     if strategy:
         parse_strategy(strategy)  # a typo fails now, not after loading the experts
     _check_image_path(out)
@@ -276,10 +277,11 @@ def launch(
     run: str = RUN,
     backend: str = typer.Option("local", "--backend", "-b", help="local, slurm, ray or skypilot."),
     experts: Optional[str] = typer.Option(None, help="Comma-separated experts to launch (default: all K)."),
-    jobs: int = typer.Option(0, help="local: experts trained at once (default: one per GPU group, else per CPU core)."),
+    jobs: Optional[int] = typer.Option(None, help="local: experts trained at once (default: one per GPU group, "
+                                       "else per CPU core)."),
     gpus: Optional[str] = typer.Option(None, help="local: GPU ids to share out, e.g. 0,1,2,3."),
-    gpus_per_expert: int = typer.Option(0, help="GPUs per expert; torchrun inside the expert when > 1 "
-                                             "(default: 1 on slurm/skypilot or with --gpus, else 0 = CPU)."),
+    gpus_per_expert: Optional[int] = typer.Option(None, help="GPUs per expert, 0 for the CPU; torchrun inside the "
+                                                  "expert when > 1 (default: 1 on slurm/skypilot or with --gpus, else 0)."),
     nodes: int = typer.Option(1, help="slurm/skypilot: nodes per expert."),
     time_limit: str = typer.Option("24:00:00", help="slurm: time limit per array task."),
     slurm_partition: Optional[str] = typer.Option(None, help="slurm: partition to submit to (default: the cluster's)."),
@@ -295,6 +297,9 @@ def launch(
     from paris.train.expert import expert_steps
 
     start = find_backend(backend)
+    _at_least("--jobs", jobs, 1)
+    _at_least("--gpus-per-expert", gpus_per_expert, 0)
+    _at_least("--nodes", nodes, 1)
     run_dir, cfg = _config(run, set)
     meta = run_dir.read_json(layout.PARTITION_META)
     targets = {k: expert_steps(cfg, meta, k) for k in _expert_list(experts, meta["num_clusters"])}
@@ -343,7 +348,7 @@ def _expert_list(text: str | None, num_experts: int) -> list[int]:
 def demo(
     out: str = typer.Option("runs/demo", help="Run directory of the demo."),
     data: str = typer.Option("/usr/share/datasets/fashion-mnist", help="Directory with the Fashion-MNIST idx.gz files."),
-    jobs: int = typer.Option(0, help="Experts trained at once (default: one per CPU core)."),
+    jobs: Optional[int] = typer.Option(None, help="Experts trained at once (default: one per CPU core)."),
     full: bool = typer.Option(False, "--full", help="Then train the one-model baseline at matched compute and write "
                               "the paper's table to RUN/eval/ (about 30 more minutes on 2 cores)."),
     num_samples: int = typer.Option(2000, help="With --full: images per strategy for FID and adherence."),
@@ -372,6 +377,11 @@ def demo(
         evaluation_chart(run_dir, table)
         console.print(report_markdown(table), soft_wrap=True)
         console.print(f"wrote {out}/eval/report.md, report.json and report.png")
+
+
+def _at_least(option: str, value: int | None, minimum: int) -> None:
+    if value is not None and value < minimum:
+        raise ParisError(f"{option} must be at least {minimum}, got {value}")
 
 
 def _check_image_path(out: Path) -> None:

@@ -21,7 +21,7 @@ import dataclasses
 from paris import layout
 from paris.config import SampleConfig, from_dict
 from paris.errors import ParisError
-from paris.models.encoders import TextEncoder, build_autoencoder, build_text_encoder
+from paris.models.encoders import TextEncoder, build_autoencoder, build_text_encoder, check_device
 from paris.images import to_pil
 from paris.models.io import load_pretrained, require_pretrained, save_pretrained
 from paris.run import RunDir
@@ -47,10 +47,11 @@ class ParisPipeline:
         self.sample = sample or SampleConfig()
 
     @classmethod
-    def from_run(cls, run_url: str, max_resident_experts: int = 0, device: str = "cpu",
+    def from_run(cls, run_url: str, max_resident_experts: int | None = None, device: str = "cpu",
                  monolith: bool = False) -> "ParisPipeline":
         """The experts (experts/<k>/final) and router (router/final) of a training run, or with `monolith`
         its single baseline model (monolith/final)."""
+        check_device(device)
         run = RunDir(run_url)
         run_config = run.read_config()
         data, sample = run_config.data, run_config.sample
@@ -62,8 +63,8 @@ class ParisPipeline:
                   "latent_scale": data.latent_scale, "text_encoder": data.text_encoder, "max_tokens": data.max_tokens}
         text_encoder = build_text_encoder(data.text_encoder, data.text_encoder_path, data.max_tokens, device)
         if monolith:
-            return cls._assemble(run, [layout.final(layout.MONOLITH)], None, text_encoder, {**config, "num_experts": 1}, 0, device,
-                                 sample)
+            return cls._assemble(run, [layout.final(layout.MONOLITH)], None, text_encoder,
+                                 {**config, "num_experts": 1}, None, device, sample)
         experts = [layout.final(layout.expert(k)) for k in range(num_experts)]
         for folder in [*experts, layout.final(layout.ROUTER)]:
             _require_partition(run, folder, partition["hash"])
@@ -71,8 +72,9 @@ class ParisPipeline:
                              device, sample)
 
     @classmethod
-    def from_pretrained(cls, path: str, max_resident_experts: int = 0, device: str = "cpu") -> "ParisPipeline":
+    def from_pretrained(cls, path: str, max_resident_experts: int | None = None, device: str = "cpu") -> "ParisPipeline":
         """A folder in the release layout (written by save_pretrained, or from elsewhere)."""
+        check_device(device)
         folder = RunDir(path)
         if not folder.exists("config.json"):
             raise ParisError(f"{path} is not a Paris pipeline folder (no config.json); write one with save_pretrained")
@@ -94,7 +96,7 @@ class ParisPipeline:
 
     @classmethod
     def _assemble(cls, root: RunDir, experts: list[str], router: str | None, text_encoder, config: dict,
-                  max_resident: int, device: str, sample: SampleConfig) -> "ParisPipeline":
+                  max_resident: int | None, device: str, sample: SampleConfig) -> "ParisPipeline":
         if len(experts) == 1:  # one model (the monolith): its only rule is top1
             sample = dataclasses.replace(sample, strategy="top1")
         for folder in experts:  # fail now, not in the middle of sampling, when an expert is missing

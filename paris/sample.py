@@ -35,10 +35,12 @@ GUIDANCE_MODES = ("per-expert", "after")
 
 
 class ExpertPool:
-    """Experts loaded on first use; with `max_resident` > 0 at most that many stay in memory (least recently
+    """Experts loaded on first use; with `max_resident` at most that many stay in memory (least recently
     used leave first), so the memory of top-k sampling does not grow with K."""
 
-    def __init__(self, loaders: list[Callable[[], DiT]], max_resident: int = 0, device: str = "cpu"):
+    def __init__(self, loaders: list[Callable[[], DiT]], max_resident: int | None = None, device: str = "cpu"):
+        if max_resident is not None and max_resident < 1:
+            raise ParisError(f"max_resident_experts must be at least 1 (or None: all), got {max_resident}")
         self.loaders, self.max_resident, self.device = loaders, max_resident, torch.device(device)
         self.resident: OrderedDict[int, DiT] = OrderedDict()
         self.loads = 0  # how often an expert was read from disk: the price of a small cap

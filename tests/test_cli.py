@@ -78,3 +78,14 @@ def test_command_on_a_run_that_was_never_prepared(tmp_path):
                                           (".", "is a directory"), ("/proc/x/samples.png", "cannot create the folder")])
 def test_generate_checks_its_output_before_sampling(run, out, message):
     assert_user_error(run_cli("generate", run.url, "--prompt", "a bag", "--out", out), message)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate", "--prompt", "a bag", "--max-resident-experts", "0"], "--max-resident-experts must be at least 1, got 0"),
+    (["generate", "--prompt", "a bag", "--num", "-1"], "--num must be at least 1, got -1"),
+    (["generate", "--prompt", "a bag", "--device", "tpu9"], "unknown device 'tpu9'"),
+    (["launch", "--jobs", "0"], "--jobs must be at least 1, got 0"),
+    (["launch", "--nodes", "0", "--backend", "slurm"], "--nodes must be at least 1, got 0"),
+])
+def test_options_out_of_range_are_refused_with_their_name(run, args, message):
+    assert_user_error(run_cli(args[0], run.url, *args[1:]), message)

@@ -34,8 +34,8 @@ class LaunchRequest:
     run: RunDir
     targets: dict[int, int]  # expert -> the steps it trains (for progress)
     overrides: list[str] = field(default_factory=list)  # `--set` values passed to every expert's command
-    gpus_per_expert: int = 0  # 0 = the backend's default (slurm, skypilot, local with gpus: 1; else CPU)
-    jobs: int = 0  # local: experts at once (0 = one per GPU group, else per CPU core)
+    gpus_per_expert: int | None = None  # 0: CPU; None: the backend's default (slurm, skypilot, local with gpus: 1; else 0)
+    jobs: int | None = None  # local: experts at once; None: one per GPU group, else per CPU core
     gpus: list[str] = field(default_factory=list)  # local: GPU ids to share out
     nodes: int = 1  # slurm, skypilot: nodes per expert
     time_limit: str = "24:00:00"  # slurm

@@ -19,15 +19,15 @@ from paris.launch import Launched, LaunchRequest, train_command
 from paris.run import RunDir
 
 def launch(request: LaunchRequest) -> Launched:
-    per_expert = request.gpus_per_expert or (1 if request.gpus else 0)
+    per_expert = (1 if request.gpus else 0) if request.gpus_per_expert is None else request.gpus_per_expert
     codes = launch_local(request.run, request.targets, local_jobs(request.jobs, len(request.targets)),
                          request.overrides, request.out, request.gpus, per_expert)
     return Launched(codes)
 
 
-def local_jobs(jobs: int, num_experts: int) -> int:
+def local_jobs(jobs: int | None, num_experts: int) -> int:
     """How many experts to train at once: `jobs`, or by default one per CPU core and at most one per expert."""
-    return jobs or min(num_experts, os.cpu_count() or 1)
+    return min(num_experts, os.cpu_count() or 1) if jobs is None else jobs
 
 
 def launch_local(run: RunDir, targets: dict[int, int], jobs: int, overrides: list[str] = (),

@@ -16,7 +16,7 @@ from paris.launch import Launched, LaunchRequest, train_command
 
 def launch(request: LaunchRequest) -> Launched:
     return Launched(launch_ray(request.run.url, request.experts, request.overrides, request.ray_address,
-                               request.gpus_per_expert))
+                               request.gpus_per_expert or 0))
 
 
 def launch_ray(run_url: str, experts: list[int], overrides: list[str] = (), address: str | None = "auto",

@@ -17,7 +17,7 @@ from paris.launch import Launched, LaunchRequest, shell_line, train_command
 
 def launch(request: LaunchRequest) -> Launched:
     path = write_sbatch(request.run.url, request.experts, request.out, request.overrides, request.nodes,
-                        request.gpus_per_expert or 1, request.time_limit, request.slurm_partition)
+                        1 if request.gpus_per_expert is None else request.gpus_per_expert, request.time_limit, request.slurm_partition)
     return Launched(None, f"wrote {path}" + (f"; {submit(path)}" if request.submit else f"; submit it with: sbatch {path}"))
 
 

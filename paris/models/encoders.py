@@ -33,6 +33,17 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_device(device: str) -> str:
+    """`device` when this machine has it; a one-line error instead of torch's assertion deep in a load."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ParisError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ParisError(f"device {device} asked for, but this torch sees no CUDA GPU; use --device cpu")
+    return device
+
+
 def load_local(loader, path: str, name: str, key: str, expected: set[str], device: str = "cpu"):
     """`loader(path)` for a local model directory, after checking it exists and holds the expected model type."""
     how = (f"download {HUB.get(name, 'the model')} on a machine with internet (`huggingface-cli download "
