@@ -338,6 +338,9 @@ def _expert_list(text: str | None, num_experts: int) -> list[int]:
         chosen = [int(x) for x in text.split(",")]
     except ValueError:
         raise ParisError(f"--experts must be comma-separated numbers, got {text!r}") from None
+    twice = sorted({k for k in chosen if chosen.count(k) > 1})
+    if twice:
+        raise ParisError(f"--experts names expert {twice[0]} more than once; each expert is one job")
     wrong = [k for k in chosen if not 0 <= k < num_experts]
     if wrong:
         raise ParisError(f"experts {wrong} do not exist: the partition has experts 0..{num_experts - 1}")

@@ -85,6 +85,7 @@ def test_generate_checks_its_output_before_sampling(run, out, message):
     (["generate", "--prompt", "a bag", "--num", "-1"], "--num must be at least 1, got -1"),
     (["generate", "--prompt", "a bag", "--device", "tpu9"], "unknown device 'tpu9'"),
     (["launch", "--jobs", "0"], "--jobs must be at least 1, got 0"),
+    (["launch", "--experts", "0,1,0"], "--experts names expert 0 more than once"),
     (["launch", "--nodes", "0", "--backend", "slurm"], "--nodes must be at least 1, got 0"),
 ])
 def test_options_out_of_range_are_refused_with_their_name(run, args, message):

@@ -222,3 +222,54 @@ def test_a_damaged_latest_pointer_resumes_from_the_newest_checkpoint(partitioned
     assert [m["step"] for m in _metrics(resumed, 0)] == list(range(1, 9))  # continued from step 4
     a, b = (r.load_tensors("experts/0/final/diffusion_pytorch_model.safetensors") for r in (straight, resumed))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_second_job_on_the_same_expert_is_refused_while_the_first_trains(partitioned, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = copy_run(partitioned, tmp_path / "run")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "paris", "train-expert", run.url, "-e", "0",
+                              "--set", "expert.steps=100000"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for _ in range(600):  # until it trains
+            if run.exists("experts/0/progress.json") or first.poll() is not None:
+                break
+            time.sleep(0.1)
+        second = subprocess.run([sys.executable, "-m", "paris", "train-expert", run.url, "-e", "0"], env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2 and f"is being trained by process {first.pid}" in second.stderr, second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)  # a preemption notice: it checkpoints and lets go of the lease
+        first.wait(timeout=120)
+    assert not run.exists("experts/0/LEASE") and run.exists("experts/0/LATEST")
+
+
+@pytest.mark.parametrize("holder", ["silent for 11 minutes on another machine", "a process of this machine that died"])
+def test_the_lease_of_a_dead_job_is_taken_over(partitioned, tmp_path, config, holder):
+    import socket
+    import time
+
+    run = copy_run(partitioned, tmp_path / "run")
+    if holder.startswith("silent"):
+        lease = {"owner": "x", "host": "elsewhere", "pid": 1, "heartbeat": time.time() - 11 * 60}
+    else:  # a pid past the system's limit cannot be running
+        lease = {"owner": "x", "host": socket.gethostname(), "pid": 2**22 + 1, "heartbeat": time.time()}
+    run.write_json("experts/0/LEASE", lease)
+    train_expert(run, with_expert(config, steps=2), 0)
+    assert run.exists("experts/0/final/config.json") and not run.exists("experts/0/LEASE")
+
+
+def test_a_live_lease_elsewhere_is_respected(partitioned, tmp_path, config):
+    import time
+
+    run = copy_run(partitioned, tmp_path / "run")
+    run.write_json("experts/0/LEASE", {"owner": "x", "host": "gpu-node-7", "pid": 42, "heartbeat": time.time() - 30})
+    with pytest.raises(ParisError, match="expert 0 is being trained by process 42 on gpu-node-7 .last sign of life 30s"):
+        train_expert(run, with_expert(config, steps=2), 0)
+    assert run.read_json("experts/0/LEASE")["owner"] == "x" and not run.exists("experts/0/ckpt")

@@ -35,6 +35,7 @@ from paris.randomness import EpochBatches, SampleRandom
 from paris.run import RunDir
 from paris.train import distributed
 from paris.train.checkpoint import load_latest, save_checkpoint
+from paris.train.lease import Lease
 from paris.train.metrics import MetricsLog
 
 # (model, sample indices of this micro-batch, their random draws, device) -> mean loss of the micro-batch
@@ -52,8 +53,32 @@ class Job:
 
 
 def train(run: RunDir, job: Job, cfg: TrainConfig) -> dict:
-    """Train for cfg.steps steps (resuming if a checkpoint exists); rank 0 exports the EMA to <folder>/final."""
+    """Train for cfg.steps steps (resuming if a checkpoint exists); rank 0 exports the EMA to <folder>/final.
+    The job holds its folder's lease throughout: a second job on the same folder is refused."""
     dist = distributed.setup()
+    with _sole_job(run, job, dist) as lease:
+        return _train(run, job, cfg, dist, lease)
+
+
+@contextlib.contextmanager
+def _sole_job(run: RunDir, job: Job, dist: distributed.Distributed):
+    """Rank 0 takes the folder's lease (every rank stops if it cannot) and lets go when training ends, however."""
+    lease, refused = Lease(run, job.folder, job.name), None
+    if dist.is_main:
+        try:
+            lease.acquire()
+        except ParisError as e:
+            refused = e
+    if dist.any(refused is not None):
+        raise refused or ParisError(f"{job.name}: another job holds {run.url}/{job.folder}/LEASE")
+    try:
+        yield lease
+    finally:
+        if dist.is_main:
+            lease.release()
+
+
+def _train(run: RunDir, job: Job, cfg: TrainConfig, dist: distributed.Distributed, lease: Lease) -> dict:
     micro, accumulation = micro_batches(cfg, dist.world_size)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -91,6 +116,8 @@ def train(run: RunDir, job: Job, cfg: TrainConfig) -> dict:
     losses, window_start = [], time.perf_counter()
     with stop, progress.bar(job.name, cfg.steps, start, show=dist.is_main) as bar:
         for step in range(start, cfg.steps):
+            if dist.is_main:
+                lease.renew()
             index = batches(step)
             mine = torch.arange(dist.rank * micro * accumulation, (dist.rank + 1) * micro * accumulation)
             total = torch.zeros((), device=dist.device)
