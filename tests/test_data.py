@@ -214,3 +214,20 @@ def test_partition_refuses_impossible_k(partitioned, tmp_path, k):
 def test_partition_without_prepare_says_what_to_run(tmp_path):
     with pytest.raises(ParisError, match="paris prepare"):
         partition(RunDir(str(tmp_path)), PartitionConfig(num_clusters=2))
+
+
+def test_a_partition_is_published_as_a_whole(partitioned, tmp_path):
+    """Re-partitioning removes the pointer before the files change, and assignments that do not match their
+    meta.json (a half-written partition, an edited file) are refused."""
+    run = copy_run(partitioned, tmp_path / "run")
+    seen = []
+    save = run.save_tensors
+    run.save_tensors = lambda rel, *a, **k: (seen.append(run.exists("partition/meta.json")), save(rel, *a, **k))[1]
+    partition(run, PartitionConfig(num_clusters=3, seed=1))
+    assert seen and not any(seen)  # no meta.json while centroids and assignments were replaced
+    assert load_partition(run).num_clusters == 3
+    other = load_partition(run).assignments.clone()
+    other[0] = (other[0] + 1) % 3
+    save("partition/assignments.safetensors", {"assignments": other})
+    with pytest.raises(ParisError, match="does not match partition/meta.json"):
+        load_partition(run)

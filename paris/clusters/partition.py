@@ -67,9 +67,11 @@ def partition(run: RunDir, cfg: PartitionConfig) -> Partition:
         **info,
         "sizes": sizes,
         "data_hash": data_hash,  # the partition belongs to this data: checked whenever it is loaded
-        "hash": hashlib.sha256(assignments.numpy().tobytes() + data_hash.encode()).hexdigest()[:16],
+        "hash": _hash(assignments, data_hash),
         "label_histogram": _label_histogram(labels, assignments, num_clusters),
     }
+    # Published as a whole: no pointer while the files change, so no reader ever mixes old and new.
+    run.remove(layout.PARTITION_META)
     run.save_tensors(layout.PARTITION_CENTROIDS, {"centroids": centroids, **extra})
     run.save_tensors(layout.PARTITION_ASSIGNMENTS, {"assignments": assignments})
     write_montages(run, manifest, assignments, num_clusters, cfg.montage_images)
@@ -125,11 +127,16 @@ def load_partition(run: RunDir) -> Partition:
     if meta["data_hash"] != read_manifest(run)["data_hash"]:
         raise ParisError(f"the partition in {run.url} was made from other data than {run.url}/data holds now; "
                          f"rerun `paris partition {run.url}`")
-    return Partition(
-        run.load_tensors(layout.PARTITION_ASSIGNMENTS)["assignments"],
-        run.load_tensors(layout.PARTITION_CENTROIDS)["centroids"],
-        meta,
-    )
+    assignments = run.load_tensors(layout.PARTITION_ASSIGNMENTS)["assignments"]
+    if _hash(assignments, meta["data_hash"]) != meta["hash"]:
+        raise ParisError(f"{run.url}/{layout.PARTITION_ASSIGNMENTS} does not match {layout.PARTITION_META} (another "
+                         f"partition is being written, or a file was changed); rerun `paris partition {run.url}`")
+    return Partition(assignments, run.load_tensors(layout.PARTITION_CENTROIDS)["centroids"], meta)
+
+
+def _hash(assignments: torch.Tensor, data_hash: str) -> str:
+    """The partition's identity: its assignments, of this data."""
+    return hashlib.sha256(assignments.numpy().tobytes() + data_hash.encode()).hexdigest()[:16]
 
 
 def _label_histogram(labels: torch.Tensor, assignments: torch.Tensor, k: int) -> list[list[int]] | None:
