@@ -11,6 +11,7 @@ import torch
 
 from paris.models.encoders import build_autoencoder, build_features
 from paris.data.preprocess import Skip, load_image
+from paris.errors import ParisError
 
 
 class ShardEncoder:
@@ -22,11 +23,19 @@ class ShardEncoder:
         self.features = build_features(cfg, lambda: self._first_images(cfg.pca_fit_images), text, device)
 
     def _first_images(self, n: int) -> torch.Tensor:
-        images = map(self._load, itertools.islice(self.source.samples(0), n))
-        return torch.stack([image for image in images if not isinstance(image, Skip)])
+        loaded = list(map(self._load, itertools.islice(self.source.samples(0), n)))
+        images = [image for image in loaded if not isinstance(image, Skip)]
+        if not images:
+            reasons = Counter(str(reason) for reason in loaded)
+            raise ParisError(f"none of the first {len(loaded)} samples of {self.cfg.path} is usable ("
+                             + ", ".join(f"{why} {count}" for why, count in sorted(reasons.items()))
+                             + "); check data.path, the captions and data.min_image_size")
+        return torch.stack(images)
 
     def _load(self, sample):
         """The preprocessed image of a sample, or the Skip that says why it has none."""
+        if sample.problem:
+            return Skip(sample.problem)
         if sample.caption is None:
             return Skip("no_caption")
         try:

@@ -38,6 +38,7 @@ class Sample:
     image: object  # encoded bytes, a PIL image, or (fashion-mnist) a ready tensor [C,H,W] in [-1,1]
     caption: str | None  # None when the source has no caption for it (the sample is skipped)
     label: int = -1
+    problem: str | None = None  # why its text or metadata is unusable (bad_caption, bad_metadata): skipped, counted
 
 
 class Source:
@@ -95,8 +96,8 @@ class FolderSource(Source):
         """file name -> caption (and label) from captions.jsonl/.csv; None: read the .txt beside each image."""
         rows = None
         if self.fs.exists(f"{self.root}/captions.jsonl"):
-            with self.fs.open(f"{self.root}/captions.jsonl", "r") as f:
-                rows = [json.loads(line) for line in f if line.strip()]
+            with self.fs.open(f"{self.root}/captions.jsonl", "rb") as f:
+                rows = [row for row in map(_json_row, f) if row is not None]  # a broken line: its image has no caption
         elif self.fs.exists(f"{self.root}/captions.csv"):
             with self.fs.open(f"{self.root}/captions.csv", "r") as f:
                 rows = list(csv.DictReader(f))
@@ -105,19 +106,21 @@ class FolderSource(Source):
         if rows and ("file" not in rows[0] or cfg.caption_column not in rows[0]):
             raise ParisError(f"the captions file in {cfg.path} needs columns `file` and `{cfg.caption_column}` "
                              f"(data.caption_column); it has {', '.join(rows[0])}")
-        labels = {r["file"]: int(r[cfg.label_column]) for r in rows} if cfg.label_column else {}
-        return {r["file"]: r[cfg.caption_column] for r in rows}, labels
+        labels = {r["file"]: _label(r.get(cfg.label_column)) for r in rows} if cfg.label_column else {}
+        return {r["file"]: r[cfg.caption_column] for r in rows if isinstance(r.get(cfg.caption_column), str)}, labels
 
     def samples(self, start: int = 0) -> Iterator[Sample]:
         for path in self.files[start:]:
             name = path[len(self.root) + 1 :]
-            yield Sample(name, self.fs.cat_file(path), self._caption(path, name), self.labels.get(name, -1))
+            caption, problem = self._caption(path, name)
+            yield Sample(name, self.fs.cat_file(path), caption, self.labels.get(name, -1), problem)
 
-    def _caption(self, path: str, name: str) -> str | None:
+    def _caption(self, path: str, name: str) -> tuple[str | None, str | None]:
+        """(caption, problem) of an image: from the captions file, or from the .txt beside it."""
         if self.captions is not None:
-            return self.captions.get(name)
+            return self.captions.get(name), None
         txt = path.rsplit(".", 1)[0] + ".txt"
-        return self.fs.cat_file(txt).decode().strip() if self.fs.exists(txt) else None
+        return _text(self.fs.cat_file(txt)) if self.fs.exists(txt) else (None, None)
 
 
 class WebDatasetSource(Source):
@@ -190,12 +193,13 @@ class WebDatasetSource(Source):
 
     def _sample(self, record: dict) -> Sample:
         image = next((record[ext] for ext in IMAGE_EXTENSIONS if ext in record), None)
-        caption = record["txt"].decode().strip() if "txt" in record else None
-        meta = json.loads(record["json"]) if "json" in record else {}
-        if caption is None and self.cfg.caption_column in meta:
+        caption, problem = _text(record["txt"]) if "txt" in record else (None, None)
+        meta = _json_row(record["json"]) if "json" in record else {}
+        if meta is None:
+            return Sample(record["__key__"], image, caption, -1, problem or "bad_metadata")
+        if caption is None and isinstance(meta.get(self.cfg.caption_column), str):
             caption = meta[self.cfg.caption_column]
-        label = int(meta[self.cfg.label_column]) if self.cfg.label_column in meta else -1
-        return Sample(record["__key__"], image, caption, label)
+        return Sample(record["__key__"], image, caption, _label(meta.get(self.cfg.label_column)), problem)
 
 class HuggingFaceSource(Source):
     def __init__(self, cfg: DataConfig):
@@ -233,6 +237,33 @@ class HuggingFaceSource(Source):
                 image = image["bytes"] if image.get("bytes") else _read(image.get("path"))
             label = int(row[c.label_column]) if c.label_column else -1
             yield Sample(str(i), image, row[c.caption_column], label)
+
+
+def _text(raw: bytes) -> tuple[str | None, str | None]:
+    """(caption, problem) from a caption file's bytes: UTF-8, or a problem to count."""
+    try:
+        return raw.decode("utf-8").strip(), None
+    except UnicodeDecodeError:
+        return None, "bad_caption"
+
+
+def _json_row(raw: bytes) -> dict | None:
+    """One JSON object (a captions.jsonl line, a webdataset .json); None when it is not one."""
+    if not raw.strip():
+        return None
+    try:
+        row = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return row if isinstance(row, dict) else None
+
+
+def _label(value) -> int:
+    """An integer label, or -1 when there is none or it is not an integer."""
+    try:
+        return int(value) if value is not None else -1
+    except (TypeError, ValueError):
+        return -1
 
 
 def _read(path: str | None) -> bytes | None:
