@@ -20,7 +20,7 @@ from paris.models.router import Router
 from paris.routing import routing_weights
 from paris.run import RunDir
 from paris.pipeline import ParisPipeline
-from paris.sample import ExpertPool, Mixture, generate, guided_velocity
+from paris.sample import ExpertPool, Mixture, conditional_velocities, generate, guide
 
 # Every deterministic rule: the grouped sampler must equal running every expert on every sample.
 STRATEGIES = ["top1", "top2", "full", "topk:3", "nucleus:0.7", "threshold:0.3", "oracle:1"]
@@ -120,9 +120,11 @@ def _every_expert_on_every_sample(mixture, prompts, strategy, steps, guidance, s
     for t, t_next in zip(times[:-1], times[1:]):
         t_batch = torch.full((len(x),), t)
         weights = routing_weights(mixture.router(x, t_batch).softmax(-1), strategy)
-        v = sum(weights[:, k].view(-1, 1, 1, 1) * guided_velocity(e, x, t_batch, text, mask, null_text, null_mask,
-                                                                  guidance)
-                for k, e in enumerate(mixture.experts))
+        v = 0
+        for k, e in enumerate(mixture.experts):  # classifier-free guidance: v_uncond + s (v_cond - v_uncond)
+            v_cond = e(x, t_batch, text, mask)
+            v_uncond = e(x, t_batch, null_text.expand(len(x), -1, -1), null_mask.expand(len(x), -1))
+            v = v + weights[:, k].view(-1, 1, 1, 1) * (v_uncond + guidance * (v_cond - v_uncond))
         x = euler_step(x, v, t, t_next)
         all_weights.append(weights)
     return x.clamp(-1, 1), torch.cat(all_weights)
@@ -154,8 +156,8 @@ def test_guidance_scale_one_is_the_conditional_velocity(random_mixture, text_enc
     text, mask = text_encoder.encode(PROMPTS[:2])
     null_text, null_mask = text_encoder.encode([""])
     with torch.no_grad():
-        guided = guided_velocity(expert, x, t, text, mask, null_text, null_mask, 1.0)
-        unguided = guided_velocity(expert, x, t, text, mask, null_text, null_mask, 0.0)
+        guided = guide(*conditional_velocities(expert, x, t, text, mask, null_text, null_mask), 1.0)
+        unguided = guide(*conditional_velocities(expert, x, t, text, mask, null_text, null_mask), 0.0)
         assert torch.allclose(guided, expert(x, t, text, mask), atol=1e-5)
         assert torch.allclose(unguided, expert(x, t, null_text.expand(2, -1, -1), null_mask.expand(2, -1)), atol=1e-5)
 
