@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FASHION_MNIST, NUM_IMAGES, SHARD_SIZE, copy_run, record_writes
+from testkit.runs import FASHION_MNIST, NUM_IMAGES, SHARD_SIZE, copy_run, record_writes
 from paris.data import fashion_mnist
 from paris.data.store import load_store, read_columns
 from paris.errors import ParisError

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from tiny_encoders import IMAGE_SIZE, laion_config, tiny_models, with_data, write_folder
+from testkit.tiny_encoders import IMAGE_SIZE, laion_config, tiny_models, with_data, write_folder
 from paris.models.encoders import Dinov2Features, build_autoencoder, build_features, build_text_encoder
 from paris.data.prepare import prepare
 from paris.data.store import load_store, read_columns

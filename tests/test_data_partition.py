@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import NUM_IMAGES, copy_run, run_cli
-from tiny_encoders import image_bytes, laion_config, tiny_models, write_folder
+from testkit.runs import NUM_IMAGES, copy_run, run_cli
+from testkit.tiny_encoders import image_bytes, laion_config, tiny_models, write_folder
 from paris.clusters.export import export_clusters, load_cluster
 from paris.data.prepare import prepare
 from paris.data.store import load_store, read_columns

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tiny_encoders import IMAGE_SIZE, caption, image_bytes, laion_config, tiny_models, write_folder, write_tar
+from testkit.tiny_encoders import IMAGE_SIZE, caption, image_bytes, laion_config, tiny_models, write_folder, write_tar
 from paris.config import DataConfig
 from paris.data.prepare import prepare
 from paris.data.preprocess import Skip, load_image

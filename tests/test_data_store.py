@@ -12,8 +12,8 @@ import time
 import pytest
 import torch
 
-from conftest import FASHION_MNIST, run_cli
-from tiny_encoders import laion_config, tiny_models, with_data, write_folder
+from testkit.runs import FASHION_MNIST, run_cli
+from testkit.tiny_encoders import laion_config, tiny_models, with_data, write_folder
 from paris.data import fashion_mnist
 from paris.data import prepare as prepare_module
 from paris.data.merge import merge

@@ -13,9 +13,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import run_cli
-from test_cli import assert_user_error
-from tiny_encoders import caption, tiny_models, write_folder, write_tar
+from testkit.runs import assert_user_error, run_cli
+from testkit.tiny_encoders import caption, tiny_models, write_folder, write_tar
 from paris.models.clip_score import ClipScore
 from paris.errors import ParisError
 from paris.evaluate.reference import load_reference

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import run_cli
+from testkit.runs import run_cli
 from paris.errors import ParisError
 from paris.pipeline import ParisPipeline
 from paris.run import RunDir
@@ -119,7 +119,7 @@ def test_guidance_after_mixing_is_the_same_flow_for_a_router_without_text(pipe):
 
 def test_guidance_after_mixing_uses_the_routers_weights_for_the_empty_prompt(pipe):
     """With a text-conditioned router (DDM), "after" mixes v(empty) with p(k | x_t, t, "") and so differs."""
-    from conftest import randomize_zero_params
+    from testkit.runs import randomize_zero_params
     from paris.models.router import Router
 
     router = pipe.mixture.router
@@ -148,7 +148,7 @@ def test_evaluate_writes_the_table(trained, tmp_path, config):
     """A tiny end-to-end evaluate: monolith at matched compute, then FID, adherence, CLIP score and cost per strategy."""
     import shutil
 
-    from tiny_encoders import tiny_models
+    from testkit.tiny_encoders import tiny_models
 
     from paris.config import EvalConfig
     from paris.evaluate.table import evaluate_run

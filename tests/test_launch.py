@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import copy_run, run_cli, with_expert
+from testkit.runs import copy_run, run_cli, with_expert
 from paris.errors import ParisError
 from paris.launch import train_command
 from paris.launch.local import gpu_groups

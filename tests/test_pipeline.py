@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from conftest import NUM_IMAGES, copy_run, randomize_zero_params, run_cli
+from testkit.runs import NUM_IMAGES, copy_run, randomize_zero_params, run_cli
 from paris.config import DiTConfig, RouterConfig
 from paris.models.encoders import IdentityAutoencoder
 from paris.flow import euler_step, time_grid

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 import time
 
-from benchmarks.resume_trials import identical, kill_and_resume, make_run, state, straight
+from testkit.resume import identical, kill_and_resume, make_run, state, straight
 from paris.run import RunDir
 
 

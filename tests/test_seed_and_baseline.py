@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import copy_run, run_cli, with_expert
+from testkit.runs import copy_run, run_cli, with_expert
 
 from paris.config import apply_overrides
 from paris.errors import ParisError

@@ -9,7 +9,7 @@ import statistics
 import pytest
 import torch
 
-from conftest import copy_run, record_writes, snapshot, with_expert
+from testkit.runs import copy_run, record_writes, snapshot, with_expert
 from paris.errors import ParisError
 from paris.models.dit import DiT
 from paris.models.io import load_pretrained
