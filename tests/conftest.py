@@ -73,6 +73,14 @@ def text_encoder(config):
 
 
 @pytest.fixture(scope="session")
+def models() -> dict[str, str]:
+    """Tiny random VAE, CLIP text encoder, DINOv2 and whole CLIP, saved once (testkit.tiny_encoders): name -> path."""
+    from testkit.tiny_encoders import tiny_models
+
+    return tiny_models()
+
+
+@pytest.fixture(scope="session")
 def laion_trained(tmp_path_factory) -> dict:
     """Paris's pipeline at test size: 3 webdataset tars of 8 JPEGs -> SD-VAE latents, CLIP token ids, DINOv2
     features (tiny random models) -> K=2 -> both experts and the router trained. The run's path, its config and

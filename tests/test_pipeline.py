@@ -9,11 +9,10 @@ import re
 import pytest
 import torch
 
-from testkit.runs import NUM_IMAGES, copy_run, randomize_zero_params, run_cli
+from testkit.runs import NUM_IMAGES, randomize_zero_params, run_cli
 from paris.config import DiTConfig, RouterConfig
 from paris.models.encoders import IdentityAutoencoder
 from paris.flow import euler_step, time_grid
-from paris.launch.local import launch_local
 from paris.models.dit import DiT
 from paris.models.io import load_pretrained
 from paris.models.router import Router
@@ -160,20 +159,3 @@ def test_guidance_scale_one_is_the_conditional_velocity(random_mixture, text_enc
         unguided = guide(*conditional_velocities(expert, x, t, text, mask, null_text, null_mask), 0.0)
         assert torch.allclose(guided, expert(x, t, text, mask), atol=1e-5)
         assert torch.allclose(unguided, expert(x, t, null_text.expand(2, -1, -1), null_mask.expand(2, -1)), atol=1e-5)
-
-
-# --- the local launcher ---------------------------------------------------------------------------
-
-def test_launch_local_trains_experts_as_processes(partitioned, tmp_path):
-    """Experts 0 and 1 train in two independent processes; expert 5 does not exist: its process fails with
-    exit 2 and a one-line error in its log, and that does not stop the others."""
-    run = copy_run(partitioned, tmp_path / "run")
-    logs = tmp_path / "logs"
-    codes = launch_local(run, {0: 2, 5: 2, 1: 2}, jobs=2, overrides=["expert.steps=2"], log_dir=logs)
-    assert codes == {0: 0, 1: 0, 5: 2}, [(logs / f"expert_{k}.log").read_text() for k in (0, 1, 5)]
-    for k in (0, 1):
-        assert run.read_json(f"experts/{k}/LATEST")["step"] == 2
-        assert isinstance(load_pretrained(run, f"experts/{k}/final"), DiT)
-        assert f"expert {k}: done" in (logs / f"expert_{k}.log").read_text()
-    assert "error: expert 5 does not exist" in (logs / "expert_5.log").read_text()
-    assert run.list("experts") == ["0", "1"]

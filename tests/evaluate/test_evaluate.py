@@ -1,5 +1,6 @@
-"""CLIP score against a hand computation with the model, and evaluate on a run that is not Fashion-MNIST:
-held-out reference images with captions, FID and CLIP score per strategy, no adherence."""
+"""Evaluate: the table on the Fashion-MNIST run (monolith at matched compute, FID, adherence, CLIP score) and
+on a run that is not Fashion-MNIST (held-out reference images with captions, FID and CLIP score per strategy,
+no adherence); the Fréchet distance; the adherence classifier, trained once per machine."""
 
 from __future__ import annotations
 
@@ -7,61 +8,15 @@ import dataclasses
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
 from testkit.runs import assert_user_error, run_cli
 from testkit.tiny_encoders import caption, tiny_models, write_folder, write_tar
 from paris.models.clip_score import ClipScore
 from paris.errors import ParisError
 from paris.evaluate.reference import load_reference
-
-TEXTS = ["a red car", "picture number 3 of a thing", "two dogs", "x" * 300, "a bag", "sky", "a tree", "a blue door"]
-
-
-@pytest.fixture(scope="module")
-def clip():
-    return ClipScore(tiny_models()["clip_model"])
-
-
-def test_clip_score_is_the_clamped_cosine_times_100(clip):
-    """Computed by hand from the model's image and text features; negative cosines count as 0."""
-    from transformers import AutoTokenizer, CLIPImageProcessorPil
-
-    path = tiny_models()["clip_model"]
-    pixels = np.random.default_rng(0).integers(0, 256, (len(TEXTS), 40, 48, 3), dtype=np.uint8)
-    processor, tokenizer = CLIPImageProcessorPil.from_pretrained(path), AutoTokenizer.from_pretrained(path)
-    with torch.no_grad():
-        image = clip.model.get_image_features(**processor([Image.fromarray(p) for p in pixels], return_tensors="pt"))
-        tokens = tokenizer(TEXTS, padding=True, truncation=True, max_length=77, return_tensors="pt")
-        text = clip.model.get_text_features(**tokens)
-    cosine = F.cosine_similarity(image.pooler_output, text.pooler_output)
-    assert (cosine < 0).any() and (cosine > 0).any()  # both cases are exercised
-    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1  # what the PNGs would hold
-    scores = clip.pairs(images, TEXTS)
-    assert torch.allclose(scores, 100 * cosine.clamp(min=0), atol=1e-4)
-    assert (scores[cosine < 0] == 0).all()
-    assert clip(images, TEXTS) == pytest.approx(scores.mean().item())
-
-
-def test_a_grayscale_image_scores_as_its_rgb_copy(clip):
-    gray = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    assert torch.allclose(clip.pairs(gray, TEXTS[:3]), clip.pairs(gray.expand(-1, 3, -1, -1), TEXTS[:3]))
-
-
-def test_clip_model_directory_errors(tmp_path):
-    with pytest.raises(ParisError, match="not found.*openai/clip-vit-large-patch14"):
-        ClipScore(str(tmp_path / "nowhere"))
-    with pytest.raises(ParisError, match="'clip_text_model' model, not clip"):
-        ClipScore(tiny_models()["clip"])  # the text encoder alone
-    incomplete = tmp_path / "no-processor"
-    shutil.copytree(tiny_models()["clip_model"], incomplete)
-    (incomplete / "preprocessor_config.json").unlink()
-    with pytest.raises(ParisError, match="lacks its tokenizer or image processor"):
-        ClipScore(str(incomplete))
+from paris.run import RunDir
 
 
 def test_reference_skips_broken_and_uncaptioned_images(laion_trained, tmp_path):
@@ -121,3 +76,72 @@ def test_evaluate_a_webdataset_run_against_held_out_tars(laion_trained, tmp_path
     assert "| strategy | FID | CLIP score | expert passes / image / step | s / image |" in table
     assert f"| full | {rows['full']['fid']:.2f} | {rows['full']['clip_score']:.2f} |" in table
     assert (run_path / "eval" / "report.png").exists()
+
+
+def test_evaluate_writes_the_table(trained, tmp_path, config):
+    """A tiny end-to-end evaluate: monolith at matched compute, then FID, adherence, CLIP score and cost per strategy."""
+    import shutil
+
+    from testkit.tiny_encoders import tiny_models
+
+    from paris.config import EvalConfig
+    from paris.evaluate.table import evaluate_run
+    from paris.train.expert import train_monolith
+
+    run_path = tmp_path / "run"
+    shutil.copytree(trained, run_path)
+    run = RunDir(str(run_path))
+    summary = train_monolith(run, config)
+    e = config.expert  # matched compute (split-batch: the experts' steps at twice their batch), all data
+    assert summary["samples_seen"] == 2 * e.steps * e.batch_size and summary["cluster_size"] == 300
+    evaluation = EvalConfig("monolith,top1,full", num_samples=6, classifier_images=600,
+                            clip_model=tiny_models()["clip_model"])  # grey images, an RGB CLIP
+    report = evaluate_run(str(run_path), evaluation, steps=2, route_every=2)
+    rows = report["strategies"]
+    assert list(rows) == ["monolith", "top1", "full"]
+    assert rows["monolith"]["expert_passes_per_image_step"] == 1 and rows["full"]["expert_passes_per_image_step"] == 2
+    assert all(r["fid"] > 0 and 0 <= r["prompt_adherence"] <= 1 and 0 <= r["clip_score"] <= 100 for r in rows.values())
+    assert 0 <= report["classifier_test_accuracy"] <= 1 and 0 <= report["reference_clip_score"] <= 100
+    table = run.read_text("eval/report.md")
+    assert "| strategy | FID | prompt adherence | CLIP score | expert passes / image / step | s / image |" in table
+    assert "| top1 |" in table
+    assert report["route_every"] == 2 and "router every 2 steps" in table
+    assert report["baseline"] == {"protocol": "split-batch", "steps": e.steps, "batch_size": 2 * e.batch_size,
+                                  "samples_seen": 2 * e.steps * e.batch_size}
+    assert f"monolith: {e.steps:,} steps of {2 * e.batch_size} ({2 * e.steps * e.batch_size:,} samples, split-batch protocol)" in table
+
+
+def test_frechet_distance_matches_the_closed_form():
+    """Gaussians with known means and covariances: FID = |mu_a - mu_b|^2 + Tr(Sa + Sb - 2 (Sa Sb)^1/2)."""
+    import numpy as np
+
+    from paris.evaluate.fid import frechet_distance
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 1, (20000, 3))
+    b = rng.normal(1, 2, (20000, 3))  # mean 1, covariance 4 I
+    assert frechet_distance(a, b) == pytest.approx(3 * 1 + 3 * (1 + 4 - 2 * 2), rel=0.03)
+    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
+
+
+def test_frechet_distance_with_fewer_samples_than_features():
+    """Zero features change nothing: 5 and 7 samples in 3 dimensions (covariances of full rank) give the same FID
+    padded to 10 dimensions, where the covariances are singular and the small-sample formula is used."""
+    import numpy as np
+
+    from paris.evaluate.fid import frechet_distance
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 1, (5, 3)), rng.normal(1, 2, (7, 3))
+    padded = [np.pad(x, ((0, 0), (0, 7))) for x in (a, b)]
+    assert frechet_distance(*padded) == pytest.approx(frechet_distance(a, b), rel=1e-9)
+
+
+def test_the_adherence_classifier_is_trained_once_then_read_from_the_cache(monkeypatch, config):
+    import paris.evaluate.adherence as evaluate
+
+    first = evaluate.fashion_classifier(config.data.path, limit=256, seed=3)
+    monkeypatch.setattr(evaluate, "train_classifier", lambda *a, **k: pytest.fail("trained again"))
+    again = evaluate.fashion_classifier(config.data.path, limit=256, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+    assert not again.training  # dropout and batch statistics frozen for scoring
