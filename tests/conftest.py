@@ -24,6 +24,18 @@ from paris.run import RunDir  # noqa: E402
 from testkit.runs import copy_run, record_writes, tiny_config  # noqa: E402
 
 
+# Fixtures that train models: every test that uses one, directly or through another fixture, is slow however
+# quick its own body. seeded and single are module fixtures of train/test_seed_and_baseline.py and
+# train/test_distributed.py.
+TRAINING_FIXTURES = {"trained", "laion_trained", "seeded", "single"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if TRAINING_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def config() -> RunConfig:
     return tiny_config()

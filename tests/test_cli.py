@@ -7,6 +7,8 @@ import pytest
 
 from testkit.runs import NUM_IMAGES, assert_user_error, copy_run, run_cli, snapshot
 
+pytestmark = pytest.mark.slow  # every test runs `paris` in a subprocess: about 3 s each
+
 
 @pytest.fixture
 def run(partitioned, tmp_path):

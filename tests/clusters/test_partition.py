@@ -93,6 +93,7 @@ def test_labels_method_without_labels_and_unknown_method(tmp_path):
         apply_overrides(run.read_config(), ["partition.method=spectral"])
 
 
+@pytest.mark.slow
 def test_a_cluster_that_comes_out_empty_is_an_error(tmp_path):
     """Identical images have identical features: k-means cannot make 2 clusters of them."""
     folder = write_folder(tmp_path / "images", 6)
@@ -134,6 +135,7 @@ def test_export_gives_each_expert_only_its_cluster(run):
     assert "cluster" not in stale.manifest and torch.equal(stale.rows, (repartitioned.assignments == 0).nonzero()[:, 0])
 
 
+@pytest.mark.slow
 def test_cli_partition_method_and_export(run):
     result = run_cli("partition", run.url, "--clusters", "3", "--method", "random")
     assert result.returncode == 0, result.stderr
@@ -143,6 +145,7 @@ def test_cli_partition_method_and_export(run):
     assert "cluster 1:" in result.stdout and run.exists("clusters/1/manifest.json") and not run.exists("clusters/0")
 
 
+@pytest.mark.slow
 def test_text_features_put_each_caption_class_in_one_cluster(tmp_path, config):
     """Clustering on the captions' embeddings: every Fashion-MNIST class lands whole in one cluster."""
     from paris.data.prepare import prepare

@@ -3,6 +3,7 @@ token ids or as embeddings gives the same states, and token ids too many for a t
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from testkit.tiny_encoders import IMAGE_SIZE, laion_config, with_data, write_folder
@@ -12,6 +13,7 @@ from paris.models.encoders import Dinov2Features, build_autoencoder, build_text_
 from paris.run import RunDir
 
 
+@pytest.mark.slow
 def test_prepare_with_the_real_encoders_stores_what_they_compute(tmp_path, models):
     folder = write_folder(tmp_path / "images", 6)
     run = RunDir(str(tmp_path / "run"))
@@ -31,6 +33,7 @@ def test_prepare_with_the_real_encoders_stores_what_they_compute(tmp_path, model
     assert torch.allclose(states, expected, atol=1e-5) and mask.all()
 
 
+@pytest.mark.slow
 def test_text_storage_embeddings_matches_tokens(tmp_path, models):
     folder = write_folder(tmp_path / "images", 5)
     tokens, embeddings = RunDir(str(tmp_path / "a")), RunDir(str(tmp_path / "b"))

@@ -85,6 +85,7 @@ def test_resume_keeps_whole_shards_and_redoes_broken_ones(tmp_path, baseline, co
     assert_same_store(run, baseline)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_loses_and_duplicates_nothing(tmp_path):
     """A real `paris prepare` killed with SIGKILL mid-run, then rerun, holds every image exactly once."""
     n, shard = 3000, 50
@@ -156,6 +157,7 @@ def test_prepare_refuses_to_replace_data_of_another_config(tmp_path, baseline, c
     assert_same_store(run, baseline)
 
 
+@pytest.mark.slow
 def test_cli_shard_range_and_merge(tmp_path):
     result = run_cli("prepare", str(tmp_path / "run"), "--shard-range", "5:2")
     assert result.returncode == 2 and "error: bad --shard-range '5:2'" in result.stderr

@@ -78,6 +78,7 @@ def test_status_from_the_run_directory(partitioned, tmp_path, config):
     assert job_status(run, "experts/0", 3, now=time.time() + 3600)["state"] == "stale"
 
 
+@pytest.mark.slow
 def test_launch_refuses_unknown_backend_and_experts(partitioned):
     assert run_cli("launch", str(partitioned), "--backend", "kube").stderr.startswith("error: unknown backend 'kube'")
     result = run_cli("launch", str(partitioned), "--experts", "0,7")
@@ -105,6 +106,7 @@ def ray_cluster():
     shutil.rmtree(temp, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_ray_backend_trains_every_expert_and_reports_a_failure(partitioned, tmp_path, ray_cluster):
     from paris.launch.ray import launch_ray
 
@@ -115,6 +117,7 @@ def test_ray_backend_trains_every_expert_and_reports_a_failure(partitioned, tmp_
         assert run.read_json(f"experts/{k}/final/manifest.json")["steps"] == 2
 
 
+@pytest.mark.slow
 def test_launch_local_trains_experts_as_processes(partitioned, tmp_path):
     """Experts 0 and 1 train in two independent processes; expert 5 does not exist: its process fails with
     exit 2 and a one-line error in its log, and that does not stop the others."""
