@@ -1,10 +1,11 @@
 """`paris prepare` throughput with the tiny test encoders (AutoencoderKL, CLIPTextModel, Dinov2Model).
 
-    .venv/bin/python benchmarks/prepare_speed.py [NUM_IMAGES]
+    PYTHONPATH=. .venv/bin/python benchmarks/prepare_speed.py [NUM_IMAGES]
 
 A folder of JPEGs (320x256, captions in .txt files) prepared at Paris's 256x256, 77 CLIP tokens, DINOv2
 CLS features. The encoders are tiny, so this measures the pipeline around them: reading, decoding,
-resizing, batching, writing shards. Real encoders add their own (GPU) time on top.
+resizing, batching, writing shards. Real encoders add their own (GPU) time on top. The encoders and images
+are the tests' own, from testkit/tiny_encoders.py (PYTHONPATH=. makes it importable from the repository root).
 """
 
 from __future__ import annotations
@@ -15,12 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from tiny_encoders import caption, image_bytes, laion_config, tiny_models, with_data  # noqa: E402
-
-from paris.data.prepare import prepare  # noqa: E402
-from paris.run import RunDir  # noqa: E402
+from paris.data.prepare import prepare
+from paris.run import RunDir
+from testkit.tiny_encoders import caption, image_bytes, laion_config, tiny_models, with_data
 
 
 def main() -> None:

@@ -98,8 +98,7 @@ def partition(
                  *([f"partition.seed={seed}"] if seed is not None else []),
                  *([f"partition.method={method}"] if method is not None else [])]
     run_dir, cfg = _config(run, overrides)
-    run_dir.write_config(cfg)  # first: the run's config records the K used, and an unwritable run fails before work
-    part = make_partition(run_dir, cfg.partition)
+    part = make_partition(run_dir, cfg.partition)  # also records cfg.partition in the run's config
     console.print(partition_table(part.meta, read_manifest(run_dir).get("class_names")))
 
 

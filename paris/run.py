@@ -89,15 +89,6 @@ class RunDir:
             raise ParisError(f"{self.url}/{rel} is corrupt: its sha256 does not match the one recorded with it")
         return load_safetensors(data)
 
-    def append_line(self, rel: str, line: str) -> None:
-        """Append one line to a log (JSONL metrics). Logs are the one kind of file not written atomically."""
-        try:
-            self.fs.makedirs(self.path(rel).rsplit("/", 1)[0], exist_ok=True)
-            with self.fs.open(self.path(rel), "a") as f:
-                f.write(line + "\n")
-        except OSError as e:
-            raise ParisError(f"cannot write {self.url}/{rel}: {e}; check the run directory is writable") from None
-
     # --- the run's config -------------------------------------------------------------------------
     def read_config(self) -> RunConfig:
         return from_yaml(self.read_text(layout.CONFIG), where=f"{self.url}/{layout.CONFIG}")

@@ -180,7 +180,3 @@ def guide(v_text: torch.Tensor, v_empty: torch.Tensor, scale: float) -> torch.Te
     """Classifier-free guidance: v(empty) + s (v(text) - v(empty))."""
     return v_empty + scale * (v_text - v_empty)
 
-
-def guided_velocity(model, x, t, text, mask, null_text, null_mask, scale: float) -> torch.Tensor:
-    """The guided velocity of one model."""
-    return guide(*conditional_velocities(model, x, t, text, mask, null_text, null_mask), scale)

@@ -5,18 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import NUM_IMAGES, copy_run, run_cli, snapshot
+from testkit.runs import NUM_IMAGES, assert_user_error, copy_run, run_cli, snapshot
 
-
-def assert_user_error(result, *needles: str) -> str:
-    output = result.stdout + result.stderr
-    assert result.returncode == 2, output
-    assert "Traceback" not in output, output
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
+pytestmark = pytest.mark.slow  # every test runs `paris` in a subprocess: about 3 s each
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import run_cli
+from testkit.runs import run_cli
 from paris.errors import ParisError
 from paris.pipeline import ParisPipeline
 from paris.run import RunDir
@@ -119,7 +119,7 @@ def test_guidance_after_mixing_is_the_same_flow_for_a_router_without_text(pipe):
 
 def test_guidance_after_mixing_uses_the_routers_weights_for_the_empty_prompt(pipe):
     """With a text-conditioned router (DDM), "after" mixes v(empty) with p(k | x_t, t, "") and so differs."""
-    from conftest import randomize_zero_params
+    from testkit.runs import randomize_zero_params
     from paris.models.router import Router
 
     router = pipe.mixture.router
@@ -144,52 +144,6 @@ def test_heun_costs_two_router_calls_per_step_but_the_last(pipe):
     assert heun["expert_passes_per_image"] == pytest.approx(5 / 3)
 
 
-def test_evaluate_writes_the_table(trained, tmp_path, config):
-    """A tiny end-to-end evaluate: monolith at matched compute, then FID, adherence, CLIP score and cost per strategy."""
-    import shutil
-
-    from tiny_encoders import tiny_models
-
-    from paris.config import EvalConfig
-    from paris.evaluate.table import evaluate_run
-    from paris.train.expert import train_monolith
-
-    run_path = tmp_path / "run"
-    shutil.copytree(trained, run_path)
-    run = RunDir(str(run_path))
-    summary = train_monolith(run, config)
-    e = config.expert  # matched compute (split-batch: the experts' steps at twice their batch), all data
-    assert summary["samples_seen"] == 2 * e.steps * e.batch_size and summary["cluster_size"] == 300
-    evaluation = EvalConfig("monolith,top1,full", num_samples=6, classifier_images=600,
-                            clip_model=tiny_models()["clip_model"])  # grey images, an RGB CLIP
-    report = evaluate_run(str(run_path), evaluation, steps=2, route_every=2)
-    rows = report["strategies"]
-    assert list(rows) == ["monolith", "top1", "full"]
-    assert rows["monolith"]["expert_passes_per_image_step"] == 1 and rows["full"]["expert_passes_per_image_step"] == 2
-    assert all(r["fid"] > 0 and 0 <= r["prompt_adherence"] <= 1 and 0 <= r["clip_score"] <= 100 for r in rows.values())
-    assert 0 <= report["classifier_test_accuracy"] <= 1 and 0 <= report["reference_clip_score"] <= 100
-    table = run.read_text("eval/report.md")
-    assert "| strategy | FID | prompt adherence | CLIP score | expert passes / image / step | s / image |" in table
-    assert "| top1 |" in table
-    assert report["route_every"] == 2 and "router every 2 steps" in table
-    assert report["baseline"] == {"protocol": "split-batch", "steps": e.steps, "batch_size": 2 * e.batch_size,
-                                  "samples_seen": 2 * e.steps * e.batch_size}
-    assert f"monolith: {e.steps:,} steps of {2 * e.batch_size} ({2 * e.steps * e.batch_size:,} samples, split-batch protocol)" in table
-
-
-def test_frechet_distance_matches_the_closed_form():
-    """Gaussians with known means and covariances: FID = |mu_a - mu_b|^2 + Tr(Sa + Sb - 2 (Sa Sb)^1/2)."""
-    import numpy as np
-
-    from paris.evaluate.fid import frechet_distance
-
-    rng = np.random.default_rng(0)
-    a = rng.normal(0, 1, (20000, 3))
-    b = rng.normal(1, 2, (20000, 3))  # mean 1, covariance 4 I
-    assert frechet_distance(a, b) == pytest.approx(3 * 1 + 3 * (1 + 4 - 2 * 2), rel=0.03)
-    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
-
-
 def test_route_every_reuses_the_routers_weights_between_calls(pipe):
     _, every = pipe.generate(PROMPTS, strategy="full", steps=6, trace=True)
     _, third = pipe.generate(PROMPTS, strategy="full", steps=6, route_every=3, trace=True)
@@ -203,35 +157,12 @@ def test_route_every_reuses_the_routers_weights_between_calls(pipe):
         pipe.generate(PROMPTS, route_every=0)
 
 
-def test_frechet_distance_with_fewer_samples_than_features():
-    """Zero features change nothing: 5 and 7 samples in 3 dimensions (covariances of full rank) give the same FID
-    padded to 10 dimensions, where the covariances are singular and the small-sample formula is used."""
-    import numpy as np
-
-    from paris.evaluate.fid import frechet_distance
-
-    rng = np.random.default_rng(0)
-    a, b = rng.normal(0, 1, (5, 3)), rng.normal(1, 2, (7, 3))
-    padded = [np.pad(x, ((0, 0), (0, 7))) for x in (a, b)]
-    assert frechet_distance(*padded) == pytest.approx(frechet_distance(a, b), rel=1e-9)
-
-
 def test_a_prompt_longer_than_the_text_encoder_is_truncated_with_a_warning(trained, tmp_path):
     long_prompt = "a photo of a sneaker " + "with laces " * 40
     result = run_cli("generate", str(trained), "-p", long_prompt, "--steps", "1", "--out", str(tmp_path / "x.png"))
     assert result.returncode == 0, result.stderr
     assert "is longer than" in result.stderr and "tokens and is truncated" in result.stderr
     assert "Traceback" not in result.stderr
-
-
-def test_the_adherence_classifier_is_trained_once_then_read_from_the_cache(monkeypatch, config):
-    import paris.evaluate.adherence as evaluate
-
-    first = evaluate.fashion_classifier(config.data.path, limit=256, seed=3)
-    monkeypatch.setattr(evaluate, "train_classifier", lambda *a, **k: pytest.fail("trained again"))
-    again = evaluate.fashion_classifier(config.data.path, limit=256, seed=3)
-    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
-    assert not again.training  # dropout and batch statistics frozen for scoring
 
 
 def test_python_and_the_command_line_draw_the_same_images(trained, saved, tmp_path):

@@ -9,18 +9,17 @@ import re
 import pytest
 import torch
 
-from conftest import NUM_IMAGES, copy_run, randomize_zero_params, run_cli
+from testkit.runs import NUM_IMAGES, randomize_zero_params, run_cli
 from paris.config import DiTConfig, RouterConfig
 from paris.models.encoders import IdentityAutoencoder
 from paris.flow import euler_step, time_grid
-from paris.launch.local import launch_local
 from paris.models.dit import DiT
 from paris.models.io import load_pretrained
 from paris.models.router import Router
 from paris.routing import routing_weights
 from paris.run import RunDir
 from paris.pipeline import ParisPipeline
-from paris.sample import ExpertPool, Mixture, generate, guided_velocity
+from paris.sample import ExpertPool, Mixture, conditional_velocities, generate, guide
 
 # Every deterministic rule: the grouped sampler must equal running every expert on every sample.
 STRATEGIES = ["top1", "top2", "full", "topk:3", "nucleus:0.7", "threshold:0.3", "oracle:1"]
@@ -120,9 +119,11 @@ def _every_expert_on_every_sample(mixture, prompts, strategy, steps, guidance, s
     for t, t_next in zip(times[:-1], times[1:]):
         t_batch = torch.full((len(x),), t)
         weights = routing_weights(mixture.router(x, t_batch).softmax(-1), strategy)
-        v = sum(weights[:, k].view(-1, 1, 1, 1) * guided_velocity(e, x, t_batch, text, mask, null_text, null_mask,
-                                                                  guidance)
-                for k, e in enumerate(mixture.experts))
+        v = 0
+        for k, e in enumerate(mixture.experts):  # classifier-free guidance: v_uncond + s (v_cond - v_uncond)
+            v_cond = e(x, t_batch, text, mask)
+            v_uncond = e(x, t_batch, null_text.expand(len(x), -1, -1), null_mask.expand(len(x), -1))
+            v = v + weights[:, k].view(-1, 1, 1, 1) * (v_uncond + guidance * (v_cond - v_uncond))
         x = euler_step(x, v, t, t_next)
         all_weights.append(weights)
     return x.clamp(-1, 1), torch.cat(all_weights)
@@ -154,24 +155,7 @@ def test_guidance_scale_one_is_the_conditional_velocity(random_mixture, text_enc
     text, mask = text_encoder.encode(PROMPTS[:2])
     null_text, null_mask = text_encoder.encode([""])
     with torch.no_grad():
-        guided = guided_velocity(expert, x, t, text, mask, null_text, null_mask, 1.0)
-        unguided = guided_velocity(expert, x, t, text, mask, null_text, null_mask, 0.0)
+        guided = guide(*conditional_velocities(expert, x, t, text, mask, null_text, null_mask), 1.0)
+        unguided = guide(*conditional_velocities(expert, x, t, text, mask, null_text, null_mask), 0.0)
         assert torch.allclose(guided, expert(x, t, text, mask), atol=1e-5)
         assert torch.allclose(unguided, expert(x, t, null_text.expand(2, -1, -1), null_mask.expand(2, -1)), atol=1e-5)
-
-
-# --- the local launcher ---------------------------------------------------------------------------
-
-def test_launch_local_trains_experts_as_processes(partitioned, tmp_path):
-    """Experts 0 and 1 train in two independent processes; expert 5 does not exist: its process fails with
-    exit 2 and a one-line error in its log, and that does not stop the others."""
-    run = copy_run(partitioned, tmp_path / "run")
-    logs = tmp_path / "logs"
-    codes = launch_local(run, {0: 2, 5: 2, 1: 2}, jobs=2, overrides=["expert.steps=2"], log_dir=logs)
-    assert codes == {0: 0, 1: 0, 5: 2}, [(logs / f"expert_{k}.log").read_text() for k in (0, 1, 5)]
-    for k in (0, 1):
-        assert run.read_json(f"experts/{k}/LATEST")["step"] == 2
-        assert isinstance(load_pretrained(run, f"experts/{k}/final"), DiT)
-        assert f"expert {k}: done" in (logs / f"expert_{k}.log").read_text()
-    assert "error: expert 5 does not exist" in (logs / "expert_5.log").read_text()
-    assert run.list("experts") == ["0", "1"]

@@ -44,10 +44,8 @@ def test_overwrite_replaces_whole_file(run):
     assert run.read_text("f") == "short"
 
 
-def test_append_line_and_remove(run):
-    run.append_line("logs/m.jsonl", "1")
-    run.append_line("logs/m.jsonl", "2")
-    assert run.read_text("logs/m.jsonl") == "1\n2\n"
+def test_remove(run):
+    run.write_text("logs/m.jsonl", "1\n2\n")
     run.remove("logs")
     assert not run.exists("logs/m.jsonl")
     run.remove("logs")  # removing what is not there is fine

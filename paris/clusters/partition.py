@@ -6,7 +6,8 @@ random: a balanced random split (the ablation).  labels: one cluster per value o
 
 Writes partition/centroids.safetensors (per-cluster mean feature; kmeans also fine + coarse centroids),
 partition/assignments.safetensors (cluster per sample), partition/montage/<k>.png (a few images of each
-cluster) and partition/meta.json (written last: K, sizes, seed, a hash of the assignments).
+cluster), the partition section of config.yaml, and partition/meta.json (written last: K, sizes, seed, a hash of
+the assignments). The old meta.json is removed first, so a reader never sees a mix of two partitions.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def partition(run: RunDir, cfg: PartitionConfig) -> Partition:
     run.save_tensors(layout.PARTITION_CENTROIDS, {"centroids": centroids, **extra})
     run.save_tensors(layout.PARTITION_ASSIGNMENTS, {"assignments": assignments})
     write_montages(run, manifest, assignments, num_clusters, cfg.montage_images)
+    run.write_config(dataclasses.replace(run.read_config(), partition=cfg))  # the run's config records it
     run.write_json(layout.PARTITION_META, meta)  # last
     return Partition(assignments, centroids, meta)
 

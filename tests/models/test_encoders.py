@@ -8,17 +8,9 @@ import json
 import pytest
 import torch
 
-from tiny_encoders import IMAGE_SIZE, laion_config, tiny_models, with_data, write_folder
+from testkit.tiny_encoders import IMAGE_SIZE, laion_config, with_data
 from paris.models.encoders import Dinov2Features, build_autoencoder, build_features, build_text_encoder
-from paris.data.prepare import prepare
-from paris.data.store import load_store, read_columns
 from paris.errors import ParisError
-from paris.run import RunDir
-
-
-@pytest.fixture(scope="module")
-def models():
-    return tiny_models()
 
 
 def _images(n: int, seed: int = 0) -> torch.Tensor:
@@ -90,51 +82,3 @@ def _untyped(tmp_path) -> str:
     """A directory whose config.json names no model type."""
     (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 3}))
     return str(tmp_path)
-
-
-def test_prepare_with_the_real_encoders_stores_what_they_compute(tmp_path, models):
-    folder = write_folder(tmp_path / "images", 6)
-    run = RunDir(str(tmp_path / "run"))
-    manifest = prepare(run, laion_config(models, "folder", str(folder)))
-    assert manifest["latent_shape"] == [4, 8, 8] and manifest["text_dim"] == 32 and manifest["feature_dim"] == 32
-    assert manifest["encoders"]["autoencoder"] == "sd-vae" and manifest["max_tokens"] == 77
-    store = load_store(run)
-    from paris.data.preprocess import load_image
-
-    image = load_image((folder / "0003.jpg").read_bytes(), IMAGE_SIZE, 32)[None]
-    vae = build_autoencoder("sd-vae", models["vae"])
-    assert torch.allclose(store.latents[3], vae.encode(image)[0], atol=2e-3)  # fp16 storage
-    features = torch.cat([c["features"] for _, c in read_columns(run, ["features"])])
-    assert torch.allclose(features[3].float(), Dinov2Features(models["dinov2"], "cls")(image)[0], atol=5e-3)
-    states, mask = store.text(torch.tensor([3]))
-    expected, _ = build_text_encoder("clip", models["clip"], 77).encode([store.captions[3]])
-    assert torch.allclose(states, expected, atol=1e-5) and mask.all()
-
-
-def test_text_storage_embeddings_matches_tokens(tmp_path, models):
-    folder = write_folder(tmp_path / "images", 5)
-    tokens, embeddings = RunDir(str(tmp_path / "a")), RunDir(str(tmp_path / "b"))
-    cfg = laion_config(models, "folder", str(folder))
-    prepare(tokens, cfg)
-    prepare(embeddings, with_data(cfg, text_storage="embeddings"))
-    a, b = load_store(tokens), load_store(embeddings)
-    assert "text_ids" in a.text_data and "text_states" in b.text_data
-    rows, drop = torch.tensor([0, 4, 2]), torch.tensor([False, False, True])
-    (sa, ma), (sb, mb) = a.text(rows, drop), b.text(rows, drop)
-    assert torch.allclose(sa, sb, atol=3e-3) and torch.equal(ma, mb)  # embeddings are fp16
-    assert not torch.allclose(sa[0], sa[2], atol=1e-2)  # the dropped one is the empty prompt
-
-
-def test_token_ids_are_encoded_per_batch_when_captions_are_too_many_for_a_table(tmp_path, models, monkeypatch):
-    from paris.data import text_lookup
-
-    folder = write_folder(tmp_path / "images", 5)
-    run = RunDir(str(tmp_path / "run"))
-    prepare(run, laion_config(models, "folder", str(folder)))
-    rows, drop = torch.tensor([1, 3, 0]), torch.tensor([False, True, False])
-    table = load_store(run).text(rows, drop)
-    monkeypatch.setattr(text_lookup, "TABLE_BYTES", 0)
-    store = load_store(run)
-    per_batch = store.text(rows, drop)
-    assert store._text.table is None  # really the per-batch path
-    assert torch.allclose(table[0], per_batch[0], atol=1e-5) and torch.equal(table[1], per_batch[1])

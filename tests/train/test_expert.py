@@ -3,13 +3,12 @@ checkpoint of another job is never resumed, that it touches only experts/K, and 
 
 from __future__ import annotations
 
-import json
 import statistics
 
 import pytest
 import torch
 
-from conftest import copy_run, record_writes, snapshot, with_expert
+from testkit.runs import copy_run, record_writes, snapshot, with_expert
 from paris.errors import ParisError
 from paris.models.dit import DiT
 from paris.models.io import load_pretrained
@@ -224,6 +223,7 @@ def test_a_damaged_latest_pointer_resumes_from_the_newest_checkpoint(partitioned
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_a_second_job_on_the_same_expert_is_refused_while_the_first_trains(partitioned, tmp_path):
     import os
     import signal

@@ -9,7 +9,7 @@ import fsspec
 import pytest
 import torch
 
-from conftest import randomize_zero_params
+from testkit.runs import randomize_zero_params
 from paris.config import DiTConfig, RouterConfig, dit_config, router_config
 from paris.errors import ParisError
 from paris.models.dit import DiT

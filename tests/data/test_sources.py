@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tiny_encoders import IMAGE_SIZE, caption, image_bytes, laion_config, tiny_models, write_folder, write_tar
+from testkit.tiny_encoders import IMAGE_SIZE, caption, image_bytes, laion_config, write_folder, write_tar
 from paris.config import DataConfig
 from paris.data.prepare import prepare
 from paris.data.preprocess import Skip, load_image
@@ -16,11 +16,6 @@ from paris.data.sources import open_source
 from paris.data.store import load_store
 from paris.errors import ParisError
 from paris.run import RunDir
-
-
-@pytest.fixture(scope="module")
-def models():
-    return tiny_models()
 
 
 def _prepare(tmp_path, models, source: str, path: str, **data):

@@ -14,12 +14,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import copy_run, run_cli, with_expert
+from testkit.runs import copy_run, run_cli, with_expert
 from paris.errors import ParisError
 from paris.launch import train_command
-from paris.launch.local import gpu_groups
+from paris.launch.local import gpu_groups, launch_local
 from paris.launch.skypilot import write_tasks
 from paris.launch.slurm import write_sbatch
+from paris.models.dit import DiT
+from paris.models.io import load_pretrained
 from paris.status import job_status, run_status
 from paris.train.expert import train_expert
 
@@ -77,6 +79,7 @@ def test_status_from_the_run_directory(partitioned, tmp_path, config):
     assert job_status(run, "experts/0", 3, now=time.time() + 3600)["state"] == "stale"
 
 
+@pytest.mark.slow
 def test_launch_refuses_unknown_backend_and_experts(partitioned):
     assert run_cli("launch", str(partitioned), "--backend", "kube").stderr.startswith("error: unknown backend 'kube'")
     result = run_cli("launch", str(partitioned), "--experts", "0,7")
@@ -104,6 +107,7 @@ def ray_cluster():
     shutil.rmtree(temp, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_ray_backend_trains_every_expert_and_reports_a_failure(partitioned, tmp_path, ray_cluster):
     from paris.launch.ray import launch_ray
 
@@ -143,3 +147,19 @@ def test_models_of_an_old_partition_are_outdated_not_done(trained, tmp_path):
     assert {r["state"] for r in run_status(run)} == {"outdated"}
     with pytest.raises(ParisError, match="experts/0/final was trained on another partition"):
         ParisPipeline.from_run(run.url)
+
+
+@pytest.mark.slow
+def test_launch_local_trains_experts_as_processes(partitioned, tmp_path):
+    """Experts 0 and 1 train in two independent processes; expert 5 does not exist: its process fails with
+    exit 2 and a one-line error in its log, and that does not stop the others."""
+    run = copy_run(partitioned, tmp_path / "run")
+    logs = tmp_path / "logs"
+    codes = launch_local(run, {0: 2, 5: 2, 1: 2}, jobs=2, overrides=["expert.steps=2"], log_dir=logs)
+    assert codes == {0: 0, 1: 0, 5: 2}, [(logs / f"expert_{k}.log").read_text() for k in (0, 1, 5)]
+    for k in (0, 1):
+        assert run.read_json(f"experts/{k}/LATEST")["step"] == 2
+        assert isinstance(load_pretrained(run, f"experts/{k}/final"), DiT)
+        assert f"expert {k}: done" in (logs / f"expert_{k}.log").read_text()
+    assert "error: expert 5 does not exist" in (logs / "expert_5.log").read_text()
+    assert run.list("experts") == ["0", "1"]

@@ -12,8 +12,8 @@ import time
 import pytest
 import torch
 
-from conftest import FASHION_MNIST, run_cli
-from tiny_encoders import laion_config, tiny_models, with_data, write_folder
+from testkit.runs import FASHION_MNIST, run_cli
+from testkit.tiny_encoders import laion_config, tiny_models, with_data, write_folder
 from paris.data import fashion_mnist
 from paris.data import prepare as prepare_module
 from paris.data.merge import merge
@@ -85,6 +85,7 @@ def test_resume_keeps_whole_shards_and_redoes_broken_ones(tmp_path, baseline, co
     assert_same_store(run, baseline)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_loses_and_duplicates_nothing(tmp_path):
     """A real `paris prepare` killed with SIGKILL mid-run, then rerun, holds every image exactly once."""
     n, shard = 3000, 50
@@ -156,6 +157,7 @@ def test_prepare_refuses_to_replace_data_of_another_config(tmp_path, baseline, c
     assert_same_store(run, baseline)
 
 
+@pytest.mark.slow
 def test_cli_shard_range_and_merge(tmp_path):
     result = run_cli("prepare", str(tmp_path / "run"), "--shard-range", "5:2")
     assert result.returncode == 2 and "error: bad --shard-range '5:2'" in result.stderr

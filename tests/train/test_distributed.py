@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import copy_run, run_cli
+from testkit.runs import copy_run, run_cli
 from paris.config import TrainConfig
 from paris.errors import ParisError
 from paris.train.loop import micro_batches

@@ -1,5 +1,6 @@
 """Tiny, randomly initialised instances of the real encoder classes, saved with `save_pretrained`, and tiny
-data sets in every source format: what the data tests prepare from, through the paths users take.
+data sets in every source format: what the data tests (and benchmarks/prepare_speed.py) prepare from, through
+the paths users take.
 
 The CLIP tokenizer is a real CLIPTokenizer over a vocabulary we write: the 256 byte symbols of CLIP's
 byte-level BPE (plus their end-of-word forms) and no merges, so every character is one token.

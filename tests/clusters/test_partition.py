@@ -1,7 +1,9 @@
-"""Partition methods (hierarchical k-means with faiss, random, labels), montages, and per-cluster export."""
+"""Partition methods (hierarchical k-means with faiss, random, labels; image or caption features), montages,
+per-cluster export, and the partition's files and refusals."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
@@ -9,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import NUM_IMAGES, copy_run, run_cli
-from tiny_encoders import image_bytes, laion_config, tiny_models, write_folder
+from testkit.runs import NUM_IMAGES, copy_run, record_writes, run_cli
+from testkit.tiny_encoders import image_bytes, laion_config, tiny_models, write_folder
 from paris.clusters.export import export_clusters, load_cluster
 from paris.data.prepare import prepare
 from paris.data.store import load_store, read_columns
@@ -91,6 +93,7 @@ def test_labels_method_without_labels_and_unknown_method(tmp_path):
         apply_overrides(run.read_config(), ["partition.method=spectral"])
 
 
+@pytest.mark.slow
 def test_a_cluster_that_comes_out_empty_is_an_error(tmp_path):
     """Identical images have identical features: k-means cannot make 2 clusters of them."""
     folder = write_folder(tmp_path / "images", 6)
@@ -132,6 +135,7 @@ def test_export_gives_each_expert_only_its_cluster(run):
     assert "cluster" not in stale.manifest and torch.equal(stale.rows, (repartitioned.assignments == 0).nonzero()[:, 0])
 
 
+@pytest.mark.slow
 def test_cli_partition_method_and_export(run):
     result = run_cli("partition", run.url, "--clusters", "3", "--method", "random")
     assert result.returncode == 0, result.stderr
@@ -139,3 +143,80 @@ def test_cli_partition_method_and_export(run):
     result = run_cli("export-clusters", run.url, "--cluster", "1")
     assert result.returncode == 0, result.stderr
     assert "cluster 1:" in result.stdout and run.exists("clusters/1/manifest.json") and not run.exists("clusters/0")
+
+
+@pytest.mark.slow
+def test_text_features_put_each_caption_class_in_one_cluster(tmp_path, config):
+    """Clustering on the captions' embeddings: every Fashion-MNIST class lands whole in one cluster."""
+    from paris.data.prepare import prepare
+    from paris.clusters.partition import partition
+    from paris.config import PartitionConfig
+
+    run = RunDir(str(tmp_path / "run"))
+    prepare(run, dataclasses.replace(config, data=dataclasses.replace(config.data, features="text")))
+    assert run.read_json("data/manifest.json")["feature_dim"] == 384
+    part = partition(run, PartitionConfig(num_clusters=3, seed=0))
+    histogram = torch.tensor(part.meta["label_histogram"])  # [cluster, class]
+    assert ((histogram > 0).sum(0) == 1).all()  # no class is split between clusters
+
+
+# --- the partition's files, and what it refuses ---------------------------------------------------
+
+def test_partition_sizes_and_files(partitioned):
+    run = RunDir(str(partitioned))
+    part = load_partition(run)
+    assert part.num_clusters == 2
+    assert sum(part.meta["sizes"]) == NUM_IMAGES == len(part.assignments)
+    assert part.meta["sizes"] == torch.bincount(part.assignments, minlength=2).tolist()
+    assert min(part.meta["sizes"]) > 0
+    assert part.centroids.shape == (2, 64)
+    histogram = part.meta["label_histogram"]
+    assert [sum(row) for row in histogram] == part.meta["sizes"]
+
+
+def test_partition_is_deterministic_for_a_seed(prepared, tmp_path):
+    a = partition(copy_run(prepared["path"], tmp_path / "a"), PartitionConfig(num_clusters=3, seed=5))
+    b = partition(copy_run(prepared["path"], tmp_path / "b"), PartitionConfig(num_clusters=3, seed=5))
+    assert a.meta["hash"] == b.meta["hash"]
+    assert torch.equal(a.assignments, b.assignments)
+    assert a.meta["hash"] != partition(RunDir(str(tmp_path / "a")), PartitionConfig(num_clusters=4, seed=5)).meta["hash"]
+
+
+def test_partition_writes_meta_last(prepared, tmp_path):
+    run = copy_run(prepared["path"], tmp_path / "run")
+    writes = record_writes(run)
+    partition(run, PartitionConfig(num_clusters=2))
+    assert writes[-1] == "partition/meta.json"
+    assert set(writes) == {"partition/centroids.safetensors", "partition/assignments.safetensors",
+                           "partition/montage/0.png", "partition/montage/1.png", "config.yaml", "partition/meta.json"}
+
+
+@pytest.mark.parametrize("k", [NUM_IMAGES + 1, 0])
+def test_partition_refuses_impossible_k(partitioned, tmp_path, k):
+    run = copy_run(partitioned, tmp_path / "run")
+    before = run.read_bytes("partition/meta.json")
+    with pytest.raises(ParisError, match=str(k)):  # 0: refused as the config loads; N + 1: by the partition
+        partition(run, apply_overrides(run.read_config(), [f"partition.num_clusters={k}"]).partition)
+    assert run.read_bytes("partition/meta.json") == before
+
+
+def test_partition_without_prepare_says_what_to_run(tmp_path):
+    with pytest.raises(ParisError, match="paris prepare"):
+        partition(RunDir(str(tmp_path)), PartitionConfig(num_clusters=2))
+
+
+def test_a_partition_is_published_as_a_whole(partitioned, tmp_path):
+    """Re-partitioning removes the pointer before the files change, and assignments that do not match their
+    meta.json (a half-written partition, an edited file) are refused."""
+    run = copy_run(partitioned, tmp_path / "run")
+    seen = []
+    save = run.save_tensors
+    run.save_tensors = lambda rel, *a, **k: (seen.append(run.exists("partition/meta.json")), save(rel, *a, **k))[1]
+    partition(run, PartitionConfig(num_clusters=3, seed=1))
+    assert seen and not any(seen)  # no meta.json while centroids and assignments were replaced
+    assert load_partition(run).num_clusters == 3
+    other = load_partition(run).assignments.clone()
+    other[0] = (other[0] + 1) % 3
+    save("partition/assignments.safetensors", {"assignments": other})
+    with pytest.raises(ParisError, match="does not match partition/meta.json"):
+        load_partition(run)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import shutil
 import time
 
-from benchmarks.resume_trials import identical, kill_and_resume, make_run, state, straight
+import pytest
+
+from testkit.resume import identical, kill_and_resume, make_run, state, straight
 from paris.run import RunDir
 
 
@@ -19,6 +21,7 @@ def kill_once_mid_training(run: RunDir, process) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
     base = make_run(tmp_path / "base")
     reference = straight(RunDir(shutil.copytree(base.url, tmp_path / "straight")))

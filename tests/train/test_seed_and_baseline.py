@@ -7,13 +7,12 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import copy_run, run_cli, with_expert
+from testkit.runs import copy_run, run_cli, with_expert
 
 from paris.config import apply_overrides
 from paris.errors import ParisError
 from paris.models.dit import DiT
 from paris.models.io import load_pretrained
-from paris.run import RunDir
 from paris.train.expert import baseline_schedule, train_expert, train_monolith, train_seed
 from paris.train.init_from import load_initial_weights
 
@@ -135,20 +134,6 @@ def test_the_monolith_starts_where_the_experts_start(seeded, tmp_path, config):
     cfg = with_baseline(with_expert(config, steps=0, init_from="seed/final"), batch_size=1)
     train_monolith(run, cfg)
     assert same_weights(load_pretrained(run, "monolith/final"), load_pretrained(run, "seed/final"))
-
-
-def test_text_features_put_each_caption_class_in_one_cluster(tmp_path, config):
-    """Clustering on the captions' embeddings: every Fashion-MNIST class lands whole in one cluster."""
-    from paris.data.prepare import prepare
-    from paris.clusters.partition import partition
-    from paris.config import PartitionConfig
-
-    run = RunDir(str(tmp_path / "run"))
-    prepare(run, dataclasses.replace(config, data=dataclasses.replace(config.data, features="text")))
-    assert run.read_json("data/manifest.json")["feature_dim"] == 384
-    part = partition(run, PartitionConfig(num_clusters=3, seed=0))
-    histogram = torch.tensor(part.meta["label_histogram"])  # [cluster, class]
-    assert ((histogram > 0).sum(0) == 1).all()  # no class is split between clusters
 
 
 def test_steps_by_size_share_the_experts_steps_by_cluster_size(config):

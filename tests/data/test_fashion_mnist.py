@@ -1,4 +1,4 @@
-"""Data: reading Fashion-MNIST (and refusing broken files), captions, `prepare`'s store, and `partition`."""
+"""Data: reading Fashion-MNIST (and refusing broken files), captions, and `prepare`'s store."""
 
 from __future__ import annotations
 
@@ -10,12 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FASHION_MNIST, NUM_IMAGES, SHARD_SIZE, copy_run, record_writes
+from testkit.runs import FASHION_MNIST, NUM_IMAGES, SHARD_SIZE
 from paris.data import fashion_mnist
 from paris.data.store import load_store, read_columns
 from paris.errors import ParisError
-from paris.clusters.partition import load_partition, partition
-from paris.config import PartitionConfig, apply_overrides
 from paris.run import RunDir
 
 PACKAGE = "dataset-fashion-mnist"  # every data error must say how to get the data
@@ -169,65 +167,3 @@ def test_same_caption_gives_identical_text_states(prepared, text_encoder):
     batched, _ = text_encoder.encode(["", caption, "a black and white photo of a ankle boot"])
     assert torch.allclose(alone[0], batched[1], atol=1e-5)
     assert not torch.allclose(batched[0], batched[1], atol=1e-2)
-
-
-# --- partition ----------------------------------------------------------------------------------
-
-def test_partition_sizes_and_files(partitioned):
-    run = RunDir(str(partitioned))
-    part = load_partition(run)
-    assert part.num_clusters == 2
-    assert sum(part.meta["sizes"]) == NUM_IMAGES == len(part.assignments)
-    assert part.meta["sizes"] == torch.bincount(part.assignments, minlength=2).tolist()
-    assert min(part.meta["sizes"]) > 0
-    assert part.centroids.shape == (2, 64)
-    histogram = part.meta["label_histogram"]
-    assert [sum(row) for row in histogram] == part.meta["sizes"]
-
-
-def test_partition_is_deterministic_for_a_seed(prepared, tmp_path):
-    a = partition(copy_run(prepared["path"], tmp_path / "a"), PartitionConfig(num_clusters=3, seed=5))
-    b = partition(copy_run(prepared["path"], tmp_path / "b"), PartitionConfig(num_clusters=3, seed=5))
-    assert a.meta["hash"] == b.meta["hash"]
-    assert torch.equal(a.assignments, b.assignments)
-    assert a.meta["hash"] != partition(RunDir(str(tmp_path / "a")), PartitionConfig(num_clusters=4, seed=5)).meta["hash"]
-
-
-def test_partition_writes_meta_last(prepared, tmp_path):
-    run = copy_run(prepared["path"], tmp_path / "run")
-    writes = record_writes(run)
-    partition(run, PartitionConfig(num_clusters=2))
-    assert writes[-1] == "partition/meta.json"
-    assert set(writes) == {"partition/centroids.safetensors", "partition/assignments.safetensors",
-                           "partition/montage/0.png", "partition/montage/1.png", "partition/meta.json"}
-
-
-@pytest.mark.parametrize("k", [NUM_IMAGES + 1, 0])
-def test_partition_refuses_impossible_k(partitioned, tmp_path, k):
-    run = copy_run(partitioned, tmp_path / "run")
-    before = run.read_bytes("partition/meta.json")
-    with pytest.raises(ParisError, match=str(k)):  # 0: refused as the config loads; N + 1: by the partition
-        partition(run, apply_overrides(run.read_config(), [f"partition.num_clusters={k}"]).partition)
-    assert run.read_bytes("partition/meta.json") == before
-
-
-def test_partition_without_prepare_says_what_to_run(tmp_path):
-    with pytest.raises(ParisError, match="paris prepare"):
-        partition(RunDir(str(tmp_path)), PartitionConfig(num_clusters=2))
-
-
-def test_a_partition_is_published_as_a_whole(partitioned, tmp_path):
-    """Re-partitioning removes the pointer before the files change, and assignments that do not match their
-    meta.json (a half-written partition, an edited file) are refused."""
-    run = copy_run(partitioned, tmp_path / "run")
-    seen = []
-    save = run.save_tensors
-    run.save_tensors = lambda rel, *a, **k: (seen.append(run.exists("partition/meta.json")), save(rel, *a, **k))[1]
-    partition(run, PartitionConfig(num_clusters=3, seed=1))
-    assert seen and not any(seen)  # no meta.json while centroids and assignments were replaced
-    assert load_partition(run).num_clusters == 3
-    other = load_partition(run).assignments.clone()
-    other[0] = (other[0] + 1) % 3
-    save("partition/assignments.safetensors", {"assignments": other})
-    with pytest.raises(ParisError, match="does not match partition/meta.json"):
-        load_partition(run)

@@ -1,0 +1,99 @@
+"""Tiny runs: the demo config cut down to seconds, copies and snapshots of run directories, and `paris` run as
+a user runs it (a subprocess)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from paris.config import BaselineConfig, RunConfig
+from paris.demo import demo_config
+from paris.run import RunDir
+
+FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+NUM_IMAGES = 300
+SHARD_SIZE = 128  # 300 images -> 3 shards (128, 128, 44): exercises the multi-shard path
+
+
+def tiny_config(**expert) -> RunConfig:
+    """The demo config cut down to seconds: 300 images, K=2, a few steps of the tiny presets, 1 thread."""
+    cfg = demo_config(FASHION_MNIST)
+    return dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, limit=NUM_IMAGES, shard_size=SHARD_SIZE),
+        partition=dataclasses.replace(cfg.partition, num_clusters=2),
+        expert=dataclasses.replace(cfg.expert, steps=6, batch_size=8, warmup_steps=0, checkpoint_every=1000,
+                                   log_every=1, threads=1, **expert),
+        router=dataclasses.replace(cfg.router, steps=10, batch_size=16, warmup_steps=0, checkpoint_every=1000,
+                                   log_every=5, threads=1, val_fraction=0.1),
+        sample=dataclasses.replace(cfg.sample, steps=4),
+        baseline=BaselineConfig(),  # the protocol's own batch
+    )
+
+
+def with_expert(cfg: RunConfig, **changes) -> RunConfig:
+    return dataclasses.replace(cfg, expert=dataclasses.replace(cfg.expert, **changes))
+
+
+def copy_run(src: Path, dst: Path) -> RunDir:
+    shutil.copytree(src, dst)
+    return RunDir(str(dst))
+
+
+def record_writes(run: RunDir) -> list[str]:
+    """Spy on a RunDir: returns a list that fills with the run-relative paths it writes, in order.
+
+    The real write still happens; this only observes the order (e.g. "manifest last").
+    """
+    writes: list[str] = []
+    real_write = run.write_bytes
+
+    def write_bytes(rel: str, data: bytes) -> None:
+        real_write(rel, data)
+        writes.append(rel)
+
+    run.write_bytes = write_bytes
+    return writes
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under `root` (relative path -> content), to see what a command wrote or changed."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def randomize_zero_params(model: torch.nn.Module, seed: int, std: float = 0.2) -> torch.nn.Module:
+    """Give every all-zero parameter (zero-initialised gates, projections, biases) random values.
+
+    The models start with zeroed output projections, which hides whether an input is used at all.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    """`python -m paris ARGS` in a subprocess, offline, as a user would run it."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "paris", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=timeout)
+
+
+def assert_user_error(result, *needles: str) -> str:
+    """`paris` refused bad input as it should: exit 2, one `error: ...` line holding every needle, no traceback."""
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "Traceback" not in output, output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]

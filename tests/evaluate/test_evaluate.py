@@ -1,0 +1,148 @@
+"""Evaluate: the table on the Fashion-MNIST run (monolith at matched compute, FID, adherence, CLIP score) and
+on a run that is not Fashion-MNIST (held-out reference images with captions, FID and CLIP score per strategy,
+no adherence); the Fréchet distance; the adherence classifier, trained once per machine."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import pytest
+import torch
+
+from testkit.runs import assert_user_error, run_cli
+from testkit.tiny_encoders import caption, tiny_models, write_folder, write_tar
+from paris.models.clip_score import ClipScore
+from paris.errors import ParisError
+from paris.evaluate.reference import load_reference
+from paris.run import RunDir
+
+
+def test_reference_skips_broken_and_uncaptioned_images(laion_trained, tmp_path):
+    folder = write_folder(tmp_path / "ref", 5)
+    (folder / "0000a.jpg").write_bytes(b"not a jpeg")  # sorts between 0000 and 0001
+    (folder / "0000a.txt").write_text("broken")
+    shutil.copy(folder / "0001.jpg", folder / "0001a.jpg")  # no caption beside it
+    real = load_reference(laion_trained["config"], 4, str(folder), "folder")
+    assert real.prompts == [caption(i) for i in range(4)] and real.labels is None
+    assert real.images.shape == (4, 3, 64, 64) and real.images.abs().max() <= 1
+
+
+def test_reference_is_read_as_the_runs_source_by_default(laion_trained, tmp_path):
+    held_out = write_tar(tmp_path / "held-out" / "00000.tar", 100, 5)  # the run's source: webdataset
+    real = load_reference(laion_trained["config"], 3, str(held_out))
+    assert real.prompts == [caption(i) for i in range(100, 103)] and real.where == f"webdataset {held_out}"
+
+
+def test_reference_mistakes_are_one_line_errors(laion_trained, tmp_path):
+    config = laion_trained["config"]
+    with pytest.raises(ParisError, match="gave 1 usable images"):
+        load_reference(config, 4, str(write_folder(tmp_path / "one", 1)), "folder")
+    with pytest.raises(ParisError, match="--reference-source folder needs --reference"):
+        load_reference(config, 4, "", "folder")
+    with pytest.raises(ParisError, match="unknown --reference-source 'zip'"):
+        load_reference(config, 4, str(tmp_path), "zip")
+    fashion = dataclasses.replace(config, data=dataclasses.replace(config.data, source="fashion-mnist",
+                                                                   path="/usr/share/datasets/fashion-mnist"))
+    real = load_reference(fashion, 3)  # a Fashion-MNIST run: its test split by default, asked for by class
+    assert real.prompts[0] == "a photo of a ankle boot" and real.labels.tolist() == [9, 2, 1]
+
+
+def test_cli_evaluate_without_reference_on_a_webdataset_run(laion_trained):
+    result = run_cli("evaluate", str(laion_trained["path"]), "--strategies", "top1", "--num-samples", "4")
+    assert_user_error(result, "webdataset run", "--reference PATH_OR_URL")
+
+
+def test_evaluate_a_webdataset_run_against_held_out_tars(laion_trained, tmp_path):
+    """FID and CLIP score per strategy; no adherence (no classes); the reference's own CLIP score beside them."""
+    run_path = tmp_path / "run"
+    shutil.copytree(laion_trained["path"], run_path)
+    held_out = write_folder(tmp_path / "held-out", 5)
+    result = run_cli("evaluate", str(run_path), "--strategies", "top1,full", "--num-samples", "4", "--steps", "2",
+                     "--clip-model", tiny_models()["clip_model"], "--reference", str(held_out),
+                     "--reference-source", "folder")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((run_path / "eval" / "report.json").read_text())
+    rows = report["strategies"]
+    assert report["num_samples"] == 4 and report["reference"] == f"folder {held_out}"
+    assert all(r["fid"] > 0 and 0 <= r["clip_score"] <= 100 and "prompt_adherence" not in r for r in rows.values())
+    assert rows["top1"]["expert_passes_per_image_step"] == 1 and rows["full"]["expert_passes_per_image_step"] == 2
+    assert "classifier_test_accuracy" not in report
+    real = load_reference(laion_trained["config"], 4, str(held_out), "folder")
+    assert report["reference_clip_score"] == pytest.approx(ClipScore(tiny_models()["clip_model"])(real.images, real.prompts))
+    table = (run_path / "eval" / "report.md").read_text()
+    assert table.strip() in result.stdout  # the command prints the table it wrote
+    assert "| strategy | FID | CLIP score | expert passes / image / step | s / image |" in table
+    assert f"| full | {rows['full']['fid']:.2f} | {rows['full']['clip_score']:.2f} |" in table
+    assert (run_path / "eval" / "report.png").exists()
+
+
+def test_evaluate_writes_the_table(trained, tmp_path, config):
+    """A tiny end-to-end evaluate: monolith at matched compute, then FID, adherence, CLIP score and cost per strategy."""
+    import shutil
+
+    from testkit.tiny_encoders import tiny_models
+
+    from paris.config import EvalConfig
+    from paris.evaluate.table import evaluate_run
+    from paris.train.expert import train_monolith
+
+    run_path = tmp_path / "run"
+    shutil.copytree(trained, run_path)
+    run = RunDir(str(run_path))
+    summary = train_monolith(run, config)
+    e = config.expert  # matched compute (split-batch: the experts' steps at twice their batch), all data
+    assert summary["samples_seen"] == 2 * e.steps * e.batch_size and summary["cluster_size"] == 300
+    evaluation = EvalConfig("monolith,top1,full", num_samples=6, classifier_images=600,
+                            clip_model=tiny_models()["clip_model"])  # grey images, an RGB CLIP
+    report = evaluate_run(str(run_path), evaluation, steps=2, route_every=2)
+    rows = report["strategies"]
+    assert list(rows) == ["monolith", "top1", "full"]
+    assert rows["monolith"]["expert_passes_per_image_step"] == 1 and rows["full"]["expert_passes_per_image_step"] == 2
+    assert all(r["fid"] > 0 and 0 <= r["prompt_adherence"] <= 1 and 0 <= r["clip_score"] <= 100 for r in rows.values())
+    assert 0 <= report["classifier_test_accuracy"] <= 1 and 0 <= report["reference_clip_score"] <= 100
+    table = run.read_text("eval/report.md")
+    assert "| strategy | FID | prompt adherence | CLIP score | expert passes / image / step | s / image |" in table
+    assert "| top1 |" in table
+    assert report["route_every"] == 2 and "router every 2 steps" in table
+    assert report["baseline"] == {"protocol": "split-batch", "steps": e.steps, "batch_size": 2 * e.batch_size,
+                                  "samples_seen": 2 * e.steps * e.batch_size}
+    assert f"monolith: {e.steps:,} steps of {2 * e.batch_size} ({2 * e.steps * e.batch_size:,} samples, split-batch protocol)" in table
+
+
+def test_frechet_distance_matches_the_closed_form():
+    """Gaussians with known means and covariances: FID = |mu_a - mu_b|^2 + Tr(Sa + Sb - 2 (Sa Sb)^1/2)."""
+    import numpy as np
+
+    from paris.evaluate.fid import frechet_distance
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 1, (20000, 3))
+    b = rng.normal(1, 2, (20000, 3))  # mean 1, covariance 4 I
+    assert frechet_distance(a, b) == pytest.approx(3 * 1 + 3 * (1 + 4 - 2 * 2), rel=0.03)
+    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
+
+
+def test_frechet_distance_with_fewer_samples_than_features():
+    """Zero features change nothing: 5 and 7 samples in 3 dimensions (covariances of full rank) give the same FID
+    padded to 10 dimensions, where the covariances are singular and the small-sample formula is used."""
+    import numpy as np
+
+    from paris.evaluate.fid import frechet_distance
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 1, (5, 3)), rng.normal(1, 2, (7, 3))
+    padded = [np.pad(x, ((0, 0), (0, 7))) for x in (a, b)]
+    assert frechet_distance(*padded) == pytest.approx(frechet_distance(a, b), rel=1e-9)
+
+
+@pytest.mark.slow  # trains the classifier: 5.7 s alone on 2 threads (2.6 s on one)
+def test_the_adherence_classifier_is_trained_once_then_read_from_the_cache(monkeypatch, config):
+    import paris.evaluate.adherence as evaluate
+
+    first = evaluate.fashion_classifier(config.data.path, limit=256, seed=3)
+    monkeypatch.setattr(evaluate, "train_classifier", lambda *a, **k: pytest.fail("trained again"))
+    again = evaluate.fashion_classifier(config.data.path, limit=256, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+    assert not again.training  # dropout and batch statistics frozen for scoring
