@@ -157,3 +157,31 @@ def test_unknown_source_and_missing_folder(tmp_path):
         open_source(DataConfig(source="laion"))
     with pytest.raises(ParisError, match="image folder .* not found"):
         open_source(DataConfig(source="folder", path=str(tmp_path / "none")))
+
+
+def test_malformed_text_and_metadata_are_skipped_and_counted_never_fatal(tmp_path, models):
+    import tarfile
+
+    folder = write_folder(tmp_path / "txt", 4)
+    (folder / "0001.txt").write_bytes(b"\xff\xfe not utf-8 \x80")
+    manifest, store = _prepare(tmp_path / "a", models, "folder", str(folder))
+    assert manifest["skipped"] == {"bad_caption": 1} and store.captions == [caption(i) for i in (0, 2, 3)]
+
+    folder = write_folder(tmp_path / "jsonl", 4, "jsonl")
+    lines = (folder / "captions.jsonl").read_text().splitlines()
+    lines[1] = '{"file": "0001.jpg", "text": '  # cut short
+    lines[2] = lines[2].replace('"label": 2', '"label": "two"')
+    (folder / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    manifest, store = _prepare(tmp_path / "b", models, "folder", str(folder), label_column="label")
+    assert manifest["skipped"] == {"no_caption": 1} and store.labels.tolist() == [0, -1, 0]
+
+    tar_path = tmp_path / "tars" / "00000.tar"
+    tar_path.parent.mkdir()
+    with tarfile.open(tar_path, "w") as tar:
+        for i, meta in enumerate([b'{"label": 1}', b'{"label": ', b'{"label": 0}']):
+            for ext, data in (("jpg", image_bytes(i)), ("txt", caption(i).encode()), ("json", meta)):
+                info = tarfile.TarInfo(f"{i:09d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    manifest, store = _prepare(tmp_path / "c", models, "webdataset", str(tar_path), label_column="label")
+    assert manifest["skipped"] == {"bad_metadata": 1} and store.captions == [caption(0), caption(2)]
