@@ -118,7 +118,7 @@ class ParisPipeline:
         if self.mixture.router is not None:
             save_pretrained(out, "router", self.mixture.router)
         encoder = self.mixture.text_encoder
-        if out.fs.protocol not in ("file", ("file", "local")):
+        if not out.is_local:
             raise ParisError(f"save_pretrained writes the text encoder with transformers, which needs a local path, not {path}")
         encoder.model.save_pretrained(out.path("text_encoder"))
         encoder.tokenizer.save_pretrained(out.path("text_encoder"))

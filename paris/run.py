@@ -25,6 +25,11 @@ class RunDir:
         self.url = str(url).rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
 
+    @property
+    def is_local(self) -> bool:
+        """Whether the run lives on this machine's file system (not an object store, not memory://)."""
+        return self.fs.protocol in ("file", ("file", "local"))
+
     def path(self, rel: str) -> str:
         return f"{self.root}/{rel}"
 

@@ -20,7 +20,8 @@ from paris.run import RunDir
 
 LEASE_TTL_S = 10 * 60  # a lease not renewed for this long belongs to a dead job
 RENEW_EVERY_S = 60
-SETTLE_S = 0.5  # longer than one store round trip: another taker's write lands before we read back
+SETTLE_S = 0.5  # longer than one object-store round trip: another taker's write lands before we read back
+SETTLE_LOCAL_S = 0.05  # a local file system shows a write at once
 
 
 class Lease:
@@ -37,7 +38,7 @@ class Lease:
                              f"life {age:.0f}s ago); wait for it or stop it. A dead job's lease lapses after "
                              f"{LEASE_TTL_S // 60} minutes, or delete {self.run.url}/{self.rel}")
         self._write()
-        time.sleep(SETTLE_S)
+        time.sleep(SETTLE_LOCAL_S if self.run.is_local else SETTLE_S)
         self._check()
 
     def renew(self) -> None:

@@ -48,7 +48,7 @@ def read_metrics(run: RunDir, folder: str) -> list[dict]:
 
 
 def _tensorboard_writer(run: RunDir, folder: str):
-    if run.fs.protocol not in ("file", ("file", "local")):
+    if not run.is_local:
         return None
     try:
         from torch.utils.tensorboard import SummaryWriter
