@@ -410,9 +410,19 @@ def _loss_chart(run, folder: str, name: str) -> None:
 
 
 def main() -> None:
+    """The console script: every mistake of the user's is one line, `error: ...`, and exit code 2."""
+    from typer.exceptions import TyperException
+
     show_progress()
+    if len(sys.argv) == 1:  # a bare `paris`: the list of commands
+        sys.argv.append("--help")
     try:
-        app()
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except ParisError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except TyperException as e:  # a misspelt option, a word where a number goes, Ctrl-C: click's words, one line
+        message = e.format_message() if hasattr(e, "format_message") else "aborted"
+        command = getattr(getattr(e, "ctx", None), "command_path", "paris")
+        print(f"error: {' '.join(message.split())} (see `{command} --help`)", file=sys.stderr)
+    sys.exit(2)

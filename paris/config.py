@@ -322,7 +322,11 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
         section, _, name = key.partition(".")
         if section not in data:
             raise ParisError(f"unknown config section {section!r}; valid sections: {', '.join(data)}")
-        data[section][name] = yaml.safe_load(raw)
+        try:
+            data[section][name] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ParisError(f"override {item!r}: the value is not valid YAML ({str(e).splitlines()[0]}); "
+                             f"quote it, e.g. {key}='\"text\"'") from None
     return from_dict(RunConfig, data)
 
 

@@ -134,8 +134,10 @@ class ParisPipeline:
         sampling ones (strategy, steps, guidance, seed, route_every, sampler, shift, guidance_mode) default to
         `self.sample`."""
         settings = dataclasses.asdict(self.sample)
-        settings.update({key: value for key, value in options.items() if value is not None})
-        return generate(self.mixture, list(prompts), **settings)
+        given = {key: value for key, value in options.items() if key in settings and value is not None}
+        sample = from_dict(SampleConfig, {**settings, **given}, "sample.")  # checked as the config is, by name
+        rest = {key: value for key, value in options.items() if key not in settings}
+        return generate(self.mixture, list(prompts), **dataclasses.asdict(sample), **rest)
 
     def __call__(self, prompts: list[str] | str, **options):
         """PIL images, one per prompt; `options` as in `generate`."""

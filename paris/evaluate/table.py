@@ -32,6 +32,7 @@ def evaluate_run(run_url: str, cfg: EvalConfig, **sampling) -> dict:
     run = RunDir(run_url)
     config = run.read_config()
     sample = from_dict(SampleConfig, {**dataclasses.asdict(config.sample), **sampling}, "sample.")
+    baseline = _baseline(run) if "monolith" in cfg.strategy_list else None  # a missing monolith fails first
     real = load_reference(config, cfg.num_samples, cfg.reference, cfg.reference_source)
     clip = ClipScore(cfg.clip_model) if cfg.clip_model else None  # loaded before sampling: a bad path fails at once
     classifier = None  # adherence needs classes: only Fashion-MNIST references have them (and a train split beside)
@@ -46,11 +47,8 @@ def evaluate_run(run_url: str, cfg: EvalConfig, **sampling) -> dict:
         report["classifier_test_accuracy"] = accuracy(classifier, real.images, real.labels)
     if clip is not None:
         report["reference_clip_score"] = clip(real.images, real.prompts)
-    if "monolith" in cfg.strategy_list:  # how its compute was matched to the experts'
-        trained = run.read_json(f"{layout.final(layout.MONOLITH)}/manifest.json")  # a monolith from before protocols: equal-batch
-        report["baseline"] = {"protocol": trained.get("protocol", "equal-batch"), "steps": trained["steps"],
-                              "batch_size": trained["samples_seen"] // trained["steps"],
-                              "samples_seen": trained["samples_seen"]}
+    if baseline is not None:
+        report["baseline"] = baseline
     report["strategies"] = rows = {}
     measures = Measures(features, classifier, clip)
     for strategy in cfg.strategy_list:
@@ -61,6 +59,13 @@ def evaluate_run(run_url: str, cfg: EvalConfig, **sampling) -> dict:
     run.write_json(layout.EVAL_REPORT, report)
     run.write_text(layout.EVAL_TABLE, report_markdown(report))
     return report
+
+
+def _baseline(run: RunDir) -> dict:
+    """How the monolith's compute was matched to the experts' (a monolith from before protocols: equal-batch)."""
+    trained = run.read_json(f"{layout.final(layout.MONOLITH)}/manifest.json")
+    return {"protocol": trained.get("protocol", "equal-batch"), "steps": trained["steps"],
+            "batch_size": trained["samples_seen"] // trained["steps"], "samples_seen": trained["samples_seen"]}
 
 
 @dataclasses.dataclass

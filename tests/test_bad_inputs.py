@@ -1,0 +1,207 @@
+"""Every bad input gets one clear line, exit code 2, no traceback, and leaves the run directory as it was.
+
+The commands run through `paris.cli.main` in this process (the console script's own entry: argument parsing,
+the error contract, the exit code), which keeps 70 cases fast; tests/test_cli.py runs a few as real processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from testkit.runs import copy_run
+from paris import progress
+from paris.config import RunConfig, apply_overrides
+from paris.errors import ParisError
+
+pytestmark = pytest.mark.slow  # the fixture trains a tiny run
+
+RUN, NEW = "{run}", "{new}"
+CASES = [  # (arguments, words the one-line error must hold)
+    # prepare
+    ([NEW, "--data", "/nonexistent"], "not found"),
+    ([NEW, "--limit", "0"], "'data.limit' must be at least 1, got 0"),
+    ([NEW, "--limit", "-1"], "'data.limit' must be at least 1, got -1"),
+    ([NEW, "--limit", "ten"], "Invalid value for '--limit'"),
+    ([NEW, "--config", "/nonexistent.yaml"], "config file /nonexistent.yaml not found"),
+    ([NEW, "--set", "data.source=zip"], "'data.source' must be one of fashion-mnist, folder, webdataset, hf"),
+    ([NEW, "--shard-range", "5:2"], "bad --shard-range '5:2'"),
+    ([NEW, "--set", "data.image_size=0"], "'data.image_size' must be at least 1"),
+    ([NEW, "--set", "nope"], "bad override 'nope'"),
+    ([NEW, "--set", "data.nope=1"], "unknown config key 'data.nope'"),
+    ([NEW, "--set", "nope.steps=1"], "unknown config section 'nope'"),
+    ([NEW, "--set", "data.latent_scale=-1"], "'data.latent_scale' must be above 0"),
+    ([NEW, "--set", "data.text_encoder=t5"], "'data.text_encoder' must be one of minilm, clip"),
+    ([RUN, "--set", "data.limit=10"], "prepared with another data config"),
+    # merge, partition, export
+    (["merge", NEW], "no prepared parts"),
+    (["partition", RUN, "--clusters", "0"], "'partition.num_clusters' must be at least 1, got 0"),
+    (["partition", RUN, "--clusters", "100000"], "cannot make 100000 clusters"),
+    (["partition", RUN, "--method", "spectral"], "'partition.method' must be one of kmeans, random, labels"),
+    (["partition", RUN, "--seed", "abc"], "Invalid value for '--seed'"),
+    (["partition", RUN, "--set", "partition.iterations=0"], "'partition.iterations' must be at least 1"),
+    (["partition", RUN, "--method", "labels", "--clusters", "3"], "use --clusters 10"),
+    (["partition"], "Missing argument"),
+    (["export-clusters", RUN, "--cluster", "9"], "cluster 9 does not exist"),
+    # train-expert
+    (["train-expert", RUN, "--expert", "9"], "expert 9 does not exist"),
+    (["train-expert", RUN, "--expert", "-1"], "expert -1 does not exist"),
+    (["train-expert", RUN, "--expert", "abc"], "Invalid value for '--expert'"),
+    (["train-expert", RUN], "Missing option '--expert'"),
+    (["train-expert", RUN, "-e", "0", "--set", "expert.lr=-1"], "'expert.lr' must be above 0"),
+    (["train-expert", RUN, "-e", "0", "--set", "expert.preset=nope"], "'expert.preset' must be one of"),
+    (["train-expert", RUN, "-e", "0", "--set", "expert.steps=0"], "'expert.steps' must be at least 1"),
+    (["train-expert", RUN, "-e", "0", "--set", "expert.t_distribution=foo"], "'expert.t_distribution' must be one of"),
+    (["train-expert", RUN, "-e", "0", "--set", "expert.caption_dropout=2"], "'expert.caption_dropout' must be in [0, 1]"),
+    (["train-expert", RUN, "-e", "0", "--set", "expert.batch_size=0"], "'expert.batch_size' must be at least 1"),
+    (["train-expert", RUN, "-e", "0", "--set", "expert.precision=fp8"], "'expert.precision' must be one of"),
+    (["train-expert", RUN, "-e", "0", "--set", "expert.threads=0"], "'expert.threads' must be at least 1"),
+    (["train-expert", RUN, "-e", "0", "--set", "expert.ema_decay=1.5"], "'expert.ema_decay' must be in [0, 1]"),
+    (["train-expert", RUN, "-e", "0", "--set", "expert.steps=ten"], "'expert.steps' must be int"),
+    (["train-expert", RUN, "-e", "0", "--set", "expert.micro_batch_size=7"], "micro_batch_size 7 does not divide"),
+    (["train-expert", RUN, "-e", "0", "--init-from", "nowhere/final"], "nowhere/final"),
+    (["train-expert", RUN, "-e", "0", "--set", "expert.steps=2"], "past the 2 steps asked for"),
+    # train-router, train-monolith, train-seed
+    (["train-router", RUN, "--set", "router.val_fraction=1.0"], "'router.val_fraction' must be in [0, 1)"),
+    (["train-router", RUN, "--set", "router.preset=XL/2"], "'router.preset' must be one of B/2, tiny"),
+    (["train-router", RUN, "--set", "router.epochs=0"], "'router.epochs' must be above 0"),
+    (["train-router", RUN, "--init-from", "nowhere/final"], "nowhere/final"),
+    (["train-monolith", RUN, "--protocol", "same-flops"], "'baseline.protocol' must be one of"),
+    (["train-monolith", RUN, "--batch-size", "0"], "'baseline.batch_size' must be at least 1"),
+    (["train-monolith", RUN, "--batch-size", "7"], "does not divide the experts'"),
+    (["train-seed", RUN, "--steps", "0"], "--steps must be at least 1"),
+    (["train-seed", RUN], "Missing option '--steps'"),
+    # generate
+    (["generate", RUN], "no prompts given"),
+    (["generate", RUN, "-p", "a bag", "--strategy", "top7"], "unknown strategy 'top7'"),
+    (["generate", RUN, "-p", "a bag", "--strategy", "topk:9"], "needs k between 1 and the number of experts (2)"),
+    (["generate", RUN, "-p", "a bag", "--strategy", "nucleus:2"], "needs a probability in (0, 1]"),
+    (["generate", RUN, "-p", "a bag", "--num", "0"], "--num must be at least 1, got 0"),
+    (["generate", RUN, "-p", "a bag", "--steps", "0"], "'sample.steps' must be at least 1, got 0"),
+    (["generate", RUN, "-p", "a bag", "--guidance", "-1"], "'sample.guidance' must be at least 0"),
+    (["generate", RUN, "-p", "a bag", "--shift", "0"], "'sample.shift' must be above 0"),
+    (["generate", RUN, "-p", "a bag", "--sampler", "rk4"], "'sample.sampler' must be one of euler, heun"),
+    (["generate", RUN, "-p", "a bag", "--guidance-mode", "before"], "'sample.guidance_mode' must be one of"),
+    (["generate", RUN, "-p", "a bag", "--route-every", "0"], "'sample.route_every' must be at least 1"),
+    (["generate", RUN, "-p", "a bag", "--out", "samples"], "needs an image file name ending in .png"),
+    (["generate", RUN, "-p", "a bag", "--out", "/"], "is a directory"),
+    (["generate", RUN, "-p", "a bag", "--max-resident-experts", "0"], "--max-resident-experts must be at least 1"),
+    (["generate", RUN, "-p", "a bag", "--device", "tpu9"], "unknown device 'tpu9'"),
+    (["generate", "/nonexistent", "-p", "a bag"], "not a Paris pipeline folder"),
+    # evaluate
+    (["evaluate", RUN, "--strategies", ","], "--strategies is empty"),
+    (["evaluate", RUN, "--strategies", "top9x"], "unknown strategy 'top9x'"),
+    (["evaluate", RUN, "--num-samples", "1"], "--num-samples must be at least 2"),
+    (["evaluate", RUN, "--reference-source", "folder"], "needs --reference PATH_OR_URL"),
+    (["evaluate", RUN, "--strategies", "top1", "--num-samples", "4", "--steps", "0"], "'sample.steps' must be at least 1"),
+    (["evaluate", RUN, "--strategies", "top1", "--num-samples", "4", "--inception", "/nonexistent.pt"], "not found"),
+    (["evaluate", RUN, "--strategies", "monolith", "--num-samples", "4"], "monolith/final"),
+    # launch, status, demo
+    (["launch", RUN, "--backend", "kube"], "unknown backend 'kube'"),
+    (["launch", RUN, "--experts", "0,7"], "experts [7] do not exist"),
+    (["launch", RUN, "--experts", "0,0"], "--experts names expert 0 more than once"),
+    (["launch", RUN, "--experts", "a,b"], "--experts must be comma-separated numbers"),
+    (["launch", RUN, "--jobs", "0"], "--jobs must be at least 1"),
+    (["launch", RUN, "--backend", "skypilot"], "must be a bucket URL"),
+    (["status", "/nonexistent"], "missing /nonexistent/config.yaml"),
+    (["demo", "--out", NEW, "--full", "--num-samples", "1"], "--num-samples must be at least 2"),
+]
+
+
+def _id(case) -> str:
+    args, _ = case
+    return " ".join(a.strip("{}") for a in args)[:60]
+
+
+@pytest.fixture(scope="module")
+def run_path(trained, tmp_path_factory) -> Path:
+    return Path(copy_run(trained, tmp_path_factory.mktemp("bad-inputs") / "run").url)
+
+
+def _digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            h.update(str(path.relative_to(root)).encode() + path.read_bytes())
+    return h.hexdigest()
+
+
+def run_paris(*args: str) -> tuple[int, str, str]:
+    """`paris ARGS` through the console script's entry in this process: (exit code, stdout, stderr)."""
+    from paris.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    argv, sys.argv = sys.argv, ["paris", *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 0
+    finally:
+        sys.argv = argv
+        progress.listen(None)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+def test_bad_input_is_one_line_and_changes_nothing(case, run_path, tmp_path, monkeypatch):
+    args, needle = case
+    command = args if args[0] not in (RUN, NEW) else ["prepare", *args]
+    args = [str(run_path) if a == RUN else str(tmp_path / "new") if a == NEW else a for a in command]
+    monkeypatch.chdir(tmp_path)  # anything written by mistake lands here, not in the repository
+    before = _digest(run_path)
+    code, out, err = run_paris(*args)
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]  # after progress lines, if any
+    assert code == 2 and len(errors) == 1 and err.strip().endswith(errors[0]), (code, out, err)
+    assert "Traceback" not in err + out and needle in errors[0], errors[0]
+    assert _digest(run_path) == before, "the run directory changed"
+    assert not (tmp_path / "new").exists() or not any((tmp_path / "new").rglob("*.safetensors"))
+
+
+SECTIONS = {name: sorted(vars(section)) for name, section in vars(RunConfig()).items()}
+VALUES = st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=True), st.text(max_size=12), st.booleans(),
+                   st.just("null"), st.just("[1, 2]"), st.just("{a: 1}"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(sorted(SECTIONS)), st.data()), min_size=1, max_size=4), st.data())
+def test_any_override_loads_or_is_a_paris_error(pairs, data):
+    """Nothing a user can type after --set makes loading the config raise anything but ParisError."""
+    overrides = []
+    for section, _ in pairs:
+        key = data.draw(st.one_of(st.sampled_from(SECTIONS[section]), st.text(max_size=8)))
+        overrides.append(f"{section}.{key}={data.draw(VALUES)}")
+    try:
+        apply_overrides(RunConfig(), overrides)
+    except ParisError:
+        pass
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.fixed_dictionaries({}, optional={
+    "steps": st.integers(-3, 3), "guidance": st.one_of(st.floats(-5, 20), st.just(float("nan"))), "shift": st.floats(-1, 4),
+    "route_every": st.integers(-2, 3), "sampler": st.sampled_from(["euler", "heun", "rk4", ""]),
+    "guidance_mode": st.sampled_from(["per-expert", "after", "x"]),
+    "strategy": st.sampled_from(["top1", "top2", "full", "topk:3", "nucleus:0.5", "nucleus:0", "oracle:1", "oops"]),
+    "seed": st.integers(-5, 5)}))
+def test_any_sampling_option_samples_or_is_a_paris_error(pipe, options):
+    try:
+        images, _ = pipe.generate(["a photo of a bag"], **options)
+    except ParisError:
+        return
+    assert images.shape[0] == 1 and images.isfinite().all()
+
+
+@pytest.fixture(scope="module")
+def pipe(run_path):
+    from paris.pipeline import ParisPipeline
+
+    return ParisPipeline.from_run(str(run_path))
