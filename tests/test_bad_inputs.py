@@ -99,7 +99,7 @@ CASES = [  # (arguments, words the one-line error must hold)
     (["evaluate", RUN, "--strategies", ","], "--strategies is empty"),
     (["evaluate", RUN, "--strategies", "top9x"], "unknown strategy 'top9x'"),
     (["evaluate", RUN, "--num-samples", "1"], "--num-samples must be at least 2"),
-    (["evaluate", RUN, "--reference-source", "folder"], "needs --reference PATH_OR_URL"),
+    (["evaluate", RUN, "--strategies", "top1", "--reference-source", "folder"], "needs --reference PATH_OR_URL"),
     (["evaluate", RUN, "--strategies", "top1", "--num-samples", "4", "--steps", "0"], "'sample.steps' must be at least 1"),
     (["evaluate", RUN, "--strategies", "top1", "--num-samples", "4", "--inception", "/nonexistent.pt"], "not found"),
     (["evaluate", RUN, "--strategies", "monolith", "--num-samples", "4"], "monolith/final"),

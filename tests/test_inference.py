@@ -153,7 +153,7 @@ def test_route_every_reuses_the_routers_weights_between_calls(pipe):
     assert not torch.equal(w[:, 0], w[:, 3])
     assert torch.equal(w[:, 0], every["routing"][:, 0])  # the same first call
     assert third["expert_passes_per_image"] == every["expert_passes_per_image"] == 2  # full: both experts always
-    with pytest.raises(ParisError, match="route_every must be at least 1"):
+    with pytest.raises(ParisError, match="'sample.route_every' must be at least 1"):
         pipe.generate(PROMPTS, route_every=0)
 
 

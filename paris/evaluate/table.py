@@ -33,12 +33,12 @@ def evaluate_run(run_url: str, cfg: EvalConfig, **sampling) -> dict:
     config = run.read_config()
     sample = from_dict(SampleConfig, {**dataclasses.asdict(config.sample), **sampling}, "sample.")
     baseline = _baseline(run) if "monolith" in cfg.strategy_list else None  # a missing monolith fails first
+    features = InceptionFeatures(cfg.inception)  # the models load before any work: a bad path fails at once
+    clip = ClipScore(cfg.clip_model) if cfg.clip_model else None
     real = load_reference(config, cfg.num_samples, cfg.reference, cfg.reference_source)
-    clip = ClipScore(cfg.clip_model) if cfg.clip_model else None  # loaded before sampling: a bad path fails at once
     classifier = None  # adherence needs classes: only Fashion-MNIST references have them (and a train split beside)
     if real.labels is not None:
         classifier = fashion_classifier(real.path, cfg.classifier_images, cfg.seed)
-    features = InceptionFeatures(cfg.inception)
     progress.say(f"evaluate: Inception features of {len(real.prompts)} reference images ({real.where})")
     real_features = features(real.images)
     report = {"num_samples": len(real.prompts), "reference": real.where, "steps": sample.steps,
