@@ -330,13 +330,31 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
     return from_dict(RunConfig, data)
 
 
-def to_yaml(config) -> str:
-    return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
+CONFIG_VERSION = 2  # 2: unset is null; version 1 (no `version` key) wrote 0 or "" for it
+VERSION_1_UNSET = {"data": {"limit": 0, "label_column": "", "autoencoder_path": "", "text_encoder_path": "",
+                            "features_path": ""},
+                   "expert": {"micro_batch_size": 0, "threads": 0, "init_from": ""},
+                   "router": {"micro_batch_size": 0, "threads": 0, "init_from": "", "steps": 0},
+                   "baseline": {"batch_size": 0}}
+
+
+def to_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump({"version": CONFIG_VERSION, **dataclasses.asdict(config)}, sort_keys=False)
 
 
 def from_yaml(text: str, where: str = "config") -> RunConfig:
+    """A config file; one written by an earlier paris (version 1) is read with its unset values made null."""
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise ParisError(f"{where} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ParisError(f"{where} must be a mapping of config sections, got {data!r}")
+    version = data.pop("version", 1)
+    if version not in (1, CONFIG_VERSION):
+        raise ParisError(f"{where} has config version {version!r}; this paris reads versions 1 and {CONFIG_VERSION}")
+    for section, unset in (VERSION_1_UNSET.items() if version == 1 else ()):
+        for key, old in unset.items():
+            if isinstance(data.get(section), dict) and data[section].get(key) == old:
+                data[section][key] = None
     return from_dict(RunConfig, data)

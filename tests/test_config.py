@@ -141,3 +141,13 @@ def test_unset_is_null():
     cfg = apply_overrides(cfg, ["expert.threads=null", "router.steps=null", "data.limit=null"])
     assert (cfg.expert.threads, cfg.router.steps, cfg.data.limit) == (None, None, None)
     assert from_yaml(to_yaml(cfg)) == cfg
+
+
+def test_a_config_written_by_an_earlier_paris_still_loads():
+    """Version 1 wrote 0 or "" for unset; those read as null, and any other value is kept."""
+    old = "data:\n  limit: 0\n  text_encoder_path: ''\nexpert:\n  threads: 0\n  steps: 7\nrouter:\n  steps: 0\n"
+    cfg = from_yaml(old)
+    assert (cfg.data.limit, cfg.data.text_encoder_path, cfg.expert.threads, cfg.router.steps) == (None, None, None, None)
+    assert cfg.expert.steps == 7 and from_yaml(to_yaml(cfg)) == cfg and to_yaml(cfg).startswith("version: 2")
+    with pytest.raises(ParisError, match="'data.limit' must be at least 1, got 0"):  # not in a current config
+        from_yaml("version: 2\ndata:\n  limit: 0\n")
