@@ -7,6 +7,7 @@ update is one plain line instead, so the log says how far a job got and how fast
 from __future__ import annotations
 
 import contextlib
+import time
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -41,11 +42,20 @@ class _RichBar:
 
 
 class _LineBar:
+    """A bar in a log: a line when it moved, at most one per LINE_EVERY_S seconds, and always the last one."""
+
+    LINE_EVERY_S = 10.0
+
     def __init__(self, name: str, total: int | None, completed: int, unit: str):
         self.name, self.total, self.completed, self.unit = name, total, completed, unit
+        self.shown, self.shown_at = completed, float("-inf")
 
     def update(self, completed: int | None = None, advance: int = 0, **figures) -> None:
         self.completed = (self.completed if completed is None else completed) + advance
+        finished = self.total is not None and self.completed >= self.total
+        if self.completed == self.shown or (time.monotonic() - self.shown_at < self.LINE_EVERY_S and not finished):
+            return
+        self.shown, self.shown_at = self.completed, time.monotonic()
         of = f"/{self.total}" if self.total else ""
         console.print(f"{self.name}: {self.completed}{of} {self.unit} {_figures(figures)}".rstrip(), highlight=False)
 
