@@ -66,6 +66,8 @@ def rows(budgets: list[float], which: str) -> list[System]:
     for b in budgets:
         x = f"{b:g}x"
         out += [System(f"monolith-b64-{x}", b, kind="monolith"), System(f"monolith-b16-{x}", b, 16, kind="monolith"),
+                # The equal-batch counterpart of the split16 experts: their batch, all their steps.
+                System(f"monolith-b4-{x}", b, 4, kind="monolith"),
                 System(f"text-textrouter-{x}", b, features="text", text_router=True),
                 # DDM's split of the batch-16 monolith: experts of batch 4 take its steps.
                 System(f"text-textrouter-split16-{x}", b, 16, features="text", text_router=True)]
@@ -122,7 +124,7 @@ def setup(out: Path, system: System, data: str) -> Path:
                  f"expert.checkpoint_every={max(100, s['expert_steps'] // 10)}", "router.epochs=1.0",
                  "router.batch_size=128", "router.lr=0.0005", "router.warmup_steps=50", "router.ema_decay=0.999",
                  "router.threads=1", f"router.use_text={str(system.text_router).lower()}", "sample.guidance=4.0",
-                 f"baseline.protocol={system.protocol}", f"baseline.batch_size={s.get('monolith_batch', 0)}",
+                 f"baseline.protocol={system.protocol}", f"baseline.batch_size={s.get('monolith_batch', 'null')}",
                  f"expert.steps_by_size={str(system.by_size).lower()}"]
     if s["seed_steps"]:
         overrides += ["expert.init_from=seed/final"]

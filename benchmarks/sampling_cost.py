@@ -28,7 +28,7 @@ from paris.sample import ExpertPool, Mixture, generate, peak_memory_mib
 PROMPTS = ["a photo of a sneaker", "a photo of a bag", "a photo of a dress", "a picture of a coat"]
 
 
-def build(preset: str, num_experts: int, folder: str, max_resident: int) -> Mixture:
+def build(preset: str, num_experts: int, folder: str, max_resident: int | None) -> Mixture:
     """K randomly initialised experts of `preset` saved under `folder`, a random router, the MiniLM encoder."""
     config = dit_config(preset, text_dim=384)
     run = RunDir(folder)
@@ -111,7 +111,7 @@ def main() -> None:
         return peak_memory_child(preset, int(k), int(cap), folder)
 
     with tempfile.TemporaryDirectory() as tmp:
-        mixture = build("tiny", args.experts, f"{tmp}/tiny", 0)
+        mixture = build("tiny", args.experts, f"{tmp}/tiny", None)
         per_step = {s: latency(mixture, s, args.batch, args.steps) for s in ("top1", "top2", "full")}
         print(f"K={args.experts} tiny experts, batch {args.batch}, CPU: seconds per sampling step")
         for s, sec in per_step.items():
@@ -121,7 +121,7 @@ def main() -> None:
         print(f"router share of a top-1 step (expert at that size, batch {args.router_batch}, guided; "
               f"with --route-every N the router runs once per N steps):")
         for size in args.router_sizes.split(","):
-            m = mixture if size == "tiny" else build(size, 1, f"{tmp}/{size.replace('/', '')}", 0)
+            m = mixture if size == "tiny" else build(size, 1, f"{tmp}/{size.replace('/', '')}", None)
             router_s, expert_s = router_and_expert_seconds(m, args.router_batch, args.repeats)
             shares = ", ".join(f"every {n}: {router_s / n / (router_s / n + expert_s):.1%}"
                                for n in sorted({1, args.route_every}))
