@@ -183,7 +183,7 @@ class SampleConfig:
     seed: int = 0
     route_every: Positive = 1  # the router runs at every n-th velocity evaluation; 1 = at every one (the paper)
     sampler: Literal["euler", "heun"] = "euler"
-    shift: PositiveFloat = 1.0  # time shift: > 1 spends more steps at high noise
+    shift: Annotated[float, Range(0.01, 100.0)] = 1.0  # time shift: > 1 spends more steps at high noise
     guidance_mode: Literal["per-expert", "after"] = "per-expert"  # Paris guides each expert, then mixes; or after mixing
 
     def __post_init__(self):

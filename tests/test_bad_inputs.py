@@ -86,7 +86,7 @@ CASES = [  # (arguments, words the one-line error must hold)
     (["generate", RUN, "-p", "a bag", "--num", "0"], "--num must be at least 1, got 0"),
     (["generate", RUN, "-p", "a bag", "--steps", "0"], "'sample.steps' must be at least 1, got 0"),
     (["generate", RUN, "-p", "a bag", "--guidance", "-1"], "'sample.guidance' must be at least 0"),
-    (["generate", RUN, "-p", "a bag", "--shift", "0"], "'sample.shift' must be above 0"),
+    (["generate", RUN, "-p", "a bag", "--shift", "0"], "'sample.shift' must be in [0.01, 100]"),
     (["generate", RUN, "-p", "a bag", "--sampler", "rk4"], "'sample.sampler' must be one of euler, heun"),
     (["generate", RUN, "-p", "a bag", "--guidance-mode", "before"], "'sample.guidance_mode' must be one of"),
     (["generate", RUN, "-p", "a bag", "--route-every", "0"], "'sample.route_every' must be at least 1"),

@@ -123,7 +123,7 @@ def test_choice_fields_cover_the_choices_the_code_makes():
     ("router.val_fraction=1.0", r"'router.val_fraction' must be in \[0, 1\), got 1.0"),
     ("expert.lr=-1", "'expert.lr' must be above 0, got -1"),
     ("expert.ema_decay=-0.5", r"'expert.ema_decay' must be in \[0, 1\], got -0.5"),
-    ("sample.shift=0", "'sample.shift' must be above 0, got 0"),
+    ("sample.shift=0", r"'sample.shift' must be in \[0.01, 100\], got 0"),
     ("sample.route_every=0", "'sample.route_every' must be at least 1, got 0"),
     ("expert.threads=0", "'expert.threads' must be at least 1, got 0"),  # 0 is never a disguised default
     ("data.limit=-1", "'data.limit' must be at least 1, got -1"),
