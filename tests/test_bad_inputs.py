@@ -7,7 +7,6 @@ the error contract, the exit code), which keeps 70 cases fast; tests/test_cli.py
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from testkit.runs import copy_run
+from testkit.runs import copy_run, snapshot
 from paris import progress
 from paris.config import RunConfig, apply_overrides
 from paris.errors import ParisError
@@ -125,14 +124,6 @@ def run_path(trained, tmp_path_factory) -> Path:
     return Path(copy_run(trained, tmp_path_factory.mktemp("bad-inputs") / "run").url)
 
 
-def _digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            h.update(str(path.relative_to(root)).encode() + path.read_bytes())
-    return h.hexdigest()
-
-
 def run_paris(*args: str) -> tuple[int, str, str]:
     """`paris ARGS` through the console script's entry in this process: (exit code, stdout, stderr)."""
     from paris.cli import main
@@ -157,12 +148,12 @@ def test_bad_input_is_one_line_and_changes_nothing(case, run_path, tmp_path, mon
     command = args if args[0] not in (RUN, NEW) else ["prepare", *args]
     args = [str(run_path) if a == RUN else str(tmp_path / "new") if a == NEW else a for a in command]
     monkeypatch.chdir(tmp_path)  # anything written by mistake lands here, not in the repository
-    before = _digest(run_path)
+    before = snapshot(run_path)
     code, out, err = run_paris(*args)
     errors = [line for line in err.splitlines() if line.startswith("error: ")]  # after progress lines, if any
     assert code == 2 and len(errors) == 1 and err.strip().endswith(errors[0]), (code, out, err)
     assert "Traceback" not in err + out and needle in errors[0], errors[0]
-    assert _digest(run_path) == before, "the run directory changed"
+    assert snapshot(run_path) == before, "the run directory changed"
     assert not (tmp_path / "new").exists() or not any((tmp_path / "new").rglob("*.safetensors"))
 
 
