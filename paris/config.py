@@ -149,6 +149,10 @@ class TrainConfig:
     checkpoint_every: Positive = 1000
     keep_checkpoints: Positive = 2
     log_every: Positive = 50
+    # Samples shuffled together: whole shards, read a window at a time, so memory stays flat as the data grows
+    # (a full shuffle when the job's data is smaller). Shards are random slices of a web data set, so a
+    # window of them is too; data stored in a meaningful order (sorted by class, by source) wants a larger one.
+    shuffle_buffer: Positive = 16384
     seed: int = 0
     threads: Optional[Positive] = None  # torch CPU threads; None: torch's default
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU

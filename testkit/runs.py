@@ -21,6 +21,13 @@ NUM_IMAGES = 300
 SHARD_SIZE = 128  # 300 images -> 3 shards (128, 128, 44): exercises the multi-shard path
 
 
+def read_all(store):
+    """Every sample of a paris.data.stream.Store as one batch, latents as float32: for checking a small store
+    against what was written (training never does this; it streams)."""
+    batch = store.batch(torch.arange(len(store)))
+    return dataclasses.replace(batch, latents=batch.latents.float())
+
+
 def tiny_config(**expert) -> RunConfig:
     """The demo config cut down to seconds: 300 images, K=2, a few steps of the tiny presets, 1 thread."""
     cfg = demo_config(FASHION_MNIST)

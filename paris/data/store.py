@@ -1,4 +1,4 @@
-"""The prepared data of a run: fixed-size safetensors shards plus a manifest, and the `Store` training reads.
+"""The prepared data of a run: fixed-size safetensors shards plus a manifest.
 
 Layout written by `paris prepare` (and, per cluster, by `paris export-clusters` under clusters/<k>/):
   data/shards/000000.safetensors  one shard = `shard_size` source positions; columns
@@ -8,6 +8,7 @@ Layout written by `paris prepare` (and, per cluster, by `paris export-clusters` 
   data/parts/<first>-<end>.json   what one `prepare --shard-range` wrote (merged into the manifest)
   data/manifest.json              written last: counts, skipped counts, encoders, shard list with hashes
 Text is per sample (11M captions are 11M distinct strings); caption dropout uses the empty prompt "".
+Training streams the shards (paris.data.stream); the functions here write, check and scan them.
 """
 
 from __future__ import annotations
@@ -15,16 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from dataclasses import dataclass, field
 
 import torch
 
 from paris import layout
-from paris.data.text_lookup import TextLookup
 from paris.errors import ParisError
 from paris.run import RunDir
-
-
 
 DTYPES = {"F16": torch.float16, "F32": torch.float32, "I64": torch.int64, "I32": torch.int32, "BOOL": torch.bool}
 
@@ -134,51 +131,3 @@ def read_columns(run: RunDir, names: list[str], prefix: str = layout.DATA, manif
                 torch.zeros(info["shape"], dtype=dtype)
         yield row, columns
         row += entry["count"]
-
-
-@dataclass
-class Store:
-    """The samples one job trains on, in memory: latents, labels, per-sample text, captions."""
-
-    manifest: dict
-    latents: torch.Tensor  # [N, C, H, W] float32
-    labels: torch.Tensor  # [N] int64 (-1 when the source has no labels)
-    text_data: dict[str, torch.Tensor]  # text_ids or text_states, and text_mask, per sample
-    captions: list[str]  # [N]
-    rows: torch.Tensor  # [N] the samples' row numbers in the full data set
-    _text: object = field(default=None, repr=False)
-
-    def __len__(self) -> int:
-        return len(self.latents)
-
-    @property
-    def text_dim(self) -> int:
-        return self.manifest["text_dim"]
-
-    def text(self, index: torch.Tensor, drop: torch.Tensor | None = None,
-             device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """Token states [B,L,D] float32 and mask [B,L] of samples `index`; where `drop`, the empty prompt.
-        A text encoder, when one is needed, is loaded on first use onto `device`."""
-        if self._text is None:
-            self._text = TextLookup(self.manifest, self.text_data, self.captions, str(device))
-        return self._text(index, drop)
-
-
-def load_store(run: RunDir, prefix: str = layout.DATA, keep: torch.Tensor | None = None) -> Store:
-    """The samples of the shard set under `prefix`; with `keep` ([N] bool over its rows), only those.
-    One cluster's samples: paris.clusters.export.load_cluster."""
-    manifest = read_manifest(run, prefix)
-    columns: dict[str, list] = {}
-    captions: list[str] = []
-    rows = []
-    for first, tensors, meta in iter_shards(run, prefix, manifest):
-        index = torch.as_tensor(meta["rows"]) if "rows" in meta else torch.arange(first, first + len(tensors["labels"]))
-        chosen = keep[index] if keep is not None else torch.ones(len(index), dtype=torch.bool)
-        for key, value in tensors.items():
-            if key != "features":  # only the partition needs them, and it streams them
-                columns.setdefault(key, []).append(value[chosen])
-        captions += [c for c, k in zip(meta["captions"], chosen.tolist()) if k]
-        rows.append(index[chosen])
-    data = {key: torch.cat(values) for key, values in columns.items()}
-    text = {key: data[key] for key in ("text_ids", "text_states", "text_mask") if key in data}
-    return Store(manifest, data["latents"].float(), data["labels"], text, captions, torch.cat(rows))

@@ -15,7 +15,7 @@ from paris import progress
 from paris.config import RunConfig, TrainConfig, dit_config
 from paris.clusters.export import load_cluster
 from paris.clusters.partition import load_partition
-from paris.data.store import Store, load_store
+from paris.data.stream import Store, load_store
 from paris.errors import ParisError
 from paris.flow import flow_matching_loss
 from paris.models.dit import DiT
@@ -83,8 +83,7 @@ def train_seed(run: RunDir, config: RunConfig, steps: int) -> dict:
 
 def _train_flow_model(run: RunDir, cfg: TrainConfig, store: Store, name: str, folder: str, identity: dict,
                       seed: int) -> dict:
-    latents = store.latents
-    c, h, _ = store.manifest["latent_shape"]
+    c, h, _ = store.latent_shape
     torch.manual_seed(seed)
     model = DiT(dit_config(cfg.preset, in_channels=c, input_size=h, text_dim=store.text_dim))
     if cfg.init_from:
@@ -94,9 +93,9 @@ def _train_flow_model(run: RunDir, cfg: TrainConfig, store: Store, name: str, fo
                   + (f", starting from {identity['init_from']}" if cfg.init_from else ""))
 
     def loss(model, index, random, device):
-        dropped = random.uniform() < cfg.caption_dropout
-        text, mask = store.text(index, drop=dropped, device=device)
-        return flow_matching_loss(model, latents[index].to(device), cfg.t_distribution, random,
+        batch = store.batch(index)
+        text, mask = store.text(batch, drop=random.uniform() < cfg.caption_dropout, device=device)
+        return flow_matching_loss(model, batch.latents.to(device).float(), cfg.t_distribution, random,
                                   text=text.to(device), text_mask=mask.to(device))
 
-    return train(run, Job(name, folder, model, loss, len(store), identity), cfg)
+    return train(run, Job(name, folder, model, loss, store, identity), cfg)

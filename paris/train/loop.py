@@ -29,16 +29,17 @@ from torch.nn.parallel import DistributedDataParallel
 from paris import layout
 from paris import progress
 from paris.config import TrainConfig
+from paris.data.stream import Store
 from paris.errors import ParisError
 from paris.models.io import save_pretrained
-from paris.randomness import EpochBatches, SampleRandom
+from paris.randomness import SampleRandom
 from paris.run import RunDir
 from paris.train import distributed
 from paris.train.checkpoint import load_latest, save_checkpoint
 from paris.train.lease import Lease
 from paris.train.metrics import MetricsLog
 
-# (model, sample indices of this micro-batch, their random draws, device) -> mean loss of the micro-batch
+# (model, indices into the job's Store of this micro-batch, their random draws, device) -> mean loss of the micro-batch
 LossFn = Callable[[nn.Module, torch.Tensor, SampleRandom, torch.device], torch.Tensor]
 
 
@@ -48,7 +49,7 @@ class Job:
     folder: str  # run-relative output folder: experts/2, router
     model: nn.Module
     loss: LossFn
-    num_samples: int  # the batches index range(num_samples)
+    data: Store  # the samples it trains on (the loop asks it for their order and to read ahead); the loss reads them
     identity: dict  # what a checkpoint must match to be resumed (cluster, partition hash, ...)
 
 
@@ -101,7 +102,7 @@ def _train(run: RunDir, job: Job, cfg: TrainConfig, dist: distributed.Distribute
     forward = DistributedDataParallel(model) if dist.world_size > 1 else model
     forward = torch.compile(forward) if cfg.compile else forward
     autocast = _autocast(cfg.precision, dist.device)
-    batches = EpochBatches(job.num_samples, cfg.batch_size, cfg.seed)
+    batches = job.data.batches(cfg.batch_size, cfg.seed, cfg.shuffle_buffer)
     metrics = MetricsLog(run, job.folder, cfg.tensorboard) if dist.is_main else None
     last_loss = saved["loss"] if saved else float("nan")
 
@@ -119,6 +120,7 @@ def _train(run: RunDir, job: Job, cfg: TrainConfig, dist: distributed.Distribute
             if dist.is_main:
                 lease.renew()
             index = batches(step)
+            job.data.prefetch(batches.next_window(step))  # read ahead while this step computes
             mine = torch.arange(dist.rank * micro * accumulation, (dist.rank + 1) * micro * accumulation)
             total = torch.zeros((), device=dist.device)
             for i in range(accumulation):

@@ -11,11 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from testkit.runs import NUM_IMAGES, copy_run, record_writes, run_cli
+from testkit.runs import NUM_IMAGES, copy_run, read_all, record_writes, run_cli
 from testkit.tiny_encoders import image_bytes, laion_config, tiny_models, write_folder
 from paris.clusters.export import export_clusters, load_cluster
 from paris.data.prepare import prepare
-from paris.data.store import load_store, read_columns
+from paris.data.store import read_columns
+from paris.data.stream import load_store
 from paris.errors import ParisError
 from paris.clusters.partition import load_partition, partition
 from paris.config import PartitionConfig, apply_overrides
@@ -77,7 +78,7 @@ def test_random_is_balanced_and_seeded(run):
 
 
 def test_labels_method_uses_the_labels_as_clusters(run):
-    labels = load_store(run).labels
+    labels = read_all(load_store(run)).labels
     part = partition(run, PartitionConfig(num_clusters=10, method="labels"))
     assert torch.equal(part.assignments, labels)  # Fashion-MNIST labels are 0..9
     with pytest.raises(ParisError, match="data has 10 labels; use --clusters 10"):
@@ -108,7 +109,7 @@ def test_a_cluster_that_comes_out_empty_is_an_error(tmp_path):
 
 def test_montage_shows_the_first_images_of_each_cluster(run):
     part = partition(run, PartitionConfig(num_clusters=2, seed=0, montage_images=5))
-    store = load_store(run)
+    store = read_all(load_store(run))
     for k in range(2):
         montage = Image.open(io.BytesIO(run.read_bytes(f"partition/montage/{k}.png")))
         assert montage.size == (5 * 96, 96)  # 32x32 images at 3x
@@ -120,19 +121,20 @@ def test_montage_shows_the_first_images_of_each_cluster(run):
 
 def test_export_gives_each_expert_only_its_cluster(run):
     part = partition(run, PartitionConfig(num_clusters=2, seed=0))
-    filtered = [load_cluster(run, k)[1] for k in range(2)]
+    filtered = [read_all(load_cluster(run, k)[1]) for k in range(2)]
     manifests = export_clusters(run)
     data_bytes = sum(s["bytes"] for s in run.read_json("data/manifest.json")["shards"])
     for k in range(2):
-        exported = load_cluster(run, k)[1]
-        assert exported.manifest.get("cluster") == k  # read from clusters/k, not data/
+        store = load_cluster(run, k)[1]
+        exported = read_all(store)
+        assert store.manifest.get("cluster") == k  # read from clusters/k, not data/
         assert torch.equal(exported.rows, (part.assignments == k).nonzero()[:, 0])
         assert torch.equal(exported.latents, filtered[k].latents) and exported.captions == filtered[k].captions
         share = sum(s["bytes"] for s in manifests[k]["shards"]) / data_bytes
         assert abs(share - part.meta["sizes"][k] / NUM_IMAGES) < 0.05
     repartitioned = partition(run, PartitionConfig(num_clusters=2, seed=3, method="random"))  # the export is now stale: not used
     stale = load_cluster(run, 0)[1]
-    assert "cluster" not in stale.manifest and torch.equal(stale.rows, (repartitioned.assignments == 0).nonzero()[:, 0])
+    assert "cluster" not in stale.manifest and torch.equal(read_all(stale).rows, (repartitioned.assignments == 0).nonzero()[:, 0])
 
 
 @pytest.mark.slow

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from testkit.runs import FASHION_MNIST, NUM_IMAGES, SHARD_SIZE
+from testkit.runs import FASHION_MNIST, NUM_IMAGES, SHARD_SIZE, read_all
 from paris.data import fashion_mnist
-from paris.data.store import load_store, read_columns
+from paris.data.store import read_columns
+from paris.data.stream import load_store
 from paris.errors import ParisError
 from paris.run import RunDir
 
@@ -133,21 +134,21 @@ def test_prepare_writes_manifest_last(prepared):
 
 def test_store_matches_the_source(prepared):
     run = RunDir(str(prepared["path"]))
-    store = load_store(run)
+    store = read_all(load_store(run))
     images, labels = fashion_mnist.load(FASHION_MNIST, "train", NUM_IMAGES)
     assert len(store) == NUM_IMAGES and torch.equal(store.rows, torch.arange(NUM_IMAGES))
     assert torch.equal(store.labels, labels)
     assert torch.allclose(store.latents, images, atol=1e-3)  # identity autoencoder, stored as fp16
     assert torch.cat([c["features"] for _, c in read_columns(run, ["features"])]).shape == (NUM_IMAGES, 64)
     assert store.captions == [fashion_mnist.caption(int(label), i) for i, label in enumerate(labels)]
-    assert store.text_data["text_ids"].shape == (NUM_IMAGES, 16)
+    assert store.text["text_ids"].shape == (NUM_IMAGES, 16)
 
 
 def test_text_states_match_the_encoder(prepared, text_encoder):
     store = load_store(RunDir(str(prepared["path"])))
     row = 7
-    states, mask = text_encoder.encode([store.captions[row]])
-    text, text_mask = store.text(torch.tensor([row, row]), drop=torch.tensor([False, True]))
+    states, mask = text_encoder.encode([read_all(store).captions[row]])
+    text, text_mask = store.text(store.batch(torch.tensor([row, row])), drop=torch.tensor([False, True]))
     assert torch.allclose(text[0], states[0], atol=1e-4)
     assert torch.equal(text_mask[0], mask[0]) and text_mask[0].sum() > 2
     empty, empty_mask = text_encoder.encode([""])
@@ -157,9 +158,9 @@ def test_text_states_match_the_encoder(prepared, text_encoder):
 
 def test_same_caption_gives_identical_text_states(prepared, text_encoder):
     store = load_store(RunDir(str(prepared["path"])))
-    captions = store.captions
+    captions = read_all(store).captions
     a, b = next((i, j) for i in range(len(captions)) for j in range(i + 1, len(captions)) if captions[i] == captions[j])
-    text, mask = store.text(torch.tensor([a, b]))
+    text, mask = store.text(store.batch(torch.tensor([a, b])))
     assert torch.equal(text[0], text[1]) and torch.equal(mask[0], mask[1])
     # The encoder itself: a caption's states do not depend on what else is in the batch.
     caption = "a photo of a bag"

@@ -13,14 +13,15 @@ from paris.config import DataConfig
 from paris.data.prepare import prepare
 from paris.data.preprocess import Skip, load_image
 from paris.data.sources import open_source
-from paris.data.store import load_store
+from paris.data.stream import load_store
+from testkit.runs import read_all
 from paris.errors import ParisError
 from paris.run import RunDir
 
 
 def _prepare(tmp_path, models, source: str, path: str, **data):
     run = RunDir(str(tmp_path / "run"))
-    return prepare(run, laion_config(models, source, path, **data)), load_store(run)
+    return prepare(run, laion_config(models, source, path, **data)), read_all(load_store(run))
 
 
 # --- preprocessing -------------------------------------------------------------------------------

@@ -18,7 +18,9 @@ from paris.data import fashion_mnist
 from paris.data import prepare as prepare_module
 from paris.data.merge import merge
 from paris.data.prepare import prepare
-from paris.data.store import content_hash, load_store, parse_shard
+from paris.data.store import content_hash, parse_shard
+from paris.data.stream import load_store
+from testkit.runs import read_all
 from paris.errors import ParisError
 from paris.run import RunDir
 
@@ -55,7 +57,7 @@ def assert_same_store(run: RunDir, baseline) -> None:
     reference, manifest = baseline
     assert run.read_json("data/manifest.json")["data_hash"] == manifest["data_hash"]
     assert shard_contents(run) == shard_contents(reference)
-    a, b = load_store(run), load_store(reference)
+    a, b = read_all(load_store(run)), read_all(load_store(reference))
     assert a.captions == b.captions and torch.equal(a.latents, b.latents) and torch.equal(a.rows, b.rows)
 
 
@@ -103,7 +105,7 @@ def test_resume_after_sigkill_loses_and_duplicates_nothing(tmp_path):
     assert 3 <= written < n // shard and not (path / "data/manifest.json").exists()  # really killed mid-run
     run = RunDir(str(path))
     manifest = prepare(run, run.read_config())
-    store = load_store(run)
+    store = read_all(load_store(run))
     images, labels = fashion_mnist.load(FASHION_MNIST, "train", n)
     assert manifest["count"] == n and len(manifest["shards"]) == n // shard
     assert torch.equal(store.labels, labels) and torch.allclose(store.latents, images, atol=1e-3)
@@ -139,11 +141,12 @@ def test_a_shard_that_does_not_match_the_manifest_is_refused_then_repaired(tmp_p
     run = RunDir(str(tmp_path / "run"))
     shards = tmp_path / "run/data/shards"
     (shards / "000001.safetensors").write_bytes((shards / "000000.safetensors").read_bytes())  # a swapped file
+    store = load_store(run)  # same size: found when the shard is first read
     with pytest.raises(ParisError, match="000001.safetensors does not match data/manifest.json.*delete it"):
-        load_store(run)
+        read_all(store)
     (shards / "000001.safetensors").write_bytes((shards / "000000.safetensors").read_bytes()[:300])  # cut short
     with pytest.raises(ParisError, match="000001.safetensors is truncated or corrupt.*delete it and rerun"):
-        load_store(run)
+        load_store(run)  # found by the size the shard folder lists, before any training
     (shards / "000001.safetensors").unlink()
     prepare(run, config)  # the manifest names a shard that is gone: prepare encodes just that one
     assert_same_store(run, baseline)

@@ -185,6 +185,7 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
 
     from paris.config import DiTConfig, TrainConfig
     from paris.flow import flow_matching_loss
+    from paris.randomness import ShardWindowBatches
     from paris.train.loop import Job, train
 
     data = torch.randn(16, 1, 8, 8)
@@ -198,14 +199,21 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
             os.kill(os.getpid(), signal.SIGTERM)  # arrives during the third step
         return flow_matching_loss(model, data[index].to(device), "uniform", random, text=text[index].to(device))
 
+    class InMemory:  # the loop's view of a Store: an order over 16 samples in one shard, nothing to read ahead
+        def batches(self, batch_size, seed, shuffle_buffer):
+            return ShardWindowBatches([16], batch_size, seed, window=1)
+
+        def prefetch(self, shards):
+            pass
+
     config = DiTConfig(input_size=8, in_channels=1, patch_size=4, hidden_size=16, depth=1, num_heads=2, text_dim=4)
     cfg = TrainConfig(steps=6, batch_size=4, checkpoint_every=100, log_every=1, threads=1)
     run = RunDir(str(tmp_path / "run"))
     with pytest.raises(ParisError, match="stopped by signal at step 3"):
-        train(run, Job("toy", "toy", DiT(config), loss, 16, {}), cfg)
+        train(run, Job("toy", "toy", DiT(config), loss, InMemory(), {}), cfg)
     assert run.read_json("toy/LATEST")["step"] == 3
     assert not run.exists("toy/final")
-    train(run, Job("toy", "toy", DiT(config), loss, 16, {}), cfg)
+    train(run, Job("toy", "toy", DiT(config), loss, InMemory(), {}), cfg)
     assert run.read_json("toy/LATEST")["step"] == 6 and run.exists("toy/final/config.json")
     assert len(calls) == 6  # 3 before the signal + 3 after resuming: no step repeated or skipped
 

@@ -1,0 +1,131 @@
+"""Read the rows a training job takes from one shard, and only their bytes.
+
+A safetensors file keeps each tensor contiguous, row after row, at byte offsets listed in its JSON header,
+so the rows of a cluster are byte ranges: one request per run of nearby rows, through fsspec, the same
+for a local disk and an object store. Columns training does not read (the clustering features) are never
+fetched. A dropped connection is retried; a file that is not what the manifest says is a ParisError.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import time
+from dataclasses import dataclass
+
+import torch
+
+from paris import layout
+from paris.data.store import DTYPES, shard_header
+from paris.errors import ParisError
+from paris.run import RunDir
+
+TRAINING_COLUMNS = ("latents", "labels", "text_ids", "text_states", "text_mask")
+MERGE_GAP = 1 << 18  # rows closer than this many bytes are fetched in one request (fewer round trips)
+ATTEMPTS = 5  # reads of an object store can fail transiently: a dropped connection, a throttled request
+
+
+@dataclass(frozen=True)
+class ShardRef:
+    """One shard of a store and which of its samples the store takes."""
+
+    prefix: str  # the shard set: data, clusters/<k>
+    name: str  # file name under <prefix>/shards
+    sha256: str  # its content hash, as the manifest records it
+    count: int  # samples in the file
+    first_row: int  # data/ row of its first sample (cluster exports list their rows instead)
+    chosen: torch.Tensor | None = None  # [n] sorted local indices of the samples taken; None: all of them
+
+    @property
+    def size(self) -> int:
+        return self.count if self.chosen is None else len(self.chosen)
+
+    @property
+    def rel(self) -> str:
+        return f"{layout.shards(self.prefix)}/{self.name}"
+
+
+@dataclass
+class ShardRows:
+    """The chosen rows of one shard, decoded: tensors as stored (fp16 stays fp16), captions, data/ rows."""
+
+    tensors: dict[str, torch.Tensor]
+    captions: list[str]
+    rows: torch.Tensor
+
+
+def read_rows(run: RunDir, ref: ShardRef) -> ShardRows:
+    header, header_end = read_header(run, ref)
+    meta = header.pop("__metadata__")
+    local = torch.arange(ref.count) if ref.chosen is None else ref.chosen
+    runs = _runs(local, max(_row_bytes(header[name]) for name in TRAINING_COLUMNS if name in header))
+    names = [name for name in TRAINING_COLUMNS if name in header]
+    starts, ends = [], []
+    for name in names:
+        first, row_bytes = header_end + header[name]["data_offsets"][0], _row_bytes(header[name])
+        starts += [first + a * row_bytes for a, _ in runs]
+        ends += [first + b * row_bytes for _, b in runs]
+    chunks = iter(_retrying(run, ref, lambda: run.fs.cat_ranges([run.path(ref.rel)] * len(starts), starts, ends,
+                                                                on_error="raise")))
+    fetched = torch.cat([torch.arange(a, b) for a, b in runs]) if runs else torch.zeros(0, dtype=torch.int64)
+    where = torch.searchsorted(fetched, local)  # each chosen row's place among the fetched ones
+    tensors = {}
+    for name in names:
+        raw = bytearray(b"".join(next(chunks) for _ in runs))
+        dtype, shape = DTYPES[header[name]["dtype"]], header[name]["shape"]
+        column = torch.frombuffer(raw, dtype=dtype) if raw else torch.zeros(0, dtype=dtype)
+        tensors[name] = column.reshape(len(fetched), *shape[1:])[where]
+    captions = json.loads(meta["captions"])
+    rows = torch.as_tensor(json.loads(meta["rows"])) if "rows" in meta else ref.first_row + torch.arange(ref.count)
+    return ShardRows(tensors, [captions[i] for i in local.tolist()], rows[local])
+
+
+def read_header(run: RunDir, ref: ShardRef) -> tuple[dict, int]:
+    """The shard's header, checked against the manifest: a file swapped or rewritten since is refused."""
+    try:
+        header, header_end = _retrying(run, ref, lambda: shard_header(run, ref.rel))
+    except (ValueError, struct.error):
+        raise ParisError(f"shard {run.url}/{ref.rel} is truncated or corrupt; delete it and rerun `paris prepare` "
+                         f"to encode it again") from None
+    if json.loads(header.get("__metadata__", {}).get("sha256", "null")) != ref.sha256:
+        raise ParisError(f"{run.url}/{ref.rel} does not match {layout.manifest(ref.prefix)} (its hash differs): the "
+                         f"shard was changed or replaced after prepare; delete it and rerun `paris prepare {run.url}`")
+    return header, header_end
+
+
+def read_captions(run: RunDir, ref: ShardRef) -> list[str]:
+    """The chosen samples' captions, from the header alone."""
+    captions = json.loads(read_header(run, ref)[0]["__metadata__"]["captions"])
+    return captions if ref.chosen is None else [captions[i] for i in ref.chosen.tolist()]
+
+
+def _row_bytes(info: dict) -> int:
+    return math.prod(info["shape"][1:]) * DTYPES[info["dtype"]].itemsize
+
+
+def _runs(local: torch.Tensor, row_bytes: int) -> list[tuple[int, int]]:
+    """[(first, end)] row ranges covering `local` (sorted), joining neighbours less than MERGE_GAP bytes apart."""
+    if len(local) == 0:
+        return []
+    gap = max(1, MERGE_GAP // max(row_bytes, 1))
+    breaks = ((local[1:] - local[:-1]) > gap).nonzero()[:, 0] + 1
+    firsts = torch.cat([local[:1], local[breaks]]).tolist()
+    lasts = torch.cat([local[breaks - 1], local[-1:]]).tolist()
+    return [(a, b + 1) for a, b in zip(firsts, lasts)]
+
+
+def _retrying(run: RunDir, ref: ShardRef, read):
+    """`read()`, tried again after a transient failure (1, 2, 4, 8 s apart); a missing file is not transient."""
+    for attempt in range(ATTEMPTS):
+        try:
+            return read()
+        except FileNotFoundError:
+            raise ParisError(f"missing {run.url}/{ref.rel}; rerun `paris prepare {run.url}` to encode it") from None
+        except (ParisError, ValueError, struct.error):
+            raise
+        except Exception as e:  # fsspec back ends raise their own types for dropped connections and timeouts
+            if attempt == ATTEMPTS - 1:
+                raise ParisError(f"cannot read {run.url}/{ref.rel} after {ATTEMPTS} attempts "
+                                 f"({type(e).__name__}: {e}); check the connection to the store") from None
+            time.sleep(2**attempt)
