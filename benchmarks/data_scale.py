@@ -35,10 +35,11 @@ import torch
 
 from paris import layout
 from paris.clusters.partition import partition
-from paris.config import DataConfig, PartitionConfig, RunConfig
+from paris.config import DataConfig, PartitionConfig, RunConfig, TrainConfig
 from paris.data.merge import merge
 from paris.data.prepare import fingerprint
-from paris.data.store import load_store, read_manifest, write_shard
+from paris.data.store import read_manifest, write_shard
+from paris.data.stream import load_store
 from paris.models.encoders import TextEncoder, build_text_encoder
 from paris.run import RunDir
 from paris.train.metrics import read_metrics
@@ -114,8 +115,7 @@ def paris(command: list[str], log: Path) -> dict:
 
 def train_job(run: RunDir, job: str, steps: int, batch: int, log: Path) -> dict:
     """One training job from step 0 (its folder is removed first), logging every step."""
-    section, folder, extra = ("expert", layout.expert(0), ["--expert", "0"]) if job == "expert" else \
-        ("router", layout.ROUTER, [f"--set=router.val_fraction={min(0.02, 512 / read_manifest(run)['count'])}"])
+    section, folder, extra = ("expert", layout.expert(0), ["--expert", "0"]) if job == "expert" else ("router", layout.ROUTER, [])
     run.remove(folder)
     overrides = [f"--set={section}.{key}={value}" for key, value in
                  {"preset": "tiny", "steps": steps, "batch_size": batch, "log_every": 1, "threads": 1,
@@ -127,17 +127,17 @@ def train_job(run: RunDir, job: str, steps: int, batch: int, log: Path) -> dict:
 
 
 def loader_throughput(run_url: str, batch_size: int, steps: int) -> dict:
-    """Reading the store as training does, with the model a no-op: the time to load it, then samples/s over
-    `steps` random batches of `batch_size`. Written against paris.data.store.load_store (the whole store in RAM)."""
+    """Reading the store as a training job does, with the model a no-op: its order (shuffled windows of shards),
+    read-ahead of the next window, and each step's batch as stored (fp16 latents, token ids, masks, captions).
+    The time to open the store, then samples/s over `steps` batches of `batch_size`."""
     began = time.perf_counter()
     store = load_store(RunDir(run_url))
-    loaded = time.perf_counter()
-    g = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        index = torch.randint(0, len(store), (batch_size,), generator=g)
-        batch = [store.latents[index], store.labels[index], *(v[index] for v in store.text_data.values())]
-        del batch
-    return {"load_s": loaded - began, "samples_per_s": steps * batch_size / (time.perf_counter() - loaded)}
+    batches = store.batches(batch_size, seed=0, shuffle_buffer=TrainConfig.shuffle_buffer)
+    opened = time.perf_counter()
+    for step in range(steps):
+        store.prefetch(batches.next_window(step))
+        store.batch(batches(step))
+    return {"load_s": opened - began, "samples_per_s": steps * batch_size / (time.perf_counter() - opened)}
 
 
 def measure(run: RunDir, row: dict, args, logs: Path, save) -> None:
