@@ -37,6 +37,22 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 server (moto's, on 127.0.0.1), started once: testkit.s3.S3Server."""
+    from testkit.s3 import S3Server
+
+    with S3Server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """An empty bucket on the S3 server, reached by plain s3:// URLs while the test runs: "s3://<bucket>"."""
+    with s3_server.bucket() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
 def config() -> RunConfig:
     return tiny_config()
 
