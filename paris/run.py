@@ -38,9 +38,17 @@ class RunDir:
 
     def list(self, rel: str) -> list[str]:
         """Names directly under `rel` (empty when it does not exist)."""
-        if not self.exists(rel):
-            return []
-        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.path(rel), detail=False))
+        return sorted(self.sizes(rel))
+
+    def sizes(self, rel: str) -> dict[str, int]:
+        """{name: size in bytes} of what is directly under `rel` (empty when it does not exist). Listed afresh:
+        object-store clients cache listings, and another machine may have written here since."""
+        self.fs.invalidate_cache(self.path(rel))
+        try:
+            listed = self.fs.ls(self.path(rel), detail=True)
+        except FileNotFoundError:
+            return {}
+        return {p["name"].rstrip("/").rsplit("/", 1)[-1]: p["size"] for p in listed}
 
     def remove(self, rel: str) -> None:
         if self.exists(rel):

@@ -27,7 +27,7 @@ from testkit.runs import copy_run, record_writes, tiny_config  # noqa: E402
 # Fixtures that train models: every test that uses one, directly or through another fixture, is slow however
 # quick its own body. seeded and single are module fixtures of train/test_seed_and_baseline.py and
 # train/test_distributed.py.
-TRAINING_FIXTURES = {"trained", "laion_trained", "seeded", "single"}
+TRAINING_FIXTURES = {"trained", "laion_trained", "seeded", "single", "resume_reference"}
 
 
 def pytest_collection_modifyitems(items):
@@ -50,6 +50,16 @@ def s3_bucket(s3_server):
     """An empty bucket on the S3 server, reached by plain s3:// URLs while the test runs: "s3://<bucket>"."""
     with s3_server.bucket() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def resume_reference(tmp_path_factory) -> tuple[Path, dict]:
+    """The run the kill-and-resume tests train (testkit.resume.make_run), untrained, and the state an
+    uninterrupted training of its expert 0 ends in."""
+    from testkit.resume import make_run, straight
+
+    base = Path(make_run(tmp_path_factory.mktemp("resume") / "base").url)
+    return base, straight(copy_run(base, tmp_path_factory.mktemp("resume") / "straight"))
 
 
 @pytest.fixture(scope="session")

@@ -100,8 +100,6 @@ def test_missing_bucket_is_a_paris_error(s3_bucket):
     assert not run.exists("config.yaml") and run.list("") == []
 
 
-@pytest.mark.xfail(strict=True, reason="s3fs caches listings with no expiry: RunDir.list does not see files another "
-                                       "machine wrote after this process listed the folder")
 def test_listing_sees_files_another_machine_wrote(run):
     run.write_text("experts/0/LATEST", "step-6")
     assert run.list("experts") == ["0"]

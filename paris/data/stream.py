@@ -157,10 +157,7 @@ def load_store(run: RunDir, prefix: str = layout.DATA, keep: torch.Tensor | None
 def _check_shards_present(run: RunDir, prefix: str, manifest: dict) -> None:
     """One listing of the shard folder against the manifest: every shard there, at its recorded size."""
     folder = layout.shards(prefix)
-    try:
-        listed = {p["name"].rstrip("/").rsplit("/", 1)[-1]: p["size"] for p in run.fs.ls(run.path(folder), detail=True)}
-    except FileNotFoundError:
-        listed = {}
+    listed = run.sizes(folder)
     for entry in manifest["shards"]:
         size = listed.get(entry["name"])
         if size is None:

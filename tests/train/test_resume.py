@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from testkit.resume import identical, kill_and_resume, make_run, state, straight
+from testkit.resume import identical, kill_and_resume, state
 from paris.run import RunDir
 
 
@@ -22,10 +22,9 @@ def kill_once_mid_training(run: RunDir, process) -> bool:
 
 
 @pytest.mark.slow
-def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
-    base = make_run(tmp_path / "base")
-    reference = straight(RunDir(shutil.copytree(base.url, tmp_path / "straight")))
-    run = RunDir(shutil.copytree(base.url, tmp_path / "killed"))
+def test_sigkill_and_resume_is_bitwise_identical(tmp_path, resume_reference):
+    base, reference = resume_reference
+    run = RunDir(shutil.copytree(base, tmp_path / "killed"))
     kills = kill_and_resume(run, kill_once_mid_training, max_kills=1)
     assert kills == 1
     assert run.read_json("experts/0/final/manifest.json")["steps"] == 150
