@@ -14,7 +14,8 @@ is `paris partition --method random` (K balanced random clusters). Then, each in
 (the child's own rusage), wall time, and time to first step (when step 1 ended, the time of the first metrics
 record with log_every=1, minus when the process was started: start-up, loading the data, one step). Every stage
 is kept (the store and its partition in the run, the figures in OUT/data_scale.json): a rerun skips what is
-done, --remeasure trains and loads again.
+done, --remeasure trains and loads again. Last, the loader reads a store of --s3-samples from an S3 server on
+127.0.0.1 (testkit.s3: moto's, through s3fs), so its figure includes every byte crossing HTTP.
 """
 
 from __future__ import annotations
@@ -140,6 +141,17 @@ def loader_throughput(run_url: str, batch_size: int, steps: int) -> dict:
     return {"load_s": opened - began, "samples_per_s": steps * batch_size / (time.perf_counter() - opened)}
 
 
+def s3_loader_throughput(n: int, config: RunConfig, text: TextEncoder) -> dict:
+    """The loader reading a store of n samples from an S3 server on 127.0.0.1 (moto's, as the tests use, through
+    s3fs as a user's run reads AWS): every byte crosses HTTP. The server keeps objects in memory: n stays small."""
+    from testkit.s3 import s3_server
+
+    with s3_server() as url:
+        run = RunDir(f"{url}/n{n}")
+        build_store(run, n, config, text)
+        return {"samples": n, **in_fresh_process(loader_throughput, run.url, 256, 200)}
+
+
 def measure(run: RunDir, row: dict, args, logs: Path, save) -> None:
     """The stages of one size not yet in `row`, each saved (`save()`) as soon as it is measured."""
     stages = {"expert": lambda: train_job(run, "expert", args.steps, args.batch_size, logs / "expert.log"),
@@ -183,6 +195,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="Batch of the expert and the router.")
     parser.add_argument("--shard-size", type=int, default=10000, help="Samples per shard (data.shard_size).")
     parser.add_argument("--remeasure", action="store_true", help="Train and load again; keep stores and build times.")
+    parser.add_argument("--s3-samples", type=int, default=100000, help="Size of the store the loader reads from a "
+                        "local S3 server (held in its memory); 0: skip.")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     base = (args.url or str(out / "stores")).rstrip("/")
@@ -215,10 +229,16 @@ def main() -> None:
         print(f"  {n:,}: measured", flush=True)
     small, large = rows[sizes[0]], rows[sizes[-1]]
     ratio = {job: large[job]["peak_rss_gib"] / small[job]["peak_rss_gib"] for job in ("expert", "router")}
-    save(rss_ratio_largest_to_smallest={"sizes": [sizes[-1], sizes[0]], **ratio})
+    saved_s3 = json.loads(results_path.read_text()).get("s3_loader") or {}
+    s3 = saved_s3 if saved_s3.get("samples") == args.s3_samples and not args.remeasure else \
+        s3_loader_throughput(args.s3_samples, RunConfig(data=data_config(str(clip), args.shard_size)), text) \
+        if args.s3_samples else None
+    save(rss_ratio_largest_to_smallest={"sizes": [sizes[-1], sizes[0]], **ratio}, s3_loader=s3)
     print(markdown([rows[n] for n in sizes]))
     print(f"peak RSS, {large['samples']:,} samples against {small['samples']:,}: expert {ratio['expert']:.2f}x, "
           f"router {ratio['router']:.2f}x")
+    if s3:
+        print(f"loader over s3:// (a local S3 server, {s3['samples']:,} samples): {s3['samples_per_s']:,.0f} samples/s")
     print(f"wrote {results_path}")
 
 

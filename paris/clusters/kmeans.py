@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from paris.config import PartitionConfig
-from paris.data.store import read_columns
+from paris.data.shard_reader import read_columns
 from paris.run import RunDir
 
 MIN_POINTS_PER_CENTROID = 39  # faiss's own minimum for a meaningful centroid

@@ -21,7 +21,9 @@ from paris import layout
 from paris import progress
 from paris.clusters.kmeans import hierarchical_kmeans, nearest_centroid
 from paris.config import PartitionConfig
-from paris.data.store import read_columns, read_manifest
+from paris.data.shard_reader import read_columns
+from paris.data.store import read_manifest
+from paris.data.stream import load_store
 from paris.errors import ParisError
 from paris.run import RunDir
 
@@ -109,10 +111,8 @@ def write_montages(run: RunDir, manifest: dict, assignments: torch.Tensor, k: in
         return
     wanted = {c: (assignments == c).nonzero()[:per_cluster, 0] for c in range(k)}
     rows = torch.cat(list(wanted.values())).sort().values
-    latents = {}
-    for first, columns in read_columns(run, ["latents"], manifest=manifest):
-        for row in rows[(rows >= first) & (rows < first + len(columns["latents"]))].tolist():
-            latents[row] = columns["latents"][row - first].float()
+    # Only these rows' bytes are read (usually from the first shard or two), not the whole store.
+    latents = dict(zip(rows.tolist(), load_store(run).batch(rows).latents.float()))
     enc = manifest["encoders"]
     try:
         autoencoder = build_autoencoder(enc["autoencoder"], enc["autoencoder_path"], enc["latent_scale"])

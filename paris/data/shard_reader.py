@@ -3,7 +3,8 @@
 A safetensors file keeps each tensor contiguous, row after row, at byte offsets listed in its JSON header,
 so the rows of a cluster are byte ranges: one request per run of nearby rows, through fsspec, the same
 for a local disk and an object store. Columns training does not read (the clustering features) are never
-fetched. A dropped connection is retried; a file that is not what the manifest says is a ParisError.
+fetched (and the partition, which reads the features, never fetches the latents). A dropped connection is
+retried; a file that is not what the manifest says is a ParisError.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from paris import layout
-from paris.data.store import DTYPES, shard_header
+from paris.data.store import DTYPES, read_manifest, shard_header
 from paris.errors import ParisError
 from paris.run import RunDir
 
@@ -55,12 +56,13 @@ class ShardRows:
     rows: torch.Tensor
 
 
-def read_rows(run: RunDir, ref: ShardRef) -> ShardRows:
+def read_rows(run: RunDir, ref: ShardRef, columns: tuple[str, ...] = TRAINING_COLUMNS) -> ShardRows:
+    """The chosen rows of those of `columns` the shard has."""
     header, header_end = read_header(run, ref)
     meta = header.pop("__metadata__")
     local = torch.arange(ref.count) if ref.chosen is None else ref.chosen
-    runs = _runs(local, max(_row_bytes(header[name]) for name in TRAINING_COLUMNS if name in header))
-    names = [name for name in TRAINING_COLUMNS if name in header]
+    names = [name for name in columns if name in header]
+    runs = _runs(local, max((_row_bytes(header[name]) for name in names), default=1))
     starts, ends = [], []
     for name in names:
         first, row_bytes = header_end + header[name]["data_offsets"][0], _row_bytes(header[name])
@@ -79,6 +81,17 @@ def read_rows(run: RunDir, ref: ShardRef) -> ShardRows:
     captions = json.loads(meta["captions"])
     rows = torch.as_tensor(json.loads(meta["rows"])) if "rows" in meta else ref.first_row + torch.arange(ref.count)
     return ShardRows(tensors, [captions[i] for i in local.tolist()], rows[local])
+
+
+def read_columns(run: RunDir, names: list[str], prefix: str = layout.DATA, manifest: dict | None = None):
+    """(first row, {name: tensor}) per shard of a shard set, in order, one shard in memory at a time: the
+    partition streams the features and never reads the latents."""
+    manifest = manifest or read_manifest(run, prefix)
+    first = 0
+    for entry in manifest["shards"]:
+        ref = ShardRef(prefix, entry["name"], entry["sha256"], entry["count"], first)
+        yield first, read_rows(run, ref, tuple(names)).tensors
+        first += entry["count"]
 
 
 def read_header(run: RunDir, ref: ShardRef) -> tuple[dict, int]:

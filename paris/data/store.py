@@ -110,24 +110,3 @@ def iter_shards(run: RunDir, prefix: str = layout.DATA, manifest: dict | None = 
         tensors, meta = read_shard(run, prefix, entry)
         yield row, tensors, meta
         row += entry["count"]
-
-
-def read_columns(run: RunDir, names: list[str], prefix: str = layout.DATA, manifest: dict | None = None):
-    """(first row, {name: tensor}) per shard, reading only the bytes of those columns (safetensors keeps
-    each tensor contiguous at offsets listed in its header): the partition reads features, not latents."""
-    manifest = manifest or read_manifest(run, prefix)
-    row = 0
-    for entry in manifest["shards"]:
-        rel = f"{layout.shards(prefix)}/{entry['name']}"
-        header, header_end = shard_header(run, rel)
-        columns = {}
-        for name in names:
-            info = header[name]
-            begin, stop = (header_end + offset for offset in info["data_offsets"])
-            path = run.path(rel)
-            raw = bytearray(run.fs.cat_file(path, start=begin, end=stop)) if stop > begin else bytearray()
-            dtype = DTYPES[info["dtype"]]
-            columns[name] = torch.frombuffer(raw, dtype=dtype).reshape(info["shape"]) if raw else \
-                torch.zeros(info["shape"], dtype=dtype)
-        yield row, columns
-        row += entry["count"]

@@ -15,7 +15,7 @@ from testkit.runs import NUM_IMAGES, copy_run, read_all, record_writes, run_cli
 from testkit.tiny_encoders import image_bytes, laion_config, tiny_models, write_folder
 from paris.clusters.export import export_clusters, load_cluster
 from paris.data.prepare import prepare
-from paris.data.store import read_columns
+from paris.data.shard_reader import read_columns
 from paris.data.stream import load_store
 from paris.errors import ParisError
 from paris.clusters.partition import load_partition, partition
