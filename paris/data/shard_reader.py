@@ -68,16 +68,18 @@ def read_rows(run: RunDir, ref: ShardRef, columns: tuple[str, ...] = TRAINING_CO
         first, row_bytes = header_end + header[name]["data_offsets"][0], _row_bytes(header[name])
         starts += [first + a * row_bytes for a, _ in runs]
         ends += [first + b * row_bytes for _, b in runs]
-    chunks = iter(_retrying(run, ref, lambda: run.fs.cat_ranges([run.path(ref.rel)] * len(starts), starts, ends,
-                                                                on_error="raise")))
+    chunks = _retrying(run, ref, lambda: run.fs.cat_ranges([run.path(ref.rel)] * len(starts), starts, ends,
+                                                           on_error="raise"))
     fetched = torch.cat([torch.arange(a, b) for a, b in runs]) if runs else torch.zeros(0, dtype=torch.int64)
-    where = torch.searchsorted(fetched, local)  # each chosen row's place among the fetched ones
+    every = len(fetched) == len(local)  # no rows fetched in between the chosen ones
+    where = None if every else torch.searchsorted(fetched, local)  # each chosen row's place among the fetched
     tensors = {}
-    for name in names:
-        raw = bytearray(b"".join(next(chunks) for _ in runs))
+    for i, name in enumerate(names):
+        raw = bytearray().join(chunks[i * len(runs) : (i + 1) * len(runs)])  # one copy, then the chunks go
+        chunks[i * len(runs) : (i + 1) * len(runs)] = [b""] * len(runs)
         dtype, shape = DTYPES[header[name]["dtype"]], header[name]["shape"]
-        column = torch.frombuffer(raw, dtype=dtype) if raw else torch.zeros(0, dtype=dtype)
-        tensors[name] = column.reshape(len(fetched), *shape[1:])[where]
+        column = (torch.frombuffer(raw, dtype=dtype) if raw else torch.zeros(0, dtype=dtype)).reshape(len(fetched), *shape[1:])
+        tensors[name] = column if every else column[where]
     captions = json.loads(meta["captions"])
     rows = torch.as_tensor(json.loads(meta["rows"])) if "rows" in meta else ref.first_row + torch.arange(ref.count)
     return ShardRows(tensors, [captions[i] for i in local.tolist()], rows[local])

@@ -19,7 +19,7 @@ import torch
 
 from paris import layout
 from paris.data.shard_cache import ShardCache
-from paris.data.shard_reader import ShardRef, ShardRows, read_captions, read_rows
+from paris.data.shard_reader import TRAINING_COLUMNS, ShardRef, ShardRows, read_captions, read_rows
 from paris.data.store import read_manifest
 from paris.data.text_lookup import TextLookup
 from paris.errors import ParisError
@@ -42,8 +42,9 @@ class Batch:
 class Store:
     """The samples of one job: shards read on demand, at most a few windows of them in memory."""
 
-    def __init__(self, run: RunDir, manifest: dict, shards: list[ShardRef]):
-        self.run, self.manifest = run, manifest
+    def __init__(self, run: RunDir, manifest: dict, shards: list[ShardRef],
+                 columns: tuple[str, ...] = TRAINING_COLUMNS):
+        self.run, self.manifest, self.columns = run, manifest, columns
         self.shards = [s for s in shards if s.size]
         sizes = torch.tensor([s.size for s in self.shards], dtype=torch.int64)
         self.ends = torch.cumsum(sizes, 0)
@@ -64,9 +65,9 @@ class Store:
 
     def batches(self, batch_size: int, seed: int, shuffle_buffer: int) -> ShardWindowBatches:
         """The job's order: windows of about `shuffle_buffer` samples (whole shards) shuffled together.
-        The cache is sized for it: the window being trained on, the next one, and a batch straddling both."""
+        The cache holds three windows: at a boundary a batch takes from two while the one after is read ahead."""
         window = max(1, round(shuffle_buffer * len(self.shards) / max(len(self), 1)))
-        self._cache = ShardCache(self._read, capacity=3 * window + 2)
+        self._cache = ShardCache(self._read, capacity=3 * window)
         return ShardWindowBatches([s.size for s in self.shards], batch_size, seed, window)
 
     def prefetch(self, shards: list[int]) -> None:
@@ -115,7 +116,7 @@ class Store:
         for s, ref in enumerate(self.shards):
             local = index[shard == s] - self.starts[s]
             refs.append(replace(ref, chosen=local if ref.chosen is None else ref.chosen[local]))
-        return Store(self.run, self.manifest, refs)
+        return Store(self.run, self.manifest, refs, self.columns)
 
     def split(self, fraction: float, seed: int, most: int) -> tuple[Store, Store]:
         """(the rest, a held-out share of `fraction` of the samples, at most `most`), drawn at random."""
@@ -131,7 +132,7 @@ class Store:
         return self._cache
 
     def _read(self, shard: int) -> ShardRows:
-        return read_rows(self.run, self.shards[shard])
+        return read_rows(self.run, self.shards[shard], self.columns)
 
 
 def _take(rows: ShardRows, local: torch.Tensor) -> Batch:
@@ -140,8 +141,9 @@ def _take(rows: ShardRows, local: torch.Tensor) -> Batch:
                  [rows.captions[i] for i in local.tolist()])
 
 
-def load_store(run: RunDir, prefix: str = layout.DATA, keep: torch.Tensor | None = None) -> Store:
-    """The samples of the shard set under `prefix`; with `keep` ([N] bool over the rows of data/), only those.
+def load_store(run: RunDir, prefix: str = layout.DATA, keep: torch.Tensor | None = None, text: bool = True) -> Store:
+    """The samples of the shard set under `prefix`; with `keep` ([N] bool over the rows of data/), only those;
+    without `text`, their text is never read (a router that sees none).
     Reads the manifest and lists the shard folder (a missing or cut-short shard is found before training
     starts); the shards themselves are read as batches need them. One cluster: paris.clusters.export.load_cluster."""
     manifest = read_manifest(run, prefix)
@@ -151,7 +153,7 @@ def load_store(run: RunDir, prefix: str = layout.DATA, keep: torch.Tensor | None
         chosen = None if keep is None else keep[first : first + entry["count"]].nonzero()[:, 0]
         refs.append(ShardRef(prefix, entry["name"], entry["sha256"], entry["count"], first, chosen))
         first += entry["count"]
-    return Store(run, manifest, refs)
+    return Store(run, manifest, refs, TRAINING_COLUMNS if text else ("latents", "labels"))
 
 
 def _check_shards_present(run: RunDir, prefix: str, manifest: dict) -> None:

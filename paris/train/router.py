@@ -35,7 +35,7 @@ VAL_BATCH = 1024
 def train_router(run: RunDir, config: RunConfig) -> dict:
     cfg = config.router
     part = load_partition(run)
-    train_store, held_out = load_store(run).split(cfg.val_fraction, cfg.seed, VAL_MOST)
+    train_store, held_out = load_store(run, text=cfg.use_text).split(cfg.val_fraction, cfg.seed, VAL_MOST)
     torch.manual_seed(cfg.seed)
     c, h, _ = train_store.latent_shape
     model = Router(router_config(cfg.preset, in_channels=c, input_size=h, num_experts=part.num_clusters,
