@@ -26,6 +26,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from paris.config import apply_overrides
+from paris.run import RunDir
+
 DEMO_SAMPLES = 4 * 1800 * 64
 TINY_PRESETS = "--set expert.preset=tiny --set router.preset=tiny"
 
@@ -128,8 +131,9 @@ def setup(out: Path, system: System, data: str) -> Path:
                  f"expert.steps_by_size={str(system.by_size).lower()}"]
     if s["seed_steps"]:
         overrides += ["expert.init_from=seed/final"]
-    paris("partition", str(run), "--clusters", str(k), "--method", method, *sum((["--set", o] for o in overrides), []),
-          log=run / "logs" / "partition.log")
+    run_dir = RunDir(str(run))  # the row's recipe in its config, where every later command reads it
+    run_dir.write_config(apply_overrides(run_dir.read_config(), overrides))
+    paris("partition", str(run), "--clusters", str(k), "--method", method, log=run / "logs" / "partition.log")
     return run
 
 
