@@ -1,8 +1,8 @@
 """Read the rows a training job takes from one shard, and only their bytes.
 
 A safetensors file keeps each tensor contiguous, row after row, at byte offsets listed in its JSON header,
-so the rows of a cluster are byte ranges: one request per run of nearby rows, through fsspec, the same
-for a local disk and an object store. Columns training does not read (the clustering features) are never
+so the rows of a cluster are byte ranges: one request per run of consecutive rows, positioned reads on a
+local disk and concurrent range requests (fsspec's cat_ranges) on an object store. Columns training does not read (the clustering features) are never
 fetched (and the partition, which reads the features, never fetches the latents). A dropped connection is
 retried; a file that is not what the manifest says is a ParisError.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 import time
 from dataclasses import dataclass
@@ -23,7 +24,6 @@ from paris.errors import ParisError
 from paris.run import RunDir
 
 TRAINING_COLUMNS = ("latents", "labels", "text_ids", "text_states", "text_mask")
-MERGE_GAP = 1 << 18  # rows closer than this many bytes are fetched in one request (fewer round trips)
 ATTEMPTS = 5  # reads of an object store can fail transiently: a dropped connection, a throttled request
 
 
@@ -62,24 +62,23 @@ def read_rows(run: RunDir, ref: ShardRef, columns: tuple[str, ...] = TRAINING_CO
     meta = header.pop("__metadata__")
     local = torch.arange(ref.count) if ref.chosen is None else ref.chosen
     names = [name for name in columns if name in header]
-    runs = _runs(local, max((_row_bytes(header[name]) for name in names), default=1))
+    runs = _runs(local)
     starts, ends = [], []
     for name in names:
         first, row_bytes = header_end + header[name]["data_offsets"][0], _row_bytes(header[name])
         starts += [first + a * row_bytes for a, _ in runs]
         ends += [first + b * row_bytes for _, b in runs]
-    chunks = _retrying(run, ref, lambda: run.fs.cat_ranges([run.path(ref.rel)] * len(starts), starts, ends,
-                                                           on_error="raise"))
-    fetched = torch.cat([torch.arange(a, b) for a, b in runs]) if runs else torch.zeros(0, dtype=torch.int64)
-    every = len(fetched) == len(local)  # no rows fetched in between the chosen ones
-    where = None if every else torch.searchsorted(fetched, local)  # each chosen row's place among the fetched
+    chunks = _retrying(run, ref, lambda: _fetch(run, ref.rel, starts, ends))
+    if sum(map(len, chunks)) != sum(ends) - sum(starts):
+        raise ParisError(f"shard {run.url}/{ref.rel} is shorter than its header says (truncated while being read?); "
+                         f"delete it and rerun `paris prepare` to encode it again")
     tensors = {}
     for i, name in enumerate(names):
         raw = bytearray().join(chunks[i * len(runs) : (i + 1) * len(runs)])  # one copy, then the chunks go
         chunks[i * len(runs) : (i + 1) * len(runs)] = [b""] * len(runs)
-        dtype, shape = DTYPES[header[name]["dtype"]], header[name]["shape"]
-        column = (torch.frombuffer(raw, dtype=dtype) if raw else torch.zeros(0, dtype=dtype)).reshape(len(fetched), *shape[1:])
-        tensors[name] = column if every else column[where]
+        dtype = DTYPES[header[name]["dtype"]]
+        column = torch.frombuffer(raw, dtype=dtype) if raw else torch.zeros(0, dtype=dtype)
+        tensors[name] = column.reshape(len(local), *header[name]["shape"][1:])
     captions = json.loads(meta["captions"])
     rows = torch.as_tensor(json.loads(meta["rows"])) if "rows" in meta else ref.first_row + torch.arange(ref.count)
     return ShardRows(tensors, [captions[i] for i in local.tolist()], rows[local])
@@ -115,16 +114,24 @@ def read_captions(run: RunDir, ref: ShardRef) -> list[str]:
     return captions if ref.chosen is None else [captions[i] for i in ref.chosen.tolist()]
 
 
+def _fetch(run: RunDir, rel: str, starts: list[int], ends: list[int]) -> list[bytes]:
+    """Byte ranges of one file: positioned reads of one open file on a local disk; otherwise the file
+    system's own cat_ranges (s3fs sends the requests concurrently)."""
+    if run.is_local:
+        with open(run.path(rel), "rb") as f:
+            return [os.pread(f.fileno(), end - start, start) for start, end in zip(starts, ends)]
+    return run.fs.cat_ranges([run.path(rel)] * len(starts), starts, ends, on_error="raise")
+
+
 def _row_bytes(info: dict) -> int:
     return math.prod(info["shape"][1:]) * DTYPES[info["dtype"]].itemsize
 
 
-def _runs(local: torch.Tensor, row_bytes: int) -> list[tuple[int, int]]:
-    """[(first, end)] row ranges covering `local` (sorted), joining neighbours less than MERGE_GAP bytes apart."""
+def _runs(local: torch.Tensor) -> list[tuple[int, int]]:
+    """[(first, end)] ranges of consecutive rows covering `local` (sorted)."""
     if len(local) == 0:
         return []
-    gap = max(1, MERGE_GAP // max(row_bytes, 1))
-    breaks = ((local[1:] - local[:-1]) > gap).nonzero()[:, 0] + 1
+    breaks = ((local[1:] - local[:-1]) > 1).nonzero()[:, 0] + 1
     firsts = torch.cat([local[:1], local[breaks]]).tolist()
     lasts = torch.cat([local[breaks - 1], local[-1:]]).tolist()
     return [(a, b + 1) for a, b in zip(firsts, lasts)]

@@ -84,27 +84,29 @@ def test_batches_are_the_samples_asked_for_in_that_order(partitioned):
 
 
 def test_a_cluster_reads_only_its_rows_and_never_the_features(partitioned, monkeypatch):
+    from paris.data import shard_reader
+
     run = RunDir(str(partitioned))
     part, cluster = load_cluster(run, 0)
     fetched: list[tuple[str, int, int]] = []
-    cat_ranges = run.fs.cat_ranges
+    fetch = shard_reader._fetch
 
-    def recording(paths, starts, ends, **kw):
-        fetched.extend(zip(paths, starts, ends))
-        return cat_ranges(paths, starts, ends, **kw)
+    def recording(run, rel, starts, ends):
+        fetched.extend((rel, a, b) for a, b in zip(starts, ends))
+        return fetch(run, rel, starts, ends)
 
-    monkeypatch.setattr(run.fs, "cat_ranges", recording)
+    monkeypatch.setattr(shard_reader, "_fetch", recording)
     read_all(cluster)
     rel = "data/shards/000000.safetensors"
     header, header_end = shard_header(run, rel)
+    mine = [(a, b) for path, a, b in fetched if path == rel]
     features = [header_end + o for o in header["features"]["data_offsets"]]
-    mine = [(a, b) for path, a, b in fetched if path.endswith(rel)]
     assert mine and not any(a < features[1] and b > features[0] for a, b in mine)  # no byte of the features
-    latents = header["latents"]
-    row_bytes = latents["data_offsets"][1] // latents["shape"][0] - latents["data_offsets"][0] // latents["shape"][0]
-    got = sum(min(b, header_end + latents["data_offsets"][1]) - max(a, header_end + latents["data_offsets"][0])
-              for a, b in mine if a < header_end + latents["data_offsets"][1] and b > header_end + latents["data_offsets"][0])
-    assert got < latents["shape"][0] * row_bytes  # not the whole column: only runs of this cluster's rows
+    begin, end = (header_end + o for o in header["latents"]["data_offsets"])
+    row_bytes = (end - begin) // header["latents"]["shape"][0]
+    latents = sum(min(b, end) - max(a, begin) for a, b in mine if a < end and b > begin)
+    rows = int((part.assignments[: header["latents"]["shape"][0]] == 0).sum())
+    assert 0 < rows < header["latents"]["shape"][0] and latents == rows * row_bytes  # exactly its rows
 
 
 def test_the_cache_holds_a_bounded_number_of_shards(partitioned):
