@@ -80,6 +80,8 @@ def rows(budgets: list[float], which: str) -> list[System]:
         out += [System(f"pixel-paris-{x}", b), System(f"pixel-textrouter-{x}", b, text_router=True),
                 System(f"text-paris-{x}", b, features="text"),
                 System(f"text-textrouter-bysize-{x}", b, features="text", text_router=True, by_size=True),
+                # The best mixture so far (split16) with each expert's steps in proportion to its cluster.
+                System(f"text-textrouter-split16-bysize-{x}", b, 16, features="text", text_router=True, by_size=True),
                 System(f"text-textrouter-equal-{x}", b, features="text", text_router=True, protocol="equal-batch"),
                 System(f"text-textrouter-seed25-{x}", b, features="text", text_router=True, seed_fraction=0.25),
                 System(f"text-textrouter-seed10-{x}", b, features="text", text_router=True, seed_fraction=0.10),
