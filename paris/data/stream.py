@@ -111,10 +111,10 @@ class Store:
 
     def subset(self, index: torch.Tensor) -> Store:
         """The store of samples `index` (sorted) of this one."""
-        shard = torch.searchsorted(self.ends, index, right=True)
+        first, end = torch.searchsorted(index, self.starts), torch.searchsorted(index, self.ends)
         refs = []
         for s, ref in enumerate(self.shards):
-            local = index[shard == s] - self.starts[s]
+            local = index[first[s] : end[s]] - self.starts[s]
             refs.append(replace(ref, chosen=local if ref.chosen is None else ref.chosen[local]))
         return Store(self.run, self.manifest, refs, self.columns)
 
