@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 from safetensors import SafetensorError
@@ -52,17 +53,38 @@ def load_pretrained(run: RunDir, folder: str) -> nn.Module:
         raise ParisError(f"{run.url}/{folder} has no {weights}" + (
             f", only {', '.join(pickles)}: pickle checkpoints are refused (loading them can run code); convert them "
             "to safetensors with safetensors.torch.save_file" if pickles else ""))
-    model = model_cls(from_dict(config_cls, config, where=f"{run.url}/{folder}/config.json: ", complete=True))
+    with parameters_on_meta():  # no memory and no random initialisation for weights about to be replaced
+        model = model_cls(from_dict(config_cls, config, where=f"{run.url}/{folder}/config.json: ", complete=True))
     try:
         state = run.load_tensors(f"{folder}/{weights}")
     except SafetensorError as e:
         raise ParisError(f"{run.url}/{folder}/{weights} is not a valid safetensors file ({e})") from None
-    load_state_dict_strict(model, state, f"{run.url}/{folder}")
+    load_state_dict_strict(model, state, f"{run.url}/{folder}", assign=True)
     return model.eval()
 
 
-def load_state_dict_strict(model: nn.Module, state: dict, where: str) -> None:
-    """load_state_dict that lists every missing, unexpected or mis-shaped key in one clear error."""
+@contextlib.contextmanager
+def parameters_on_meta():
+    """Modules built inside have their parameters on the meta device: shapes only, so building is free and
+    their initialisation does nothing. Buffers stay real (DiT's fixed position embedding is not saved).
+    Load weights into such a model with load_state_dict(..., assign=True)."""
+    register = nn.Module.register_parameter
+
+    def on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None:
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def load_state_dict_strict(model: nn.Module, state: dict, where: str, assign: bool = False) -> None:
+    """load_state_dict that lists every missing, unexpected or mis-shaped key in one clear error; with
+    `assign`, the model takes the tensors of `state` as its own (no copy; for a model built on meta)."""
     expected = model.state_dict()
     # Shapes first: one mis-shaped tensor says more about a wrong config than a list of missing blocks.
     problems = [
@@ -74,5 +96,5 @@ def load_state_dict_strict(model: nn.Module, state: dict, where: str) -> None:
     if problems:
         raise ParisError(f"weights in {where} do not fit the model: {'; '.join(problems[:8])}"
                          + (f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""))
-    model.load_state_dict(state)
+    model.load_state_dict(state, assign=assign)
 

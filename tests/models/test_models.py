@@ -213,6 +213,11 @@ def test_save_load_round_trip_is_exact(run, make):
     state, loaded_state = model.state_dict(), loaded.state_dict()
     assert state.keys() == loaded_state.keys()
     assert all(torch.equal(state[k], loaded_state[k]) for k in state)
+    # Built on the meta device and given the file's tensors: every parameter and buffer is real, trainable, and
+    # the unsaved buffers (DiT's position embedding) are the ones a model built normally has.
+    assert all(t.device.type == "cpu" for t in [*loaded.parameters(), *loaded.buffers()])
+    assert all(p.requires_grad for p in loaded.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(model.buffers(), loaded.buffers()))
     meta = run.read_json("experts/0/final/config.json")
     assert "paris" not in meta and meta["_class_name"] == type(model).__name__  # config.json stays the release's
     assert run.read_json("experts/0/final/manifest.json") == {"steps": 3}
