@@ -27,7 +27,12 @@ def launch(request: LaunchRequest) -> Launched:
 
 def local_jobs(jobs: int | None, num_experts: int) -> int:
     """How many experts to train at once: `jobs`, or by default one per CPU core and at most one per expert."""
-    return min(num_experts, os.cpu_count() or 1) if jobs is None else jobs
+    return min(num_experts, available_cores()) if jobs is None else jobs
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity, which a container or `taskset` narrows), not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def launch_local(run: RunDir, targets: dict[int, int], jobs: int, overrides: list[str] = (),
@@ -37,6 +42,10 @@ def launch_local(run: RunDir, targets: dict[int, int], jobs: int, overrides: lis
     slots = gpu_groups(gpus, gpus_per_expert) if gpus else [None] * jobs
     if not slots:
         raise ParisError(f"the number of experts trained at once must be at least 1, got {jobs}")
+    # The cores are shared out, never oversubscribed: torch would give every process a thread per core, and
+    # two such processes on two cores run many times slower than two of one thread each.
+    processes = len(gpus) if gpus else jobs
+    threads = max(1, available_cores() // processes)
     log_dir = log_dir or Path("logs")
     log_dir.mkdir(parents=True, exist_ok=True)
     pending, running, codes, free = list(targets), {}, {}, list(slots)
@@ -44,7 +53,7 @@ def launch_local(run: RunDir, targets: dict[int, int], jobs: int, overrides: lis
         while pending or running:
             while pending and free:
                 k, slot = pending.pop(0), free.pop(0)
-                running[k] = (_start(run, k, overrides, log_dir / f"expert_{k}.log", slot), slot)
+                running[k] = (_start(run, k, overrides, log_dir / f"expert_{k}.log", slot, threads), slot)
             for k, (process, slot) in list(running.items()):
                 if process.poll() is not None:
                     codes[k] = process.returncode
@@ -67,8 +76,10 @@ def gpu_groups(gpus: list[str], per_expert: int) -> list[str]:
     return [",".join(gpus[i : i + per_expert]) for i in range(0, len(gpus), per_expert)]
 
 
-def _start(run: RunDir, expert: int, overrides, log_path: Path, gpu_group: str | None) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def _start(run: RunDir, expert: int, overrides, log_path: Path, gpu_group: str | None,
+           threads: int) -> subprocess.Popen:
+    # OMP_NUM_THREADS sizes torch's thread pool when it starts; one the user exported wins, as does expert.threads.
+    env = {"OMP_NUM_THREADS": str(threads), **os.environ, "PYTHONUNBUFFERED": "1"}
     nproc = 1
     if gpu_group is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu_group

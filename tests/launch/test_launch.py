@@ -17,7 +17,7 @@ import yaml
 from testkit.runs import copy_run, run_cli, with_expert
 from paris.errors import ParisError
 from paris.launch import train_command
-from paris.launch.local import gpu_groups, launch_local
+from paris.launch.local import available_cores, gpu_groups, launch_local
 from paris.launch.skypilot import write_tasks
 from paris.launch.slurm import write_sbatch
 from paris.models.dit import DiT
@@ -150,16 +150,20 @@ def test_models_of_an_old_partition_are_outdated_not_done(trained, tmp_path):
 
 
 @pytest.mark.slow
-def test_launch_local_trains_experts_as_processes(partitioned, tmp_path):
+def test_launch_local_trains_experts_as_processes(partitioned, tmp_path, monkeypatch):
     """Experts 0 and 1 train in two independent processes; expert 5 does not exist: its process fails with
     exit 2 and a one-line error in its log, and that does not stop the others."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the rule under test, not the caller's setting
     run = copy_run(partitioned, tmp_path / "run")
     logs = tmp_path / "logs"
-    codes = launch_local(run, {0: 2, 5: 2, 1: 2}, jobs=2, overrides=["expert.steps=2"], log_dir=logs)
+    codes = launch_local(run, {0: 2, 5: 2, 1: 2}, jobs=2, overrides=["expert.steps=2", "expert.threads=null"],
+                         log_dir=logs)
     assert codes == {0: 0, 1: 0, 5: 2}, [(logs / f"expert_{k}.log").read_text() for k in (0, 1, 5)]
     for k in (0, 1):
         assert run.read_json(f"experts/{k}/LATEST")["step"] == 2
         assert isinstance(load_pretrained(run, f"experts/{k}/final"), DiT)
         assert f"expert {k}: done" in (logs / f"expert_{k}.log").read_text()
+        # Two at once share the cores: never a thread per core each.
+        assert f"expert {k}: on cpu, {max(1, available_cores() // 2)} CPU threads" in (logs / f"expert_{k}.log").read_text()
     assert "error: expert 5 does not exist" in (logs / "expert_5.log").read_text()
     assert run.list("experts") == ["0", "1"]
