@@ -81,6 +81,30 @@ def router_and_expert_seconds(mixture: Mixture, batch: int, repeats: int) -> tup
             seconds(lambda: expert(torch.cat([x, x]), torch.cat([t, t]), text), repeats))
 
 
+def load_seconds(preset: str, folder: str, repeats: int) -> dict[str, float]:
+    """Seconds to load one saved expert, best of `repeats`: the file read alone; paris's load_pretrained (built on
+    the meta device, the file's tensors assigned); and the way it used to load, built with random weights and the
+    file's copied in (the baseline of the ratio, measured here in the same run)."""
+    run = RunDir(folder)
+    if not run.exists("expert_0/config.json"):
+        save_pretrained(run, "expert_0", DiT(dit_config(preset, text_dim=384)))
+    weights = "expert_0/diffusion_pytorch_model.safetensors"
+
+    def copied_in():
+        model = DiT(dit_config(preset, text_dim=384))
+        model.load_state_dict(run.load_tensors(weights))
+
+    ways = {"read": lambda: run.load_tensors(weights), "paris": lambda: load_pretrained(run, "expert_0"),
+            "random then copy": copied_in}
+    best = {}
+    for _ in range(repeats):  # interleaved, so that a noisy moment does not favour one way
+        for name, load in ways.items():
+            start = time.perf_counter()
+            load()
+            best[name] = min(best.get(name, float("inf")), time.perf_counter() - start)
+    return best
+
+
 def peak_memory_child(preset: str, num_experts: int, max_resident: int, folder: str) -> None:
     """Run top-2 sampling and print this process's peak resident memory in MiB (called in a subprocess)."""
     mixture = build(preset, num_experts, folder, max_resident)
@@ -103,7 +127,7 @@ def main() -> None:
     parser.add_argument("--router-batch", type=int, default=2, help="samples per pass in the router-share figure")
     parser.add_argument("--route-every", type=int, default=4, help="also measure the router share with this interval")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--memory-preset", default="B/2")
+    parser.add_argument("--memory-preset", default="B/2", help="experts of the memory and load-time figures")
     parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -126,6 +150,10 @@ def main() -> None:
             shares = ", ".join(f"every {n}: {router_s / n / (router_s / n + expert_s):.1%}"
                                for n in sorted({1, args.route_every}))
             print(f"  {size:5s} router {router_s:.3f} s, guided expert {expert_s:.3f} s; router share when routing {shares}")
+        load = load_seconds(args.memory_preset, f"{tmp}/load", max(args.repeats, 5))
+        print(f"loading one {args.memory_preset} expert: {load['paris']:.3f} s, against {load['random then copy']:.3f} s "
+              f"built with random weights then copied ({load['paris'] / load['random then copy']:.2f}x); "
+              f"reading the file alone {load['read']:.3f} s")
         k2 = peak_memory(args.memory_preset, 2, 2, f"{tmp}/mem")
         k8 = peak_memory(args.memory_preset, args.experts, 2, f"{tmp}/mem")
         print(f"peak memory of top-2 sampling with --max-resident-experts 2, {args.memory_preset} experts: "
