@@ -123,7 +123,8 @@ def _train(run: RunDir, job: Job, cfg: TrainConfig, dist: distributed.Distribute
             if dist.is_main:
                 lease.renew()
             index = batches(step)
-            job.data.prefetch(batches.next_window(step))  # read ahead while this step computes
+            if step + 1 < cfg.steps:
+                job.data.prefetch(batches.next_window(step))  # read ahead while this step computes
             mine = torch.arange(dist.rank * micro * accumulation, (dist.rank + 1) * micro * accumulation)
             total = torch.zeros((), device=dist.device)
             for i in range(accumulation):
