@@ -1,22 +1,34 @@
-"""Training throughput of one expert: samples/s and achieved FLOP/s of a full step (forward, backward, AdamW).
+"""Training throughput of one expert beside the reference DiT: achieved FLOP/s of a full step (forward,
+backward, AdamW), seconds per step and samples/s.
 
 FLOPs are counted with torch.utils.flop_counter on one step; the baseline measured in the same run is the
 dense matmul throughput of the same device and dtype, so the ratio (model FLOP utilisation of what this
 machine can actually do) stays meaningful on noisy machines. On GPU the share of the bf16 peak is printed too.
 
+The reference is facebookresearch/DiT's model (benchmarks/dit_reference.py) at the same shape (hidden size,
+depth, heads, patch, latents; our B/2 is its DiT-B/2), trained with the same optimiser, batch and precision.
+It is class-conditional, ours cross-attends to text tokens, so ours does more FLOPs per step: compare
+achieved FLOP/s, not seconds. The two steps alternate (ours, reference, ours, ...); the ratio printed is the
+median of the per-pair ratios of achieved FLOP/s, ours / reference.
+
     .venv/bin/python benchmarks/train_throughput.py                                  # tiny and B/2 on CPU
     python benchmarks/train_throughput.py --presets XL/2 --batch 32 --device cuda --compile   # on a GPU
+    python benchmarks/train_throughput.py --presets B/2 --no-reference              # ours alone
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from paris.config import dit_config
+from dit_reference import PRESETS as REFERENCE_PRESETS
+from dit_reference import DiT as ReferenceDiT
+from paris.config import DiTConfig, dit_config
 from paris.flow import flow_matching_loss
 from paris.models.dit import DiT
 from paris.randomness import BatchRandom
@@ -37,10 +49,40 @@ def matmul_flops_per_s(device: str, dtype: torch.dtype, n: int) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
-def measure(preset: str, batch: int, steps: int, device: str, bf16: bool, compile: bool) -> dict:
+def measure(preset: str, batch: int, steps: int, device: str, bf16: bool, compile: bool, reference: bool) -> list[dict]:
+    """Our expert's training step and, with `reference`, the reference DiT's at the same shape, timed in
+    interleaved pairs (ours, reference, ours, ...) so that machine noise falls on both alike."""
     config = dit_config(preset, text_dim=384) if preset == "tiny" else dit_config(preset)
+    runs = [("ours", *_our_step(config, preset, batch, device, bf16, compile))]
+    if reference:
+        runs.append((_reference_name(config), *_reference_step(config, batch, device, bf16, compile)))
+    flops = []
+    for _, _, step in runs:
+        with FlopCounterMode(display=False) as counter:
+            step()
+        flops.append(counter.get_total_flops())
+    for _ in range(2):  # warm-up (and compilation)
+        for _, _, step in runs:
+            step()
+    seconds = [[] for _ in runs]
+    for _ in range(steps):
+        for (_, _, step), times in zip(runs, seconds):
+            _sync(device)
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            times.append(time.perf_counter() - start)
+    rows = [{"model": name, "params_m": sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
+             "seconds": statistics.median(times), "flops_per_step": f, "flops_per_s": f / statistics.median(times)}
+            for (name, model, _), f, times in zip(runs, flops, seconds)]
+    if reference:  # ours / reference achieved FLOP/s, pair by pair
+        rows[0]["ratios"] = [flops[0] / ours * ref / flops[1] for ours, ref in zip(*seconds)]
+    return rows
+
+
+def _our_step(config: DiTConfig, preset: str, batch: int, device: str, bf16: bool, compile: bool):
     model = DiT(config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as paris.train.loop
     forward = torch.compile(model) if compile else model
     x0 = torch.randn(batch, config.in_channels, config.input_size, config.input_size, device=device)
     text = torch.randn(batch, 77 if preset != "tiny" else 16, config.text_dim, device=device)
@@ -53,19 +95,34 @@ def measure(preset: str, batch: int, steps: int, device: str, bf16: bool, compil
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    with FlopCounterMode(display=False) as counter:
-        step()
-    flops = counter.get_total_flops()
-    for _ in range(2):  # warm-up (and compilation)
-        step()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    seconds = (time.perf_counter() - start) / steps
-    return {"preset": preset, "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "batch": batch,
-            "samples_per_s": batch / seconds, "flops_per_step": flops, "flops_per_s": flops / seconds}
+    return model, step
+
+
+def _reference_step(config: DiTConfig, batch: int, device: str, bf16: bool, compile: bool):
+    """The reference DiT, class-conditional on ImageNet's 1000 classes, predicting only the noise
+    (learn_sigma=False) so that its output has our shape; loss: MSE to the noise."""
+    model = ReferenceDiT(config.input_size, config.patch_size, config.in_channels, config.hidden_size,
+                         config.depth, config.num_heads, config.mlp_ratio, learn_sigma=False).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    forward = torch.compile(model) if compile else model
+    x0 = torch.randn(batch, config.in_channels, config.input_size, config.input_size, device=device)
+    labels = torch.randint(0, 1000, (batch,), device=device)
+
+    def step():
+        t = torch.randint(0, 1000, (batch,), device=device)
+        noise = torch.randn_like(x0)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            loss = F.mse_loss(forward(x0 + noise, t, labels).float(), noise)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return model, step
+
+
+def _reference_name(config: DiTConfig) -> str:
+    shape = (config.depth, config.hidden_size, config.patch_size, config.num_heads)
+    return next((f"DiT-{name}" for name, preset in REFERENCE_PRESETS.items() if preset == shape), "DiT (ref)")
 
 
 def _sync(device: str) -> None:
@@ -77,9 +134,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", default="tiny,B/2")
     parser.add_argument("--batch", type=int, default=0, help="0: 64 for tiny, 8 for others on CPU")
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps of each model")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the reference DiT at the same shape (default: yes)")
     args = parser.parse_args()
     bf16 = args.device == "cuda"
     if bf16:
@@ -89,14 +148,21 @@ def main() -> None:
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; dense {dtype} matmul baseline {baseline / 1e12:.3f} TFLOP/s")
     peak = next((v for k, v in BF16_PEAK.items() if k in name), None) if bf16 else None
-    print(f"{'preset':>6} {'params':>8} {'batch':>5} {'samples/s':>10} {'GFLOP/step':>11} {'TFLOP/s':>8} "
-          f"{'of matmul':>9}" + (f" {'of bf16 peak':>12}" if peak else ""))
+    print(f"{'preset':>6} {'model':>9} {'params':>8} {'batch':>5} {'s/step':>8} {'samples/s':>10} {'GFLOP/step':>11} "
+          f"{'TFLOP/s':>8} {'of matmul':>9}" + (f" {'of bf16 peak':>12}" if peak else ""))
     for preset in args.presets.split(","):
         batch = args.batch or (64 if preset == "tiny" or args.device == "cuda" else 8)
-        r = measure(preset, batch, args.steps, args.device, bf16, args.compile)
-        print(f"{preset:>6} {r['params_m']:7.1f}M {batch:5d} {r['samples_per_s']:10.1f} {r['flops_per_step'] / 1e9:11.1f} "
-              f"{r['flops_per_s'] / 1e12:8.3f} {r['flops_per_s'] / baseline:9.1%}"
-              + (f" {r['flops_per_s'] / peak:12.1%}" if peak else ""))
+        rows = measure(preset, batch, args.steps, args.device, bf16, args.compile, args.reference)
+        for r in rows:
+            print(f"{preset:>6} {r['model']:>9} {r['params_m']:7.1f}M {batch:5d} {r['seconds']:8.4f} "
+                  f"{batch / r['seconds']:10.1f} {r['flops_per_step'] / 1e9:11.1f} {r['flops_per_s'] / 1e12:8.3f} "
+                  f"{r['flops_per_s'] / baseline:9.1%}" + (f" {r['flops_per_s'] / peak:12.1%}" if peak else ""))
+        if args.reference:
+            ours, ref = rows
+            print(f"{preset:>6} ours / {ref['model']}: achieved FLOP/s x{statistics.median(ours['ratios']):.3f} "
+                  f"(median of {len(ours['ratios'])} interleaved pairs, {min(ours['ratios']):.3f} to "
+                  f"{max(ours['ratios']):.3f}); FLOPs per step x{ours['flops_per_step'] / ref['flops_per_step']:.3f}, "
+                  f"seconds per step x{ours['seconds'] / ref['seconds']:.3f}")
 
 
 if __name__ == "__main__":
