@@ -1,10 +1,12 @@
 """Read the rows a training job takes from one shard, and only their bytes.
 
 A safetensors file keeps each tensor contiguous, row after row, at byte offsets listed in its JSON header,
-so the rows of a cluster are byte ranges: one request per run of consecutive rows, positioned reads on a
-local disk and concurrent range requests (fsspec's cat_ranges) on an object store. Columns training does not read (the clustering features) are never
-fetched (and the partition, which reads the features, never fetches the latents). A dropped connection is
-retried; a file that is not what the manifest says is a ParisError.
+so the rows of a cluster are byte ranges. On a local disk: exactly those rows, by positioned reads of one
+open file. On an object store, where a request costs more than a megabyte of transfer: concurrent range
+requests (fsspec's cat_ranges), each reading through gaps of up to REMOTE_GAP bytes between chosen rows
+(after export-clusters a cluster's rows are contiguous, and nothing extra is read). Columns a job does not
+use are never fetched (training never reads the clustering features; the partition never reads the
+latents). A dropped connection is retried; a file that is not what the manifest says is a ParisError.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from paris.errors import ParisError
 from paris.run import RunDir
 
 TRAINING_COLUMNS = ("latents", "labels", "text_ids", "text_states", "text_mask")
+REMOTE_GAP = 1 << 20  # bytes of unchosen rows an object-store request reads through rather than split in two
 ATTEMPTS = 5  # reads of an object store can fail transiently: a dropped connection, a throttled request
 
 
@@ -62,7 +65,10 @@ def read_rows(run: RunDir, ref: ShardRef, columns: tuple[str, ...] = TRAINING_CO
     meta = header.pop("__metadata__")
     local = torch.arange(ref.count) if ref.chosen is None else ref.chosen
     names = [name for name in columns if name in header]
-    runs = _runs(local)
+    # On an object store a request costs far more than the bytes between two rows: runs of rows less than
+    # REMOTE_GAP apart are fetched as one range (export-clusters makes a cluster's rows contiguous instead).
+    gap = 0 if run.is_local else REMOTE_GAP // max((_row_bytes(header[name]) for name in names), default=1)
+    runs = _runs(local, gap)
     starts, ends = [], []
     for name in names:
         first, row_bytes = header_end + header[name]["data_offsets"][0], _row_bytes(header[name])
@@ -72,13 +78,16 @@ def read_rows(run: RunDir, ref: ShardRef, columns: tuple[str, ...] = TRAINING_CO
     if sum(map(len, chunks)) != sum(ends) - sum(starts):
         raise ParisError(f"shard {run.url}/{ref.rel} is shorter than its header says (truncated while being read?); "
                          f"delete it and rerun `paris prepare` to encode it again")
+    fetched = torch.cat([torch.arange(a, b) for a, b in runs]) if runs else local
+    where = None if len(fetched) == len(local) else torch.searchsorted(fetched, local)  # chosen among fetched
     tensors = {}
     for i, name in enumerate(names):
         raw = bytearray().join(chunks[i * len(runs) : (i + 1) * len(runs)])  # one copy, then the chunks go
         chunks[i * len(runs) : (i + 1) * len(runs)] = [b""] * len(runs)
         dtype = DTYPES[header[name]["dtype"]]
-        column = torch.frombuffer(raw, dtype=dtype) if raw else torch.zeros(0, dtype=dtype)
-        tensors[name] = column.reshape(len(local), *header[name]["shape"][1:])
+        column = (torch.frombuffer(raw, dtype=dtype) if raw else torch.zeros(0, dtype=dtype))
+        column = column.reshape(len(fetched), *header[name]["shape"][1:])
+        tensors[name] = column if where is None else column[where]
     captions = json.loads(meta["captions"])
     rows = torch.as_tensor(json.loads(meta["rows"])) if "rows" in meta else ref.first_row + torch.arange(ref.count)
     return ShardRows(tensors, [captions[i] for i in local.tolist()], rows[local])
@@ -127,11 +136,12 @@ def _row_bytes(info: dict) -> int:
     return math.prod(info["shape"][1:]) * DTYPES[info["dtype"]].itemsize
 
 
-def _runs(local: torch.Tensor) -> list[tuple[int, int]]:
-    """[(first, end)] ranges of consecutive rows covering `local` (sorted)."""
+def _runs(local: torch.Tensor, gap: int = 0) -> list[tuple[int, int]]:
+    """[(first, end)] row ranges covering `local` (sorted): runs of consecutive rows, joined across at most
+    `gap` rows that are not chosen."""
     if len(local) == 0:
         return []
-    breaks = ((local[1:] - local[:-1]) > 1).nonzero()[:, 0] + 1
+    breaks = ((local[1:] - local[:-1]) > gap + 1).nonzero()[:, 0] + 1
     firsts = torch.cat([local[:1], local[breaks]]).tolist()
     lasts = torch.cat([local[breaks - 1], local[-1:]]).tolist()
     return [(a, b + 1) for a, b in zip(firsts, lasts)]
