@@ -1,4 +1,5 @@
-"""What a mixture costs at sampling time: latency per routing rule, the router's share, and peak memory.
+"""What a mixture costs at sampling time: latency per routing rule, a residency cap with and without --offload,
+the router's share, and peak memory.
 
 Experts and router have random weights (the cost does not depend on training); experts are saved to disk
 and loaded lazily, as ParisPipeline does. Figures are ratios measured in the same run.
@@ -28,7 +29,8 @@ from paris.sample import ExpertPool, Mixture, generate, peak_memory_mib
 PROMPTS = ["a photo of a sneaker", "a photo of a bag", "a photo of a dress", "a picture of a coat"]
 
 
-def build(preset: str, num_experts: int, folder: str, max_resident: int | None) -> Mixture:
+def build(preset: str, num_experts: int, folder: str, max_resident: int | None, offload: bool = False,
+          device: str = "cpu") -> Mixture:
     """K randomly initialised experts of `preset` saved under `folder`, a random router, the MiniLM encoder."""
     config = dit_config(preset, text_dim=384)
     run = RunDir(folder)
@@ -41,7 +43,7 @@ def build(preset: str, num_experts: int, folder: str, max_resident: int | None) 
                                   input_size=config.input_size, num_experts=num_experts))
     loaders = [lambda k=k: load_pretrained(run, f"expert_{k}") for k in range(num_experts)]
     shape = (config.in_channels, config.input_size, config.input_size)
-    return Mixture(ExpertPool(loaders, max_resident), _randomised(router).eval(),
+    return Mixture(ExpertPool(loaders, max_resident, device, offload), _randomised(router).eval().to(device),
                    build_text_encoder("minilm", "", 16), IdentityAutoencoder(), shape)
 
 
@@ -140,6 +142,14 @@ def main() -> None:
         print(f"K={args.experts} tiny experts, batch {args.batch}, CPU: seconds per sampling step")
         for s, sec in per_step.items():
             print(f"  {s:5s} {sec:.4f} s  ({sec / per_step['top1']:.2f}x top1)")
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # on CPU an offloaded expert is already there
+        capped = {name: latency(build("tiny", args.experts, f"{tmp}/tiny", cap, offload, device), "top2", args.batch,
+                                args.steps)
+                  for name, cap, offload in (("uncapped", None, False), ("offload", 2, True), ("disk", 2, False))}
+        print(f"top2 with --max-resident-experts 2 ({device}): --offload {capped['offload']:.4f} s per step "
+              f"({capped['offload'] / capped['uncapped']:.2f}x uncapped {capped['uncapped']:.4f} s), without it "
+              f"{capped['disk']:.4f} s ({capped['disk'] / capped['uncapped']:.2f}x uncapped, "
+              f"{capped['disk'] / capped['offload']:.2f}x --offload)")
         print(f"top1 with --route-every {args.route_every}: {latency(mixture, 'top1', args.batch, args.steps, args.route_every):.4f} s"
               f" per step (router calls per step: 1/{args.route_every})")
         print(f"router share of a top-1 step (expert at that size, batch {args.router_batch}, guided; "

@@ -236,6 +236,10 @@ def generate(
                                               "between (default: sample.route_every, 1 = every step)."),
     max_resident_experts: Optional[int] = typer.Option(None, help="Keep at most this many experts in memory "
                                                        "(default: all)."),
+    offload: bool = typer.Option(False, help="With --max-resident-experts: keep the experts it evicts in host "
+                                 "RAM (pinned on CUDA) instead of dropping them, so bringing one back is a copy to "
+                                 "the GPU, not a disk read; costs host RAM for every expert used. On --device cpu "
+                                 "host RAM is the device: no expert is freed, and the cap saves no memory."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     show_routing: bool = typer.Option(False, help="Also write a steps x experts heatmap per prompt and the weights as JSON."),
     out: Path = typer.Option(Path("samples.png"), help="PNG to write: one row per prompt."),
@@ -251,11 +255,15 @@ def generate(
         raise ParisError("no prompts given; pass at least one --prompt \"a photo of a sneaker\"")
     _at_least("--num", num, 1)
     _at_least("--max-resident-experts", max_resident_experts, 1)
+    if offload and max_resident_experts is None:
+        raise ParisError("--offload keeps the experts that --max-resident-experts evicts in host memory; without "
+                         "a cap nothing is evicted: add --max-resident-experts N or leave --offload out")
     if strategy:
         parse_strategy(strategy)  # a typo fails now, not after loading the experts
     _check_image_path(out)
     is_run = RunDir(run).exists("config.yaml")  # a training run; otherwise a folder written by save_pretrained
-    pipe = (ParisPipeline.from_run if is_run else ParisPipeline.from_pretrained)(run, max_resident_experts, device)
+    load = ParisPipeline.from_run if is_run else ParisPipeline.from_pretrained
+    pipe = load(run, max_resident_experts, device, offload_experts=offload)
     prompts = [p for p in prompt for _ in range(num)]
     strategy = strategy or pipe.sample.strategy
     images, stats = pipe.generate(prompts, strategy=strategy, steps=steps, guidance=guidance, seed=seed,

@@ -48,9 +48,11 @@ class ParisPipeline:
 
     @classmethod
     def from_run(cls, run_url: str, max_resident_experts: int | None = None, device: str = "cpu",
-                 monolith: bool = False) -> "ParisPipeline":
+                 monolith: bool = False, offload_experts: bool = False) -> "ParisPipeline":
         """The experts (experts/<k>/final) and router (router/final) of a training run, or with `monolith`
-        its single baseline model (monolith/final)."""
+        its single baseline model (monolith/final). With `max_resident_experts` at most that many experts stay
+        on `device`; `offload_experts` keeps the evicted ones in host memory instead of reading them again from
+        disk (paris.sample.ExpertPool)."""
         check_device(device)
         run = RunDir(run_url)
         run_config = run.read_config()
@@ -69,11 +71,13 @@ class ParisPipeline:
         for folder in [*experts, layout.final(layout.ROUTER)]:
             _require_partition(run, folder, partition["hash"])
         return cls._assemble(run, experts, layout.final(layout.ROUTER), text_encoder, config, max_resident_experts,
-                             device, sample)
+                             device, sample, offload_experts)
 
     @classmethod
-    def from_pretrained(cls, path: str, max_resident_experts: int | None = None, device: str = "cpu") -> "ParisPipeline":
-        """A folder in the release layout (written by save_pretrained, or from elsewhere)."""
+    def from_pretrained(cls, path: str, max_resident_experts: int | None = None, device: str = "cpu",
+                        offload_experts: bool = False) -> "ParisPipeline":
+        """A folder in the release layout (written by save_pretrained, or from elsewhere); the other arguments
+        as in `from_run`."""
         check_device(device)
         folder = RunDir(path)
         if not folder.exists("config.json"):
@@ -92,11 +96,13 @@ class ParisPipeline:
         if config["autoencoder"] != "identity":
             config = {**config, "autoencoder_path": folder.path("vae")}
         sample = from_dict(SampleConfig, config.get("sample", {}), f"{path}/config.json sample.")
-        return cls._assemble(folder, experts, router, text_encoder, config, max_resident_experts, device, sample)
+        return cls._assemble(folder, experts, router, text_encoder, config, max_resident_experts, device, sample,
+                             offload_experts)
 
     @classmethod
     def _assemble(cls, root: RunDir, experts: list[str], router: str | None, text_encoder, config: dict,
-                  max_resident: int | None, device: str, sample: SampleConfig) -> "ParisPipeline":
+                  max_resident: int | None, device: str, sample: SampleConfig,
+                  offload: bool = False) -> "ParisPipeline":
         if len(experts) == 1:  # one model (the monolith): its only rule is top1
             sample = dataclasses.replace(sample, strategy="top1")
         for folder in experts:  # fail now, not in the middle of sampling, when an expert is missing
@@ -107,7 +113,7 @@ class ParisPipeline:
             raise ParisError(f"the router of {root.url} chooses among {router_model.config.num_experts} experts "
                              f"but there are {len(experts)}; retrain it or fix config.json")
         autoencoder = build_autoencoder(config["autoencoder"], config["autoencoder_path"], config["latent_scale"], device)
-        mixture = Mixture(ExpertPool(loaders, max_resident, device), router_model, text_encoder, autoencoder,
+        mixture = Mixture(ExpertPool(loaders, max_resident, device, offload), router_model, text_encoder, autoencoder,
                           tuple(config["latent_shape"]))
         return cls(mixture, config, sample)
 

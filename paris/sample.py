@@ -17,6 +17,7 @@ p(k | x_t, t) changes slowly from one step to the next. n=1 (the paper) routes a
 
 from __future__ import annotations
 
+import itertools
 import resource
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -35,14 +36,27 @@ GUIDANCE_MODES = ("per-expert", "after")
 
 
 class ExpertPool:
-    """Experts loaded on first use; with `max_resident` at most that many stay in memory (least recently
-    used leave first), so the memory of top-k sampling does not grow with K."""
+    """Experts loaded on first use; with `max_resident` at most that many stay on the device (least recently
+    used leave first), so the memory of top-k sampling does not grow with K.
 
-    def __init__(self, loaders: list[Callable[[], DiT]], max_resident: int | None = None, device: str = "cpu"):
+    An evicted expert is dropped and read again from disk when needed, or with `offload` kept in host memory
+    and copied back: a cap then costs a host-to-device copy instead of a disk read, and host RAM holds every
+    expert used so far. On CUDA the offloaded weights are pinned (page-locked), so the copy back is fast and
+    non-blocking. On a CPU device host memory IS the device: an offloaded expert simply stays loaded, so the
+    cap only bounds how many count as resident (`resident`), not the memory, which grows as without a cap.
+    """
+
+    def __init__(self, loaders: list[Callable[[], DiT]], max_resident: int | None = None, device: str = "cpu",
+                 offload: bool = False):
         if max_resident is not None and max_resident < 1:
             raise ParisError(f"max_resident_experts must be at least 1 (or None: all), got {max_resident}")
+        if offload and max_resident is None:
+            raise ParisError("offload keeps the experts that a cap evicts in host memory; without "
+                             "max_resident_experts nothing is evicted, so give a cap too (or leave offload out)")
         self.loaders, self.max_resident, self.device = loaders, max_resident, torch.device(device)
-        self.resident: OrderedDict[int, DiT] = OrderedDict()
+        self.offload = offload
+        self.resident: OrderedDict[int, DiT] = OrderedDict()  # on the device, least recently used first
+        self.offloaded: dict[int, DiT] = {}  # evicted with offload: in host memory, pinned on CUDA
         self.loads = 0  # how often an expert was read from disk: the price of a small cap
 
     def __len__(self) -> int:
@@ -51,11 +65,25 @@ class ExpertPool:
     def __getitem__(self, k: int) -> DiT:
         if k not in self.resident:
             if self.max_resident and len(self.resident) >= self.max_resident:
-                self.resident.popitem(last=False)  # dropped; read again from disk when needed
-            self.resident[k] = self.loaders[k]().to(self.device).eval()
-            self.loads += 1
+                evicted, model = self.resident.popitem(last=False)
+                if self.offload:  # otherwise dropped: read again from disk when needed
+                    self.offloaded[evicted] = self._to_host(model)
+            if k in self.offloaded:
+                self.resident[k] = self.offloaded.pop(k).to(self.device, non_blocking=True)
+            else:
+                self.resident[k] = self.loaders[k]().to(self.device).eval()
+                self.loads += 1
         self.resident.move_to_end(k)
         return self.resident[k]
+
+    def _to_host(self, model: DiT) -> DiT:
+        """`model` with its weights in host memory, page-locked when they come back to a CUDA device."""
+        if self.device.type == "cpu":
+            return model  # already there
+        pin = self.device.type == "cuda"
+        for tensor in itertools.chain(model.parameters(), model.buffers()):
+            tensor.data = torch.empty_like(tensor.data, device="cpu", pin_memory=pin).copy_(tensor.data)
+        return model
 
 
 @dataclass

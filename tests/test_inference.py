@@ -110,6 +110,110 @@ def test_expert_pool_evicts_the_least_recently_used():
     assert list(pool.resident) == [0, 2] and pool.loads == 3
 
 
+# --- offload: the experts a cap evicts wait in host memory ------------------------------------------
+
+@pytest.fixture(scope="module")
+def three_experts(tmp_path_factory):
+    """A pipeline folder holding 3 small random experts, a random router and a tiny CLIP text encoder: top2
+    uses 2 of the 3 experts per sample, so a cap of 1 evicts at every step."""
+    from paris.config import DiTConfig, RouterConfig
+    from paris.models.dit import DiT
+    from paris.models.encoders import IdentityAutoencoder, TextEncoder
+    from paris.models.router import Router
+    from paris.sample import Mixture
+    from testkit.runs import randomize_zero_params
+    from testkit.tiny_encoders import save_tiny_clip
+
+    root = tmp_path_factory.mktemp("three-experts")
+    text_encoder = TextEncoder("clip", str(save_tiny_clip(root / "clip")), 77)
+    expert = DiTConfig(input_size=8, in_channels=1, patch_size=2, hidden_size=32, depth=2, num_heads=2,
+                       text_dim=text_encoder.dim)
+    router = RouterConfig(input_size=8, in_channels=1, patch_size=2, hidden_size=32, depth=1, num_heads=2,
+                          num_experts=3)
+    with torch.random.fork_rng():
+        experts = []
+        for k in range(3):
+            torch.manual_seed(k)
+            experts.append(randomize_zero_params(DiT(expert), seed=k, std=0.1))
+        torch.manual_seed(14)  # a router whose top2 uses all three experts for PROMPTS with seed 0
+        router = randomize_zero_params(Router(router), seed=14, std=0.5)
+    mixture = Mixture(ExpertPool([lambda e=e: e for e in experts]), router, text_encoder, IdentityAutoencoder(),
+                      (1, 8, 8))
+    config = {"num_experts": 3, "latent_shape": [1, 8, 8], "autoencoder": "identity", "autoencoder_path": "",
+              "latent_scale": 1.0, "text_encoder": "clip", "max_tokens": 77}
+    ParisPipeline(mixture, config).save_pretrained(str(root / "pipeline"))
+    return root / "pipeline"
+
+
+def count_loads(pipe: ParisPipeline) -> list[int]:
+    """Wrap the pipeline's own loaders (each reads one expert from disk); the list counts each one's calls."""
+    calls = [0] * len(pipe.mixture.experts)
+
+    def counted(k, load):
+        def read():
+            calls[k] += 1
+            return load()
+        return read
+
+    pipe.mixture.experts.loaders = [counted(k, load) for k, load in enumerate(pipe.mixture.experts.loaders)]
+    return calls
+
+
+TOP2 = {"strategy": "top2", "steps": 4, "guidance": 3.0, "seed": 0}
+
+
+def test_offload_reads_each_expert_from_disk_once_and_draws_the_same_images(three_experts):
+    offloaded = ParisPipeline.from_pretrained(str(three_experts), max_resident_experts=1, offload_experts=True)
+    calls = count_loads(offloaded)
+    images, _ = offloaded.generate(PROMPTS, **TOP2)
+    uncapped, _ = ParisPipeline.from_pretrained(str(three_experts)).generate(PROMPTS, **TOP2)
+    assert calls == [1, 1, 1] and offloaded.mixture.experts.loads == 3
+    assert torch.equal(images, uncapped)
+    pool = offloaded.mixture.experts
+    assert len(pool.resident) == 1 and sorted([*pool.resident, *pool.offloaded]) == [0, 1, 2]
+
+
+def test_without_offload_a_cap_reads_evicted_experts_from_disk_again(three_experts):
+    capped = ParisPipeline.from_pretrained(str(three_experts), max_resident_experts=1)
+    calls = count_loads(capped)
+    capped.generate(PROMPTS, **TOP2)
+    assert sum(calls) > 3 and capped.mixture.experts.loads == sum(calls)  # at least one read per step
+    assert len(capped.mixture.experts.resident) == 1 and not capped.mixture.experts.offloaded
+
+
+def test_offload_without_a_cap_is_refused():
+    with pytest.raises(ParisError, match="give a cap too"):
+        ExpertPool([lambda: torch.nn.Linear(1, 1)], offload=True)
+
+
+@pytest.mark.slow  # two processes
+def test_cli_offload_needs_a_cap_and_samples_with_one(three_experts, tmp_path):
+    from testkit.runs import assert_user_error
+
+    out = tmp_path / "x.png"
+    assert_user_error(run_cli("generate", str(three_experts), "-p", "a bag", "--offload", "--out", str(out)),
+                      "--offload", "add --max-resident-experts N")
+    result = run_cli("generate", str(three_experts), "-p", "a bag", "-p", "a coat", "--strategy", "top2", "--steps",
+                     "2", "--max-resident-experts", "1", "--offload", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert out.exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_offloaded_experts_wait_in_pinned_host_memory(three_experts):
+    pipe = ParisPipeline.from_pretrained(str(three_experts), max_resident_experts=1, device="cuda",
+                                         offload_experts=True)
+    calls = count_loads(pipe)
+    pool = pipe.mixture.experts
+    first = pool[0]
+    pool[1]
+    assert all(p.device.type == "cpu" and p.is_pinned() for p in pool.offloaded[0].parameters())
+    assert pool[0] is first and all(p.is_cuda for p in first.parameters()) and calls == [1, 1, 0]
+    images, _ = pipe.generate(PROMPTS, **TOP2)
+    uncapped, _ = ParisPipeline.from_pretrained(str(three_experts), device="cuda").generate(PROMPTS, **TOP2)
+    assert calls == [1, 1, 1] and torch.allclose(images, uncapped, atol=1e-5)
+
+
 def test_guidance_after_mixing_is_the_same_flow_for_a_router_without_text(pipe):
     """Guidance is linear: with the same weights for both branches, guiding before or after mixing agree."""
     per, _ = pipe.generate(PROMPTS, strategy="full", steps=2, guidance=4.0, guidance_mode="per-expert")
