@@ -84,9 +84,10 @@ def router_and_expert_seconds(mixture: Mixture, batch: int, repeats: int) -> tup
 
 
 def load_seconds(preset: str, folder: str, repeats: int) -> dict[str, float]:
-    """Seconds to load one saved expert, best of `repeats`: the file read alone; paris's load_pretrained (built on
-    the meta device, the file's tensors assigned); and the way it used to load, built with random weights and the
-    file's copied in (the baseline of the ratio, measured here in the same run)."""
+    """Seconds to load one saved expert, best of `repeats`: reading the file's bytes; paris's load_pretrained
+    (built on the meta device, the memory-mapped file's tensors assigned: pages are read on first use); and the
+    way it used to load, built with random weights and the file's copied in (the baseline of the ratio,
+    measured here in the same run)."""
     run = RunDir(folder)
     if not run.exists("expert_0/config.json"):
         save_pretrained(run, "expert_0", DiT(dit_config(preset, text_dim=384)))
@@ -96,7 +97,7 @@ def load_seconds(preset: str, folder: str, repeats: int) -> dict[str, float]:
         model = DiT(dit_config(preset, text_dim=384))
         model.load_state_dict(run.load_tensors(weights))
 
-    ways = {"read": lambda: run.load_tensors(weights), "paris": lambda: load_pretrained(run, "expert_0"),
+    ways = {"read": lambda: run.read_bytes(weights), "paris": lambda: load_pretrained(run, "expert_0"),
             "random then copy": copied_in}
     best = {}
     for _ in range(repeats):  # interleaved, so that a noisy moment does not favour one way
@@ -163,7 +164,7 @@ def main() -> None:
         load = load_seconds(args.memory_preset, f"{tmp}/load", max(args.repeats, 5))
         print(f"loading one {args.memory_preset} expert: {load['paris']:.3f} s, against {load['random then copy']:.3f} s "
               f"built with random weights then copied ({load['paris'] / load['random then copy']:.2f}x); "
-              f"reading the file alone {load['read']:.3f} s")
+              f"reading the file's bytes {load['read']:.3f} s")
         k2 = peak_memory(args.memory_preset, 2, 2, f"{tmp}/mem")
         k8 = peak_memory(args.memory_preset, args.experts, 2, f"{tmp}/mem")
         print(f"peak memory of top-2 sampling with --max-resident-experts 2, {args.memory_preset} experts: "
