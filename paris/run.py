@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import uuid
+from typing import Callable, TypeVar
 
 import fsspec
 import torch
@@ -19,6 +21,16 @@ from safetensors.torch import save as save_safetensors
 from paris import layout
 from paris.config import RunConfig, from_yaml, to_yaml
 from paris.errors import ParisError
+
+
+RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)  # seconds between the attempts of a read the store failed
+# Packages whose exceptions are the network's (object-store clients and their HTTP stacks), not the data's.
+TRANSPORTS = {"aiohttp", "botocore", "aiobotocore", "urllib3", "requests", "google", "gcsfs", "s3fs", "adlfs", "azure"}
+T = TypeVar("T")
+
+
+def _transient(error: Exception) -> bool:
+    return isinstance(error, (ConnectionError, TimeoutError)) or type(error).__module__.split(".")[0] in TRANSPORTS
 
 
 class RunDir:
@@ -67,10 +79,24 @@ class RunDir:
             raise ParisError(f"cannot write {self.url}/{rel}: {e}; check the run directory is writable") from None
 
     def read_bytes(self, rel: str) -> bytes:
-        try:
-            return self.fs.cat_file(self.path(rel))
-        except FileNotFoundError:
-            raise ParisError(f"missing {self.url}/{rel}; {layout.next_step(rel)}") from None
+        return self.read_retrying(rel, lambda: self.fs.cat_file(self.path(rel)))
+
+    def read_retrying(self, rel: str, read: Callable[[], T]) -> T:
+        """read(): what the store holds of `rel`, asked again when the store fails transiently (a dropped
+        connection, a timeout, a throttled request), RETRY_DELAYS apart, then one ParisError. fsspec's
+        back ends retry a few times themselves; a store that stays away for seconds outlasts them."""
+        for delay in (*RETRY_DELAYS, None):
+            try:
+                return read()
+            except FileNotFoundError:
+                raise ParisError(f"missing {self.url}/{rel}; {layout.next_step(rel)}") from None
+            except Exception as e:
+                if not _transient(e):
+                    raise
+                if delay is None:
+                    raise ParisError(f"cannot read {self.url}/{rel} after {len(RETRY_DELAYS) + 1} attempts "
+                                     f"({type(e).__name__}: {e}); check the connection to the store") from None
+                time.sleep(delay)
 
     def write_json(self, rel: str, obj) -> None:
         self.write_bytes(rel, json.dumps(obj, indent=2).encode())

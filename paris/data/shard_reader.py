@@ -15,7 +15,6 @@ import json
 import math
 import os
 import struct
-import time
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +26,6 @@ from paris.run import RunDir
 
 TRAINING_COLUMNS = ("latents", "labels", "text_ids", "text_states", "text_mask")
 REMOTE_GAP = 1 << 20  # bytes of unchosen rows an object-store request reads through rather than split in two
-ATTEMPTS = 5  # reads of an object store can fail transiently: a dropped connection, a throttled request
 
 
 @dataclass(frozen=True)
@@ -74,7 +72,7 @@ def read_rows(run: RunDir, ref: ShardRef, columns: tuple[str, ...] = TRAINING_CO
         first, row_bytes = header_end + header[name]["data_offsets"][0], _row_bytes(header[name])
         starts += [first + a * row_bytes for a, _ in runs]
         ends += [first + b * row_bytes for _, b in runs]
-    chunks = _retrying(run, ref, lambda: _fetch(run, ref.rel, starts, ends))
+    chunks = run.read_retrying(ref.rel, lambda: _fetch(run, ref.rel, starts, ends))
     if sum(map(len, chunks)) != sum(ends) - sum(starts):
         raise ParisError(f"shard {run.url}/{ref.rel} is shorter than its header says (truncated while being read?); "
                          f"delete it and rerun `paris prepare` to encode it again")
@@ -107,7 +105,7 @@ def read_columns(run: RunDir, names: list[str], prefix: str = layout.DATA, manif
 def read_header(run: RunDir, ref: ShardRef) -> tuple[dict, int]:
     """The shard's header, checked against the manifest: a file swapped or rewritten since is refused."""
     try:
-        header, header_end = _retrying(run, ref, lambda: shard_header(run, ref.rel))
+        header, header_end = run.read_retrying(ref.rel, lambda: shard_header(run, ref.rel))
     except (ValueError, struct.error):
         raise ParisError(f"shard {run.url}/{ref.rel} is truncated or corrupt; delete it and rerun `paris prepare` "
                          f"to encode it again") from None
@@ -145,19 +143,3 @@ def _runs(local: torch.Tensor, gap: int = 0) -> list[tuple[int, int]]:
     firsts = torch.cat([local[:1], local[breaks]]).tolist()
     lasts = torch.cat([local[breaks - 1], local[-1:]]).tolist()
     return [(a, b + 1) for a, b in zip(firsts, lasts)]
-
-
-def _retrying(run: RunDir, ref: ShardRef, read):
-    """`read()`, tried again after a transient failure (1, 2, 4, 8 s apart); a missing file is not transient."""
-    for attempt in range(ATTEMPTS):
-        try:
-            return read()
-        except FileNotFoundError:
-            raise ParisError(f"missing {run.url}/{ref.rel}; rerun `paris prepare {run.url}` to encode it") from None
-        except (ParisError, ValueError, struct.error):
-            raise
-        except Exception as e:  # fsspec back ends raise their own types for dropped connections and timeouts
-            if attempt == ATTEMPTS - 1:
-                raise ParisError(f"cannot read {run.url}/{ref.rel} after {ATTEMPTS} attempts "
-                                 f"({type(e).__name__}: {e}); check the connection to the store") from None
-            time.sleep(2**attempt)
