@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -68,6 +69,15 @@ def kill_and_resume(run: RunDir, kill_after: callable, max_kills: int = 6) -> in
         if code != 0:
             raise RuntimeError(f"training failed after {kills} kills: {process.stderr.read().decode()[-2000:]}")
         return kills
+
+
+def kill_at_step_40(run: RunDir, process) -> bool:
+    """Kill as soon as the job has logged step 40 (after its first checkpoints, long before step 150)."""
+    while process.poll() is None:
+        if run.exists("experts/0/progress.json") and run.read_json("experts/0/progress.json")["step"] >= 40:
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def identical(a: dict, b: dict) -> bool:

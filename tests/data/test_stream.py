@@ -3,7 +3,6 @@ the bounded cache, and the same training from an S3 server, through dropped conn
 
 from __future__ import annotations
 
-import time
 
 import fsspec
 import pytest
@@ -15,7 +14,7 @@ from paris.data.store import iter_shards, shard_header
 from paris.data.stream import load_store
 from paris.randomness import ShardWindowBatches
 from paris.run import RunDir
-from testkit.resume import identical, kill_and_resume, state
+from testkit.resume import identical, kill_and_resume, kill_at_step_40, state
 from testkit.runs import NUM_IMAGES, copy_run, read_all
 from testkit.s3 import flaky_endpoint
 
@@ -136,18 +135,10 @@ def test_a_run_on_s3_trains_the_same_expert_through_dropped_connections(partitio
     assert identical(a, b)
 
 
-def _kill_at_step_40(run: RunDir, process) -> bool:
-    while process.poll() is None:
-        if run.exists("experts/0/progress.json") and run.read_json("experts/0/progress.json")["step"] >= 40:
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.mark.slow
 def test_a_job_killed_while_reading_from_s3_resumes_bitwise(s3_bucket, resume_reference):
     base, reference = resume_reference
     fsspec.filesystem("s3").put(str(base), f"{s3_bucket}/killed", recursive=True)
     run = RunDir(f"{s3_bucket}/killed")
-    assert kill_and_resume(run, _kill_at_step_40, max_kills=1) == 1
+    assert kill_and_resume(run, kill_at_step_40, max_kills=1) == 1
     assert identical(state(run), reference)
