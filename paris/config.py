@@ -45,6 +45,14 @@ Share = Annotated[float, Range(0.0, 1.0)]
 PositiveFloat = Annotated[float, Range(0.0, open_low=True)]
 
 
+# sincos: DiT's fixed 2-D sin-cos table, computed, never saved | stored: a table kept in the weights file (a
+# converted release whose table is not DiT's)
+PosEmbed = Literal["sincos", "stored"]
+# The timestep the network's embedder sees for t in [0, 1]: 1000t (Paris, as its released weights are run) |
+# round(999t) (DDPM-trained nets converted to flow matching, as in HDDM, arXiv 2603.06741)
+TimestepMap = Literal["1000t", "round(999t)"]
+
+
 @dataclass
 class DiTConfig:
     """Expert network (Paris, arXiv 2510.03434): DiT with AdaLN-Single and cross-attention. Defaults are XL/2."""
@@ -57,6 +65,8 @@ class DiTConfig:
     num_heads: int = 16
     mlp_ratio: float = 4.0
     text_dim: int = 768  # CLIP ViT-L/14 token states
+    pos_embed: PosEmbed = "sincos"
+    timestep_map: TimestepMap = "1000t"
 
 
 @dataclass
@@ -72,6 +82,8 @@ class RouterConfig:
     mlp_ratio: float = 4.0
     num_experts: int = 8
     text_dim: int = 0  # 0: the router sees no text (Paris); > 0: mean-pooled text joins t (DDM)
+    pos_embed: PosEmbed = "sincos"
+    timestep_map: TimestepMap = "1000t"
 
 
 DIT_PRESETS: dict[str, DiTConfig] = {

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from paris.config import DiTConfig
+from paris.models.diffusers_model import DiffusersModel
 from paris.models.layers import (
     Attention,
     Mlp,
@@ -54,13 +55,14 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
-class DiT(nn.Module):
+class DiT(DiffusersModel):
+    config_class = DiTConfig
+
     def __init__(self, config: DiTConfig):
-        super().__init__()
-        self.config = c = config
-        d = c.hidden_size
-        self.x_embedder = PatchEmbed(c.input_size, c.patch_size, c.in_channels, d)
-        self.t_embedder = TimestepEmbedder(d)
+        super().__init__(config)
+        c, d = config, config.hidden_size
+        self.x_embedder = PatchEmbed(c.input_size, c.patch_size, c.in_channels, d, stored=c.pos_embed == "stored")
+        self.t_embedder = TimestepEmbedder(d, c.timestep_map)
         self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
         self.text_proj = nn.Linear(c.text_dim, d)
         self.blocks = nn.ModuleList(DiTBlock(d, c.num_heads, c.mlp_ratio) for _ in range(c.depth))
@@ -89,6 +91,6 @@ class DiT(nn.Module):
         return self.unpatchify(self.final_layer(tokens, t_emb), h, w)
 
     def unpatchify(self, tokens, h, w):
-        p, c = self.config.patch_size, self.config.in_channels
+        p, c = self.architecture.patch_size, self.architecture.in_channels
         x = tokens.view(tokens.shape[0], h // p, w // p, p, p, c)
         return torch.einsum("bhwpqc->bchpwq", x).reshape(tokens.shape[0], c, h, w)

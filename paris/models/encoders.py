@@ -79,14 +79,18 @@ class StableDiffusionVAE:
     """The SD VAE (8x down, 4 channels). We store the posterior MEAN times the scale: half the bytes of
     mean+logvar, deterministic, and the SD VAE's posterior std is tiny next to flow matching's own noise."""
 
-    def __init__(self, path: str, scale: float, device: str = "cpu"):
+    def __init__(self, vae, scale: float, device: str = "cpu"):
+        self.vae, self.scale, self.device = vae, scale, device
+
+    @classmethod
+    def load(cls, path: str, scale: float, device: str = "cpu") -> "StableDiffusionVAE":
         from diffusers import AutoencoderKL
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.set_verbosity_error()  # "install accelerate" advice on every load is noise
-        self.vae = load_local(AutoencoderKL.from_pretrained, path, "sd-vae", "data.autoencoder_path", {"AutoencoderKL"},
-                              device)
-        self.scale, self.device = scale, device
+        vae = load_local(AutoencoderKL.from_pretrained, path, "sd-vae", "data.autoencoder_path", {"AutoencoderKL"},
+                         device)
+        return cls(vae, scale, device)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -101,7 +105,7 @@ def build_autoencoder(name: str, path: str = "", scale: float = 0.18215, device:
     if name == "identity":
         return IdentityAutoencoder()
     if name == "sd-vae":
-        return StableDiffusionVAE(path, scale, device)
+        return StableDiffusionVAE.load(path, scale, device)
     raise ParisError(f"unknown autoencoder {name!r}; choose identity or sd-vae")
 
 
@@ -110,22 +114,27 @@ TEXT_MODEL_TYPES = {"minilm": {"bert"}, "clip": {"clip", "clip_text_model"}}
 
 
 class TextEncoder:
-    """A transformers text encoder from a local directory; its last hidden states are the text tokens."""
+    """A transformers text encoder and its tokenizer; its last hidden states are the text tokens."""
 
-    def __init__(self, name: str, path: str, max_tokens: int, device: str = "cpu"):
+    def __init__(self, model, tokenizer, name: str, max_tokens: int, device: str = "cpu"):
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+        # Stable Diffusion and Paris attend to all 77 CLIP states (CLIP is causal, padding states carry
+        # the pooled meaning); MiniLM is bidirectional, so its padding is masked out.
+        self.attend_padding = name == "clip"
+        self.max_tokens = max_tokens
+        self.dim = model.config.hidden_size
+
+    @classmethod
+    def load(cls, name: str, path: str, max_tokens: int, device: str = "cpu",
+             tokenizer_path: str | None = None) -> "TextEncoder":
+        """From a local model directory; the tokenizer from `tokenizer_path`, or from the model's directory."""
         from transformers import AutoModel, AutoTokenizer, CLIPTextModel
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # a bar for loading 100 tensors from disk is noise
         loader = CLIPTextModel.from_pretrained if name == "clip" else AutoModel.from_pretrained
-        self.model = load_local(loader, path, name, "data.text_encoder_path", TEXT_MODEL_TYPES[name], device)
-        self.device = device
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        # Stable Diffusion and Paris attend to all 77 CLIP states (CLIP is causal, padding states carry
-        # the pooled meaning); MiniLM is bidirectional, so its padding is masked out.
-        self.attend_padding = name == "clip"
-        self.max_tokens = max_tokens
-        self.dim = self.model.config.hidden_size
+        model = load_local(loader, path, name, "data.text_encoder_path", TEXT_MODEL_TYPES[name], device)
+        return cls(model, AutoTokenizer.from_pretrained(tokenizer_path or path), name, max_tokens, device)
 
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids [N, max_tokens] int32 and attention mask [N, max_tokens] bool."""
@@ -169,7 +178,7 @@ def text_encoder_path(name: str, path: str) -> str:
 def build_text_encoder(name: str, path: str, max_tokens: int, device: str = "cpu") -> TextEncoder:
     if name not in TEXT_MODEL_TYPES:
         raise ParisError(f"unknown text encoder {name!r}; choose one of {', '.join(TEXT_MODEL_TYPES)}")
-    return TextEncoder(name, text_encoder_path(name, path), max_tokens, device)
+    return TextEncoder.load(name, text_encoder_path(name, path), max_tokens, device)
 
 
 # --- image features for clustering ----------------------------------------------------------------

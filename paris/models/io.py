@@ -1,4 +1,5 @@
-"""Save and load finished models in the release layout: config.json + one safetensors file. Never unpickles."""
+"""Save and load finished models: config.json + diffusion_pytorch_model.safetensors, the layout diffusers'
+ModelMixin reads (so `DiT.from_pretrained(folder)` works too). Never unpickles."""
 
 from __future__ import annotations
 
@@ -15,24 +16,25 @@ from paris.models.dit import DiT
 from paris.models.router import Router
 from paris.run import RunDir
 
-# class name in config.json -> (model class, its config class, weights file name of the Paris release)
-MODELS = {
-    "DiT": (DiT, DiTConfig, "diffusion_pytorch_model.safetensors"),
-    "Router": (Router, RouterConfig, "pytorch_model.safetensors"),
-}
+# class name in config.json -> (model class, its config class)
+MODELS = {"DiT": (DiT, DiTConfig), "Router": (Router, RouterConfig)}
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+OLD_ROUTER_WEIGHTS = "pytorch_model.safetensors"  # routers saved before they were diffusers models; still read
 
 
-def weights_name(model: nn.Module) -> str:
-    return MODELS[type(model).__name__][2]
+def weights_file(run: RunDir, folder: str) -> str:
+    """The weights file of a saved model folder, under the name it was saved with, relative to `run`."""
+    current, old = (f"{folder}/{name}" if folder else name for name in (WEIGHTS, OLD_ROUTER_WEIGHTS))
+    return old if not run.exists(current) and run.exists(old) else current
 
 
 def save_pretrained(run: RunDir, folder: str, model: nn.Module, manifest: dict | None = None) -> None:
     """Write `folder`/<weights>, manifest.json (how it was trained), then config.json: last, so a folder
     with a config is complete."""
-    run.save_tensors(f"{folder}/{weights_name(model)}", model.state_dict())
+    run.save_tensors(f"{folder}/{WEIGHTS}", model.state_dict())
     if manifest is not None:
         run.write_json(f"{folder}/manifest.json", manifest)
-    run.write_json(f"{folder}/config.json", {"_class_name": type(model).__name__, **dataclasses.asdict(model.config)})
+    run.write_json(f"{folder}/config.json", {"_class_name": type(model).__name__, **dataclasses.asdict(model.architecture)})
 
 
 def require_pretrained(run: RunDir, folder: str) -> None:
@@ -47,18 +49,20 @@ def load_pretrained(run: RunDir, folder: str) -> nn.Module:
     name = config.pop("_class_name", None)
     if name not in MODELS:
         raise ParisError(f"{run.url}/{folder}/config.json names model class {name!r}; expected one of {', '.join(MODELS)}")
-    model_cls, config_cls, weights = MODELS[name]
-    if not run.exists(f"{folder}/{weights}"):
+    model_cls, config_cls = MODELS[name]
+    weights = weights_file(run, folder)
+    if not run.exists(weights):
         pickles = [f for f in run.list(folder) if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
-        raise ParisError(f"{run.url}/{folder} has no {weights}" + (
+        raise ParisError(f"{run.url}/{folder} has no {WEIGHTS}" + (
             f", only {', '.join(pickles)}: pickle checkpoints are refused (loading them can run code); convert them "
             "to safetensors with safetensors.torch.save_file" if pickles else ""))
+    fields = {key: value for key, value in config.items() if not key.startswith("_")}  # skip diffusers' _version
     with parameters_on_meta():  # no memory and no random initialisation for weights about to be replaced
-        model = model_cls(from_dict(config_cls, config, where=f"{run.url}/{folder}/config.json: ", complete=True))
+        model = model_cls(from_dict(config_cls, fields, where=f"{run.url}/{folder}/config.json: ", complete=True))
     try:
-        state = run.load_tensors(f"{folder}/{weights}")
+        state = run.load_tensors(weights)
     except SafetensorError as e:
-        raise ParisError(f"{run.url}/{folder}/{weights} is not a valid safetensors file ({e})") from None
+        raise ParisError(f"{run.url}/{weights} is not a valid safetensors file ({e})") from None
     load_state_dict_strict(model, state, f"{run.url}/{folder}", assign=True)
     return model.eval()
 

@@ -15,11 +15,12 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 class TimestepEmbedder(nn.Module):
-    """t in [0, 1] -> 256-d sinusoid of 1000*t (the release's timestep scale) -> Linear-SiLU-Linear."""
+    """t in [0, 1] -> a timestep on the 0..1000 scale of the release (`timestep_map`: 1000t, or round(999t)
+    for converted DDPM nets) -> 256-d sinusoid -> Linear-SiLU-Linear."""
 
-    def __init__(self, hidden_size: int, frequency_size: int = 256):
+    def __init__(self, hidden_size: int, timestep_map: str = "1000t", frequency_size: int = 256):
         super().__init__()
-        self.frequency_size = frequency_size
+        self.frequency_size, self.timestep_map = frequency_size, timestep_map
         self.mlp = nn.Sequential(
             nn.Linear(frequency_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
         )
@@ -27,29 +28,34 @@ class TimestepEmbedder(nn.Module):
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         half = self.frequency_size // 2
         freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-        args = 1000 * t.float()[:, None] * freqs[None]
+        steps = 1000 * t.float() if self.timestep_map == "1000t" else torch.round(999 * t.float())
+        args = steps[:, None] * freqs[None]
         embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
         return self.mlp(embedding.to(self.mlp[0].weight.dtype))
 
 
 class PatchEmbed(nn.Module):
-    """[B, C, H, W] -> [B, (H/p)*(W/p), D] tokens, plus the fixed 2-D sin-cos position embedding of DiT."""
+    """[B, C, H, W] -> [B, (H/p)*(W/p), D] tokens, plus the fixed 2-D sin-cos position embedding of DiT.
 
-    def __init__(self, input_size: int, patch_size: int, in_channels: int, hidden_size: int):
+    The table is computed, not saved, unless `stored`: then it is a buffer of the weights file (a converted
+    release whose table is not DiT's keeps its own)."""
+
+    def __init__(self, input_size: int, patch_size: int, in_channels: int, hidden_size: int, stored: bool = False):
         super().__init__()
         self.proj = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
         grid = input_size // patch_size
-        self.register_buffer("pos_embed", sincos_2d(hidden_size, grid)[None], persistent=False)
+        self.register_buffer("pos_embed", sincos_2d(hidden_size, grid)[None], persistent=stored)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x).flatten(2).transpose(1, 2) + self.pos_embed.to(x.dtype)
 
 
 def sincos_2d(dim: int, grid: int) -> torch.Tensor:
-    """[grid*grid, dim]: half the channels encode the row, half the column (DiT's get_2d_sincos_pos_embed)."""
+    """[grid*grid, dim], tokens in row-major order: the first half of the channels encodes the column, the
+    second half the row, exactly as DiT's get_2d_sincos_pos_embed (from MAE) and PixArt's."""
     coords = torch.arange(grid, dtype=torch.float64)
     rows, cols = torch.meshgrid(coords, coords, indexing="ij")
-    return torch.cat([_sincos_1d(dim // 2, rows.flatten()), _sincos_1d(dim // 2, cols.flatten())], dim=1).float()
+    return torch.cat([_sincos_1d(dim // 2, cols.flatten()), _sincos_1d(dim // 2, rows.flatten())], dim=1).float()
 
 
 def _sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:

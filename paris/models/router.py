@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from paris.config import RouterConfig
+from paris.models.diffusers_model import DiffusersModel
 from paris.models.layers import (
     Attention,
     Mlp,
@@ -40,14 +41,15 @@ class AdaLNZeroBlock(nn.Module):
         return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
 
 
-class Router(nn.Module):
+class Router(DiffusersModel):
+    config_class = RouterConfig
+
     def __init__(self, config: RouterConfig):
-        super().__init__()
-        self.config = c = config
-        d = c.hidden_size
-        self.x_embedder = PatchEmbed(c.input_size, c.patch_size, c.in_channels, d)
+        super().__init__(config)
+        c, d = config, config.hidden_size
+        self.x_embedder = PatchEmbed(c.input_size, c.patch_size, c.in_channels, d, stored=c.pos_embed == "stored")
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
-        self.t_embedder = TimestepEmbedder(d)
+        self.t_embedder = TimestepEmbedder(d, c.timestep_map)
         self.text_proj = nn.Linear(c.text_dim, d) if c.text_dim else None
         self.blocks = nn.ModuleList(AdaLNZeroBlock(d, c.num_heads, c.mlp_ratio) for _ in range(c.depth))
         self.head = nn.Sequential(

@@ -93,7 +93,7 @@ def _train(run: RunDir, job: Job, cfg: TrainConfig, dist: distributed.Distribute
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     # The fused kernel on every device (CPU too): one pass over all parameters instead of one per tensor.
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    identity = {**job.identity, "model": dataclasses.asdict(model.config), "batch_size": cfg.batch_size,
+    identity = {**job.identity, "model": dataclasses.asdict(model.architecture), "batch_size": cfg.batch_size,
                 "seed": cfg.seed}
     saved = load_latest(run, job.folder, model, ema, optimizer, identity)
     start = saved["step"] if saved else 0

@@ -3,6 +3,7 @@ and the save/load path (release layout) through a run directory."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 
 import fsspec
@@ -113,6 +114,32 @@ def test_adaln_single_has_one_shared_t_block_and_per_block_tables():
 
 # --- text conditioning ---------------------------------------------------------------------------
 
+def test_position_table_is_dits_column_first_table():
+    from paris.models.layers import sincos_2d
+    from testkit.release import dit_sincos
+
+    torch.testing.assert_close(sincos_2d(64, 4), dit_sincos(64, 4))
+    assert not torch.allclose(sincos_2d(64, 4)[:, :32], sincos_2d(64, 4)[:, 32:])  # rows and columns differ
+
+
+def test_a_stored_position_table_is_saved_and_loaded(run):
+    model = DiT(dataclasses.replace(SMALL_DIT, pos_embed="stored"))
+    model.x_embedder.pos_embed.normal_()
+    save_pretrained(run, "stored", model)
+    loaded = load_pretrained(run, "stored")
+    assert torch.equal(loaded.x_embedder.pos_embed, model.x_embedder.pos_embed)
+    assert "x_embedder.pos_embed" not in DiT(SMALL_DIT).state_dict()  # the fixed table is never saved
+
+
+def test_round_999t_timestep_map_reads_t_on_the_ddpm_grid():
+    from paris.models.layers import TimestepEmbedder
+
+    embed = TimestepEmbedder(16, "round(999t)")
+    a, b = embed(torch.tensor([0.5004, 0.5])), embed(torch.tensor([0.5006, 0.5]))  # 499.9 and 500.1 -> 500
+    assert torch.equal(a, b) and torch.equal(a[0], a[1])
+    assert not torch.equal(TimestepEmbedder(16)(torch.tensor([0.5004])), TimestepEmbedder(16)(torch.tensor([0.5])))
+
+
 @torch.no_grad()
 def test_fresh_dit_ignores_text_because_cross_attention_output_is_zero():
     torch.manual_seed(0)
@@ -208,7 +235,7 @@ def test_save_load_round_trip_is_exact(run, make):
     model = make()
     save_pretrained(run, "experts/0/final", model, manifest={"steps": 3})
     loaded = load_pretrained(run, "experts/0/final")
-    assert type(loaded) is type(model) and loaded.config == model.config
+    assert type(loaded) is type(model) and loaded.architecture == model.architecture
     assert not loaded.training
     state, loaded_state = model.state_dict(), loaded.state_dict()
     assert state.keys() == loaded_state.keys()
@@ -223,12 +250,15 @@ def test_save_load_round_trip_is_exact(run, make):
     assert run.read_json("experts/0/final/manifest.json") == {"steps": 3}
 
 
-def test_release_file_names(tmp_path):
+def test_file_names_are_diffusers_and_a_router_saved_under_the_old_name_still_loads(tmp_path):
     run = RunDir(str(tmp_path))
     save_pretrained(run, "expert_0", DiT(SMALL_DIT))
-    save_pretrained(run, "router", Router(SMALL_ROUTER))
-    assert run.list("expert_0") == ["config.json", "diffusion_pytorch_model.safetensors"]
-    assert run.list("router") == ["config.json", "pytorch_model.safetensors"]
+    router = randomize_zero_params(Router(SMALL_ROUTER), 0)
+    save_pretrained(run, "router", router)
+    assert run.list("expert_0") == run.list("router") == ["config.json", "diffusion_pytorch_model.safetensors"]
+    (tmp_path / "router" / "diffusion_pytorch_model.safetensors").rename(tmp_path / "router" / "pytorch_model.safetensors")
+    loaded = load_pretrained(run, "router")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), router.state_dict().values()))
 
 
 def _saved(run):

@@ -81,7 +81,7 @@ def test_a_fresh_head_keeps_the_new_models_text_projection_and_output_layer(seed
     run, _ = seeded
     seed = load_pretrained(run, "seed/final")
     torch.manual_seed(7)
-    model = DiT(seed.config)
+    model = DiT(seed.architecture)
     fresh = {k: v.clone() for k, v in model.state_dict().items()}
     load_initial_weights(run, model, "seed/final", fresh_head=True)
     head = ("text_proj.", "final_layer.")
@@ -92,7 +92,7 @@ def test_a_fresh_head_keeps_the_new_models_text_projection_and_output_layer(seed
 def test_a_fresh_head_accepts_another_text_encoders_projection(seeded, config):
     """HDDM's case: a start whose text projection has another width loads once the head is fresh."""
     run, _ = seeded
-    model = DiT(dataclasses.replace(load_pretrained(run, "seed/final").config, text_dim=768))
+    model = DiT(dataclasses.replace(load_pretrained(run, "seed/final").architecture, text_dim=768))
     with pytest.raises(ParisError, match=r"text_proj.weight has shape \(128, 384\), expected \(128, 768\)"):
         load_initial_weights(run, model, "seed/final")
     load_initial_weights(run, model, "seed/final", fresh_head=True)
