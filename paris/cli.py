@@ -14,6 +14,7 @@
     paris launch RUN -b BACKEND  start every expert's job: local, slurm, ray or skypilot
     paris status RUN             where every expert and the router stand
     paris demo                   all of the above on Fashion-MNIST
+    paris convert-release SRC OUT  the public Paris weights as a paris (and diffusers) pipeline folder
 """
 
 from __future__ import annotations
@@ -277,6 +278,41 @@ def generate(
         from paris.report.charts import write_routing
 
         typer.echo("wrote " + ", ".join(write_routing(stats["routing"], prompts, out.with_suffix(""))))
+
+
+@app.command("convert-release")
+def convert_release(
+    src: str = typer.Argument(..., help="A download of the Paris release (bageldotcom/paris): a local folder or an "
+                              "fsspec URL."),
+    out: Optional[Path] = typer.Argument(None, help="The pipeline folder to write (local); leave out with --inspect."),
+    inspect: bool = typer.Option(False, "--inspect", help="Only list the release's tensors (name, dtype, shape), read "
+                                 "from the safetensors headers alone (a few KB per file)."),
+    timestep_map: str = typer.Option("1000t", help="How the release's networks read t in [0, 1]: 1000t (as the "
+                                     "release is run) or round(999t) (DDPM-trained nets converted, as in HDDM)."),
+):
+    """Convert the public Paris weights into a pipeline folder that `paris generate`, ParisPipeline and
+    diffusers' DiffusionPipeline (trust_remote_code=True) load. Every tensor is renamed by an explicit table and
+    shape-checked; a release that does not fit is refused with one error listing every mismatch.
+    (ParisPipeline.from_pretrained also loads the release folder directly, converting as it loads.)"""
+    from paris import release
+
+    if timestep_map not in ("1000t", "round(999t)"):
+        raise ParisError(f"--timestep-map must be 1000t or round(999t), got {timestep_map!r}")
+    if inspect:
+        for rel, tensors in release.inspect_release(src).items():
+            typer.echo(f"{rel}: {len(tensors)} tensors")
+            for name, dtype, shape in tensors:
+                typer.echo(f"  {name}  {dtype}  {list(shape)}")
+        return
+    if out is None:
+        raise ParisError("give the folder to write: paris convert-release SRC OUT (or --inspect SRC to list tensors)")
+    for component in release.convert_release(src, str(out), timestep_map):
+        c = component.config
+        typer.echo(f"{component.folder}: {c.hidden_size}-wide, {c.depth} blocks, patch {c.patch_size}; position "
+                   f"table: {component.pos_embed}")
+        if component.ignored_keys:
+            typer.echo(f"  config keys with no meaning for paris, not used: {', '.join(component.ignored_keys)}")
+    typer.echo(f"wrote {out}: try `paris generate {out} -p \"a photo of a cat\"`")
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""ParisPipeline: generate images from Python as with diffusers, from a run or a release-layout folder.
+"""ParisPipeline: generate images from Python as with diffusers, from a run, a pipeline folder or the release.
 
     pipe = ParisPipeline.from_pretrained("paris-fashion")        # or ParisPipeline.from_run("runs/demo")
     images = pipe(["a photo of a sneaker"], strategy="top2", steps=50, guidance=7.5, seed=0)   # PIL images
@@ -7,11 +7,13 @@
 A call's defaults are the pipeline's sampling settings, `pipe.sample`: the run's sample config (the one `paris
 generate RUN` uses), or the one saved in config.json, so Python and the command line draw the same images.
 
-The folder layout is the public Paris release's:
-    model_index.json, config.json (num_experts, latent shape, encoders)
-    expert_<i>/config.json + diffusion_pytorch_model.safetensors      router/config.json + pytorch_model.safetensors
-    text_encoder/ (model and tokenizer, transformers' save_pretrained), tokenizer/, vae/ (when not pixel space)
-Weights load with strict key and shape checks, from safetensors only (never a pickle).
+A pipeline folder (save_pretrained) is laid out as the public Paris release, and is a diffusers repository too
+(paris.diffusers_pipeline):
+    config.json (num_experts, latent shape, encoders, sampling settings), model_index.json + pipeline.py (diffusers)
+    expert_<i>/ and router/: config.json + diffusion_pytorch_model.safetensors
+    text_encoder/, tokenizer/, vae/ (when not pixel space), scheduler/
+`from_pretrained` also reads a download of the public release itself, converting its networks as they load
+(paris.release). Weights load with strict key and shape checks, from safetensors only (never a pickle).
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import dataclasses
 from paris import layout
 from paris.config import SampleConfig, from_dict
 from paris.errors import ParisError
+from paris.diffusers_pipeline import write_repository_files
 from paris.models.encoders import TextEncoder, build_autoencoder, build_text_encoder, check_device
 from paris.images import to_pil
 from paris.models.io import load_pretrained, require_pretrained, save_pretrained
+from paris.progress import bar
 from paris.run import RunDir
 from paris.sample import ExpertPool, Mixture, generate
 
@@ -65,21 +69,26 @@ class ParisPipeline:
                   "latent_scale": data.latent_scale, "text_encoder": data.text_encoder, "max_tokens": data.max_tokens}
         text_encoder = build_text_encoder(data.text_encoder, data.text_encoder_path, data.max_tokens, device)
         if monolith:
-            return cls._assemble(run, [layout.final(layout.MONOLITH)], None, text_encoder,
-                                 {**config, "num_experts": 1}, None, device, sample)
+            return cls._from_folders(run, [layout.final(layout.MONOLITH)], None, text_encoder,
+                                     {**config, "num_experts": 1}, None, device, sample)
         experts = [layout.final(layout.expert(k)) for k in range(num_experts)]
         for folder in [*experts, layout.final(layout.ROUTER)]:
             _require_partition(run, folder, partition["hash"])
-        return cls._assemble(run, experts, layout.final(layout.ROUTER), text_encoder, config, max_resident_experts,
-                             device, sample, offload_experts)
+        return cls._from_folders(run, experts, layout.final(layout.ROUTER), text_encoder, config,
+                                 max_resident_experts, device, sample, offload_experts)
 
     @classmethod
     def from_pretrained(cls, path: str, max_resident_experts: int | None = None, device: str = "cpu",
-                        offload_experts: bool = False) -> "ParisPipeline":
-        """A folder in the release layout (written by save_pretrained, or from elsewhere); the other arguments
-        as in `from_run`."""
+                        offload_experts: bool = False, timestep_map: str = "1000t") -> "ParisPipeline":
+        """A pipeline folder (written by save_pretrained), or a download of the public Paris release, whose
+        networks are converted as they load (`timestep_map`: how its networks read t, see DiTConfig). The other
+        arguments as in `from_run`."""
+        from paris import release
+
         check_device(device)
         folder = RunDir(path)
+        if release.is_release(folder):
+            return cls._from_release(folder, max_resident_experts, device, offload_experts, timestep_map)
         if not folder.exists("config.json"):
             raise ParisError(f"{path} is not a Paris pipeline folder (no config.json); write one with save_pretrained")
         config = folder.read_json("config.json")
@@ -92,46 +101,78 @@ class ParisPipeline:
         if missing:
             raise ParisError(f"{path} lacks {', '.join(missing)} (config.json says {config['num_experts']} experts)")
         router = "router" if config["num_experts"] > 1 else None
-        text_encoder = TextEncoder(config["text_encoder"], folder.path("text_encoder"), config["max_tokens"], device)
+        tokenizer = folder.path("tokenizer") if folder.exists("tokenizer") else None
+        text_encoder = TextEncoder.load(config["text_encoder"], folder.path("text_encoder"), config["max_tokens"],
+                                        device, tokenizer)
         if config["autoencoder"] != "identity":
             config = {**config, "autoencoder_path": folder.path("vae")}
         sample = from_dict(SampleConfig, config.get("sample", {}), f"{path}/config.json sample.")
-        return cls._assemble(folder, experts, router, text_encoder, config, max_resident_experts, device, sample,
-                             offload_experts)
+        return cls._from_folders(folder, experts, router, text_encoder, config, max_resident_experts, device, sample,
+                                 offload_experts)
 
     @classmethod
-    def _assemble(cls, root: RunDir, experts: list[str], router: str | None, text_encoder, config: dict,
-                  max_resident: int | None, device: str, sample: SampleConfig,
-                  offload: bool = False) -> "ParisPipeline":
-        if len(experts) == 1:  # one model (the monolith): its only rule is top1
-            sample = dataclasses.replace(sample, strategy="top1")
+    def _from_release(cls, folder: RunDir, max_resident: int | None, device: str, offload: bool,
+                      timestep_map: str) -> "ParisPipeline":
+        """The public release: each network converted as it loads (the experts when first used)."""
+        from paris import release
+
+        root = release.root_config(folder)
+        experts = [release.expert_config(folder, k, root, timestep_map) for k in range(root["num_experts"])]
+        loaders = [lambda expert=expert: release.load_release_model(folder, expert) for expert in experts]
+        router = release.load_release_model(folder, release.router_config(folder, root, timestep_map))
+        config = release.pipeline_config(folder, root)
+        text_encoder = TextEncoder.load(config["text_encoder"], folder.path("text_encoder"), config["max_tokens"],
+                                        device, folder.path("tokenizer"))
+        return cls._assemble(folder, loaders, router, text_encoder, config, max_resident, device, SampleConfig(),
+                             offload)
+
+    @classmethod
+    def _from_folders(cls, root: RunDir, experts: list[str], router: str | None, text_encoder, config: dict,
+                      max_resident: int | None, device: str, sample: SampleConfig,
+                      offload: bool = False) -> "ParisPipeline":
+        """Experts and router saved by paris (config.json + safetensors) in these folders of `root`."""
         for folder in experts:  # fail now, not in the middle of sampling, when an expert is missing
             require_pretrained(root, folder)
         loaders = [lambda folder=folder: load_pretrained(root, folder) for folder in experts]
-        router_model = load_pretrained(root, router).to(device) if router else None
-        if router_model is not None and router_model.config.num_experts != len(experts):
+        router_model = load_pretrained(root, router) if router else None
+        return cls._assemble(root, loaders, router_model, text_encoder, config, max_resident, device, sample, offload)
+
+    @classmethod
+    def _assemble(cls, root: RunDir, loaders: list, router_model, text_encoder, config: dict,
+                  max_resident: int | None, device: str, sample: SampleConfig,
+                  offload: bool = False) -> "ParisPipeline":
+        if len(loaders) == 1:  # one model (the monolith): its only rule is top1
+            sample = dataclasses.replace(sample, strategy="top1")
+        if router_model is not None and router_model.config.num_experts != len(loaders):
             raise ParisError(f"the router of {root.url} chooses among {router_model.config.num_experts} experts "
-                             f"but there are {len(experts)}; retrain it or fix config.json")
+                             f"but there are {len(loaders)}; retrain it or fix config.json")
         autoencoder = build_autoencoder(config["autoencoder"], config["autoencoder_path"], config["latent_scale"], device)
+        router_model = router_model.to(device) if router_model is not None else None
         mixture = Mixture(ExpertPool(loaders, max_resident, device, offload), router_model, text_encoder, autoencoder,
                           tuple(config["latent_shape"]))
         return cls(mixture, config, sample)
 
     def save_pretrained(self, path: str) -> None:
+        """A pipeline folder that ParisPipeline.from_pretrained, `paris generate` and diffusers'
+        DiffusionPipeline.from_pretrained(path, trust_remote_code=True) all load. Experts are written one at a
+        time, so a pipeline capped at one resident expert saves in the memory of one."""
         out = RunDir(path)
-        for k in range(len(self.mixture.experts)):
-            save_pretrained(out, f"expert_{k}", self.mixture.experts[k])
+        if not out.is_local:
+            raise ParisError(f"save_pretrained writes the text encoder with transformers, which needs a local path, not {path}")
+        with bar("saving experts", len(self.mixture.experts), unit="experts") as progress:
+            for k in range(len(self.mixture.experts)):
+                save_pretrained(out, f"expert_{k}", self.mixture.experts[k])
+                progress.update(advance=1)
         if self.mixture.router is not None:
             save_pretrained(out, "router", self.mixture.router)
         encoder = self.mixture.text_encoder
-        if not out.is_local:
-            raise ParisError(f"save_pretrained writes the text encoder with transformers, which needs a local path, not {path}")
         encoder.model.save_pretrained(out.path("text_encoder"))
-        encoder.tokenizer.save_pretrained(out.path("text_encoder"))
         encoder.tokenizer.save_pretrained(out.path("tokenizer"))
-        if hasattr(self.mixture.autoencoder, "vae"):  # the SD VAE; pixel space has nothing to save
-            self.mixture.autoencoder.vae.save_pretrained(out.path("vae"))
-        out.write_json("model_index.json", {"_class_name": "ParisPipeline", "experts": len(self.mixture.experts)})
+        vae = getattr(self.mixture.autoencoder, "vae", None)  # the SD VAE; pixel space has nothing to save
+        if vae is not None:
+            vae.save_pretrained(out.path("vae"))
+        write_repository_files(out, len(self.mixture.experts), self.mixture.router is not None, encoder.model,
+                               encoder.tokenizer, vae is not None, self.config, self.sample)
         config = {**self.config, "sample": dataclasses.asdict(self.sample)}
         out.write_json("config.json", config)  # last: a folder with a config.json is complete
 

@@ -107,11 +107,40 @@ def generate(mixture: Mixture, prompts: list[str], strategy: str | Strategy = "t
              guidance: float = 7.5, seed: int = 0, sampler: str = "euler", shift: float = 1.0,
              guidance_mode: str = "per-expert", route_every: int = 1, trace: bool = False) -> tuple[torch.Tensor, dict]:
     """Images [len(prompts), C, H, W] in [-1, 1], and statistics (expert and router passes, routing trace if asked)."""
+    if sampler not in SAMPLERS:
+        raise ParisError(f"sampler must be one of {SAMPLERS}; got {sampler!r}")
+    generator = torch.Generator().manual_seed(seed)
+    routing = [] if trace else None
+    velocity = velocity_field(mixture, prompts, strategy, guidance, guidance_mode, route_every, generator, routing)
+    x = initial_noise(mixture, len(prompts), generator)
+    times = timesteps(steps, shift)
+    for t, t_next in zip(times[:-1], times[1:]):
+        v = velocity(x, t)
+        if sampler == "heun" and t_next > 0:  # Heun: average the slopes at both ends (last step stays Euler)
+            v = (v + velocity(euler_step(x, v, t, t_next), t_next)) / 2
+        x = euler_step(x, v, t, t_next)
+    stats = {"expert_passes_per_image": mixture.stats["expert_passes"] / len(prompts) / steps,
+             "router_calls_per_step": mixture.stats["router_calls"] / steps,
+             "peak_memory_mib": peak_memory_mib(mixture.experts.device)}
+    if trace:
+        stats["routing"] = torch.stack(routing).transpose(0, 1)  # [B, evaluations, K]
+    return mixture.autoencoder.decode(x.float().cpu()), stats
+
+
+def initial_noise(mixture: Mixture, n: int, generator: torch.Generator) -> torch.Tensor:
+    """x at t=1: n latents of standard noise, drawn on the CPU (the same on every device) from `generator`."""
+    return torch.randn(n, *mixture.latent_shape, generator=generator).to(mixture.experts.device)
+
+
+def velocity_field(mixture: Mixture, prompts: list[str], strategy: str | Strategy = "top2", guidance: float = 7.5,
+                   guidance_mode: str = "per-expert", route_every: int = 1, generator: torch.Generator | None = None,
+                   routing: list | None = None) -> Callable[[torch.Tensor, float], torch.Tensor]:
+    """v(x, t): the guided velocity of the mixture for these prompts, for any ODE solver to integrate. Counts
+    its passes in `mixture.stats` (reset here) and appends each evaluation's weights to `routing` if given."""
     if not prompts:
         raise ParisError("no prompts given; pass at least one --prompt")
-    if sampler not in SAMPLERS or guidance_mode not in GUIDANCE_MODES:
-        raise ParisError(f"sampler must be one of {SAMPLERS} and guidance mode one of {GUIDANCE_MODES}; "
-                         f"got {sampler!r} and {guidance_mode!r}")
+    if guidance_mode not in GUIDANCE_MODES:
+        raise ParisError(f"guidance mode must be one of {GUIDANCE_MODES}; got {guidance_mode!r}")
     if route_every < 1:
         raise ParisError(f"route_every must be at least 1 (1 = route at every step), got {route_every}")
     num_experts = len(mixture.experts)
@@ -122,14 +151,13 @@ def generate(mixture: Mixture, prompts: list[str], strategy: str | Strategy = "t
     text, mask = (x.to(device) for x in mixture.text_encoder.encode(prompts))
     null_text, null_mask = (x.to(device) for x in mixture.text_encoder.encode([""]))
     cond = {"text": text, "mask": mask, "null_text": null_text, "null_mask": null_mask}
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(len(prompts), *mixture.latent_shape, generator=generator).to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    routing, routed, evaluations = [], {}, 0  # routed: the last router call's weights (text, empty prompt)
+    routed, evaluations = {}, 0  # routed: the last router call's weights (text, empty prompt)
     mixture.stats.update(expert_passes=0, router_calls=0)
 
-    def velocity(x, t):
+    @torch.no_grad()
+    def velocity(x, t: float):
         nonlocal evaluations
         if evaluations % route_every == 0:
             routed["text"] = routed["empty"] = _weights(mixture, x, t, text, mask, strategy, generator)
@@ -137,21 +165,11 @@ def generate(mixture: Mixture, prompts: list[str], strategy: str | Strategy = "t
                 empty = (null_text.expand(len(x), -1, -1), null_mask.expand(len(x), -1))
                 routed["empty"] = _weights(mixture, x, t, *empty, strategy, generator)
         evaluations += 1
-        if trace:
+        if routing is not None:
             routing.append(routed["text"].cpu())
         return mixed_velocity(mixture, x, t, routed["text"], routed["empty"], cond, guidance, guidance_mode)
 
-    times = timesteps(steps, shift)
-    for t, t_next in zip(times[:-1], times[1:]):
-        v = velocity(x, t)
-        if sampler == "heun" and t_next > 0:  # Heun: average the slopes at both ends (last step stays Euler)
-            v = (v + velocity(euler_step(x, v, t, t_next), t_next)) / 2
-        x = euler_step(x, v, t, t_next)
-    stats = {"expert_passes_per_image": mixture.stats["expert_passes"] / len(prompts) / steps,
-             "router_calls_per_step": mixture.stats["router_calls"] / steps, "peak_memory_mib": peak_memory_mib(device)}
-    if trace:
-        stats["routing"] = torch.stack(routing).transpose(0, 1)  # [B, evaluations, K]
-    return mixture.autoencoder.decode(x.float().cpu()), stats
+    return velocity
 
 
 def peak_memory_mib(device: torch.device) -> float:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no model hub here: a failed download would retry for 25-50 s
 os.environ["PARIS_CACHE"] = tempfile.mkdtemp(prefix="paris-cache-")  # the tests never touch the user's cache
+os.environ["HF_MODULES_CACHE"] = tempfile.mkdtemp(prefix="hf-modules-")  # where diffusers imports a pipeline.py
 
 import pytest  # noqa: E402
 
@@ -141,3 +142,39 @@ def laion_trained(tmp_path_factory) -> dict:
     summaries = [train_expert(run, config, k) for k in range(2)]
     train_router(run, config)
     return {"path": root / "run", "config": config, "summaries": summaries}
+
+
+@pytest.fixture(scope="session")
+def three_experts(tmp_path_factory):
+    """A pipeline folder holding 3 small random experts, a random router and a tiny CLIP text encoder: top2
+    uses 2 of the 3 experts per sample, so a cap of 1 evicts at every step."""
+    import torch
+
+    from paris.config import DiTConfig, RouterConfig
+    from paris.models.dit import DiT
+    from paris.models.encoders import IdentityAutoencoder, TextEncoder
+    from paris.models.router import Router
+    from paris.pipeline import ParisPipeline
+    from paris.sample import ExpertPool, Mixture
+    from testkit.runs import randomize_zero_params
+    from testkit.tiny_encoders import save_tiny_clip
+
+    root = tmp_path_factory.mktemp("three-experts")
+    text_encoder = TextEncoder.load("clip", str(save_tiny_clip(root / "clip")), 77)
+    expert = DiTConfig(input_size=8, in_channels=1, patch_size=2, hidden_size=32, depth=2, num_heads=2,
+                       text_dim=text_encoder.dim)
+    router = RouterConfig(input_size=8, in_channels=1, patch_size=2, hidden_size=32, depth=1, num_heads=2,
+                          num_experts=3)
+    with torch.random.fork_rng():
+        experts = []
+        for k in range(3):
+            torch.manual_seed(k)
+            experts.append(randomize_zero_params(DiT(expert), seed=k, std=0.1))
+        torch.manual_seed(14)  # top2 uses all three experts for test_inference.PROMPTS, seed 0
+        router = randomize_zero_params(Router(router), seed=14, std=0.5)
+    mixture = Mixture(ExpertPool([lambda e=e: e for e in experts]), router, text_encoder, IdentityAutoencoder(),
+                      (1, 8, 8))
+    config = {"num_experts": 3, "latent_shape": [1, 8, 8], "autoencoder": "identity", "autoencoder_path": "",
+              "latent_scale": 1.0, "text_encoder": "clip", "max_tokens": 77}
+    ParisPipeline(mixture, config).save_pretrained(str(root / "pipeline"))
+    return root / "pipeline"

@@ -32,9 +32,10 @@ def saved(pipe, tmp_path_factory):
 
 def test_save_pretrained_writes_the_release_layout(saved):
     names = sorted(p.name for p in saved.iterdir())
-    assert names == ["config.json", "expert_0", "expert_1", "model_index.json", "router", "text_encoder", "tokenizer"]
-    assert sorted(p.name for p in (saved / "expert_1").iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
-    assert sorted(p.name for p in (saved / "router").iterdir()) == ["config.json", "pytorch_model.safetensors"]
+    assert names == ["config.json", "expert_0", "expert_1", "model_index.json", "pipeline.py", "router", "scheduler",
+                     "text_encoder", "tokenizer"]
+    for network in ("expert_1", "router"):
+        assert sorted(p.name for p in (saved / network).iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
 
 
 def test_from_pretrained_generates_the_same_images_as_the_run(pipe, saved):
@@ -76,7 +77,7 @@ def test_pickle_only_checkpoint_is_refused(saved, tmp_path):
 
     folder = tmp_path / "pickled"
     shutil.copytree(saved, folder)
-    (folder / "router" / "pytorch_model.safetensors").rename(folder / "router" / "pytorch_model.bin")
+    (folder / "router" / "diffusion_pytorch_model.safetensors").rename(folder / "router" / "pytorch_model.bin")
     with pytest.raises(ParisError, match="pickle checkpoints are refused"):
         ParisPipeline.from_pretrained(str(folder))
 
@@ -111,39 +112,6 @@ def test_expert_pool_evicts_the_least_recently_used():
 
 
 # --- offload: the experts a cap evicts wait in host memory ------------------------------------------
-
-@pytest.fixture(scope="module")
-def three_experts(tmp_path_factory):
-    """A pipeline folder holding 3 small random experts, a random router and a tiny CLIP text encoder: top2
-    uses 2 of the 3 experts per sample, so a cap of 1 evicts at every step."""
-    from paris.config import DiTConfig, RouterConfig
-    from paris.models.dit import DiT
-    from paris.models.encoders import IdentityAutoencoder, TextEncoder
-    from paris.models.router import Router
-    from paris.sample import Mixture
-    from testkit.runs import randomize_zero_params
-    from testkit.tiny_encoders import save_tiny_clip
-
-    root = tmp_path_factory.mktemp("three-experts")
-    text_encoder = TextEncoder("clip", str(save_tiny_clip(root / "clip")), 77)
-    expert = DiTConfig(input_size=8, in_channels=1, patch_size=2, hidden_size=32, depth=2, num_heads=2,
-                       text_dim=text_encoder.dim)
-    router = RouterConfig(input_size=8, in_channels=1, patch_size=2, hidden_size=32, depth=1, num_heads=2,
-                          num_experts=3)
-    with torch.random.fork_rng():
-        experts = []
-        for k in range(3):
-            torch.manual_seed(k)
-            experts.append(randomize_zero_params(DiT(expert), seed=k, std=0.1))
-        torch.manual_seed(14)  # a router whose top2 uses all three experts for PROMPTS with seed 0
-        router = randomize_zero_params(Router(router), seed=14, std=0.5)
-    mixture = Mixture(ExpertPool([lambda e=e: e for e in experts]), router, text_encoder, IdentityAutoencoder(),
-                      (1, 8, 8))
-    config = {"num_experts": 3, "latent_shape": [1, 8, 8], "autoencoder": "identity", "autoencoder_path": "",
-              "latent_scale": 1.0, "text_encoder": "clip", "max_tokens": 77}
-    ParisPipeline(mixture, config).save_pretrained(str(root / "pipeline"))
-    return root / "pipeline"
-
 
 def count_loads(pipe: ParisPipeline) -> list[int]:
     """Wrap the pipeline's own loaders (each reads one expert from disk); the list counts each one's calls."""
@@ -227,7 +195,7 @@ def test_guidance_after_mixing_uses_the_routers_weights_for_the_empty_prompt(pip
     from paris.models.router import Router
 
     router = pipe.mixture.router
-    text_router = randomize_zero_params(Router(dataclasses.replace(router.config, text_dim=384)), seed=0, std=0.5)
+    text_router = randomize_zero_params(Router(dataclasses.replace(router.architecture, text_dim=384)), seed=0, std=0.5)
     mixture = dataclasses.replace(pipe.mixture, router=text_router.eval())
     # "full": continuous weights, which differ between the prompt and "" whenever the router uses the text.
     per, _ = generate(mixture, PROMPTS, "full", steps=2, guidance=4.0, guidance_mode="per-expert")

@@ -11,7 +11,8 @@ from __future__ import annotations
 from torch import nn
 
 from paris.errors import ParisError
-from paris.models.io import load_state_dict_strict, weights_name
+from paris.models.io import WEIGHTS, load_state_dict_strict, weights_file
+from paris.release import convert_state
 from paris.run import RunDir
 
 # Re-initialised with `init_fresh_head`: what connects a model to a new text encoder and a new output (HDDM).
@@ -29,13 +30,16 @@ def load_initial_weights(run: RunDir, model: nn.Module, init_from: str, fresh_he
     """Copy the weights of `init_from` into `model` (strictly: every mismatch is listed in one error) and return
     where they came from and how many training samples they hold (0 when unknown, e.g. a release)."""
     source = resolve(run, init_from)
-    weights = weights_name(model)
+    weights = weights_file(source, "")
     if not source.exists(weights):
-        raise ParisError(f"--init-from {source.url} holds no {weights}; give a folder with config.json and "
-                         f"{weights}, such as RUN/seed/final (`paris train-seed RUN`) or an expert's final/")
+        raise ParisError(f"--init-from {source.url} holds no {WEIGHTS}; give a folder with config.json and "
+                         f"{WEIGHTS}, such as RUN/seed/final (`paris train-seed RUN`) or an expert's final/")
     state = source.load_tensors(weights)
+    prefixes = FRESH_HEAD[type(model).__name__] if fresh_head else ()
+    if source.exists("config.json") and not source.read_json("config.json").get("_class_name"):
+        # a network of the public release: its own tensor names
+        state = convert_state(state, model, f"--init-from {source.url}/{weights}", skip=prefixes)
     if fresh_head:  # the model's own random initialisation stays for these, whatever their shape in the start
-        prefixes = FRESH_HEAD[type(model).__name__]
         state = {k: v for k, v in state.items() if not k.startswith(prefixes)}
         state.update({k: v for k, v in model.state_dict().items() if k.startswith(prefixes)})
     load_state_dict_strict(model, state, f"--init-from {source.url}")
