@@ -295,6 +295,7 @@ def convert_release(
     shape-checked; a release that does not fit is refused with one error listing every mismatch.
     (ParisPipeline.from_pretrained also loads the release folder directly, converting as it loads.)"""
     from paris import release
+    from paris.pipeline import convert_release as write_converted
 
     if timestep_map not in ("1000t", "round(999t)"):
         raise ParisError(f"--timestep-map must be 1000t or round(999t), got {timestep_map!r}")
@@ -306,7 +307,7 @@ def convert_release(
         return
     if out is None:
         raise ParisError("give the folder to write: paris convert-release SRC OUT (or --inspect SRC to list tensors)")
-    for component in release.convert_release(src, str(out), timestep_map):
+    for component in write_converted(src, str(out), timestep_map):
         c = component.config
         typer.echo(f"{component.folder}: {c.hidden_size}-wide, {c.depth} blocks, patch {c.patch_size}; position "
                    f"table: {component.pos_embed}")

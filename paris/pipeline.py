@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from paris import layout
+from paris import layout, release
 from paris.config import SampleConfig, from_dict
 from paris.errors import ParisError
 from paris.diffusers_pipeline import write_repository_files
@@ -83,8 +83,6 @@ class ParisPipeline:
         """A pipeline folder (written by save_pretrained), or a download of the public Paris release, whose
         networks are converted as they load (`timestep_map`: how its networks read t, see DiTConfig). The other
         arguments as in `from_run`."""
-        from paris import release
-
         check_device(device)
         folder = RunDir(path)
         if release.is_release(folder):
@@ -104,8 +102,7 @@ class ParisPipeline:
         tokenizer = folder.path("tokenizer") if folder.exists("tokenizer") else None
         text_encoder = TextEncoder.load(config["text_encoder"], folder.path("text_encoder"), config["max_tokens"],
                                         device, tokenizer)
-        if config["autoencoder"] != "identity":
-            config = {**config, "autoencoder_path": folder.path("vae")}
+        config = {**config, "autoencoder_path": folder.path("vae") if config["autoencoder"] != "identity" else ""}
         sample = from_dict(SampleConfig, config.get("sample", {}), f"{path}/config.json sample.")
         return cls._from_folders(folder, experts, router, text_encoder, config, max_resident_experts, device, sample,
                                  offload_experts)
@@ -114,15 +111,13 @@ class ParisPipeline:
     def _from_release(cls, folder: RunDir, max_resident: int | None, device: str, offload: bool,
                       timestep_map: str) -> "ParisPipeline":
         """The public release: each network converted as it loads (the experts when first used)."""
-        from paris import release
-
         root = release.root_config(folder)
         experts = [release.expert_config(folder, k, root, timestep_map) for k in range(root["num_experts"])]
         loaders = [lambda expert=expert: release.load_release_model(folder, expert) for expert in experts]
         router = release.load_release_model(folder, release.router_config(folder, root, timestep_map))
         config = release.pipeline_config(folder, root)
-        text_encoder = TextEncoder.load(config["text_encoder"], folder.path("text_encoder"), config["max_tokens"],
-                                        device, folder.path("tokenizer"))
+        text_encoder = TextEncoder.load(config["text_encoder"], config["text_encoder_path"], config["max_tokens"],
+                                        device, config["tokenizer_path"])
         return cls._assemble(folder, loaders, router, text_encoder, config, max_resident, device, SampleConfig(),
                              offload)
 
@@ -173,7 +168,7 @@ class ParisPipeline:
             vae.save_pretrained(out.path("vae"))
         write_repository_files(out, len(self.mixture.experts), self.mixture.router is not None, encoder.model,
                                encoder.tokenizer, vae is not None, self.config, self.sample)
-        config = {**self.config, "sample": dataclasses.asdict(self.sample)}
+        config = {**{key: self.config[key] for key in PIPELINE_KEYS}, "sample": dataclasses.asdict(self.sample)}
         out.write_json("config.json", config)  # last: a folder with a config.json is complete
 
     def generate(self, prompts: list[str], **options):
@@ -191,3 +186,20 @@ class ParisPipeline:
         prompts = [prompts] if isinstance(prompts, str) else prompts
         images, _ = self.generate(prompts, **options)
         return [to_pil(image) for image in images]
+
+
+def convert_release(src: str, out: str, timestep_map: str = "1000t") -> list:
+    """Write the release at `src` as a paris pipeline folder `out` (for ParisPipeline, `paris generate` and
+    diffusers), converting one expert at a time; returns what was found in each network's config and weights
+    (paris.release.Component)."""
+    folder = RunDir(src)
+    if not release.is_release(folder):
+        raise ParisError(f"{src} is not a Paris release download (no config.json with expert_0/config.json beside "
+                         "it); download the release with `huggingface-cli download bageldotcom/paris --local-dir DIR`")
+    root = release.root_config(folder)
+    found = [release.expert_config(folder, k, root, timestep_map) for k in range(root["num_experts"])]
+    found.append(release.router_config(folder, root, timestep_map))
+    for component in found:  # every name and shape, from the headers, before anything is written
+        release.load_release_model(folder, component, shapes_only=True)
+    ParisPipeline.from_pretrained(src, max_resident_experts=1, timestep_map=timestep_map).save_pretrained(out)
+    return found

@@ -11,6 +11,8 @@ file that does not fit is refused with one error listing every unmapped, missing
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -73,30 +75,29 @@ def root_config(folder: RunDir) -> dict:
 
 
 def pipeline_config(folder: RunDir, root: dict) -> dict:
-    """What a paris pipeline needs to know of the release besides its networks (paris.pipeline.PIPELINE_KEYS)."""
-    vae = folder.read_json("vae/config.json") if folder.exists("vae/config.json") else {}
+    """What a paris pipeline needs to know of the release besides its networks (paris.pipeline.PIPELINE_KEYS),
+    and where its encoders are: `autoencoder_path`, `text_encoder_path`, `tokenizer_path` (local paths)."""
+    latents = root.get("use_latents", True)
+    vae = folder.read_json("vae/config.json") if latents and folder.exists("vae/config.json") else {}
     return {"num_experts": root["num_experts"], "latent_shape": [root["num_channels"], root["image_size"], root["image_size"]],
-            "autoencoder": "sd-vae" if root.get("use_latents", True) else "identity",
-            "autoencoder_path": folder.path("vae"), "latent_scale": vae.get("scaling_factor", 0.18215),
-            "text_encoder": "clip", "max_tokens": 77}
+            "autoencoder": "sd-vae" if latents else "identity", "latent_scale": vae.get("scaling_factor", 0.18215),
+            "autoencoder_path": local_folder(folder, "vae") if latents else "", "text_encoder": "clip",
+            "max_tokens": 77, "text_encoder_path": local_folder(folder, "text_encoder"),
+            "tokenizer_path": local_folder(folder, "tokenizer")}
 
 
-def convert_release(src: str, out: str, timestep_map: str = "1000t") -> list[Component]:
-    """Write the release at `src` as a paris pipeline folder `out` (for ParisPipeline, `paris generate` and
-    diffusers), converting one expert at a time; returns what was found in each network's config and weights."""
-    from paris.pipeline import ParisPipeline
-
-    folder = RunDir(src)
-    if not is_release(folder):
-        raise ParisError(f"{src} is not a Paris release download (no config.json with expert_0/config.json beside "
-                         "it); download the release with `huggingface-cli download bageldotcom/paris --local-dir DIR`")
-    root = root_config(folder)
-    found = [expert_config(folder, k, root, timestep_map) for k in range(root["num_experts"])]
-    found.append(router_config(folder, root, timestep_map))
-    for component in found:  # every name and shape, from the headers, before anything is written
-        load_release_model(folder, component, shapes_only=True)
-    ParisPipeline.from_pretrained(src, max_resident_experts=1, timestep_map=timestep_map).save_pretrained(out)
-    return found
+def local_folder(folder: RunDir, name: str) -> str:
+    """A local path to the release's folder `name`: where it is on a local disk; from an object store, a copy in
+    $PARIS_CACHE (else ~/.cache/paris), made once, because transformers and diffusers load local paths only."""
+    if folder.is_local:
+        return folder.path(name)
+    key = hashlib.sha256(folder.url.encode()).hexdigest()[:16]
+    cache = RunDir(os.path.join(os.environ.get("PARIS_CACHE", os.path.expanduser("~/.cache/paris")), "releases", key))
+    for file, size in folder.sizes(name).items():
+        rel = f"{name}/{file}"
+        if cache.sizes(name).get(file) != size:
+            cache.write_bytes(rel, folder.read_bytes(rel))
+    return cache.path(name)
 
 
 def expert_config(folder: RunDir, k: int, root: dict, timestep_map: str = "1000t") -> Component:

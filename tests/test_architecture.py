@@ -16,7 +16,8 @@ LAYERS = [
               "paris.images", "paris.progress"]),
     ("building blocks", ["paris.models", "paris.data"]),
     ("stages", ["paris.data.prepare", "paris.data.merge", "paris.clusters", "paris.train", "paris.sample",
-                "paris.pipeline", "paris.evaluate", "paris.status", "paris.launch"]),
+                "paris.release", "paris.diffusers_pipeline", "paris.pipeline", "paris.evaluate", "paris.status",
+                "paris.launch"]),
     ("entry points", ["paris.demo"]),
     ("people", ["paris.cli", "paris.__main__", "paris.report"]),
 ]

@@ -80,7 +80,7 @@ def test_diffusers_defaults_are_the_saved_sampling_settings_and_give_pil_images(
 
 
 def test_a_converted_release_runs_in_diffusers_with_its_vae_and_clip(tmp_path):
-    from paris.release import convert_release
+    from paris.pipeline import convert_release
     from testkit.release import write_release
 
     write_release(tmp_path / "release")

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from paris import release
 from paris.errors import ParisError
 from paris.models.io import load_pretrained
-from paris.pipeline import ParisPipeline
+from paris.pipeline import ParisPipeline, convert_release
 from paris.run import RunDir
 from testkit.release import LATENT, TEXT_DIM, write_release
 from testkit.runs import assert_user_error, run_cli
@@ -31,7 +31,7 @@ def released(tmp_path_factory):
 @pytest.fixture(scope="module")
 def converted(released, tmp_path_factory):
     out = tmp_path_factory.mktemp("converted") / "paris"
-    found = release.convert_release(str(released[0]), str(out))
+    found = convert_release(str(released[0]), str(out))
     return out, found
 
 
@@ -148,3 +148,14 @@ def test_a_release_expert_can_start_a_training_job(released):
     with torch.no_grad():
         torch.testing.assert_close(model(x, t, text), experts[1](x, 1000 * t, text), atol=2e-5, rtol=1e-5)
     assert info["init_samples"] == 0
+
+
+def test_a_release_on_an_object_store_converts_as_a_local_one(released, converted, s3_bucket, tmp_path):
+    import fsspec
+
+    fsspec.filesystem("s3").put(str(released[0]), f"{s3_bucket}/release", recursive=True)
+    out = tmp_path / "from-s3"
+    convert_release(f"{s3_bucket}/release", str(out))
+    remote, _ = ParisPipeline.from_pretrained(str(out)).generate(PROMPTS, **SETTINGS)
+    local, _ = ParisPipeline.from_pretrained(str(converted[0])).generate(PROMPTS, **SETTINGS)
+    torch.testing.assert_close(remote, local)

@@ -82,13 +82,13 @@ class DiT(DiffusersModel):
     def forward(self, x, t, text, text_mask=None):
         """x [B,C,H,W], t [B] in [0,1], text [B,L,text_dim], text_mask [B,L] bool (True = real token)."""
         b, c, h, w = x.shape
-        tokens = self.x_embedder(x)
+        tokens = self.x_embedder(x.to(self.x_embedder.proj.weight.dtype))  # fp32 latents into bf16/fp16 weights
         t_emb = self.t_embedder(t)
         t6 = self.t_block(t_emb).view(b, 6, -1)
         text = self.text_proj(text.to(tokens.dtype))
         for block in self.blocks:
             tokens = run_block(self, block, tokens, t6, text, text_mask)
-        return self.unpatchify(self.final_layer(tokens, t_emb), h, w)
+        return self.unpatchify(self.final_layer(tokens, t_emb), h, w).to(x.dtype)
 
     def unpatchify(self, tokens, h, w):
         p, c = self.architecture.patch_size, self.architecture.in_channels

@@ -67,7 +67,7 @@ class Router(DiffusersModel):
 
     def forward(self, x, t, text=None, text_mask=None):
         """Logits [B, num_experts] for x [B,C,H,W] at time t [B]; text is used only when configured."""
-        tokens = self.x_embedder(x)
+        tokens = self.x_embedder(x.to(self.x_embedder.proj.weight.dtype))
         tokens = torch.cat([self.cls_token.expand(len(x), -1, -1).to(tokens.dtype), tokens], dim=1)
         cond = self.t_embedder(t)
         if self.text_proj is not None:
