@@ -90,3 +90,12 @@ def test_a_converted_release_runs_in_diffusers_with_its_vae_and_clip(tmp_path):
     theirs = pipe(PROMPTS[:2], num_inference_steps=5, seed=2, output_type="pt").images
     assert type(pipe.vae).__name__ == "AutoencoderKL" and type(pipe.text_encoder).__name__ == "CLIPTextModel"
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_weights_draw_nearly_the_fp32_images(three_experts, diffusers_pipe):
+    half = DiffusionPipeline.from_pretrained(str(three_experts), trust_remote_code=True, dtype=torch.bfloat16)
+    assert half.expert_0.dtype == half.router.dtype == torch.bfloat16
+    settings = {"num_inference_steps": 4, "guidance_scale": 3.0, "seed": 1, "output_type": "pt"}
+    ours, theirs = half(PROMPTS, **settings).images, diffusers_pipe(PROMPTS, **settings).images
+    assert ours.dtype == torch.float32 and torch.isfinite(ours).all()
+    assert 0 < (ours - theirs).abs().mean() < 0.05

@@ -94,11 +94,11 @@ class StableDiffusionVAE:
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return (self.vae.encode(images.to(self.device)).latent_dist.mean * self.scale).float().cpu()
+        return (self.vae.encode(images.to(self.device, self.vae.dtype)).latent_dist.mean * self.scale).float().cpu()
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents.to(self.device) / self.scale).sample.clamp(-1, 1).float().cpu()
+        return self.vae.decode(latents.to(self.device, self.vae.dtype) / self.scale).sample.clamp(-1, 1).float().cpu()
 
 
 def build_autoencoder(name: str, path: str = "", scale: float = 0.18215, device: str = "cpu"):
