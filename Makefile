@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test data clean
+.PHONY: demo test data browser clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -19,10 +19,16 @@ data:
 	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 || \
 	  echo "warning: could not install dataset-fashion-mnist; install it or pass --data DIR to paris demo"
 
+# Debian's Chromium, for the browser test of `paris serve`'s page (tests/test_serve.py drives it with Playwright).
+browser:
+	@test -x /usr/bin/chromium || \
+	  (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 || \
+	  echo "warning: could not install chromium; the browser test of paris serve will be skipped"
+
 demo: $(VENV)/.installed data
 	$(VENV)/bin/paris demo
 
-test: $(VENV)/.installed data
+test: $(VENV)/.installed data browser
 	$(VENV)/bin/pytest
 
 clean:

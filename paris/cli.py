@@ -15,6 +15,7 @@
     paris status RUN             where every expert and the router stand
     paris demo                   all of the above on Fashion-MNIST
     paris convert-release SRC OUT  the public Paris weights as a paris (and diffusers) pipeline folder
+    paris serve RUN_OR_MODEL     a web page and an OpenAI-compatible images API
 """
 
 from __future__ import annotations
@@ -314,6 +315,52 @@ def convert_release(
         if component.ignored_keys:
             typer.echo(f"  config keys with no meaning for paris, not used: {', '.join(component.ignored_keys)}")
     typer.echo(f"wrote {out}: try `paris generate {out} -p \"a photo of a cat\"`")
+
+
+@app.command()
+def serve(
+    model: str = typer.Argument("runs/demo", help="A run directory, a pipeline folder (save_pretrained, "
+                                "convert-release) or a download of the Paris release."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; anything but this machine needs --api-key."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    api_key: Optional[str] = typer.Option(None, envvar="PARIS_API_KEY", help="Require `Authorization: Bearer KEY` "
+                                          "(also from $PARIS_API_KEY)."),
+    max_resident_experts: Optional[int] = typer.Option(None, help="Keep at most this many experts in memory "
+                                                       "(default: all)."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    max_batch: int = typer.Option(16, help="Images sampled together: requests with the same settings share a batch."),
+    max_steps: int = typer.Option(200, help="The most sampling steps a request may ask for."),
+):
+    """Serve the model: a web page to type prompts into (with each image's routing per step), and OpenAI's
+    images API (POST /v1/images/generations), so OpenAI's clients work unchanged."""
+    import ipaddress
+    import socket
+
+    from paris.pipeline import ParisPipeline
+    from paris.run import RunDir
+    from paris.serve.app import create_app
+    from paris.serve.engine import Engine
+
+    for option, value in (("--port", port), ("--max-batch", max_batch), ("--max-steps", max_steps)):
+        _at_least(option, value, 1)
+    _at_least("--max-resident-experts", max_resident_experts, 1)
+    try:
+        loopback = ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        raise ParisError(f"--host {host} is not an address of this machine") from None
+    if not loopback and not api_key:
+        raise ParisError(f"serving on {host} lets other machines in: set --api-key KEY (or PARIS_API_KEY), or "
+                         "keep the default --host 127.0.0.1")
+    folder = RunDir(model)
+    is_run = folder.exists("config.yaml")
+    load = ParisPipeline.from_run if is_run else ParisPipeline.from_pretrained
+    pipe = load(model, max_resident_experts, device)
+    engine = Engine(pipe, max_batch=max_batch, max_steps=max_steps)
+    app = create_app(engine, Path(model).name or model, folder if is_run else None, api_key)
+    typer.echo(f"serving {model} ({engine.num_experts} experts) on http://{host}:{port}  (Ctrl-C stops)")
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 @app.command()

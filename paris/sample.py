@@ -105,20 +105,26 @@ def timesteps(steps: int, shift: float = 1.0) -> list[float]:
 @torch.no_grad()
 def generate(mixture: Mixture, prompts: list[str], strategy: str | Strategy = "top2", steps: int = 50,
              guidance: float = 7.5, seed: int = 0, sampler: str = "euler", shift: float = 1.0,
-             guidance_mode: str = "per-expert", route_every: int = 1, trace: bool = False) -> tuple[torch.Tensor, dict]:
-    """Images [len(prompts), C, H, W] in [-1, 1], and statistics (expert and router passes, routing trace if asked)."""
+             guidance_mode: str = "per-expert", route_every: int = 1, trace: bool = False,
+             noise: torch.Tensor | None = None, on_step: Callable[[int], None] | None = None) -> tuple[torch.Tensor, dict]:
+    """Images [len(prompts), C, H, W] in [-1, 1], and statistics (expert and router passes, routing trace if asked).
+
+    `noise`: the latents at t=1 (default: drawn from `seed`, which also seeds stochastic routing rules), as a
+    server batching requests of several seeds passes them; `on_step(i)` is called after step i of `steps`."""
     if sampler not in SAMPLERS:
         raise ParisError(f"sampler must be one of {SAMPLERS}; got {sampler!r}")
     generator = torch.Generator().manual_seed(seed)
     routing = [] if trace else None
     velocity = velocity_field(mixture, prompts, strategy, guidance, guidance_mode, route_every, generator, routing)
-    x = initial_noise(mixture, len(prompts), generator)
+    x = initial_noise(mixture, len(prompts), generator) if noise is None else noise.to(mixture.experts.device)
     times = timesteps(steps, shift)
-    for t, t_next in zip(times[:-1], times[1:]):
+    for step, (t, t_next) in enumerate(zip(times[:-1], times[1:]), start=1):
         v = velocity(x, t)
         if sampler == "heun" and t_next > 0:  # Heun: average the slopes at both ends (last step stays Euler)
             v = (v + velocity(euler_step(x, v, t, t_next), t_next)) / 2
         x = euler_step(x, v, t, t_next)
+        if on_step is not None:
+            on_step(step)
     stats = {"expert_passes_per_image": mixture.stats["expert_passes"] / len(prompts) / steps,
              "router_calls_per_step": mixture.stats["router_calls"] / steps,
              "peak_memory_mib": peak_memory_mib(mixture.experts.device)}

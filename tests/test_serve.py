@@ -1,0 +1,130 @@
+"""paris serve, driven as its users drive it: OpenAI's own client, plain HTTP, and a real browser."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from paris.pipeline import ParisPipeline
+
+KEY = "test-key"
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = pytest.mark.slow  # a server process
+
+
+@pytest.fixture(scope="module")
+def server(three_experts):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PARIS_API_KEY": KEY}
+    process = subprocess.Popen([sys.executable, "-m", "paris", "serve", str(three_experts), "--port", str(port),
+                                "--max-resident-experts", "2"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            urllib.request.urlopen(f"{url}/healthz", timeout=1)
+            break
+        except OSError:
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.1)
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0)
+
+
+def _pixels(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)))
+
+
+def test_openai_client_gets_paris_images(client, three_experts):
+    response = client.images.generate(model="pipeline", prompt="a photo of a bag", n=2, size="8x8",
+                                      response_format="b64_json", extra_body={"steps": 3, "seed": 7, "strategy": "top2"})
+    images = [_pixels(base64.b64decode(item.b64_json)) for item in response.data]
+    expected = ParisPipeline.from_pretrained(str(three_experts))(["a photo of a bag"] * 2, steps=3, seed=7,
+                                                                  strategy="top2")
+    assert len(images) == 2 and images[0].shape[:2] == (8, 8)
+    assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(images, expected))
+
+
+def test_url_responses_serve_the_png(client):
+    response = client.images.generate(prompt="a coat", n=1, response_format="url", extra_body={"steps": 2})
+    with urllib.request.urlopen(response.data[0].url) as image:  # no key needed: the URL is the capability
+        assert _pixels(image.read()).shape[:2] == (8, 8)
+
+
+@pytest.mark.parametrize("request_body, needle", [
+    ({"prompt": "a bag", "extra_body": {"strategy": "bogus"}}, "unknown strategy 'bogus'; choose one of top1"),
+    ({"prompt": "a bag", "n": 0}, "n must be an integer from 1"),
+    ({"prompt": "a bag", "extra_body": {"steps": 100000}}, "steps must be at most 200"),
+    ({"prompt": ""}, "prompt must be a non-empty string"),
+    ({"prompt": "a bag", "size": "512x512"}, "size must be 8x8"),
+    ({"prompt": "a bag", "extra_body": {"stpes": 3}}, "unknown field(s) stpes"),
+])
+def test_bad_requests_get_a_400_that_says_why_and_the_server_keeps_serving(client, request_body, needle):
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as error:
+        client.images.generate(**request_body)
+    assert needle in error.value.body["message"], error.value.body
+    assert len(client.images.generate(prompt="a bag", extra_body={"steps": 1}).data) == 1
+
+
+def test_a_missing_key_is_refused_and_models_and_health_answer(server, client):
+    import openai
+    from openai import OpenAI
+
+    with pytest.raises(openai.AuthenticationError):
+        OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0).images.generate(prompt="a bag")
+    assert [model.id for model in client.models.list()] == ["pipeline"]
+    health = json.load(urllib.request.urlopen(f"{server}/healthz"))
+    assert health["status"] == "ok" and health["auth"] is True
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (`make test` installs it)")
+def test_the_page_generates_images_with_their_routing_in_a_real_browser(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page()
+        page.goto(server)
+        page.fill("#key", KEY)
+        page.dispatch_event("#key", "change")
+        page.wait_for_function("document.getElementById('about').textContent.includes('3 experts')")
+        page.fill("#prompt", "a photo of a bag\na photo of a coat")
+        page.fill("#steps", "4")
+        page.select_option("#strategy", "top2")
+        page.click("#go")
+        page.wait_for_function("[...document.querySelectorAll('figure img')].filter(i => i.naturalWidth > 0).length == 2")
+        heatmaps = page.eval_on_selector_all("canvas.heatmap", """canvases => canvases.map(c => {
+            const pixels = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let inked = 0; for (let i = 3; i < pixels.length; i += 4) inked += pixels[i] > 0;
+            return [c.width, inked]; })""")
+        captions = page.eval_on_selector_all("figcaption", "nodes => nodes.map(n => n.textContent)")
+        page.screenshot(path=str(tmp_path / "page.png"))
+        browser.close()
+    assert [width for width, _ in heatmaps] == [4 * 6, 4 * 6] and all(inked > 0 for _, inked in heatmaps)
+    assert all("experts" in caption and "expert passes" in caption for caption in captions)
+    assert (tmp_path / "page.png").stat().st_size > 1000
