@@ -39,6 +39,7 @@ class Job:
     step: int = 0  # sampling steps done
     submitted: float = field(default_factory=time.time)
     seconds: float = 0.0  # sampling time of the batch it ran in
+    batch: int = 0  # which batch of the engine it ran in (1, 2, ...)
     images: list[bytes] = field(default_factory=list)  # PNG
     routing: list[list[list[float]]] = field(default_factory=list)  # per image: [evaluation][expert] weights
     error: str | None = None
@@ -152,6 +153,7 @@ class Engine:
         self.batches += 1
         first = 0
         for job in batch:
+            job.batch = self.batches
             rows = range(first, first + len(job.prompts))
             job.images = [_png(images[i]) for i in rows]
             job.routing = [stats["routing"][i].tolist() for i in rows]
