@@ -175,6 +175,11 @@ class TrainConfig:
     # `paris train-seed`) or an expert_<i>/ folder of a release. A relative path is taken inside the run directory.
     init_from: Optional[str] = None
     init_fresh_head: bool = False  # keep the new model's random text projection and output layer (HDDM)
+    # Every preview_every steps an expert (or the seed, or the monolith) samples preview_prompts with its EMA
+    # weights, as `paris generate` would with it alone (the run's sample settings), into
+    # <job>/previews/<step>.png and TensorBoard; None: no previews. No prompts: its data's first 4 captions.
+    preview_every: Optional[Positive] = None
+    preview_prompts: list[str] = field(default_factory=list)
     # Experts only: expert k takes steps x K x (its cluster's share of the data) steps instead of `steps`, so the
     # total is unchanged and every cluster's data is seen as often as by the monolith (uneven clusters).
     steps_by_size: bool = False
@@ -304,8 +309,8 @@ def from_dict(cls, data: dict, where: str = "", complete: bool = False):
 
 
 def _coerce(value, kind, key: str):
-    """`value` as type `kind`: a plain type, a Literal of choices, an Annotated type with a Range, or an
-    Optional of one of those (None: unset)."""
+    """`value` as type `kind`: a plain type, a Literal of choices, an Annotated type with a Range, a list of
+    one of those, or an Optional of one of those (None: unset)."""
     if typing.get_origin(kind) is Union:  # Optional[X]
         (inner,) = [arg for arg in typing.get_args(kind) if arg is not type(None)]
         return None if value is None else _coerce(value, inner, key)
@@ -316,6 +321,11 @@ def _coerce(value, kind, key: str):
             if value not in allowed:
                 raise ParisError(f"config key {key!r} must be {allowed}, got {value!r}")
         return value
+    if typing.get_origin(kind) is list:
+        if not isinstance(value, list):
+            raise ParisError(f"config key {key!r} must be a list, e.g. [a, b], got {value!r}")
+        (item,) = typing.get_args(kind)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if typing.get_origin(kind) is Literal:
         choices = typing.get_args(kind)
         if value not in choices:

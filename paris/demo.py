@@ -41,7 +41,8 @@ def demo_config(data: str = DataConfig.path) -> RunConfig:
         data=DataConfig(path=data),
         partition=PartitionConfig(num_clusters=4),
         expert=TrainConfig(preset="tiny", steps=1800, batch_size=64, lr=5e-4, warmup_steps=100, ema_decay=0.999,
-                           checkpoint_every=250, log_every=25, threads=1),
+                           checkpoint_every=250, log_every=25, threads=1, preview_every=600,
+                           preview_prompts=[fashion_mnist.class_prompt(c) for c in range(10)]),  # one per class
         router=RouterTrainConfig(preset="tiny", epochs=1.0, batch_size=128, lr=5e-4, warmup_steps=50,
                                  ema_decay=0.999, checkpoint_every=200, log_every=25),
         sample=SampleConfig(steps=50, guidance=4.0),

@@ -58,6 +58,11 @@ def progress(job: str) -> str:
     return f"{job}/progress.json"
 
 
+def preview(job: str, step: int) -> str:
+    """The validation prompts a job sampled at `step` (steps zero-padded, so names sort in step order)."""
+    return f"{job}/previews/{step:08d}.png"
+
+
 def loss_chart(job: str) -> str:
     return f"{job}/loss.png"
 

@@ -15,8 +15,8 @@ STALE_AFTER_S = 15 * 60  # a job silent for longer than this is presumed dead (p
 
 
 def job_status(run: RunDir, folder: str, target_steps: int, now: float | None = None, partition: str | None = None) -> dict:
-    """Step, target, loss, samples/s, checkpoint age and state (done / running / stale / not started; outdated:
-    made for another partition than `partition`, the run's current one)."""
+    """Step, target, loss, samples/s, checkpoint age, state (done / running / stale / not started; outdated:
+    made for another partition than `partition`, the run's current one) and the newest preview image."""
     now = now or time.time()
     progress = run.read_json(layout.progress(folder)) if run.exists(layout.progress(folder)) else None
     checkpoint = None
@@ -44,6 +44,7 @@ def job_status(run: RunDir, folder: str, target_steps: int, now: float | None = 
         "samples_per_s": progress["samples_per_s"] if progress else None,
         "checkpoint_age_s": now - checkpoint["time"] if checkpoint else None,
         "state": state,
+        "preview": f"{folder}/previews/{previews[-1]}" if (previews := run.list(f"{folder}/previews")) else None,
     }
 
 

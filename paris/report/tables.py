@@ -43,8 +43,8 @@ STATE_COLOURS = {"done": "green", "running": "cyan", "stale": "red", "outdated":
 def status_table(rows: list[dict], url: str) -> Table:
     """One row per training job (paris.status.run_status)."""
     table = Table(title=f"paris status: {url}")
-    for column in ("job", "step", "loss", "samples/s", "last checkpoint", "state"):
-        table.add_column(column, justify="left" if column in ("job", "state") else "right")
+    for column in ("job", "step", "loss", "samples/s", "last checkpoint", "state", "newest preview"):
+        table.add_column(column, justify="left" if column in ("job", "state", "newest preview") else "right")
     for r in rows:
         table.add_row(
             r["job"],
@@ -53,6 +53,7 @@ def status_table(rows: list[dict], url: str) -> Table:
             "-" if r["samples_per_s"] is None else f"{r['samples_per_s']:.0f}",
             "-" if r["checkpoint_age_s"] is None else f"{_age(r['checkpoint_age_s'])} ago",
             f"[{STATE_COLOURS[r['state']]}]{r['state']}",
+            r["preview"] or "-",
         )
     return table
 

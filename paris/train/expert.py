@@ -22,6 +22,7 @@ from paris.models.dit import DiT
 from paris.run import RunDir
 from paris.train.init_from import load_initial_weights
 from paris.train.loop import Job, train
+from paris.train.preview import previewer
 
 
 def train_expert(run: RunDir, config: RunConfig, expert: int) -> dict:
@@ -30,7 +31,7 @@ def train_expert(run: RunDir, config: RunConfig, expert: int) -> dict:
         raise ParisError(f"cluster {expert} is empty; re-run `paris partition` with fewer clusters")
     identity = {"cluster": expert, "partition_hash": part.meta["hash"], "cluster_size": len(store)}
     cfg = dataclasses.replace(config.expert, steps=expert_steps(config, part.meta, expert))
-    return _train_flow_model(run, cfg, store, f"expert {expert}", layout.expert(expert), identity,
+    return _train_flow_model(run, config, cfg, store, f"expert {expert}", layout.expert(expert), identity,
                              seed=cfg.seed + expert)  # experts start differently
 
 
@@ -64,7 +65,7 @@ def train_monolith(run: RunDir, config: RunConfig) -> dict:
     identity = {"cluster": "all", "partition_hash": part.meta["hash"], "cluster_size": len(store),
                 "protocol": config.baseline.protocol}
     cfg = dataclasses.replace(config.expert, steps=steps, batch_size=batch)
-    return _train_flow_model(run, cfg, store, "monolith", layout.MONOLITH, identity, seed=cfg.seed)
+    return _train_flow_model(run, config, cfg, store, "monolith", layout.MONOLITH, identity, seed=cfg.seed)
 
 
 def train_seed(run: RunDir, config: RunConfig, steps: int) -> dict:
@@ -78,11 +79,11 @@ def train_seed(run: RunDir, config: RunConfig, steps: int) -> dict:
     store = load_store(run)
     identity = {"cluster": "all", "partition_hash": part.meta["hash"], "cluster_size": len(store)}
     cfg = dataclasses.replace(config.expert, steps=steps, batch_size=batch, init_from=None)
-    return _train_flow_model(run, cfg, store, "seed", layout.SEED, identity, seed=cfg.seed)
+    return _train_flow_model(run, config, cfg, store, "seed", layout.SEED, identity, seed=cfg.seed)
 
 
-def _train_flow_model(run: RunDir, cfg: TrainConfig, store: Store, name: str, folder: str, identity: dict,
-                      seed: int) -> dict:
+def _train_flow_model(run: RunDir, config: RunConfig, cfg: TrainConfig, store: Store, name: str, folder: str,
+                      identity: dict, seed: int) -> dict:
     c, h, _ = store.latent_shape
     torch.manual_seed(seed)
     model = DiT(dit_config(cfg.preset, in_channels=c, input_size=h, text_dim=store.text_dim))
@@ -98,4 +99,5 @@ def _train_flow_model(run: RunDir, cfg: TrainConfig, store: Store, name: str, fo
         return flow_matching_loss(model, batch.latents.to(device).float(), cfg.t_distribution, random,
                                   text=text.to(device), text_mask=mask.to(device))
 
-    return train(run, Job(name, folder, model, loss, store, identity), cfg)
+    preview = previewer(run, config, store, folder)
+    return train(run, Job(name, folder, model, loss, store, identity, preview), cfg)

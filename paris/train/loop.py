@@ -51,6 +51,7 @@ class Job:
     loss: LossFn
     data: Store  # the samples it trains on (the loop asks it for their order and to read ahead); the loss reads them
     identity: dict  # what a checkpoint must match to be resumed (cluster, partition hash, ...)
+    preview: Callable | None = None  # preview(ema, step, metrics) every cfg.preview_every steps (paris.train.preview)
 
 
 def train(run: RunDir, job: Job, cfg: TrainConfig) -> dict:
@@ -155,6 +156,8 @@ def _train(run: RunDir, job: Job, cfg: TrainConfig, dist: distributed.Distribute
                                  "grad_norm": float(grad_norm), "samples_per_s": rate, "time": time.time()})
                     bar.update(done, loss=f"{last_loss:.4f}", **{"samples/s": f"{rate:.0f}"})
                 losses, window_start = [], time.perf_counter()
+            if job.preview is not None and done % cfg.preview_every == 0 and dist.is_main:
+                job.preview(ema, done, metrics)  # before the step's checkpoint: a resume never skips one
             stopping = dist.any(stop.requested)
             if done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping:
                 checkpoint(done)

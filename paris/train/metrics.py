@@ -3,7 +3,7 @@
 - <folder>/progress.json       rewritten at every log step: the newest record, for `paris status`
 - <folder>/metrics/<step>.jsonl the records since the previous checkpoint, written with each checkpoint;
                                 a job resumed after a crash rewrites the same chunk, so nothing is doubled
-- <folder>/tensorboard/         the same scalars, when tensorboard is installed and the run is local
+- <folder>/tensorboard/         the same scalars (and previews), when tensorboard is installed and the run is local
 """
 
 from __future__ import annotations
@@ -26,6 +26,11 @@ class MetricsLog:
             for key, value in record.items():
                 if key not in ("step", "time"):
                     self.writer.add_scalar(key, value, record["step"])
+
+    def image(self, tag: str, pixels, step: int) -> None:
+        """An image [H, W, 3] uint8 in TensorBoard (the run directory holds its own PNG)."""
+        if self.writer:
+            self.writer.add_image(tag, pixels, step, dataformats="HWC")
 
     def flush(self, step: int) -> None:
         """Write the records since the last flush as the chunk of checkpoint `step`."""
