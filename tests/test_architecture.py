@@ -18,7 +18,7 @@ LAYERS = [
     ("stages", ["paris.data.prepare", "paris.data.merge", "paris.clusters", "paris.train", "paris.sample",
                 "paris.release", "paris.diffusers_pipeline", "paris.pipeline", "paris.evaluate", "paris.status",
                 "paris.launch"]),
-    ("entry points", ["paris.demo"]),
+    ("entry points", ["paris.demo", "paris.serve"]),
     ("people", ["paris.cli", "paris.__main__", "paris.report"]),
 ]
 TALKERS = ("paris.cli", "paris.report")  # the only modules that print, draw charts or hold a console

@@ -4,7 +4,7 @@
     POST /v1/images/generations     OpenAI-compatible: prompt, n, size, response_format (b64_json | url), model;
                                     paris's own fields: strategy, steps, guidance, seed
     GET  /v1/models                 the one model served
-    GET  /healthz                   liveness, queue length, whether a key is needed
+    GET  /healthz                   liveness, queue length, batches sampled, whether a key is needed
     POST /api/jobs, GET /api/jobs/ID   the page's requests: queued at once, polled for progress
     GET  /images/JOB/I.png          a finished image
     GET  /api/info, /api/run/PATH   what the page shows: settings, and a run's previews, loss curves, montages
@@ -70,7 +70,7 @@ def create_app(engine: Engine, model_name: str, run: RunDir | None = None, api_k
 
     @app.get("/healthz")
     async def health():
-        return {"status": "ok", "queued": engine.queue.qsize(), "auth": bool(api_key)}
+        return {"status": "ok", "queued": engine.queue.qsize(), "batches": engine.batches, "auth": bool(api_key)}
 
     @app.get("/v1/models")
     async def models():

