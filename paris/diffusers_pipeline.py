@@ -6,11 +6,11 @@
 
 A folder written by `ParisPipeline.save_pretrained` (or `paris convert-release`) is also a diffusers repository:
 its model_index.json is diffusers', and its pipeline.py, two lines, takes the class from here (so loading needs
-`pip install paris` and trust_remote_code). The components: `expert_0` ... `expert_<K-1>` and `router` (paris's
-DiT and Router, which are diffusers ModelMixins), `text_encoder` and `tokenizer` (transformers), `vae`
-(AutoencoderKL; none in pixel space) and `scheduler`, diffusers' FlowMatchEulerDiscreteScheduler, which
-integrates the mixture's velocity (paris.sample.velocity_field). Images equal ParisPipeline's for the same
-seed and settings.
+`pip install paris` and trust_remote_code). The components: `expert_0` ... `expert_<K-1>` and `router`
+(paris's DiT and Router as diffusers ModelMixins, paris.models.diffusers_model), `text_encoder` and
+`tokenizer` (transformers), `vae` (AutoencoderKL; none in pixel space) and `scheduler`, diffusers'
+FlowMatchEulerDiscreteScheduler, which integrates the mixture's velocity (paris.sample.velocity_field).
+Images equal ParisPipeline's for the same seed and settings.
 """
 
 from __future__ import annotations
@@ -19,16 +19,13 @@ import dataclasses
 import inspect
 
 import torch
-# diffusers finds a component's loading method through the base classes that its module holds by name: the
-# experts and the router are recorded as "paris.diffusers_pipeline"'s DiT and Router, found as ModelMixins.
-from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ImagePipelineOutput, ModelMixin  # noqa: F401
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ImagePipelineOutput
 
 from paris.config import SampleConfig, from_dict
 from paris.flow import time_grid
 from paris.images import to_pil
-from paris.models.dit import DiT  # noqa: F401 (a component class, see above)
+from paris.models import diffusers_model  # the components' classes: imported, so diffusers can resolve them
 from paris.models.encoders import IdentityAutoencoder, StableDiffusionVAE, TextEncoder
-from paris.models.router import Router  # noqa: F401 (a component class, see above)
 from paris.run import RunDir
 from paris.sample import ExpertPool, Mixture, initial_noise, velocity_field
 
@@ -119,8 +116,8 @@ def write_repository_files(out: RunDir, num_experts: int, has_router: bool, text
     out.write_text("pipeline.py", PIPELINE_FILE.format(num_experts=num_experts))
     index = {
         "_class_name": ["pipeline", "ParisDiffusionPipeline"], "_diffusers_version": diffusers.__version__,
-        **{f"expert_{k}": [__name__, "DiT"] for k in range(num_experts)},
-        "router": [__name__, "Router"] if has_router else [None, None],
+        **{f"expert_{k}": [diffusers_model.__name__, "DiffusersDiT"] for k in range(num_experts)},
+        "router": [diffusers_model.__name__, "DiffusersRouter"] if has_router else [None, None],
         "text_encoder": ["transformers", type(text_encoder).__name__],
         "tokenizer": ["transformers", type(tokenizer).__name__],
         "vae": ["diffusers", "AutoencoderKL"] if has_vae else [None, None],

@@ -138,8 +138,8 @@ class ParisPipeline:
                   offload: bool = False) -> "ParisPipeline":
         if len(loaders) == 1:  # one model (the monolith): its only rule is top1
             sample = dataclasses.replace(sample, strategy="top1")
-        if router_model is not None and router_model.config.num_experts != len(loaders):
-            raise ParisError(f"the router of {root.url} chooses among {router_model.config.num_experts} experts "
+        if router_model is not None and router_model.architecture.num_experts != len(loaders):
+            raise ParisError(f"the router of {root.url} chooses among {router_model.architecture.num_experts} experts "
                              f"but there are {len(loaders)}; retrain it or fix config.json")
         autoencoder = build_autoencoder(config["autoencoder"], config["autoencoder_path"], config["latent_scale"], device)
         router_model = router_model.to(device) if router_model is not None else None

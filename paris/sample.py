@@ -167,7 +167,7 @@ def velocity_field(mixture: Mixture, prompts: list[str], strategy: str | Strateg
         nonlocal evaluations
         if evaluations % route_every == 0:
             routed["text"] = routed["empty"] = _weights(mixture, x, t, text, mask, strategy, generator)
-            if guidance_mode == "after" and mixture.router is not None and mixture.router.config.text_dim:
+            if guidance_mode == "after" and mixture.router is not None and mixture.router.architecture.text_dim:
                 empty = (null_text.expand(len(x), -1, -1), null_mask.expand(len(x), -1))
                 routed["empty"] = _weights(mixture, x, t, *empty, strategy, generator)
         evaluations += 1
@@ -192,7 +192,7 @@ def peak_memory_mib(device: torch.device) -> float:
 def _weights(mixture: Mixture, x, t: float, text, mask, strategy: Strategy, generator) -> torch.Tensor:
     if mixture.router is None:
         return torch.ones(len(x), 1, device=x.device)
-    router_text = {"text": text, "text_mask": mask} if mixture.router.config.text_dim else {}
+    router_text = {"text": text, "text_mask": mask} if mixture.router.architecture.text_dim else {}
     mixture.stats["router_calls"] += 1
     probs = mixture.router(x, torch.full((len(x),), t, device=x.device), **router_text).float().softmax(-1)
     return routing_weights(probs.cpu(), strategy, generator).to(x.device)

@@ -11,6 +11,7 @@ import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ModelMixin
 
 from paris.flow import euler_step, time_grid
+from paris.models.diffusers_model import DiffusersDiT
 from paris.models.dit import DiT
 from paris.models.io import load_pretrained
 from paris.pipeline import ParisPipeline
@@ -55,10 +56,12 @@ def test_the_folder_is_a_diffusers_repository_of_diffusers_components(three_expe
     assert {f"expert_{k}" for k in range(3)} | {"router", "text_encoder", "tokenizer", "scheduler"} <= set(index)
     assert index["vae"] == [None, None]  # pixel space
     assert diffusers_pipe.num_experts == 3 and diffusers_pipe.vae is None
-    assert all(isinstance(getattr(diffusers_pipe, f"expert_{k}"), (DiT, ModelMixin)) for k in range(3))
+    assert all(isinstance(getattr(diffusers_pipe, f"expert_{k}"), DiT) and
+               isinstance(getattr(diffusers_pipe, f"expert_{k}"), ModelMixin) for k in range(3))
     assert isinstance(diffusers_pipe.scheduler, FlowMatchEulerDiscreteScheduler)
     # diffusers' own ModelMixin loading reads the same files as paris's loader
-    theirs, ours = DiT.from_pretrained(str(three_experts / "expert_2")), load_pretrained(RunDir(str(three_experts)), "expert_2")
+    theirs = DiffusersDiT.from_pretrained(str(three_experts / "expert_2"))
+    ours = load_pretrained(RunDir(str(three_experts)), "expert_2")
     assert all(torch.equal(a, b) for a, b in zip(theirs.state_dict().values(), ours.state_dict().values()))
 
 

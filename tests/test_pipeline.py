@@ -37,7 +37,7 @@ def test_trained_run_has_every_artifact(trained, config):
     for k in range(2):
         assert run.read_json(f"experts/{k}/final/manifest.json")["cluster"] == k
     router = load_pretrained(run, "router/final")
-    assert isinstance(router, Router) and router.config.num_experts == 2 and router.config.text_dim == 0
+    assert isinstance(router, Router) and router.architecture.num_experts == 2 and router.architecture.text_dim == 0
     accuracy = run.read_json("router/accuracy.json")
     assert accuracy["held_out"] == int(NUM_IMAGES * config.router.val_fraction)
     assert set(accuracy["bands"]) == {"0.0-0.2", "0.2-0.4", "0.4-0.6", "0.6-0.8", "0.8-1.0"}
@@ -111,7 +111,7 @@ def _every_expert_on_every_sample(mixture, prompts, strategy, steps, guidance, s
     """The decentralized flow written plainly: v = sum_k w_k v_k with every expert run on the whole batch."""
     text, mask = mixture.text_encoder.encode(prompts)
     null_text, null_mask = mixture.text_encoder.encode([""])
-    c = mixture.experts[0].config
+    c = mixture.experts[0].architecture
     x = torch.randn(len(prompts), c.in_channels, c.input_size, c.input_size,
                     generator=torch.Generator().manual_seed(seed))  # generate's initial noise
     times = time_grid(steps).tolist()

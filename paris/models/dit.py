@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from paris.config import DiTConfig
-from paris.models.diffusers_model import DiffusersModel
 from paris.models.layers import (
     Attention,
     Mlp,
@@ -55,12 +54,11 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
-class DiT(DiffusersModel):
-    config_class = DiTConfig
-
+class DiT(nn.Module):
     def __init__(self, config: DiTConfig):
-        super().__init__(config)
-        c, d = config, config.hidden_size
+        super().__init__()
+        self.architecture = c = config  # typed; `config` is left to diffusers (paris.models.diffusers_model)
+        d = c.hidden_size
         self.x_embedder = PatchEmbed(c.input_size, c.patch_size, c.in_channels, d, stored=c.pos_embed == "stored")
         self.t_embedder = TimestepEmbedder(d, c.timestep_map)
         self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))

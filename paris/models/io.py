@@ -1,5 +1,5 @@
 """Save and load finished models: config.json + diffusion_pytorch_model.safetensors, the layout diffusers'
-ModelMixin reads (so `DiT.from_pretrained(folder)` works too). Never unpickles."""
+ModelMixin reads (so `DiffusersDiT.from_pretrained(folder)` works too). Never unpickles."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ from paris.models.dit import DiT
 from paris.models.router import Router
 from paris.run import RunDir
 
-# class name in config.json -> (model class, its config class)
-MODELS = {"DiT": (DiT, DiTConfig), "Router": (Router, RouterConfig)}
+# class name in config.json -> (model class, its config class); a folder re-saved by diffusers names the
+# diffusers face of the same network (paris.models.diffusers_model)
+MODELS = {"DiT": (DiT, DiTConfig), "Router": (Router, RouterConfig),
+          "DiffusersDiT": (DiT, DiTConfig), "DiffusersRouter": (Router, RouterConfig)}
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 OLD_ROUTER_WEIGHTS = "pytorch_model.safetensors"  # routers saved before they were diffusers models; still read
 

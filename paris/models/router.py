@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from paris.config import RouterConfig
-from paris.models.diffusers_model import DiffusersModel
 from paris.models.layers import (
     Attention,
     Mlp,
@@ -41,12 +40,11 @@ class AdaLNZeroBlock(nn.Module):
         return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
 
 
-class Router(DiffusersModel):
-    config_class = RouterConfig
-
+class Router(nn.Module):
     def __init__(self, config: RouterConfig):
-        super().__init__(config)
-        c, d = config, config.hidden_size
+        super().__init__()
+        self.architecture = c = config  # typed; `config` is left to diffusers (paris.models.diffusers_model)
+        d = c.hidden_size
         self.x_embedder = PatchEmbed(c.input_size, c.patch_size, c.in_channels, d, stored=c.pos_embed == "stored")
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.t_embedder = TimestepEmbedder(d, c.timestep_map)

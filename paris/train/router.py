@@ -69,7 +69,7 @@ def router_accuracy(model: Router, held_out: Store, assignments: torch.Tensor, u
     model.eval()
     generator = step_generator(seed, -2, -2)
     right = torch.zeros(len(T_BANDS))
-    counts = torch.zeros(model.config.num_experts)  # held-out images per cluster: the chance level
+    counts = torch.zeros(model.architecture.num_experts)  # held-out images per cluster: the chance level
     for first in range(0, len(held_out), VAL_BATCH):
         batch = held_out.batch(torch.arange(first, min(first + VAL_BATCH, len(held_out))))
         targets, x0 = assignments[batch.rows], batch.latents.float()

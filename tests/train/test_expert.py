@@ -44,7 +44,7 @@ def test_expert_writes_release_layout_and_nothing_outside_its_folder(partitioned
     assert final[-1] == "experts/1/final/config.json", final
 
     model = load_pretrained(run, "experts/1/final")
-    assert isinstance(model, DiT) and model.config.in_channels == 1 and model.config.text_dim == 384
+    assert isinstance(model, DiT) and model.architecture.in_channels == 1 and model.architecture.text_dim == 384
     info = run.read_json("experts/1/final/manifest.json")
     assert info["steps"] == 3 and info["samples_seen"] == 3 * config.expert.batch_size
     part_meta = run.read_json("partition/meta.json")
