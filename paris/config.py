@@ -171,6 +171,9 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     gradient_checkpointing: bool = False  # recompute block activations in backward: less memory, ~30% slower
     tensorboard: bool = True  # also log to <job>/tensorboard when tensorboard is installed and the run is local
+    # Also log to Weights & Biases (needs `pip install wandb` and `wandb login`, or WANDB_MODE=offline): project
+    # $WANDB_PROJECT (default paris), one wandb run per job, resumed with the job.
+    wandb: bool = False
     # Start from a finished model instead of random weights: a paris final/ folder (e.g. seed/final, made by
     # `paris train-seed`) or an expert_<i>/ folder of a release. A relative path is taken inside the run directory.
     init_from: Optional[str] = None

@@ -107,7 +107,8 @@ def _train(run: RunDir, job: Job, cfg: TrainConfig, dist: distributed.Distribute
     forward = torch.compile(forward) if cfg.compile else forward
     autocast = _autocast(cfg.precision, dist.device)
     batches = job.data.batches(cfg.batch_size, cfg.seed, cfg.shuffle_buffer)
-    metrics = MetricsLog(run, job.folder, cfg.tensorboard) if dist.is_main else None
+    metrics = (MetricsLog(run, job.folder, cfg.tensorboard, cfg.wandb, {**dataclasses.asdict(cfg), **job.identity})
+               if dist.is_main else None)
     last_loss = saved["loss"] if saved else float("nan")
 
     def checkpoint(step: int) -> None:
@@ -169,6 +170,7 @@ def _train(run: RunDir, job: Job, cfg: TrainConfig, dist: distributed.Distribute
                "config_hash": _hash(dataclasses.asdict(cfg)), **job.identity}
     if dist.is_main:
         save_pretrained(run, layout.final(job.folder), ema, manifest=summary)
+        metrics.close()
     dist.barrier()
     distributed.teardown()
     return summary

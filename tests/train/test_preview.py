@@ -42,3 +42,14 @@ def test_no_previews_unless_asked(partitioned, tmp_path, config):
     run = copy_run(partitioned, tmp_path / "run")
     train_expert(run, with_expert(config, steps=4), 0)
     assert run.list("experts/0/previews") == []
+
+
+def test_wandb_offline_logs_the_metrics_and_previews_to_disk(partitioned, tmp_path, config, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = copy_run(partitioned, tmp_path / "run")
+    train_expert(run, with_expert(config, steps=4, wandb=True, preview_every=2, preview_prompts=PROMPTS), 0)
+    logs = list((tmp_path / "run" / "experts" / "0" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(logs) == 1 and logs[0].stat().st_size > 0
+    media = list((tmp_path / "run" / "experts" / "0" / "wandb").glob("offline-run-*/files/media/images/preview_*.png"))
+    assert len(media) == 2  # the previews of steps 2 and 4
