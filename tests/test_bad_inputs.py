@@ -6,17 +6,13 @@ the error contract, the exit code), which keeps 70 cases fast; tests/test_cli.py
 
 from __future__ import annotations
 
-import contextlib
-import io
-import sys
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from testkit.runs import copy_run, snapshot
-from paris import progress
+from testkit.runs import copy_run, run_paris, snapshot
 from paris.config import RunConfig, apply_overrides
 from paris.errors import ParisError
 
@@ -49,6 +45,13 @@ CASES = [  # (arguments, words the one-line error must hold)
     (["partition", RUN, "--method", "labels", "--clusters", "3"], "use --clusters 10"),
     (["partition"], "Missing argument"),
     (["export-clusters", RUN, "--cluster", "9"], "cluster 9 does not exist"),
+    # convert-release, serve
+    (["convert-release", RUN, NEW], "is not a Paris release download"),
+    (["convert-release", RUN], "give the folder to write"),
+    (["convert-release", RUN, NEW, "--timestep-map", "999t"], "--timestep-map must be 1000t or round(999t)"),
+    (["serve", RUN, "--host", "0.0.0.0"], "lets other machines in: set --api-key KEY"),
+    (["serve", RUN, "--max-steps", "0"], "--max-steps must be at least 1, got 0"),
+    (["serve", RUN, "--host", "no.such.host.invalid"], "is not an address of this machine"),
     # train-expert
     (["train-expert", RUN, "--expert", "9"], "expert 9 does not exist"),
     (["train-expert", RUN, "--expert", "-1"], "expert -1 does not exist"),
@@ -122,24 +125,6 @@ def _id(case) -> str:
 @pytest.fixture(scope="module")
 def run_path(trained, tmp_path_factory) -> Path:
     return Path(copy_run(trained, tmp_path_factory.mktemp("bad-inputs") / "run").url)
-
-
-def run_paris(*args: str) -> tuple[int, str, str]:
-    """`paris ARGS` through the console script's entry in this process: (exit code, stdout, stderr)."""
-    from paris.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    argv, sys.argv = sys.argv, ["paris", *args]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 0
-    finally:
-        sys.argv = argv
-        progress.listen(None)
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])

@@ -15,7 +15,7 @@ from paris.models.io import load_pretrained
 from paris.pipeline import ParisPipeline, convert_release
 from paris.run import RunDir
 from testkit.release import LATENT, TEXT_DIM, write_release
-from testkit.runs import assert_user_error, run_cli
+from testkit.runs import run_cli, run_paris
 
 PROMPTS = ["a red bag", "a sneaker"]
 SETTINGS = {"strategy": "top2", "steps": 3, "guidance": 7.5, "seed": 1}
@@ -108,16 +108,17 @@ def test_a_release_that_does_not_fit_is_refused_with_every_problem_in_one_error(
     assert message.count("expert_1") == 1 and "\n" not in message
 
 
-@pytest.mark.slow  # three processes
-def test_cli_converts_inspects_and_refuses_in_one_line(released, tmp_path):
+@pytest.mark.slow  # a process
+def test_cli_converts_and_refuses_in_one_line(released, tmp_path):
     out = tmp_path / "paris"
-    result = run_cli("convert-release", str(released[0]), str(out))
+    result = run_cli("convert-release", str(released[0]), str(out))  # a real process, as a user runs it
     assert result.returncode == 0, result.stderr
     assert "expert_0: 32-wide, 2 blocks, patch 2; position table: its own table (kept)" in result.stdout
     assert json.loads((out / "config.json").read_text())["num_experts"] == 2
-    assert_user_error(run_cli("convert-release", str(_damaged(released, tmp_path)), str(tmp_path / "x")),
-                      "unmapped layers.0.attn.o_proj.weight", "missing final_layer.linear.bias")
-    assert_user_error(run_cli("convert-release", str(tmp_path), str(tmp_path / "y")), "not a Paris release download")
+    code, _, err = run_paris("convert-release", str(_damaged(released, tmp_path)), str(tmp_path / "x"))
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
+    assert "unmapped layers.0.attn.o_proj.weight" in err and "missing final_layer.linear.bias" in err
+    assert not (tmp_path / "x").exists()  # refused before anything was written
 
 
 def test_inspect_reads_the_headers_only(released, tmp_path):
