@@ -29,7 +29,7 @@ from paris.images import to_pil
 from paris.models.io import load_pretrained, require_pretrained, save_pretrained
 from paris.progress import bar
 from paris.run import RunDir
-from paris.sample import ExpertPool, Mixture, generate
+from paris.sample import ExpertPool, Mixture, generate, retire
 
 
 def _require_partition(run: RunDir, folder: str, current: str) -> None:
@@ -95,9 +95,8 @@ class ParisPipeline:
             raise ParisError(f"{path}/config.json lacks {', '.join(lacking)}; it is not a complete Paris pipeline "
                              "config (write one with save_pretrained)")
         experts = [f"expert_{k}" for k in range(config["num_experts"])]
-        missing = [e for e in experts + ["text_encoder"] if not folder.exists(e)]
-        if missing:
-            raise ParisError(f"{path} lacks {', '.join(missing)} (config.json says {config['num_experts']} experts)")
+        if not folder.exists("text_encoder"):
+            raise ParisError(f"{path} lacks text_encoder/; it is not a complete Paris pipeline folder")
         router = "router" if config["num_experts"] > 1 else None
         tokenizer = folder.path("tokenizer") if folder.exists("tokenizer") else None
         text_encoder = TextEncoder.load(config["text_encoder"], folder.path("text_encoder"), config["max_tokens"],
@@ -125,12 +124,17 @@ class ParisPipeline:
     def _from_folders(cls, root: RunDir, experts: list[str], router: str | None, text_encoder, config: dict,
                       max_resident: int | None, device: str, sample: SampleConfig,
                       offload: bool = False) -> "ParisPipeline":
-        """Experts and router saved by paris (config.json + safetensors) in these folders of `root`."""
-        for folder in experts:  # fail now, not in the middle of sampling, when an expert is missing
-            require_pretrained(root, folder)
+        """Experts and router saved by paris (config.json + safetensors) in these folders of `root`. An expert
+        that is missing is retired with a warning (sampling goes on without it); a missing router is an error."""
+        if len(experts) == 1:  # one model (the monolith): nothing could take its place
+            require_pretrained(root, experts[0])
         loaders = [lambda folder=folder: load_pretrained(root, folder) for folder in experts]
         router_model = load_pretrained(root, router) if router else None
-        return cls._assemble(root, loaders, router_model, text_encoder, config, max_resident, device, sample, offload)
+        pipe = cls._assemble(root, loaders, router_model, text_encoder, config, max_resident, device, sample, offload)
+        for k, folder in enumerate(experts):
+            if not root.exists(f"{folder}/config.json"):
+                retire(pipe.mixture, k, f"expert {k} is unavailable: no trained model at {root.url}/{folder}")
+        return pipe
 
     @classmethod
     def _assemble(cls, root: RunDir, loaders: list, router_model, text_encoder, config: dict,

@@ -29,9 +29,18 @@ from paris.errors import ParisError
 from paris.flow import euler_step, time_grid
 from paris.models.dit import DiT
 from paris.models.router import Router
+from paris.progress import say
 from paris.routing import Strategy, parse_strategy, routing_weights
 
 SAMPLERS = ("euler", "heun")
+
+
+class ExpertUnavailable(ParisError):
+    """Expert `expert` could not be loaded (its folder is missing or its file unreadable)."""
+
+    def __init__(self, expert: int, reason: str):
+        super().__init__(f"expert {expert} is unavailable: {reason}")
+        self.expert = expert
 GUIDANCE_MODES = ("per-expert", "after")
 
 
@@ -71,7 +80,11 @@ class ExpertPool:
             if k in self.offloaded:
                 self.resident[k] = self.offloaded.pop(k).to(self.device, non_blocking=True)
             else:
-                self.resident[k] = self.loaders[k]().to(self.device).eval()
+                try:
+                    model = self.loaders[k]()
+                except (ParisError, OSError) as e:
+                    raise ExpertUnavailable(k, str(e)) from None
+                self.resident[k] = model.to(self.device).eval()
                 self.loads += 1
         self.resident.move_to_end(k)
         return self.resident[k]
@@ -94,6 +107,8 @@ class Mixture:
     autoencoder: object
     latent_shape: tuple[int, int, int]
     stats: dict = field(default_factory=lambda: {"expert_passes": 0, "router_calls": 0})
+    # Experts that could not be loaded: never called, their router probability given to the others.
+    retired: set[int] = field(default_factory=set)
 
 
 def timesteps(steps: int, shift: float = 1.0) -> list[float]:
@@ -162,18 +177,28 @@ def velocity_field(mixture: Mixture, prompts: list[str], strategy: str | Strateg
     routed, evaluations = {}, 0  # routed: the last router call's weights (text, empty prompt)
     mixture.stats.update(expert_passes=0, router_calls=0)
 
+    def route(x, t: float):
+        routed["text"] = routed["empty"] = _weights(mixture, x, t, text, mask, strategy, generator)
+        if guidance_mode == "after" and mixture.router is not None and mixture.router.architecture.text_dim:
+            empty = (null_text.expand(len(x), -1, -1), null_mask.expand(len(x), -1))
+            routed["empty"] = _weights(mixture, x, t, *empty, strategy, generator)
+
     @torch.no_grad()
     def velocity(x, t: float):
         nonlocal evaluations
         if evaluations % route_every == 0:
-            routed["text"] = routed["empty"] = _weights(mixture, x, t, text, mask, strategy, generator)
-            if guidance_mode == "after" and mixture.router is not None and mixture.router.architecture.text_dim:
-                empty = (null_text.expand(len(x), -1, -1), null_mask.expand(len(x), -1))
-                routed["empty"] = _weights(mixture, x, t, *empty, strategy, generator)
+            route(x, t)
         evaluations += 1
+        while True:
+            try:
+                v = mixed_velocity(mixture, x, t, routed["text"], routed["empty"], cond, guidance, guidance_mode)
+                break
+            except ExpertUnavailable as e:  # degrade: go on without it, and route again among the others
+                retire(mixture, e.expert, str(e))
+                route(x, t)
         if routing is not None:
             routing.append(routed["text"].cpu())
-        return mixed_velocity(mixture, x, t, routed["text"], routed["empty"], cond, guidance, guidance_mode)
+        return v
 
     return velocity
 
@@ -194,8 +219,19 @@ def _weights(mixture: Mixture, x, t: float, text, mask, strategy: Strategy, gene
         return torch.ones(len(x), 1, device=x.device)
     router_text = {"text": text, "text_mask": mask} if mixture.router.architecture.text_dim else {}
     mixture.stats["router_calls"] += 1
-    probs = mixture.router(x, torch.full((len(x),), t, device=x.device), **router_text).float().softmax(-1)
-    return routing_weights(probs.cpu(), strategy, generator).to(x.device)
+    probs = mixture.router(x, torch.full((len(x),), t, device=x.device), **router_text).float().softmax(-1).cpu()
+    if mixture.retired:
+        probs[:, sorted(mixture.retired)] = 0
+        probs = probs / probs.sum(1, keepdim=True)
+    return routing_weights(probs, strategy, generator).to(x.device)
+
+
+def retire(mixture: Mixture, expert: int, reason: str) -> None:
+    """Sample on without `expert` (one warning line): the router's probability for it goes to the others."""
+    if expert in mixture.retired or len(mixture.retired) + 1 >= len(mixture.experts):
+        raise ParisError(f"{reason}; no other expert can take its place" if expert not in mixture.retired else reason)
+    mixture.retired.add(expert)
+    say(f"{reason}; sampling goes on without it, its router weight shared by the other experts", warning=True)
 
 
 def mixed_velocity(mixture: Mixture, x, t: float, weights, empty_weights, cond: dict, guidance: float,
