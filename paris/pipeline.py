@@ -126,8 +126,8 @@ class ParisPipeline:
                       offload: bool = False) -> "ParisPipeline":
         """Experts and router saved by paris (config.json + safetensors) in these folders of `root`. An expert
         that is missing is retired with a warning (sampling goes on without it); a missing router is an error."""
-        if len(experts) == 1:  # one model (the monolith): nothing could take its place
-            require_pretrained(root, experts[0])
+        if not any(root.exists(f"{folder}/config.json") for folder in experts):  # nothing to degrade to
+            require_pretrained(root, experts[0])  # the error says how to train it
         loaders = [lambda folder=folder: load_pretrained(root, folder) for folder in experts]
         router_model = load_pretrained(root, router) if router else None
         pipe = cls._assemble(root, loaders, router_model, text_encoder, config, max_resident, device, sample, offload)

@@ -65,5 +65,5 @@ def test_what_cannot_degrade_is_one_clear_error(folder):
         pipe.generate(PROMPTS, strategy="oracle:1", steps=2)
     shutil.rmtree(folder / "expert_0")
     shutil.rmtree(folder / "expert_2")
-    with pytest.raises(ParisError, match="no other expert can take its place"):
+    with pytest.raises(ParisError, match="no trained model at .*expert_0"):
         ParisPipeline.from_pretrained(str(folder))
