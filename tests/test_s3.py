@@ -10,7 +10,6 @@ import urllib.request
 
 import fsspec
 import pytest
-import torch
 
 from paris.data.sources import filesystem
 from paris.errors import ParisError
