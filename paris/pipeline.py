@@ -23,7 +23,6 @@ import dataclasses
 from paris import layout, release
 from paris.config import SampleConfig, from_dict
 from paris.errors import ParisError
-from paris.diffusers_pipeline import write_repository_files
 from paris.models.encoders import TextEncoder, build_autoencoder, build_text_encoder, check_device
 from paris.images import to_pil
 from paris.models.io import load_pretrained, require_pretrained, save_pretrained
@@ -155,6 +154,8 @@ class ParisPipeline:
         """A pipeline folder that ParisPipeline.from_pretrained, `paris generate` and diffusers'
         DiffusionPipeline.from_pretrained(path, trust_remote_code=True) all load. Experts are written one at a
         time, so a pipeline capped at one resident expert saves in the memory of one."""
+        from paris.diffusers_pipeline import write_repository_files  # diffusers' pipeline code: 2-3 s to import
+
         out = RunDir(path)
         if not out.is_local:
             raise ParisError(f"save_pretrained writes the text encoder with transformers, which needs a local path, not {path}")
