@@ -85,7 +85,8 @@ class ParisPipeline:
         check_device(device)
         folder = RunDir(path)
         if release.is_release(folder):
-            return cls._from_release(folder, max_resident_experts, device, offload_experts, timestep_map)
+            return cls._from_release(folder, *release.components(folder, timestep_map), max_resident_experts, device,
+                                     offload_experts)
         if not folder.exists("config.json"):
             raise ParisError(f"{path} is not a Paris pipeline folder (no config.json); write one with save_pretrained")
         config = folder.read_json("config.json")
@@ -106,13 +107,13 @@ class ParisPipeline:
                                  offload_experts)
 
     @classmethod
-    def _from_release(cls, folder: RunDir, max_resident: int | None, device: str, offload: bool,
-                      timestep_map: str) -> "ParisPipeline":
-        """The public release: each network converted as it loads (the experts when first used)."""
-        root = release.root_config(folder)
-        experts = [release.expert_config(folder, k, root, timestep_map) for k in range(root["num_experts"])]
+    def _from_release(cls, folder: RunDir, root: dict, found: list, max_resident: int | None, device: str,
+                      offload: bool) -> "ParisPipeline":
+        """The public release (`found`: release.components): each network converted as it loads, the experts
+        when first used."""
+        *experts, router = found
         loaders = [lambda expert=expert: release.load_release_model(folder, expert) for expert in experts]
-        router = release.load_release_model(folder, release.router_config(folder, root, timestep_map))
+        router = release.load_release_model(folder, router)
         config = release.pipeline_config(folder, root)
         text_encoder = TextEncoder.load(config["text_encoder"], config["text_encoder_path"], config["max_tokens"],
                                         device, config["tokenizer_path"])
@@ -125,14 +126,14 @@ class ParisPipeline:
                       offload: bool = False) -> "ParisPipeline":
         """Experts and router saved by paris (config.json + safetensors) in these folders of `root`. An expert
         that is missing is retired with a warning (sampling goes on without it); a missing router is an error."""
-        if not any(root.exists(f"{folder}/config.json") for folder in experts):  # nothing to degrade to
+        missing = [k for k, folder in enumerate(experts) if not root.exists(f"{folder}/config.json")]
+        if len(missing) == len(experts):  # nothing to degrade to
             require_pretrained(root, experts[0])  # the error says how to train it
         loaders = [lambda folder=folder: load_pretrained(root, folder) for folder in experts]
         router_model = load_pretrained(root, router) if router else None
         pipe = cls._assemble(root, loaders, router_model, text_encoder, config, max_resident, device, sample, offload)
-        for k, folder in enumerate(experts):
-            if not root.exists(f"{folder}/config.json"):
-                retire(pipe.mixture, k, f"expert {k} is unavailable: no trained model at {root.url}/{folder}")
+        for k in missing:
+            retire(pipe.mixture, k, f"expert {k} is unavailable: no trained model at {root.url}/{experts[k]}")
         return pipe
 
     @classmethod
@@ -201,10 +202,8 @@ def convert_release(src: str, out: str, timestep_map: str = "1000t") -> list:
     if not release.is_release(folder):
         raise ParisError(f"{src} is not a Paris release download (no config.json with expert_0/config.json beside "
                          "it); download the release with `huggingface-cli download bageldotcom/paris --local-dir DIR`")
-    root = release.root_config(folder)
-    found = [release.expert_config(folder, k, root, timestep_map) for k in range(root["num_experts"])]
-    found.append(release.router_config(folder, root, timestep_map))
+    root, found = release.components(folder, timestep_map)
     for component in found:  # every name and shape, from the headers, before anything is written
         release.load_release_model(folder, component, shapes_only=True)
-    ParisPipeline.from_pretrained(src, max_resident_experts=1, timestep_map=timestep_map).save_pretrained(out)
+    ParisPipeline._from_release(folder, root, found, max_resident=1, device="cpu", offload=False).save_pretrained(out)
     return found

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from paris.config import DiTConfig, RouterConfig, from_dict
+from paris.data.store import shard_header
 from paris.errors import ParisError
 from paris.models.dit import DiT
 from paris.models.io import parameters_on_meta
@@ -74,6 +75,13 @@ def root_config(folder: RunDir) -> dict:
     return root
 
 
+def components(folder: RunDir, timestep_map: str = "1000t") -> tuple[dict, list[Component]]:
+    """The release's root config, and what each network's config and weights hold: the experts, then the router."""
+    root = root_config(folder)
+    found = [expert_config(folder, k, root, timestep_map) for k in range(root["num_experts"])]
+    return root, [*found, router_config(folder, root, timestep_map)]
+
+
 def pipeline_config(folder: RunDir, root: dict) -> dict:
     """What a paris pipeline needs to know of the release besides its networks (paris.pipeline.PIPELINE_KEYS),
     and where its encoders are: `autoencoder_path`, `text_encoder_path`, `tokenizer_path` (local paths)."""
@@ -93,10 +101,10 @@ def local_folder(folder: RunDir, name: str) -> str:
         return folder.path(name)
     key = hashlib.sha256(folder.url.encode()).hexdigest()[:16]
     cache = RunDir(os.path.join(os.environ.get("PARIS_CACHE", os.path.expanduser("~/.cache/paris")), "releases", key))
+    cached = cache.sizes(name)
     for file, size in folder.sizes(name).items():
-        rel = f"{name}/{file}"
-        if cache.sizes(name).get(file) != size:
-            cache.write_bytes(rel, folder.read_bytes(rel))
+        if cached.get(file) != size:
+            cache.write_bytes(f"{name}/{file}", folder.read_bytes(f"{name}/{file}"))
     return cache.path(name)
 
 
@@ -134,9 +142,7 @@ def load_release_model(folder: RunDir, component: Component, shapes_only: bool =
     with parameters_on_meta():
         model = (DiT if is_expert else Router)(component.config)
     if shapes_only:
-        from paris.data.store import shard_header
-
-        header = folder.read_retrying(weights, lambda: shard_header(folder, weights))[0]
+        header = _header(folder, weights)[0]
         tensors = {name: torch.empty(info["shape"], device="meta") for name, info in header.items()
                    if name != "__metadata__"}
     else:
@@ -193,8 +199,6 @@ def paris_names(name: str) -> tuple[str, ...]:
 def inspect_release(src: str) -> dict[str, list[tuple[str, str, tuple[int, ...]]]]:
     """{weights file: [(tensor name, dtype, shape)]} of a release, from the safetensors headers alone (a few KB
     per file; no weights are read)."""
-    from paris.data.store import shard_header
-
     folder = RunDir(src)
     networks = [d for d in folder.list("") if d.startswith("expert_") or d == "router"]
     files = [f"{d}/{w}" for d in networks for w in (EXPERT_WEIGHTS, ROUTER_WEIGHTS) if folder.exists(f"{d}/{w}")]
@@ -203,10 +207,15 @@ def inspect_release(src: str) -> dict[str, list[tuple[str, str, tuple[int, ...]]
                          "of a Paris release download")
     listing = {}
     for rel in files:
-        header = folder.read_retrying(rel, lambda rel=rel: shard_header(folder, rel))[0]
+        header = _header(folder, rel)[0]
         listing[rel] = [(name, info["dtype"], tuple(info["shape"])) for name, info in sorted(header.items())
                         if name != "__metadata__"]
     return listing
+
+
+def _header(folder: RunDir, rel: str) -> tuple[dict, int]:
+    """A safetensors file's header and where its data starts, read again if the store fails transiently."""
+    return folder.read_retrying(rel, lambda: shard_header(folder, rel))
 
 
 def _translate(given: dict, keys: dict[str, str], where: str) -> dict:
@@ -224,10 +233,8 @@ def _ignored(given: dict, keys: dict[str, str], checked: set[str]) -> list[str]:
 def _with_pos_embed(config_cls, fields: dict, folder: RunDir, component: str, weights: str):
     """(config, what was found): a stored pos_embed equal to DiT's fixed table is dropped (paris computes it);
     another table is kept in the weights (pos_embed: stored). Only the table's bytes are read."""
-    from paris.data.store import shard_header
-
     rel = f"{component}/{weights}"
-    header, start = folder.read_retrying(rel, lambda: shard_header(folder, rel))
+    header, start = _header(folder, rel)
     where = f"{folder.url}/{component}/config.json: "
     if "pos_embed" not in header:
         return from_dict(config_cls, fields, where), "absent"
