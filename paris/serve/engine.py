@@ -147,8 +147,8 @@ class Engine:
                 job.step = step
 
         start = time.perf_counter()
-        settings = {**vars(sample), "seed": batch[0].sample.seed}
-        images, stats = generate(mixture, prompts, **settings, trace=True, noise=noise, on_step=progress)
+        # sample is the first job's: its seed seeds the batch's stochastic routing; the noise is each job's own
+        images, stats = generate(mixture, prompts, **vars(sample), trace=True, noise=noise, on_step=progress)
         seconds = time.perf_counter() - start
         self.batches += 1
         first = 0
