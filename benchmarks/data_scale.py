@@ -92,7 +92,7 @@ def build_store(run: RunDir, n: int, config: RunConfig, text: TextEncoder) -> fl
             print(f"  build {n:,}: shard {index + 1}/{shards}, {first + count:,} samples, "
                   f"{(first + count) / seconds:,.0f} samples/s", flush=True)
     run.write_config(config)
-    run.write_json(f"{layout.DATA_PARTS}/000000-{shards:06d}.json", {
+    run.write_json(f"{layout.parts()}/000000-{shards:06d}.json", {
         "first": 0, "end": shards, "exhausted": True, "fingerprint": stamp, "data_config": dataclasses.asdict(cfg),
         "text_dim": text.dim, "shards": entries})
     merge(run)  # the manifest, as `paris prepare` writes it

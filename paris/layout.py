@@ -1,7 +1,8 @@
 """Where every artifact lives in a run directory, named once: the contract between stages and machines.
 
     config.yaml                          the run's resolved config
-    data/manifest.json, data/shards/     the prepared samples (paris.data.store); data/parts/ while split over machines
+    data/manifest.json, data/shards/     the prepared samples (paris.data.store); data/parts/ while split over machines;
+                                         data/added/<i>/: data added later (paris.grow)
     partition/meta.json, ...             the clusters (paris.clusters.partition); clusters/<k>/: one cluster's own shards
     experts/<k>/, router/, monolith/, seed/   training jobs: LATEST + ckpt/ (paris.train.checkpoint), progress.json
                                          and metrics/ (paris.train.metrics), final/ (the release layout), loss.png
@@ -14,7 +15,6 @@ CONFIG = "config.yaml"
 
 # --- data: a shard set is a folder with a manifest and shards; the run's own is data/ --------------------
 DATA = "data"
-DATA_PARTS = "data/parts"
 
 
 def manifest(shard_set: str = DATA) -> str:
@@ -23,6 +23,17 @@ def manifest(shard_set: str = DATA) -> str:
 
 def shards(shard_set: str = DATA) -> str:
     return f"{shard_set}/shards"
+
+
+def parts(shard_set: str = DATA) -> str:
+    """What each `prepare --shard-range` wrote, until merged into the manifest."""
+    return f"{shard_set}/parts"
+
+
+def added_data(index: int) -> str:
+    """The shard set of the index-th data set added to the run (`paris add-expert`); data/manifest.json lists its
+    shards after the run's own."""
+    return f"data/added/{index}"
 
 
 def cluster_data(cluster: int) -> str:
@@ -43,6 +54,17 @@ def montage(cluster: int) -> str:
 # --- training jobs -----------------------------------------------------------------------------------------
 ROUTER, MONOLITH, SEED = "router", "monolith", "seed"
 ROUTER_ACCURACY = "router/accuracy.json"
+RETIRED = "retired.json"  # the experts `paris remove-expert` took out of the model
+
+
+def old_router(partition_hash: str) -> str:
+    """Where `paris add-expert` keeps the router made for the clusters before it (partition `partition_hash`)."""
+    return f"router-{partition_hash}"
+
+
+def expert_samples(k: int) -> str:
+    """The shard set of images expert k generated for a router trained without data (`paris sample-expert`)."""
+    return f"experts/{k}/samples"
 
 
 def expert(k: int) -> str:

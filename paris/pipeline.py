@@ -21,23 +21,25 @@ from __future__ import annotations
 import dataclasses
 
 from paris import layout, release
+from paris.clusters.partition import read_meta, trained_on_current
 from paris.config import SampleConfig, from_dict
 from paris.errors import ParisError
 from paris.models.encoders import TextEncoder, build_autoencoder, build_text_encoder, check_device
 from paris.images import to_pil
 from paris.models.io import load_pretrained, require_pretrained, save_pretrained
 from paris.progress import bar
+from paris.retired import retired_experts
 from paris.run import RunDir
 from paris.sample import ExpertPool, Mixture, generate, retire
 
 
-def _require_partition(run: RunDir, folder: str, current: str) -> None:
-    """Refuse a model trained on other clusters than the run's partition now holds (it was re-partitioned)."""
-    done = f"{folder}/manifest.json"
-    trained_on = run.read_json(done).get("partition_hash") if run.exists(done) else None
-    if trained_on is not None and trained_on != current:
-        raise ParisError(f"{run.url}/{folder} was trained on another partition ({trained_on}) than the run holds now "
-                         f"({current}); retrain it on the current clusters, or partition again as before")
+def _require_partition(run: RunDir, job: str, partition: dict, cluster: int | None = None) -> None:
+    """Refuse a model trained on other clusters than the run's partition now holds (re-partitioned, or grown:
+    a router trained for fewer experts)."""
+    done = f"{layout.final(job)}/manifest.json"
+    if run.exists(done) and not trained_on_current(run.read_json(done), partition, cluster):
+        raise ParisError(f"{run.url}/{job} was trained on other clusters than the run's partition holds now; "
+                         f"{layout.next_step(job)} again on the current clusters, or partition again as before")
 
 
 # What a pipeline folder's config.json must say (and save_pretrained writes, with the sample settings).
@@ -51,30 +53,32 @@ class ParisPipeline:
 
     @classmethod
     def from_run(cls, run_url: str, max_resident_experts: int | None = None, device: str = "cpu",
-                 monolith: bool = False, offload_experts: bool = False) -> "ParisPipeline":
+                 monolith: bool = False, offload_experts: bool = False, expert: int | None = None) -> "ParisPipeline":
         """The experts (experts/<k>/final) and router (router/final) of a training run, or with `monolith`
-        its single baseline model (monolith/final). With `max_resident_experts` at most that many experts stay
-        on `device`; `offload_experts` keeps the evicted ones in host memory instead of reading them again from
-        disk (paris.sample.ExpertPool)."""
+        its single baseline model (monolith/final), or with `expert` that expert alone. With
+        `max_resident_experts` at most that many experts stay on `device`; `offload_experts` keeps the evicted
+        ones in host memory instead of reading them again from disk (paris.sample.ExpertPool)."""
         check_device(device)
         run = RunDir(run_url)
         run_config = run.read_config()
         data, sample = run_config.data, run_config.sample
         manifest = run.read_json(layout.manifest())
-        partition = run.read_json(layout.PARTITION_META)
+        partition = read_meta(run)
         num_experts = partition["num_clusters"]
         config = {"num_experts": num_experts, "latent_shape": manifest["latent_shape"],
                   "autoencoder": data.autoencoder, "autoencoder_path": data.autoencoder_path,
                   "latent_scale": data.latent_scale, "text_encoder": data.text_encoder, "max_tokens": data.max_tokens}
         text_encoder = build_text_encoder(data.text_encoder, data.text_encoder_path, data.max_tokens, device)
-        if monolith:
-            return cls._from_folders(run, [layout.final(layout.MONOLITH)], None, text_encoder,
-                                     {**config, "num_experts": 1}, None, device, sample)
+        if monolith or expert is not None:
+            folder = layout.final(layout.MONOLITH if monolith else layout.expert(expert))
+            return cls._from_folders(run, [folder], None, text_encoder, {**config, "num_experts": 1}, None, device,
+                                     sample)
         experts = [layout.final(layout.expert(k)) for k in range(num_experts)]
-        for folder in [*experts, layout.final(layout.ROUTER)]:
-            _require_partition(run, folder, partition["hash"])
+        for k in range(num_experts):
+            _require_partition(run, layout.expert(k), partition, k)
+        _require_partition(run, layout.ROUTER, partition)
         return cls._from_folders(run, experts, layout.final(layout.ROUTER), text_encoder, config,
-                                 max_resident_experts, device, sample, offload_experts)
+                                 max_resident_experts, device, sample, offload_experts, retired_experts(run))
 
     @classmethod
     def from_pretrained(cls, path: str, max_resident_experts: int | None = None, device: str = "cpu",
@@ -104,7 +108,7 @@ class ParisPipeline:
         config = {**config, "autoencoder_path": folder.path("vae") if config["autoencoder"] != "identity" else ""}
         sample = from_dict(SampleConfig, config.get("sample", {}), f"{path}/config.json sample.")
         return cls._from_folders(folder, experts, router, text_encoder, config, max_resident_experts, device, sample,
-                                 offload_experts)
+                                 offload_experts, config.get("retired", []))
 
     @classmethod
     def _from_release(cls, folder: RunDir, root: dict, found: list, max_resident: int | None, device: str,
@@ -122,16 +126,19 @@ class ParisPipeline:
 
     @classmethod
     def _from_folders(cls, root: RunDir, experts: list[str], router: str | None, text_encoder, config: dict,
-                      max_resident: int | None, device: str, sample: SampleConfig,
-                      offload: bool = False) -> "ParisPipeline":
-        """Experts and router saved by paris (config.json + safetensors) in these folders of `root`. An expert
-        that is missing is retired with a warning (sampling goes on without it); a missing router is an error."""
-        missing = [k for k, folder in enumerate(experts) if not root.exists(f"{folder}/config.json")]
-        if len(missing) == len(experts):  # nothing to degrade to
-            require_pretrained(root, experts[0])  # the error says how to train it
+                      max_resident: int | None, device: str, sample: SampleConfig, offload: bool = False,
+                      removed: list[int] = ()) -> "ParisPipeline":
+        """Experts and router saved by paris (config.json + safetensors) in these folders of `root`. The experts
+        `removed` (paris remove-expert) are never loaded; one that is missing is retired with a warning
+        (sampling goes on without it); a missing router is an error."""
+        missing = [k for k, folder in enumerate(experts)
+                   if k not in removed and not root.exists(f"{folder}/config.json")]
+        if len(missing) + len(removed) == len(experts):  # nothing to degrade to
+            require_pretrained(root, experts[missing[0]])  # the error says how to train it
         loaders = [lambda folder=folder: load_pretrained(root, folder) for folder in experts]
         router_model = load_pretrained(root, router) if router else None
         pipe = cls._assemble(root, loaders, router_model, text_encoder, config, max_resident, device, sample, offload)
+        pipe.mixture.retired.update(removed)
         for k in missing:
             retire(pipe.mixture, k, f"expert {k} is unavailable: no trained model at {root.url}/{experts[k]}")
         return pipe
@@ -160,9 +167,11 @@ class ParisPipeline:
         out = RunDir(path)
         if not out.is_local:
             raise ParisError(f"save_pretrained writes the text encoder with transformers, which needs a local path, not {path}")
+        retired = sorted(self.mixture.retired)  # removed or unavailable: not written, and listed in config.json
         with bar("saving experts", len(self.mixture.experts), unit="experts") as progress:
             for k in range(len(self.mixture.experts)):
-                save_pretrained(out, f"expert_{k}", self.mixture.experts[k])
+                if k not in retired:
+                    save_pretrained(out, f"expert_{k}", self.mixture.experts[k])
                 progress.update(advance=1)
         if self.mixture.router is not None:
             save_pretrained(out, "router", self.mixture.router)
@@ -174,7 +183,8 @@ class ParisPipeline:
             vae.save_pretrained(out.path("vae"))
         write_repository_files(out, len(self.mixture.experts), self.mixture.router is not None, encoder.model,
                                encoder.tokenizer, vae is not None, self.config, self.sample)
-        config = {**{key: self.config[key] for key in PIPELINE_KEYS}, "sample": dataclasses.asdict(self.sample)}
+        config = {**{key: self.config[key] for key in PIPELINE_KEYS}, "sample": dataclasses.asdict(self.sample),
+                  **({"retired": retired} if retired else {})}
         out.write_json("config.json", config)  # last: a folder with a config.json is complete
 
     def generate(self, prompts: list[str], **options):

@@ -121,8 +121,10 @@ def timesteps(steps: int, shift: float = 1.0) -> list[float]:
 def generate(mixture: Mixture, prompts: list[str], strategy: str | Strategy = "top2", steps: int = 50,
              guidance: float = 7.5, seed: int = 0, sampler: str = "euler", shift: float = 1.0,
              guidance_mode: str = "per-expert", route_every: int = 1, trace: bool = False,
-             noise: torch.Tensor | None = None, on_step: Callable[[int], None] | None = None) -> tuple[torch.Tensor, dict]:
-    """Images [len(prompts), C, H, W] in [-1, 1], and statistics (expert and router passes, routing trace if asked).
+             noise: torch.Tensor | None = None, on_step: Callable[[int], None] | None = None,
+             decode: bool = True) -> tuple[torch.Tensor, dict]:
+    """Images [len(prompts), C, H, W] in [-1, 1] (without `decode`: the latents), and statistics (expert and router
+    passes, routing trace if asked).
 
     `noise`: the latents at t=1 (default: drawn from `seed`, which also seeds stochastic routing rules), as a
     server batching requests of several seeds passes them; `on_step(i)` is called after step i of `steps`."""
@@ -145,7 +147,7 @@ def generate(mixture: Mixture, prompts: list[str], strategy: str | Strategy = "t
              "peak_memory_mib": peak_memory_mib(mixture.experts.device)}
     if trace:
         stats["routing"] = torch.stack(routing).transpose(0, 1)  # [B, evaluations, K]
-    return mixture.autoencoder.decode(x.float().cpu()), stats
+    return mixture.autoencoder.decode(x.float().cpu()) if decode else x.float().cpu(), stats
 
 
 def initial_noise(mixture: Mixture, n: int, generator: torch.Generator) -> torch.Tensor:

@@ -9,14 +9,17 @@ from __future__ import annotations
 import time
 
 from paris import layout
+from paris.clusters.partition import read_meta, trained_on_current
+from paris.retired import retired_experts
 from paris.run import RunDir
 
 STALE_AFTER_S = 15 * 60  # a job silent for longer than this is presumed dead (preempted, crashed)
 
 
-def job_status(run: RunDir, folder: str, target_steps: int, now: float | None = None, partition: str | None = None) -> dict:
+def job_status(run: RunDir, folder: str, target_steps: int, now: float | None = None, partition: dict | None = None,
+               cluster: int | None = None) -> dict:
     """Step, target, loss, samples/s, checkpoint age, state (done / running / stale / not started; outdated:
-    made for another partition than `partition`, the run's current one) and the newest preview image."""
+    made for other clusters than `partition`, the run's current meta, gives it) and the newest preview image."""
     now = now or time.time()
     progress = run.read_json(layout.progress(folder)) if run.exists(layout.progress(folder)) else None
     checkpoint = None
@@ -25,8 +28,8 @@ def job_status(run: RunDir, folder: str, target_steps: int, now: float | None = 
         target_steps = checkpoint["config"]["steps"]  # what the job itself was asked for
     done = f"{layout.final(folder)}/manifest.json"
     manifest = run.read_json(done) if run.exists(done) else None
-    made_for = (manifest or {}).get("partition_hash") or (checkpoint or {}).get("identity", {}).get("partition_hash")
-    if partition is not None and made_for is not None and made_for != partition:
+    made = manifest or (checkpoint or {}).get("identity")
+    if partition is not None and made is not None and not trained_on_current(made, partition, cluster):
         state = "outdated"
     elif manifest and manifest["steps"] >= target_steps:
         state = "done"
@@ -52,8 +55,10 @@ def run_status(run: RunDir) -> list[dict]:
     from paris.train.expert import expert_steps
 
     config = run.read_config()
-    meta = run.read_json(layout.PARTITION_META)
-    rows = [job_status(run, layout.expert(k), expert_steps(config, meta, k), partition=meta["hash"])
+    meta = read_meta(run)
+    rows = [job_status(run, layout.expert(k), expert_steps(config, meta, k), partition=meta, cluster=k)
             for k in range(meta["num_clusters"])]
+    for k in retired_experts(run):
+        rows[k]["state"] = "retired"  # paris remove-expert: sampling leaves it out, whatever its training did
     # The router's steps derive from its epochs unless given; its checkpoint tells once it has started.
-    return rows + [job_status(run, layout.ROUTER, config.router.steps, partition=meta["hash"])]
+    return rows + [job_status(run, layout.ROUTER, config.router.steps, partition=meta)]

@@ -13,6 +13,9 @@
     paris evaluate RUN           FID, prompt adherence / CLIP score and cost per routing strategy
     paris launch RUN -b BACKEND  start every expert's job: local, slurm, ray or skypilot
     paris status RUN             where every expert and the router stand
+    paris add-expert RUN --data D  new data as a new expert; the old ones stay untouched
+    paris remove-expert RUN -e K   retire an expert (sampling renormalises over the others)
+    paris sample-expert RUN -e K -n N  images of one expert, for `train-router --from-expert-samples N`
     paris demo                   all of the above on Fashion-MNIST
     paris convert-release SRC OUT  the public Paris weights as a paris (and diffusers) pipeline folder
     paris serve RUN_OR_MODEL     a web page and an OpenAI-compatible images API
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import sys
 
-from paris.cli import data, train, use  # noqa: F401 (each module registers its commands on the app)
+from paris.cli import data, grow, train, use  # noqa: F401 (each module registers its commands on the app)
 from paris.cli.common import app
 from paris.errors import ParisError
 from paris.report.console import show_progress

@@ -41,13 +41,19 @@ def train_expert(
 
 
 @app.command("train-router")
-def train_router(run: str = RUN, init_from: Optional[str] = INIT_FROM, set: list[str] = SET):
+def train_router(
+    run: str = RUN,
+    init_from: Optional[str] = INIT_FROM,
+    from_expert_samples: Optional[int] = typer.Option(None, "--from-expert-samples", help="Train on the first N images each expert published with `paris sample-expert`, never reading RUN/data (for data that cannot be pooled)."),
+    set: list[str] = SET,
+):
     """Train the router (x_t, t) -> cluster, then report its accuracy per band of t."""
     from paris.report.tables import router_accuracy_table
     from paris.train.router import train_router as train
 
+    at_least("--from-expert-samples", from_expert_samples, 2)
     run_dir, cfg = run_and_config(run, init_override("router", init_from, set))
-    summary = train(run_dir, cfg)
+    summary = train(run_dir, cfg, from_expert_samples)
     write_loss_chart(run_dir, layout.ROUTER, "router")
     console.print(router_accuracy_table(summary["accuracy"]))
     typer.echo(f"router: done, mean held-out accuracy {summary['accuracy']['mean']:.1%}, weights in {run}/router/final")

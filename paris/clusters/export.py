@@ -2,7 +2,7 @@
 
 The machine that trains expert k then reads only clusters/k (about 1/K of the bytes) instead of
 filtering all of data/. One pass over data/ fills every cluster's shards; each cluster's manifest is
-written last and names the partition it came from, so a stale export (the data re-partitioned since)
+written last and names its cluster's hash, so a stale export (the data re-partitioned since)
 is ignored by `load_cluster`, which reads the rows of data/ instead.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from paris import layout
-from paris.clusters.partition import Partition, load_partition
+from paris.clusters.partition import Partition, load_partition, trained_on_current
 from paris.data.store import iter_shards, read_manifest, write_shard
 from paris.data.stream import Store, load_store
 from paris.errors import ParisError
@@ -66,7 +66,7 @@ def export_clusters(run: RunDir, clusters: list[int] | None = None) -> dict[int,
         writer.flush(len(writer.meta["rows"]))
         entries = writer.entries
         out[k] = {**{key: value for key, value in manifest.items() if key != "shards"}, "shards": entries,
-                  "count": sum(e["count"] for e in entries), "cluster": k, "partition_hash": part.meta["hash"]}
+                  "count": sum(e["count"] for e in entries), "cluster": k, "cluster_hash": part.meta["cluster_hashes"][k]}
         run.write_json(layout.manifest(layout.cluster_data(k)), out[k])  # last
     return out
 
@@ -78,6 +78,6 @@ def load_cluster(run: RunDir, cluster: int) -> tuple[Partition, Store]:
     if not 0 <= cluster < part.num_clusters:
         raise ParisError(f"expert {cluster} does not exist: the partition has clusters 0..{part.num_clusters - 1}")
     export = layout.cluster_data(cluster)
-    if run.exists(layout.manifest(export)) and read_manifest(run, export)["partition_hash"] == part.meta["hash"]:
+    if run.exists(layout.manifest(export)) and trained_on_current(read_manifest(run, export), part.meta, cluster):
         return part, load_store(run, export)
     return part, load_store(run, keep=part.assignments == cluster)

@@ -21,9 +21,9 @@ from paris import layout
 from paris import progress
 from paris.clusters.kmeans import hierarchical_kmeans, nearest_centroid
 from paris.config import PartitionConfig
-from paris.data.shard_reader import read_columns
+from paris.data.shard_reader import read_columns, shard_refs
 from paris.data.store import read_manifest
-from paris.data.stream import load_store
+from paris.data.stream import Store
 from paris.errors import ParisError
 from paris.run import RunDir
 
@@ -31,7 +31,7 @@ from paris.run import RunDir
 @dataclasses.dataclass
 class Partition:
     assignments: torch.Tensor  # [N] int64 cluster id per sample
-    centroids: torch.Tensor  # [K, F]
+    centroids: torch.Tensor  # [K, F] the mean feature of each cluster `paris partition` made (see paris.grow)
     meta: dict
 
     @property
@@ -61,26 +61,51 @@ def partition(run: RunDir, cfg: PartitionConfig) -> Partition:
     if min(sizes) == 0:
         raise ParisError(f"{cfg.method} left cluster {sizes.index(0)} empty; use fewer clusters or another --seed")
     centroids = _cluster_means(run, manifest, assignments, num_clusters)
-    data_hash = manifest["data_hash"]
     meta = {
         "num_clusters": num_clusters,
         "method": cfg.method,
         "seed": seed,
         "config": dataclasses.asdict(cfg),
         **info,
-        "sizes": sizes,
+        "history": [{"data": layout.DATA, "clusters": list(range(num_clusters))}],  # which data made which clusters
+    }
+    run.write_config(dataclasses.replace(run.read_config(), partition=cfg))  # the run's config records it
+    return publish(run, manifest, Partition(assignments, centroids, meta), labels, extra, cfg.montage_images)
+
+
+def publish(run: RunDir, manifest: dict, part: Partition, labels: torch.Tensor, extra: dict[str, torch.Tensor],
+            montage_images: int, montage_clusters: list[int] | None = None) -> Partition:
+    """Write a partition of the data `manifest` describes: the sizes and hashes are added to part.meta here.
+    Published as a whole: no pointer while the files change, so no reader ever mixes old and new."""
+    assignments, k, data_hash = part.assignments, part.num_clusters, manifest["data_hash"]
+    part.meta.update({
+        "sizes": torch.bincount(assignments, minlength=k).tolist(),
         "data_hash": data_hash,  # the partition belongs to this data: checked whenever it is loaded
         "hash": _hash(assignments, data_hash),
-        "label_histogram": _label_histogram(labels, assignments, num_clusters),
-    }
-    # Published as a whole: no pointer while the files change, so no reader ever mixes old and new.
+        "cluster_hashes": cluster_hashes(assignments, manifest, k),
+        "label_histogram": _label_histogram(labels, assignments, k),
+    })
     run.remove(layout.PARTITION_META)
-    run.save_tensors(layout.PARTITION_CENTROIDS, {"centroids": centroids, **extra})
+    run.save_tensors(layout.PARTITION_CENTROIDS, {"centroids": part.centroids, **extra})
     run.save_tensors(layout.PARTITION_ASSIGNMENTS, {"assignments": assignments})
-    write_montages(run, manifest, assignments, num_clusters, cfg.montage_images)
-    run.write_config(dataclasses.replace(run.read_config(), partition=cfg))  # the run's config records it
-    run.write_json(layout.PARTITION_META, meta)  # last
-    return Partition(assignments, centroids, meta)
+    write_montages(run, manifest, assignments, montage_clusters or range(k), montage_images)
+    run.write_json(layout.PARTITION_META, part.meta)  # last
+    return part
+
+
+def cluster_hashes(assignments: torch.Tensor, manifest: dict, k: int) -> list[str]:
+    """Per cluster, a hash of its rows and of the shards that hold them. An expert is checked against its own
+    cluster's hash: data added to the run (new rows, new shards) or another cluster's change leaves it valid."""
+    ends = torch.tensor([e["count"] for e in manifest["shards"]]).cumsum(0)
+    shard_of_row = torch.searchsorted(ends, torch.arange(len(assignments)), right=True)
+    hashes = []
+    for c in range(k):
+        rows = (assignments == c).nonzero()[:, 0]
+        h = hashlib.sha256(rows.numpy().tobytes())
+        for s in shard_of_row[rows].unique().tolist():
+            h.update(manifest["shards"][s]["sha256"].encode())
+        hashes.append(h.hexdigest()[:16])
+    return hashes
 
 
 def _label_clusters(labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -102,17 +127,18 @@ def _cluster_means(run: RunDir, manifest: dict, assignments: torch.Tensor, k: in
     return (sums / torch.bincount(assignments, minlength=k).clamp(min=1)[:, None]).float()
 
 
-def write_montages(run: RunDir, manifest: dict, assignments: torch.Tensor, k: int, per_cluster: int) -> None:
-    """partition/montage/<k>.png: the first `per_cluster` images of each cluster, decoded from their latents."""
+def write_montages(run: RunDir, manifest: dict, assignments: torch.Tensor, clusters, per_cluster: int) -> None:
+    """partition/montage/<k>.png: the first `per_cluster` images of each of `clusters`, decoded from their latents."""
     from paris.models.encoders import build_autoencoder
     from paris.images import grid, save_png
 
     if per_cluster < 1:
         return
-    wanted = {c: (assignments == c).nonzero()[:per_cluster, 0] for c in range(k)}
+    wanted = {c: (assignments == c).nonzero()[:per_cluster, 0] for c in clusters}
     rows = torch.cat(list(wanted.values())).sort().values
     # Only these rows' bytes are read (usually from the first shard or two), not the whole store.
-    latents = dict(zip(rows.tolist(), load_store(run).batch(rows).latents.float()))
+    store = Store(run, manifest, shard_refs(manifest, layout.DATA))  # the manifest given: it may not be written yet
+    latents = dict(zip(rows.tolist(), store.batch(rows).latents.float()))
     enc = manifest["encoders"]
     try:
         autoencoder = build_autoencoder(enc["autoencoder"], enc["autoencoder_path"], enc["latent_scale"])
@@ -124,8 +150,25 @@ def write_montages(run: RunDir, manifest: dict, assignments: torch.Tensor, k: in
         save_png(run, layout.montage(c), grid(images, rows=1, scale=max(1, 96 // images.shape[-1])))
 
 
-def load_partition(run: RunDir) -> Partition:
+def read_meta(run: RunDir) -> dict:
+    """partition/meta.json; one written before clusters had hashes gets them (reading the assignments once)."""
     meta = run.read_json(layout.PARTITION_META)
+    if "cluster_hashes" not in meta:
+        assignments = run.load_tensors(layout.PARTITION_ASSIGNMENTS)["assignments"]
+        meta["cluster_hashes"] = cluster_hashes(assignments, read_manifest(run), meta["num_clusters"])
+    return meta
+
+
+def trained_on_current(made: dict, meta: dict, cluster: int | None = None) -> bool:
+    """Whether a model whose identity is `made` was trained on what the partition `meta` gives it now: an expert
+    on its cluster's rows (other clusters may change, data may be added), anything else on the whole partition."""
+    if cluster is not None and "cluster_hash" in made:
+        return made["cluster_hash"] == meta["cluster_hashes"][cluster]
+    return made.get("partition_hash", meta["hash"]) == meta["hash"]
+
+
+def load_partition(run: RunDir) -> Partition:
+    meta = read_meta(run)
     if meta["data_hash"] != read_manifest(run)["data_hash"]:
         raise ParisError(f"the partition in {run.url} was made from other data than {run.url}/data holds now; "
                          f"rerun `paris partition {run.url}`")

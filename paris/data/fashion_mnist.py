@@ -31,8 +31,10 @@ def caption(label: int, index: int) -> str:
     return TEMPLATES[index % len(TEMPLATES)].format(CLASSES[label])
 
 
-def load(root: str | Path, split: str = "train", limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images [N,1,32,32] float in [-1,1] (28x28 zero-padded, i.e. black, to 32x32) and labels [N] int64."""
+def load(root: str | Path, split: str = "train", limit: int | None = None,
+         classes: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images [N,1,32,32] float in [-1,1] (28x28 zero-padded, i.e. black, to 32x32) and labels [N] int64: the
+    first `limit` of those of `classes` (None: all)."""
     if split not in FILES:
         raise ParisError(f"unknown Fashion-MNIST split {split!r}; choose train or test")
     image_file, label_file = (Path(root) / name for name in FILES[split])
@@ -43,6 +45,9 @@ def load(root: str | Path, split: str = "train", limit: int | None = None) -> tu
     labels = _read_idx(label_file, magic=2049)
     if len(images) != len(labels):
         raise ParisError(f"{image_file} has {len(images)} images but {label_file} has {len(labels)} labels")
+    if classes is not None:
+        keep = np.isin(labels, classes)
+        images, labels = images[keep], labels[keep]
     if limit:
         images, labels = images[:limit], labels[:limit]
     x = torch.from_numpy(images.copy()).float().div(127.5).sub(1)[:, None]

@@ -15,15 +15,15 @@ from paris.errors import ParisError
 from paris.run import RunDir
 
 
-def merge(run: RunDir) -> dict:
-    names = [n for n in run.list(layout.DATA_PARTS) if n.endswith(".json")]
+def merge(run: RunDir, prefix: str = layout.DATA) -> dict:
+    names = [n for n in run.list(layout.parts(prefix)) if n.endswith(".json")]
     if not names:
-        raise ParisError(f"no prepared parts in {run.url}/data/parts; run `paris prepare {run.url}` "
+        raise ParisError(f"no prepared parts in {run.url}/{layout.parts(prefix)}; run `paris prepare {run.url}` "
                          f"(or `--shard-range FIRST:END` on each machine) first")
-    parts = {name: run.read_json(f"{layout.DATA_PARTS}/{name}") for name in names}
+    parts = {name: run.read_json(f"{layout.parts(prefix)}/{name}") for name in names}
     stamps = {part["fingerprint"] for part in parts.values()}
     if len(stamps) > 1:
-        raise ParisError(f"the parts in {run.url}/data/parts were prepared with different data configs "
+        raise ParisError(f"the parts in {run.url}/{layout.parts(prefix)} were prepared with different data configs "
                          f"({', '.join(names)}); prepare every range with the same config")
     shards: dict[int, dict] = {}
     for name, part in parts.items():
@@ -31,7 +31,7 @@ def merge(run: RunDir) -> dict:
             seen = shards.setdefault(entry["index"], entry)
             if seen["sha256"] != entry["sha256"]:
                 raise ParisError(f"shard {entry['index']} was prepared twice with different contents (see {name}); "
-                                 f"delete {run.url}/data/shards/{entry['name']} and the parts naming it, and prepare it again")
+                                 f"delete {run.url}/{layout.shards(prefix)}/{entry['name']} and the parts naming it, and prepare it again")
     ends = [part["end"] for part in parts.values() if part["exhausted"]]
     if not ends:
         last = max(part["end"] for part in parts.values())
@@ -44,9 +44,9 @@ def merge(run: RunDir) -> dict:
     entries = [shards[i] for i in range(end)]
     if not any(e["count"] for e in entries):
         raise ParisError(f"the data set at {parts[names[0]]['data_config']['path']} has no usable image; check data.path")
-    missing = missing_shards(run, {"shards": entries})
+    missing = missing_shards(run, {"shards": entries}, prefix)
     if missing:
-        raise ParisError(f"{run.url}/data/shards/{missing[0]['name']} does not match its part (missing or another "
+        raise ParisError(f"{run.url}/{layout.shards(prefix)}/{missing[0]['name']} does not match its part (missing or another "
                          f"size); rerun `paris prepare {run.url}` to encode it again")
     part = next(iter(parts.values()))
     cfg = part["data_config"]
@@ -72,7 +72,7 @@ def merge(run: RunDir) -> dict:
         "shards": entries,
         "data_hash": hashlib.sha256("".join(e["sha256"] for e in entries).encode()).hexdigest()[:16],
     }
-    run.write_json(layout.manifest(), manifest)  # last: the store exists once this does
+    run.write_json(layout.manifest(prefix), manifest)  # last: the store exists once this does
     return manifest
 
 
@@ -80,7 +80,7 @@ def missing_shards(run: RunDir, manifest: dict, prefix: str = layout.DATA) -> li
     """Manifest entries whose shard file is absent or of another size (a cheap check: no bytes are read)."""
     missing = []
     for entry in manifest["shards"]:
-        path = run.path(f"{prefix}/shards/{entry['name']}")
+        path = run.path(f"{layout.shards(entry.get('prefix', prefix))}/{entry['name']}")
         if not run.fs.exists(path) or run.fs.size(path) != entry["bytes"]:
             missing.append(entry)
     return missing

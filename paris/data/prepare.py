@@ -49,30 +49,32 @@ def fingerprint(config: RunConfig) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def prepare(run: RunDir, config: RunConfig, shard_range: tuple[int, int | None] = (0, None), device: str = "") -> dict:
-    """Encode shards `shard_range` of the configured data set into RUN/data, running the encoders on `device`
-    (default: the first GPU, else the CPU); with the whole range, also merge them into data/manifest.json and
-    return it (else return the part manifest)."""
+def prepare(run: RunDir, config: RunConfig, shard_range: tuple[int, int | None] = (0, None), device: str = "",
+            prefix: str = layout.DATA) -> dict:
+    """Encode shards `shard_range` of the configured data set into RUN/<prefix> (the run's data/, or a data set
+    added later), running the encoders on `device` (default: the first GPU, else the CPU); with the whole range,
+    also merge them into <prefix>/manifest.json and return it (else return the part manifest)."""
     cfg, stamp = config.data, fingerprint(config)
     whole = shard_range == (0, None)
-    if whole and run.exists(layout.manifest()):
-        manifest = read_manifest(run)
+    if whole and run.exists(layout.manifest(prefix)):
+        manifest = read_manifest(run, prefix)
         if manifest["fingerprint"] != stamp:
-            raise ParisError(f"{run.url}/data holds data prepared with another data config; prepare into a new "
-                             f"run directory, or delete {run.url}/data (and what was made from it) to replace it")
-        if not missing_shards(run, manifest):
-            progress.say(f"prepare: {run.url}/data is complete ({manifest['count']} images); nothing to do")
+            raise ParisError(f"{run.url}/{prefix} holds data prepared with another data config; prepare into a new "
+                             f"run directory, or delete {run.url}/{prefix} (and what was made from it) to replace it")
+        if not missing_shards(run, manifest, prefix):
+            progress.say(f"prepare: {run.url}/{prefix} is complete ({manifest['count']} images); nothing to do")
             return manifest
     source = open_source(cfg)
     device = device or default_device()
     text = build_text_encoder(cfg.text_encoder, cfg.text_encoder_path, cfg.max_tokens, device)
     encoders = ShardEncoder(cfg, source, text, device)
-    run.write_config(config)  # only once the data and the encoders are known to load
+    if prefix == layout.DATA:
+        run.write_config(config)  # only once the data and the encoders are known to load
     first, end = shard_range
-    done = _complete_shards(run, first, end, stamp)
-    progress.say(f"prepare: {cfg.source} {cfg.path} -> {run.url}/data, shards {first}:{'' if end is None else end}"
+    done = _complete_shards(run, prefix, first, end, stamp)
+    progress.say(f"prepare: {cfg.source} {cfg.path} -> {run.url}/{prefix}, shards {first}:{'' if end is None else end}"
                   f" ({len(done)} already complete)")
-    entries, index, exhausted = _encode_range(run, cfg, encoders, first, end, done, stamp)
+    entries, index, exhausted = _encode_range(run, prefix, cfg, encoders, first, end, done, stamp)
     part = {"first": first, "end": index, "exhausted": exhausted, "fingerprint": stamp,
             "data_config": dataclasses.asdict(cfg), "text_dim": text.dim, "shards": entries}
     if cfg.text_storage == "embeddings":
@@ -80,14 +82,14 @@ def prepare(run: RunDir, config: RunConfig, shard_range: tuple[int, int | None] 
         part["empty_text"] = {"states": states[0].half().tolist(), "mask": mask[0].tolist()}
     if source.class_names:
         part["class_names"] = source.class_names
-    run.write_json(f"{layout.DATA_PARTS}/{first:06d}-{part['end']:06d}.json", part)
+    run.write_json(f"{layout.parts(prefix)}/{first:06d}-{part['end']:06d}.json", part)
     kept = sum(e["count"] for e in entries)
     progress.say(f"encoded shards {first}..{part['end'] - 1}: {kept} images kept, skipped: "
                   f"{_reasons(_total_skipped(entries)) or 'none'}")
-    return merge(run) if whole else part
+    return merge(run, prefix) if whole else part
 
 
-def _encode_range(run: RunDir, cfg, encoders, first: int, end: int | None, done: dict, stamp: str):
+def _encode_range(run: RunDir, prefix: str, cfg, encoders, first: int, end: int | None, done: dict, stamp: str):
     """Shards first..end-1 (or to the source's end): reuse the complete ones, encode the others.
     Returns their manifest entries, the index after the last one, and whether the source ended."""
     source, entries, stream, at = encoders.source, [], None, None
@@ -108,7 +110,7 @@ def _encode_range(run: RunDir, cfg, encoders, first: int, end: int | None, done:
                 if not meta["captions"] and not any(e["count"] for e in entries):
                     raise ParisError(f"none of the {len(samples)} samples of shard {index} could be used "
                                      f"({_reasons(meta['skipped'])}); {_hint(meta['skipped'])}")
-                entry, positions, encoded = write_shard(run, layout.DATA, index, tensors, meta), len(samples), True
+                entry, positions, encoded = write_shard(run, prefix, index, tensors, meta), len(samples), True
             entries.append(entry)
             meter.advance(positions, encoded)
             index += 1
@@ -117,15 +119,15 @@ def _encode_range(run: RunDir, cfg, encoders, first: int, end: int | None, done:
     return entries, index, False
 
 
-def _complete_shards(run: RunDir, first: int, end: int | None, stamp: str) -> dict[int, dict]:
+def _complete_shards(run: RunDir, prefix: str, first: int, end: int | None, stamp: str) -> dict[int, dict]:
     """Shards of this range already on storage, whole and of this config: resume keeps them. Only their
     headers are read (each holds its content hash); a shard's bytes are checked whenever it is loaded."""
     done = {}
-    for name in run.list(layout.shards()):
+    for name in run.list(layout.shards(prefix)):
         index = int(name.split(".")[0]) if name.endswith(".safetensors") else -1
         if index < first or (end is not None and index >= end):
             continue
-        entry = shard_entry(run, f"{layout.shards()}/{name}", index)
+        entry = shard_entry(run, f"{layout.shards(prefix)}/{name}", index)
         if entry is None:
             progress.say(f"shard {name} is truncated or corrupt; encoding it again", warning=True)
         elif entry["fingerprint"] == stamp:

@@ -94,12 +94,19 @@ def read_rows(run: RunDir, ref: ShardRef, columns: tuple[str, ...] = TRAINING_CO
 def read_columns(run: RunDir, names: list[str], prefix: str = layout.DATA, manifest: dict | None = None):
     """(first row, {name: tensor}) per shard of a shard set, in order, one shard in memory at a time: the
     partition streams the features and never reads the latents."""
-    manifest = manifest or read_manifest(run, prefix)
-    first = 0
+    for ref in shard_refs(manifest or read_manifest(run, prefix), prefix):
+        yield ref.first_row, read_rows(run, ref, tuple(names)).tensors
+
+
+def shard_refs(manifest: dict, prefix: str, keep: torch.Tensor | None = None) -> list[ShardRef]:
+    """The shards a manifest lists, in row order; with `keep` ([N] bool over its rows), only those rows. A shard
+    lives under its entry's own prefix when it names one (data added to a run: `paris add-expert`)."""
+    refs, first = [], 0
     for entry in manifest["shards"]:
-        ref = ShardRef(prefix, entry["name"], entry["sha256"], entry["count"], first)
-        yield first, read_rows(run, ref, tuple(names)).tensors
+        chosen = None if keep is None else keep[first : first + entry["count"]].nonzero()[:, 0]
+        refs.append(ShardRef(entry.get("prefix", prefix), entry["name"], entry["sha256"], entry["count"], first, chosen))
         first += entry["count"]
+    return refs
 
 
 def read_header(run: RunDir, ref: ShardRef) -> tuple[dict, int]:

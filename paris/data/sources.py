@@ -71,7 +71,7 @@ class FashionMnistSource(Source):
         return fashion_mnist.class_prompt(sample.label)  # asked for its class, as the demo samples
 
     def __init__(self, cfg: DataConfig):
-        self.images, self.labels = fashion_mnist.load(cfg.path, cfg.split, cfg.limit)
+        self.images, self.labels = fashion_mnist.load(cfg.path, cfg.split, cfg.limit, cfg.classes)
         self.size = len(self.images)  # sources that know their length get an ETA
 
     def samples(self, start: int = 0) -> Iterator[Sample]:

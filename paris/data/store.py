@@ -54,7 +54,9 @@ def shard_entry(run: RunDir, rel: str, index: int) -> dict | None:
     return {"index": index, "name": shard_name(index), "count": count, "bytes": size,
             "sha256": digest, "skipped": meta.get("skipped", {}), "positions": meta.get("positions", count),
             "fingerprint": meta.get("fingerprint"),
-            "latent_shape": header["latents"]["shape"][1:], "feature_dim": header["features"]["shape"][1]}
+            "latent_shape": header["latents"]["shape"][1:],
+            # generated samples (paris.train.expert_samples) have no clustering features
+            "feature_dim": header["features"]["shape"][1] if "features" in header else None}
 
 
 def shard_header(run: RunDir, rel: str) -> tuple[dict, int]:
@@ -107,6 +109,6 @@ def iter_shards(run: RunDir, prefix: str = layout.DATA, manifest: dict | None = 
     manifest = manifest or read_manifest(run, prefix)
     row = 0
     for entry in manifest["shards"]:
-        tensors, meta = read_shard(run, prefix, entry)
+        tensors, meta = read_shard(run, entry.get("prefix", prefix), entry)
         yield row, tensors, meta
         row += entry["count"]

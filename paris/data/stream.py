@@ -19,7 +19,7 @@ import torch
 
 from paris import layout
 from paris.data.shard_cache import ShardCache
-from paris.data.shard_reader import TRAINING_COLUMNS, ShardRef, ShardRows, read_captions, read_rows
+from paris.data.shard_reader import TRAINING_COLUMNS, ShardRef, ShardRows, read_captions, read_rows, shard_refs
 from paris.data.store import read_manifest
 from paris.data.text_lookup import TextLookup
 from paris.errors import ParisError
@@ -148,20 +148,17 @@ def load_store(run: RunDir, prefix: str = layout.DATA, keep: torch.Tensor | None
     starts); the shards themselves are read as batches need them. One cluster: paris.clusters.export.load_cluster."""
     manifest = read_manifest(run, prefix)
     _check_shards_present(run, prefix, manifest)
-    refs, first = [], 0
-    for entry in manifest["shards"]:
-        chosen = None if keep is None else keep[first : first + entry["count"]].nonzero()[:, 0]
-        refs.append(ShardRef(prefix, entry["name"], entry["sha256"], entry["count"], first, chosen))
-        first += entry["count"]
-    return Store(run, manifest, refs, TRAINING_COLUMNS if text else ("latents", "labels"))
+    return Store(run, manifest, shard_refs(manifest, prefix, keep), TRAINING_COLUMNS if text else ("latents", "labels"))
 
 
 def _check_shards_present(run: RunDir, prefix: str, manifest: dict) -> None:
-    """One listing of the shard folder against the manifest: every shard there, at its recorded size."""
-    folder = layout.shards(prefix)
-    listed = run.sizes(folder)
+    """One listing per shard folder against the manifest: every shard there, at its recorded size."""
+    listings: dict[str, dict[str, int]] = {}
     for entry in manifest["shards"]:
-        size = listed.get(entry["name"])
+        folder = layout.shards(entry.get("prefix", prefix))
+        if folder not in listings:
+            listings[folder] = run.sizes(folder)
+        size = listings[folder].get(entry["name"])
         if size is None:
             raise ParisError(f"missing {run.url}/{folder}/{entry['name']}; rerun `paris prepare {run.url}` to encode it")
         if size != entry["bytes"]:

@@ -29,7 +29,8 @@ def train_expert(run: RunDir, config: RunConfig, expert: int) -> dict:
     part, store = load_cluster(run, expert)  # only this cluster's samples are read
     if len(store) == 0:
         raise ParisError(f"cluster {expert} is empty; re-run `paris partition` with fewer clusters")
-    identity = {"cluster": expert, "partition_hash": part.meta["hash"], "cluster_size": len(store)}
+    # Its cluster's hash, not the partition's: adding data or experts later leaves this expert valid (paris.grow).
+    identity = {"cluster": expert, "cluster_hash": part.meta["cluster_hashes"][expert], "cluster_size": len(store)}
     cfg = dataclasses.replace(config.expert, steps=expert_steps(config, part.meta, expert))
     return _train_flow_model(run, config, cfg, store, f"expert {expert}", layout.expert(expert), identity,
                              seed=cfg.seed + expert)  # experts start differently

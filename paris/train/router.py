@@ -1,8 +1,9 @@
 """`paris train-router RUN`: learn p(cluster | x_t, t) with cross-entropy, independently of every expert.
 
 The router needs only the data and the partition (not the experts), so it can train before, after or
-alongside them. A held-out share of the data measures its accuracy per band of t: near t=1 the image is
-almost pure noise and the best possible accuracy falls to the largest cluster's share.
+alongside them; or, where the data cannot be pooled, only images the experts drew (--from-expert-samples). A
+held-out share measures its accuracy per band of t: near t=1 the image is almost pure noise and the best
+possible accuracy falls to the largest cluster's share.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from paris.models.router import Router
 from paris.clusters.partition import load_partition
 from paris.run import RunDir
 from paris.randomness import BatchRandom, step_generator
+from paris.train.expert_samples import expert_samples_store
 from paris.train.init_from import load_initial_weights
 from paris.train.loop import Job, train
 
@@ -32,30 +34,40 @@ VAL_MOST = 10_000  # held-out images at most: enough for accuracy to the nearest
 VAL_BATCH = 1024
 
 
-def train_router(run: RunDir, config: RunConfig) -> dict:
+def train_router(run: RunDir, config: RunConfig, from_expert_samples: int | None = None) -> dict:
+    """Train the router on the run's data and partition or, with `from_expert_samples` N, on the first N images
+    each expert published (paris.train.expert_samples), without reading data/ at all."""
     cfg = config.router
-    part = load_partition(run)
-    train_store, held_out = load_store(run, text=cfg.use_text).split(cfg.val_fraction, cfg.seed, VAL_MOST)
+    if from_expert_samples is None:
+        part = load_partition(run)
+        meta, store, targets = part.meta, load_store(run, text=cfg.use_text), part.assignments
+        trained_on = {}
+    else:
+        meta = run.read_json(layout.PARTITION_META)  # K and the partition's hash; the data's files are not read
+        store, targets = expert_samples_store(run, meta["num_clusters"], from_expert_samples, cfg.use_text)
+        trained_on = {"expert_samples": from_expert_samples}
+    k = meta["num_clusters"]
+    train_store, held_out = store.split(cfg.val_fraction, cfg.seed, VAL_MOST)
     torch.manual_seed(cfg.seed)
     c, h, _ = train_store.latent_shape
-    model = Router(router_config(cfg.preset, in_channels=c, input_size=h, num_experts=part.num_clusters,
+    model = Router(router_config(cfg.preset, in_channels=c, input_size=h, num_experts=k,
                                  text_dim=train_store.text_dim if cfg.use_text else 0))
-    identity = {"partition_hash": part.meta["hash"], "num_experts": part.num_clusters}
+    identity = {"partition_hash": meta["hash"], "num_experts": k, **trained_on}
     if cfg.init_from:
         identity.update(load_initial_weights(run, model, cfg.init_from, cfg.init_fresh_head))
     steps = cfg.steps or math.ceil(cfg.epochs * len(train_store) / cfg.batch_size)
-    progress.say(f"router: {len(train_store)} images ({len(held_out)} held out), {part.num_clusters} clusters, "
-                  f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {steps} steps")
+    progress.say(f"router: {len(train_store)} {'generated ' if trained_on else ''}images ({len(held_out)} held out), "
+                  f"{k} clusters, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {steps} steps")
 
     def loss(model, index, random, device):
         batch = train_store.batch(index)
         x_t, t, _ = noisy_sample(batch.latents.to(device).float(), cfg.t_distribution, random)
         text = {k: v.to(device) for k, v in _text(train_store, batch, cfg.use_text, device).items()}
-        return F.cross_entropy(model(x_t, t, **text).float(), part.assignments[batch.rows].to(device))
+        return F.cross_entropy(model(x_t, t, **text).float(), targets[batch.rows].to(device))
 
     job = Job("router", layout.ROUTER, model, loss, train_store, identity)
     summary = train(run, job, dataclasses.replace(cfg, steps=steps))
-    accuracy = router_accuracy(load_pretrained(run, layout.final(layout.ROUTER)), held_out, part.assignments,
+    accuracy = router_accuracy(load_pretrained(run, layout.final(layout.ROUTER)), held_out, targets,
                                cfg.use_text, cfg.seed)
     run.write_json(layout.ROUTER_ACCURACY, accuracy)
     return {**summary, "accuracy": accuracy}
