@@ -56,12 +56,13 @@ def add_expert(run: RunDir, data: dict, new_clusters: int = 1, device: str = "")
     prefix = layout.added_data(len(added))
     new = prepare(run, addition, device=device, prefix=prefix)  # resumable: keeps every shard already encoded
     meta = run.read_json(layout.PARTITION_META)
-    first = meta["num_clusters"]
+    resumed = meta["data_hash"] != manifest["data_hash"]  # killed after growing the partition: finish the manifest
+    first = meta["history"][-1]["clusters"][0] if resumed else meta["num_clusters"]
     record = {"data": prefix, "source": addition.data.source, "path": addition.data.path,
               "classes": addition.data.classes, "fingerprint": stamp, "count": new["count"], "time": time.time(),
               "clusters": list(range(first, first + new_clusters))}
     grown = _with_addition(manifest, new, prefix, record)
-    if meta["data_hash"] == manifest["data_hash"]:  # else a run killed after the partition: only the manifest is left
+    if not resumed:
         _grow_partition(run, load_partition(run), grown, new, prefix, record)
         if run.exists(layout.ROUTER):  # made for the old clusters: kept (to fine-tune from), out of the way
             run.fs.mv(run.path(layout.ROUTER), run.path(layout.old_router(meta["hash"])), recursive=True)
@@ -107,3 +108,9 @@ def _grow_partition(run: RunDir, part: Partition, grown: dict, new: dict, prefix
     run.write_config(dataclasses.replace(config, partition=dataclasses.replace(cfg, num_clusters=meta["num_clusters"])))
     return publish(run, grown, Partition(assignments, part.centroids, meta), labels, extra, cfg.montage_images, clusters)
 
+
+def held_classes(run: RunDir, classes: list[int] | None) -> list[int] | None:
+    """The Fashion-MNIST classes the run holds, given its own data's `classes`: those and every added data set's
+    (None: all). What an evaluation compares against."""
+    chosen = [classes, *(added["classes"] for added in read_manifest(run).get("added", []))]
+    return None if any(c is None for c in chosen) else sorted(set().union(*chosen))

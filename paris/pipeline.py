@@ -39,7 +39,7 @@ def _require_partition(run: RunDir, job: str, partition: dict, cluster: int | No
     done = f"{layout.final(job)}/manifest.json"
     if run.exists(done) and not trained_on_current(run.read_json(done), partition, cluster):
         raise ParisError(f"{run.url}/{job} was trained on other clusters than the run's partition holds now; "
-                         f"{layout.next_step(job)} again on the current clusters, or partition again as before")
+                         f"{layout.next_step(job)} on the current clusters (or partition again as before)")
 
 
 # What a pipeline folder's config.json must say (and save_pretrained writes, with the sample settings).

@@ -19,6 +19,7 @@ from paris.config import EvalConfig, SampleConfig, from_dict
 from paris.evaluate.adherence import accuracy, fashion_classifier
 from paris.evaluate.fid import InceptionFeatures, frechet_distance
 from paris.evaluate.reference import load_reference
+from paris.grow import held_classes
 from paris.models.clip_score import ClipScore
 from paris.pipeline import ParisPipeline
 from paris.run import RunDir
@@ -31,6 +32,8 @@ def evaluate_run(run_url: str, cfg: EvalConfig, **sampling) -> dict:
     replaces its values. Writes eval/report.json and eval/report.md; a measure not taken has no key."""
     run = RunDir(run_url)
     config = run.read_config()
+    # A grown run (paris add-expert) is compared with held-out images of all the classes it holds.
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, classes=held_classes(run, config.data.classes)))
     sample = from_dict(SampleConfig, {**dataclasses.asdict(config.sample), **sampling}, "sample.")
     baseline = _baseline(run) if "monolith" in cfg.strategy_list else None  # a missing monolith fails first
     features = InceptionFeatures(cfg.inception)  # the models load before any work: a bad path fails at once

@@ -145,7 +145,7 @@ def test_models_of_an_old_partition_are_outdated_not_done(trained, tmp_path):
     assert {r["state"] for r in run_status(run)} == {"done"}
     partition(run, PartitionConfig(num_clusters=2, seed=7, method="random"))
     assert {r["state"] for r in run_status(run)} == {"outdated"}
-    with pytest.raises(ParisError, match="experts/0/final was trained on another partition"):
+    with pytest.raises(ParisError, match="experts/0 was trained on other clusters"):
         ParisPipeline.from_run(run.url)
 
 
