@@ -49,7 +49,7 @@ def test_expert_writes_release_layout_and_nothing_outside_its_folder(partitioned
     assert info["steps"] == 3 and info["samples_seen"] == 3 * config.expert.batch_size
     part_meta = run.read_json("partition/meta.json")
     assert info["cluster"] == summary["cluster"] == 1
-    assert info["partition_hash"] == part_meta["hash"] and info["cluster_size"] == part_meta["sizes"][1]
+    assert info["cluster_hash"] == part_meta["cluster_hashes"][1] and info["cluster_size"] == part_meta["sizes"][1]
     assert [m["step"] for m in _metrics(run, 1)] == [1, 2, 3]
 
 
@@ -122,7 +122,7 @@ def test_resume_with_another_model_shape_is_refused(checkpointed, config):
 
 def test_resume_with_another_partition_is_refused(checkpointed, config):
     partition(checkpointed, PartitionConfig(num_clusters=3, seed=0))  # re-clustering changes the data of cluster 0
-    with pytest.raises(ParisError, match="refusing to resume.*partition_hash"):
+    with pytest.raises(ParisError, match="refusing to resume.*cluster_hash"):
         train_expert(checkpointed, with_expert(config, steps=4), 0)
     assert checkpointed.read_json("experts/0/LATEST")["step"] == 2
 
