@@ -216,6 +216,9 @@ class SampleConfig:
     sampler: Literal["euler", "heun"] = "euler"
     shift: Annotated[float, Range(0.01, 100.0)] = 1.0  # time shift: > 1 spends more steps at high noise
     guidance_mode: Literal["per-expert", "after"] = "per-expert"  # Paris guides each expert, then mixes; or after mixing
+    # bf16 autocast on CUDA (as DiT/PixArt/Paris sample), fp32 on CPU; fp32 = full precision on CUDA (paris.precision)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    compile: bool = False  # torch.compile each expert: a minute or more of compilation first, then faster steps
 
     def __post_init__(self):
         from paris.routing import parse_strategy

@@ -78,7 +78,7 @@ class ParisDiffusionPipeline(DiffusionPipeline):
         mixture = self.mixture()
         generator = torch.Generator().manual_seed(sample.seed)
         velocity = velocity_field(mixture, prompts, sample.strategy, sample.guidance, sample.guidance_mode,
-                                  sample.route_every, generator)
+                                  sample.route_every, generator, precision=sample.precision, compile=sample.compile)
         x = initial_noise(mixture, len(prompts), generator)
         # paris's time grid, shifted by the scheduler's own `shift` (set from sample.shift when saved).
         self.scheduler.set_timesteps(sigmas=time_grid(sample.steps)[:-1].tolist(), device=x.device)

@@ -13,6 +13,11 @@ monolith: one model, weight 1.
 `route_every=n` runs the router on every n-th velocity evaluation only and reuses its weights in between:
 next to small experts the router (a B/2 DiT) costs about a third of a guided top-1 step, and the posterior
 p(k | x_t, t) changes slowly from one step to the next. n=1 (the paper) routes at every evaluation.
+
+Speed: on CUDA the networks run under bf16 autocast by default (`precision`, paris.precision; fp32 on request,
+and always on a CPU, whose images are unchanged). `compile` runs each expert through torch.compile: the first
+steps wait for the compilation (a minute or more for XL/2), so it pays on long runs (`paris evaluate`, a server).
+Where every text token is attended (CLIP) the experts get no attention mask, which keeps SDPA on its fastest kernel.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ import torch
 from paris.errors import ParisError
 from paris.flow import euler_step, time_grid
 from paris.models.dit import DiT
+from paris.models.layers import attention_mask
 from paris.models.router import Router
+from paris.precision import sampling_precision, uses_bf16
 from paris.progress import say
 from paris.routing import Strategy, parse_strategy, routing_weights
 
@@ -122,17 +129,19 @@ def generate(mixture: Mixture, prompts: list[str], strategy: str | Strategy = "t
              guidance: float = 7.5, seed: int = 0, sampler: str = "euler", shift: float = 1.0,
              guidance_mode: str = "per-expert", route_every: int = 1, trace: bool = False,
              noise: torch.Tensor | None = None, on_step: Callable[[int], None] | None = None,
-             decode: bool = True) -> tuple[torch.Tensor, dict]:
+             precision: str = "auto", compile: bool = False, decode: bool = True) -> tuple[torch.Tensor, dict]:
     """Images [len(prompts), C, H, W] in [-1, 1] (without `decode`: the latents), and statistics (expert and router
     passes, routing trace if asked).
 
     `noise`: the latents at t=1 (default: drawn from `seed`, which also seeds stochastic routing rules), as a
-    server batching requests of several seeds passes them; `on_step(i)` is called after step i of `steps`."""
+    server batching requests of several seeds passes them; `on_step(i)` is called after step i of `steps`.
+    `precision` and `compile`: see the top of this file."""
     if sampler not in SAMPLERS:
         raise ParisError(f"sampler must be one of {SAMPLERS}; got {sampler!r}")
     generator = torch.Generator().manual_seed(seed)
     routing = [] if trace else None
-    velocity = velocity_field(mixture, prompts, strategy, guidance, guidance_mode, route_every, generator, routing)
+    velocity = velocity_field(mixture, prompts, strategy, guidance, guidance_mode, route_every, generator, routing,
+                              precision, compile)
     x = initial_noise(mixture, len(prompts), generator) if noise is None else noise.to(mixture.experts.device)
     times = timesteps(steps, shift)
     for step, (t, t_next) in enumerate(zip(times[:-1], times[1:]), start=1):
@@ -157,9 +166,11 @@ def initial_noise(mixture: Mixture, n: int, generator: torch.Generator) -> torch
 
 def velocity_field(mixture: Mixture, prompts: list[str], strategy: str | Strategy = "top2", guidance: float = 7.5,
                    guidance_mode: str = "per-expert", route_every: int = 1, generator: torch.Generator | None = None,
-                   routing: list | None = None) -> Callable[[torch.Tensor, float], torch.Tensor]:
+                   routing: list | None = None, precision: str = "auto",
+                   compile: bool = False) -> Callable[[torch.Tensor, float], torch.Tensor]:
     """v(x, t): the guided velocity of the mixture for these prompts, for any ODE solver to integrate. Counts
-    its passes in `mixture.stats` (reset here) and appends each evaluation's weights to `routing` if given."""
+    its passes in `mixture.stats` (reset here) and appends each evaluation's weights to `routing` if given.
+    v is fp32 whatever `precision` the networks run in."""
     if not prompts:
         raise ParisError("no prompts given; pass at least one --prompt")
     if guidance_mode not in GUIDANCE_MODES:
@@ -171,33 +182,40 @@ def velocity_field(mixture: Mixture, prompts: list[str], strategy: str | Strateg
         raise ParisError(f"a mixture of {num_experts} experts needs a router")
     strategy = parse_strategy(strategy, num_experts) if isinstance(strategy, str) else strategy
     device = mixture.experts.device
-    text, mask = (x.to(device) for x in mixture.text_encoder.encode(prompts))
-    null_text, null_mask = (x.to(device) for x in mixture.text_encoder.encode([""]))
+    uses_bf16(precision, device)  # a bad name fails now
+    text, mask = mixture.text_encoder.encode(prompts)
+    null_text, null_mask = mixture.text_encoder.encode([""])
+    if attention_mask(torch.cat([mask, null_mask])) is None:  # checked here, on the CPU
+        mask = null_mask = None
     cond = {"text": text, "mask": mask, "null_text": null_text, "null_mask": null_mask}
+    cond = {key: None if value is None else value.to(device) for key, value in cond.items()}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     routed, evaluations = {}, 0  # routed: the last router call's weights (text, empty prompt)
     mixture.stats.update(expert_passes=0, router_calls=0)
 
     def route(x, t: float):
-        routed["text"] = routed["empty"] = _weights(mixture, x, t, text, mask, strategy, generator)
+        routed["text"] = routed["empty"] = _weights(mixture, x, t, cond["text"], cond["mask"], strategy, generator)
         if guidance_mode == "after" and mixture.router is not None and mixture.router.architecture.text_dim:
-            empty = (null_text.expand(len(x), -1, -1), null_mask.expand(len(x), -1))
+            null_mask = None if cond["null_mask"] is None else cond["null_mask"].expand(len(x), -1)
+            empty = (cond["null_text"].expand(len(x), -1, -1), null_mask)
             routed["empty"] = _weights(mixture, x, t, *empty, strategy, generator)
 
     @torch.no_grad()
     def velocity(x, t: float):
         nonlocal evaluations
-        if evaluations % route_every == 0:
-            route(x, t)
-        evaluations += 1
-        while True:
-            try:
-                v = mixed_velocity(mixture, x, t, routed["text"], routed["empty"], cond, guidance, guidance_mode)
-                break
-            except ExpertUnavailable as e:  # degrade: go on without it, and route again among the others
-                retire(mixture, e.expert, str(e))
+        with sampling_precision(precision, device):
+            if evaluations % route_every == 0:
                 route(x, t)
+            evaluations += 1
+            while True:
+                try:
+                    v = mixed_velocity(mixture, x, t, routed["text"], routed["empty"], cond, guidance, guidance_mode,
+                                       compile)
+                    break
+                except ExpertUnavailable as e:  # degrade: go on without it, and route again among the others
+                    retire(mixture, e.expert, str(e))
+                    route(x, t)
         if routing is not None:
             routing.append(routed["text"].cpu())
         return v
@@ -237,8 +255,9 @@ def retire(mixture: Mixture, expert: int, reason: str) -> None:
 
 
 def mixed_velocity(mixture: Mixture, x, t: float, weights, empty_weights, cond: dict, guidance: float,
-                   mode: str) -> torch.Tensor:
-    """sum_k w_k v_k over the experts that some sample uses; each runs once on its own sub-batch."""
+                   mode: str, compile: bool = False) -> torch.Tensor:
+    """sum_k w_k v_k over the experts that some sample uses; each runs once on its own sub-batch. With `compile`
+    through torch.compile, whose compiled code is kept with the DiT class: every expert of one shape reuses it."""
     v_text, v_empty = torch.zeros_like(x), torch.zeros_like(x)
     either = (weights > 0) | (empty_weights > 0)
     used = [k for k in range(weights.shape[1]) if either[:, k].any()]
@@ -247,8 +266,10 @@ def mixed_velocity(mixture: Mixture, x, t: float, weights, empty_weights, cond: 
         rows = either[:, k].nonzero().squeeze(1)
         w, w_empty = weights[rows, k].view(-1, 1, 1, 1), empty_weights[rows, k].view(-1, 1, 1, 1)
         t_rows = torch.full((len(rows),), t, device=x.device)
-        vt, ve = conditional_velocities(mixture.experts[k], x[rows], t_rows, cond["text"][rows], cond["mask"][rows],
-                                        cond["null_text"], cond["null_mask"])
+        expert = torch.compile(mixture.experts[k]) if compile else mixture.experts[k]
+        mask = None if cond["mask"] is None else cond["mask"][rows]
+        vt, ve = conditional_velocities(expert, x[rows], t_rows, cond["text"][rows], mask, cond["null_text"],
+                                        cond["null_mask"])
         mixture.stats["expert_passes"] += len(rows)
         if mode == "per-expert":
             v_text[rows] += w * guide(vt, ve, guidance)
@@ -259,10 +280,11 @@ def mixed_velocity(mixture: Mixture, x, t: float, weights, empty_weights, cond: 
 
 
 def conditional_velocities(model, x, t, text, mask, null_text, null_mask):
-    """(v(text), v(empty)) of one model from one batched forward pass; t is a [B] tensor."""
+    """(v(text), v(empty)) of one model from one batched forward pass; t is a [B] tensor; the masks are both
+    None where every token is attended."""
     n = len(x)
-    v = model(torch.cat([x, x]), torch.cat([t, t]),
-              torch.cat([text, null_text.expand(n, -1, -1)]), torch.cat([mask, null_mask.expand(n, -1)]))
+    mask = None if mask is None else torch.cat([mask, null_mask.expand(n, -1)])
+    v = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([text, null_text.expand(n, -1, -1)]), mask)
     return v.chunk(2)
 
 

@@ -92,6 +92,7 @@ CASES = [  # (arguments, words the one-line error must hold)
     (["generate", RUN, "-p", "a bag", "--sampler", "rk4"], "'sample.sampler' must be one of euler, heun"),
     (["generate", RUN, "-p", "a bag", "--guidance-mode", "before"], "'sample.guidance_mode' must be one of"),
     (["generate", RUN, "-p", "a bag", "--route-every", "0"], "'sample.route_every' must be at least 1"),
+    (["generate", RUN, "-p", "a bag", "--precision", "fp16"], "--precision must be one of auto, bf16, fp32, got 'fp16'"),
     (["generate", RUN, "-p", "a bag", "--out", "samples"], "needs an image file name ending in .png"),
     (["generate", RUN, "-p", "a bag", "--out", "/"], "is a directory"),
     (["generate", RUN, "-p", "a bag", "--max-resident-experts", "0"], "--max-resident-experts must be at least 1"),
@@ -166,6 +167,7 @@ def test_any_override_loads_or_is_a_paris_error(pairs, data):
     "steps": st.integers(-3, 3), "guidance": st.one_of(st.floats(-5, 20), st.just(float("nan"))), "shift": st.floats(-1, 4),
     "route_every": st.integers(-2, 3), "sampler": st.sampled_from(["euler", "heun", "rk4", ""]),
     "guidance_mode": st.sampled_from(["per-expert", "after", "x"]),
+    "precision": st.sampled_from(["auto", "bf16", "fp32", "fp16"]),
     "strategy": st.sampled_from(["top1", "top2", "full", "topk:3", "nucleus:0.5", "nucleus:0", "oracle:1", "oops"]),
     "seed": st.integers(-5, 5)}))
 def test_any_sampling_option_samples_or_is_a_paris_error(pipe, options):

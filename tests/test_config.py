@@ -108,12 +108,15 @@ def test_choice_fields_cover_the_choices_the_code_makes():
     """The config's vocabulary and the tables the code looks names up in agree."""
     import typing
 
-    from paris.config import DIT_PRESETS, ROUTER_PRESETS, DataConfig, RouterTrainConfig, TrainConfig
+    from paris.config import DIT_PRESETS, ROUTER_PRESETS, DataConfig, RouterTrainConfig, SampleConfig, TrainConfig
     from paris.data.sources import SOURCES
+    from paris.precision import PRECISIONS
 
     assert set(typing.get_args(typing.get_type_hints(TrainConfig)["preset"])) == set(DIT_PRESETS)
     assert set(typing.get_args(typing.get_type_hints(RouterTrainConfig)["preset"])) == set(ROUTER_PRESETS)
     assert set(typing.get_args(typing.get_type_hints(DataConfig)["source"])) == set(SOURCES)
+    for cls in (TrainConfig, SampleConfig):
+        assert typing.get_args(typing.get_type_hints(cls)["precision"]) == PRECISIONS
     assert len(list(_choice_fields())) >= 15
 
 

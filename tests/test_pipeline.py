@@ -11,6 +11,7 @@ import torch
 
 from testkit.runs import NUM_IMAGES, randomize_zero_params, run_cli
 from paris.config import DiTConfig, RouterConfig
+from paris.errors import ParisError
 from paris.models.encoders import IdentityAutoencoder
 from paris.flow import euler_step, time_grid
 from paris.models.dit import DiT
@@ -66,8 +67,6 @@ def test_generate_is_reproducible_and_seeded(mixture):
 
 
 def test_generate_refuses_empty_prompts_and_unknown_strategy(mixture):
-    from paris.errors import ParisError
-
     with pytest.raises(ParisError, match="prompt"):
         generate(mixture, [], "top2")
     with pytest.raises(ParisError, match="'best'"):
@@ -146,6 +145,33 @@ def test_strategies_give_different_images(random_mixture):
     out = {s: generate(random_mixture, PROMPTS, s, steps=1, guidance=3.0, seed=7)[0] for s in STRATEGIES}
     assert not torch.allclose(out["top1"], out["top2"], atol=1e-4)
     assert not torch.allclose(out["top2"], out["full"], atol=1e-4)
+
+
+def test_a_clip_mixture_samples_without_its_all_true_mask_and_draws_the_same_images(three_experts):
+    """CLIP attends to every token: generate gives the experts no mask at all, the plain version the mask."""
+    mixture = ParisPipeline.from_pretrained(str(three_experts)).mixture
+    assert mixture.text_encoder.encode(PROMPTS)[1].all()
+    images, _ = generate(mixture, PROMPTS, "top2", steps=2, guidance=3.0, seed=7)
+    expected, _ = _every_expert_on_every_sample(mixture, PROMPTS, "top2", 2, 3.0, seed=7)
+    assert torch.allclose(images, expected, atol=1e-5)
+
+
+def test_precision_auto_is_fp32_on_a_cpu_and_bf16_is_close_to_it(random_mixture):
+    fp32, _ = generate(random_mixture, PROMPTS, "full", steps=2, guidance=3.0, precision="fp32")
+    auto, _ = generate(random_mixture, PROMPTS, "full", steps=2, guidance=3.0)
+    bf16, _ = generate(random_mixture, PROMPTS, "full", steps=2, guidance=3.0, precision="bf16")
+    assert torch.equal(auto, fp32)
+    assert 1e-4 < (bf16 - fp32).abs().max() < 0.05
+    with pytest.raises(ParisError, match="precision must be one of auto, bf16, fp32; got 'fp16'"):
+        generate(random_mixture, PROMPTS, precision="fp16")
+
+
+def test_compile_runs_each_expert_through_torch_compile(random_mixture, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)  # compiling takes minutes
+    images, _ = generate(random_mixture, PROMPTS, "full", steps=1, guidance=3.0, compile=True)
+    assert compiled == list(random_mixture.experts.resident.values())  # one pass of each of the 3 experts
+    assert torch.equal(images, generate(random_mixture, PROMPTS, "full", steps=1, guidance=3.0)[0])
 
 
 def test_guidance_scale_one_is_the_conditional_velocity(random_mixture, text_encoder):

@@ -69,6 +69,10 @@ def generate(
                                  "the GPU, not a disk read; costs host RAM for every expert used. On --device cpu "
                                  "host RAM is the device: no expert is freed, and the cap saves no memory."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    precision: Optional[str] = typer.Option(None, help="auto (bf16 on CUDA, fp32 on CPU), bf16 or fp32 "
+                                            "(default: sample.precision, auto)."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the experts: a minute "
+                                           "or more first, then faster steps; for many images (default: sample.compile, off)."),
     show_routing: bool = typer.Option(False, help="Also write a steps x experts heatmap per prompt and the weights as JSON."),
     out: Path = typer.Option(Path("samples.png"), help="PNG to write: one row per prompt."),
 ):
@@ -76,6 +80,7 @@ def generate(
     run's sample config (or the one saved with a pipeline folder), as ParisPipeline does from Python."""
     from paris.images import grid
     from paris.pipeline import ParisPipeline
+    from paris.precision import PRECISIONS
     from paris.routing import parse_strategy
     from paris.run import RunDir
 
@@ -88,6 +93,8 @@ def generate(
                          "a cap nothing is evicted: add --max-resident-experts N or leave --offload out")
     if strategy:
         parse_strategy(strategy)  # a typo fails now, not after loading the experts
+    if precision is not None and precision not in PRECISIONS:
+        raise ParisError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     check_image_path(out)
     is_run = RunDir(run).exists("config.yaml")  # a training run; otherwise a folder written by save_pretrained
     load = ParisPipeline.from_run if is_run else ParisPipeline.from_pretrained
@@ -96,7 +103,7 @@ def generate(
     strategy = strategy or pipe.sample.strategy
     images, stats = pipe.generate(prompts, strategy=strategy, steps=steps, guidance=guidance, seed=seed,
                                   sampler=sampler, shift=shift, guidance_mode=guidance_mode,
-                                  route_every=route_every, trace=show_routing)
+                                  route_every=route_every, precision=precision, compile=compile, trace=show_routing)
     grid(images, rows=len(prompt), labels=prompt if len(prompt) > 1 else None, scale=4).save(out)
     typer.echo(f"wrote {out} ({len(prompts)} images, strategy {strategy}, "
                f"{stats['expert_passes_per_image']:.2f} expert passes per image and step, "

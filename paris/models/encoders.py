@@ -17,7 +17,6 @@ import os
 
 import torch
 import torch.nn.functional as F
-from sklearn.decomposition import PCA
 
 from paris.errors import ParisError
 
@@ -186,6 +185,8 @@ class PixelPCA:
     """PCA of the pixels, fitted once on the first images of the source so every shard uses the same basis."""
 
     def __init__(self, fit_images: torch.Tensor, dim: int, seed: int):
+        from sklearn.decomposition import PCA  # here: sampling never needs sklearn (1 s to import, absent on some GPUs)
+
         flat = fit_images.flatten(1).numpy()
         pca = PCA(min(dim, *flat.shape), svd_solver="randomized", random_state=seed).fit(flat)
         # Projected with torch: sklearn's transform on small batches is slow here (BLAS threads contend).

@@ -87,6 +87,13 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
+def attention_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """`mask`, or None when it attends to every token (CLIP's always does): SDPA given any mask leaves its
+    flash kernel for slower ones, and an all-True mask changes nothing. Reads the mask's values, so call it
+    where the mask is still on the CPU, once, not in every forward on a GPU (where it would wait for it)."""
+    return None if mask is None or bool(mask.all()) else mask
+
+
 class Mlp(nn.Sequential):
     def __init__(self, dim: int, mlp_ratio: float):
         hidden = int(dim * mlp_ratio)

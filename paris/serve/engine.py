@@ -164,7 +164,7 @@ class Engine:
 
 def _batch_key(sample: SampleConfig) -> tuple:
     return (sample.strategy, sample.steps, sample.guidance, sample.guidance_mode, sample.route_every,
-            sample.sampler, sample.shift)
+            sample.sampler, sample.shift, sample.precision, sample.compile)
 
 
 def _png(image: torch.Tensor) -> bytes:

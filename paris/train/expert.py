@@ -19,6 +19,7 @@ from paris.data.stream import Store, load_store
 from paris.errors import ParisError
 from paris.flow import flow_matching_loss
 from paris.models.dit import DiT
+from paris.models.layers import attention_mask
 from paris.run import RunDir
 from paris.train.init_from import load_initial_weights
 from paris.train.loop import Job, train
@@ -97,8 +98,9 @@ def _train_flow_model(run: RunDir, config: RunConfig, cfg: TrainConfig, store: S
     def loss(model, index, random, device):
         batch = store.batch(index)
         text, mask = store.text(batch, drop=random.uniform() < cfg.caption_dropout, device=device)
+        mask = attention_mask(mask)  # on the CPU still; None where every token is attended (CLIP)
         return flow_matching_loss(model, batch.latents.to(device).float(), cfg.t_distribution, random,
-                                  text=text.to(device), text_mask=mask.to(device))
+                                  text=text.to(device), text_mask=None if mask is None else mask.to(device))
 
     preview = previewer(run, config, store, folder)
     return train(run, Job(name, folder, model, loss, store, identity, preview), cfg)

@@ -26,8 +26,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from paris import layout
-from paris import progress
+from paris import layout, precision, progress
 from paris.config import TrainConfig
 from paris.data.stream import Store
 from paris.errors import ParisError
@@ -105,7 +104,7 @@ def _train(run: RunDir, job: Job, cfg: TrainConfig, dist: distributed.Distribute
         progress.say(f"{job.name}: resuming from step {start}")
     forward = DistributedDataParallel(model) if dist.world_size > 1 else model
     forward = torch.compile(forward) if cfg.compile else forward
-    autocast = _autocast(cfg.precision, dist.device)
+    autocast = precision.autocast(cfg.precision, dist.device)
     batches = job.data.batches(cfg.batch_size, cfg.seed, cfg.shuffle_buffer)
     metrics = (MetricsLog(run, job.folder, cfg.tensorboard, cfg.wandb, {**dataclasses.asdict(cfg), **job.identity})
                if dist.is_main else None)
@@ -192,12 +191,6 @@ def micro_batches(cfg: TrainConfig, world_size: int) -> tuple[int, int]:
 def learning_rate(cfg: TrainConfig, step: int) -> float:
     """Constant after an optional linear warm-up (DiT/DDM use a constant 1e-4)."""
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
-
-
-def _autocast(precision: str, device: torch.device):
-    """bf16 autocast (fp32 master weights, no loss scaling needed) on GPU by default; fp32 on CPU."""
-    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ from paris.config import DiTConfig, RouterConfig, dit_config, router_config
 from paris.errors import ParisError
 from paris.models.dit import DiT
 from paris.models.io import load_pretrained, save_pretrained
+from paris.models.layers import Attention, attention_mask
 from paris.models.router import Router
 from paris.run import RunDir
 
@@ -170,6 +171,20 @@ def test_masked_out_tokens_are_ignored():
     # ...and the same change matters once the token is unmasked: the test above is not vacuous.
     assert not torch.allclose(model(x, t, text, torch.ones_like(mask)), model(x, t, other, torch.ones_like(mask)),
                               atol=1e-4)
+
+
+@torch.no_grad()
+def test_an_all_true_mask_is_dropped_and_attention_is_the_same_without_it():
+    torch.manual_seed(0)
+    attention = Attention(32, 2, context_dim=12)
+    x, context = torch.randn(3, 16, 32), torch.randn(3, 5, 12)
+    everything = torch.ones(3, 5, dtype=torch.bool)
+    assert attention_mask(everything) is None and attention_mask(None) is None
+    assert torch.allclose(attention(x, context, everything), attention(x, context, None), atol=1e-6)
+    padding = everything.clone()
+    padding[:, -2:] = False  # a real padding mask is kept, and it matters
+    assert attention_mask(padding) is padding
+    assert (attention(x, context, padding) - attention(x, context, None)).abs().max() > 1e-2
 
 
 # --- router --------------------------------------------------------------------------------------
