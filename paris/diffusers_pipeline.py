@@ -9,7 +9,8 @@ its model_index.json is diffusers', and its pipeline.py, two lines, takes the cl
 `pip install paris` and trust_remote_code). The components: `expert_0` ... `expert_<K-1>` and `router`
 (paris's DiT and Router as diffusers ModelMixins, paris.models.diffusers_model), `text_encoder` and
 `tokenizer` (transformers), `vae` (AutoencoderKL; none in pixel space) and `scheduler`, diffusers'
-FlowMatchEulerDiscreteScheduler, which integrates the mixture's velocity (paris.sample.velocity_field).
+FlowMatchEulerDiscreteScheduler, which integrates the mixture's velocity (paris.sample.velocity_field). A retired
+expert (`paris remove-expert`) is listed as none, and its router weight goes to the others.
 Images equal ParisPipeline's for the same seed and settings.
 """
 
@@ -55,13 +56,14 @@ class ParisDiffusionPipeline(DiffusionPipeline):
     def mixture(self) -> Mixture:
         """The components as paris's sampler holds them (no copies: the same modules)."""
         experts = [getattr(self, f"expert_{k}") for k in range(self.num_experts)]
-        device = str(experts[0].device)
+        retired = {k for k, model in enumerate(experts) if model is None}
+        device = str(next(model for model in experts if model is not None).device)
         text = TextEncoder(self.text_encoder, self.tokenizer, self.config.text_encoder_name, self.config.max_tokens,
                            device)
         image = IdentityAutoencoder() if self.vae is None else StableDiffusionVAE(self.vae, self.config.latent_scale,
                                                                                   device)
         pool = ExpertPool([lambda model=model: model for model in experts], device=device)
-        return Mixture(pool, self.router, text, image, tuple(self.config.latent_shape))
+        return Mixture(pool, self.router, text, image, tuple(self.config.latent_shape), retired=retired)
 
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], num_inference_steps: int | None = None,
@@ -98,17 +100,21 @@ def with_experts(num_experts: int) -> type:
     signature of its __init__, so this class names expert_0 ... expert_<K-1> there."""
     base = inspect.signature(ParisDiffusionPipeline.__init__)
     named = [p for p in base.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
-    experts = [inspect.Parameter(f"expert_{k}", inspect.Parameter.KEYWORD_ONLY) for k in range(num_experts)]
+    experts = [inspect.Parameter(f"expert_{k}", inspect.Parameter.KEYWORD_ONLY, default=None)
+               for k in range(num_experts)]  # None: retired
 
     def __init__(self, *args, **kwargs):
-        ParisDiffusionPipeline.__init__(self, *args, **kwargs)
+        retired = {e.name: None for e in experts}  # diffusers passes no argument for an empty component
+        ParisDiffusionPipeline.__init__(self, *args, **{**retired, **kwargs})
 
     __init__.__signature__ = base.replace(parameters=named + experts)
-    return type("ParisDiffusionPipeline", (ParisDiffusionPipeline,), {"__init__": __init__})
+    # Optional components, so that a retired expert may be none (diffusers reads other defaults as settings).
+    optional = [*ParisDiffusionPipeline._optional_components, *(e.name for e in experts)]
+    return type("ParisDiffusionPipeline", (ParisDiffusionPipeline,), {"__init__": __init__, "_optional_components": optional})
 
 
 def write_repository_files(out: RunDir, num_experts: int, has_router: bool, text_encoder, tokenizer, has_vae: bool,
-                           config: dict, sample: SampleConfig) -> None:
+                           config: dict, sample: SampleConfig, retired: list[int] = ()) -> None:
     """What makes a pipeline folder a diffusers repository: model_index.json, pipeline.py and the scheduler."""
     import diffusers
 
@@ -116,7 +122,8 @@ def write_repository_files(out: RunDir, num_experts: int, has_router: bool, text
     out.write_text("pipeline.py", PIPELINE_FILE.format(num_experts=num_experts))
     index = {
         "_class_name": ["pipeline", "ParisDiffusionPipeline"], "_diffusers_version": diffusers.__version__,
-        **{f"expert_{k}": [diffusers_model.__name__, "DiffusersDiT"] for k in range(num_experts)},
+        **{f"expert_{k}": [None, None] if k in retired else [diffusers_model.__name__, "DiffusersDiT"]
+           for k in range(num_experts)},
         "router": [diffusers_model.__name__, "DiffusersRouter"] if has_router else [None, None],
         "text_encoder": ["transformers", type(text_encoder).__name__],
         "tokenizer": ["transformers", type(tokenizer).__name__],

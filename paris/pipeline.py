@@ -182,7 +182,7 @@ class ParisPipeline:
         if vae is not None:
             vae.save_pretrained(out.path("vae"))
         write_repository_files(out, len(self.mixture.experts), self.mixture.router is not None, encoder.model,
-                               encoder.tokenizer, vae is not None, self.config, self.sample)
+                               encoder.tokenizer, vae is not None, self.config, self.sample, retired)
         config = {**{key: self.config[key] for key in PIPELINE_KEYS}, "sample": dataclasses.asdict(self.sample),
                   **({"retired": retired} if retired else {})}
         out.write_json("config.json", config)  # last: a folder with a config.json is complete

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from diffusers import DiffusionPipeline
 
 from paris import layout
 from paris.clusters.partition import load_partition
@@ -126,7 +127,14 @@ def test_a_removed_expert_is_never_loaded_and_comes_back_when_restored(grown, tm
     assert {row["job"]: row["state"] for row in run_status(run)}["experts/1"] == "retired"
     pipe.save_pretrained(str(tmp_path / "pipeline"))  # the removed expert is left out of a pipeline folder
     assert not (tmp_path / "pipeline" / "expert_1").exists()
-    assert ParisPipeline.from_pretrained(str(tmp_path / "pipeline")).mixture.retired == {1}
+    saved = ParisPipeline.from_pretrained(str(tmp_path / "pipeline"))
+    assert saved.mixture.retired == {1}
+    theirs = DiffusionPipeline.from_pretrained(str(tmp_path / "pipeline"), trust_remote_code=True)  # diffusers too
+    assert theirs.expert_1 is None and theirs.mixture().retired == {1}
+    images = theirs("a photo of a bag", num_inference_steps=4, guidance_scale=3.0, seed=3, strategy="top2",
+                    output_type="pt").images
+    torch.testing.assert_close(images, saved.generate(["a photo of a bag"], steps=4, guidance=3.0, seed=3,
+                                                      strategy="top2")[0], atol=1e-5, rtol=1e-5)
     with pytest.raises(ParisError, match="no expert to sample with"):
         for k in (0, 2):
             remove_expert(run, k)
