@@ -126,3 +126,9 @@ def run_paris(*args: str) -> tuple[int, str, str]:
         sys.argv = argv
         progress.listen(None)
     return code, out.getvalue(), err.getvalue()
+
+
+def run_in_process(*args: str) -> subprocess.CompletedProcess:
+    """run_paris's result shaped as run_cli's, for the checks that take either (assert_user_error)."""
+    code, out, err = run_paris(*args)
+    return subprocess.CompletedProcess(["paris", *args], code, out, err)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from testkit.runs import run_cli
+from testkit.runs import run_in_process
 from paris.errors import ParisError
 from paris.pipeline import ParisPipeline
 from paris.run import RunDir
@@ -48,7 +48,7 @@ def test_from_pretrained_generates_the_same_images_as_the_run(pipe, saved):
 
 
 def test_cli_generates_from_a_pipeline_folder(saved, tmp_path):
-    result = run_cli("generate", str(saved), "-p", "a photo of a bag", "--steps", "2", "--out", str(tmp_path / "x.png"),
+    result = run_in_process("generate", str(saved), "-p", "a photo of a bag", "--steps", "2", "--out", str(tmp_path / "x.png"),
                      "--show-routing")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "x.png").exists() and (tmp_path / "x_routing_0.png").exists()
@@ -156,14 +156,13 @@ def test_offload_without_a_cap_is_refused():
         ExpertPool([lambda: torch.nn.Linear(1, 1)], offload=True)
 
 
-@pytest.mark.slow  # two processes
 def test_cli_offload_needs_a_cap_and_samples_with_one(three_experts, tmp_path):
     from testkit.runs import assert_user_error
 
     out = tmp_path / "x.png"
-    assert_user_error(run_cli("generate", str(three_experts), "-p", "a bag", "--offload", "--out", str(out)),
+    assert_user_error(run_in_process("generate", str(three_experts), "-p", "a bag", "--offload", "--out", str(out)),
                       "--offload", "add --max-resident-experts N")
-    result = run_cli("generate", str(three_experts), "-p", "a bag", "-p", "a coat", "--strategy", "top2", "--steps",
+    result = run_in_process("generate", str(three_experts), "-p", "a bag", "-p", "a coat", "--strategy", "top2", "--steps",
                      "2", "--max-resident-experts", "1", "--offload", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert out.exists()
@@ -233,6 +232,7 @@ def test_route_every_reuses_the_routers_weights_between_calls(pipe):
 
 def test_a_prompt_longer_than_the_text_encoder_is_truncated_with_a_warning(trained, tmp_path):
     long_prompt = "a photo of a sneaker " + "with laces " * 40
+    # A process of its own: the warning is what the console shows on stderr.
     result = run_cli("generate", str(trained), "-p", long_prompt, "--steps", "1", "--out", str(tmp_path / "x.png"))
     assert result.returncode == 0, result.stderr
     assert "is longer than" in result.stderr and "tokens and is truncated" in result.stderr
@@ -250,7 +250,7 @@ def test_python_and_the_command_line_draw_the_same_images(trained, saved, tmp_pa
     assert ParisPipeline.from_pretrained(str(saved)).sample == python.sample
     image = python("a photo of a sneaker")[0]
     out = tmp_path / "cli.png"
-    result = run_cli("generate", str(trained), "--prompt", "a photo of a sneaker", "--out", str(out))
+    result = run_in_process("generate", str(trained), "--prompt", "a photo of a sneaker", "--out", str(out))
     assert result.returncode == 0, result.stderr
     drawn = Image.open(out).convert("L")  # one image, each pixel drawn as a 4x4 block
     assert drawn.size == (4 * image.width, 4 * image.height)

@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from testkit.runs import NUM_IMAGES, randomize_zero_params, run_cli
+from testkit.runs import NUM_IMAGES, randomize_zero_params, run_in_process
 from paris.config import DiTConfig, RouterConfig
 from paris.errors import ParisError
 from paris.models.encoders import IdentityAutoencoder
@@ -77,7 +77,7 @@ def test_cli_generate_writes_png(trained, tmp_path):
     from PIL import Image
 
     out = tmp_path / "grid.png"
-    result = run_cli("generate", str(trained), "-p", "a photo of a bag", "-p", "a photo of a dress", "--num", "2",
+    result = run_in_process("generate", str(trained), "-p", "a photo of a bag", "-p", "a photo of a dress", "--num", "2",
                      "--steps", "2", "--strategy", "top1", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr

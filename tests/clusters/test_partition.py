@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from testkit.runs import NUM_IMAGES, copy_run, read_all, record_writes, run_cli
+from testkit.runs import NUM_IMAGES, copy_run, read_all, record_writes, run_in_process
 from testkit.tiny_encoders import image_bytes, laion_config, tiny_models, write_folder
 from paris.clusters.export import export_clusters, load_cluster
 from paris.data.prepare import prepare
@@ -137,12 +137,11 @@ def test_export_gives_each_expert_only_its_cluster(run):
     assert "cluster" not in stale.manifest and torch.equal(read_all(stale).rows, (repartitioned.assignments == 0).nonzero()[:, 0])
 
 
-@pytest.mark.slow
 def test_cli_partition_method_and_export(run):
-    result = run_cli("partition", run.url, "--clusters", "3", "--method", "random")
+    result = run_in_process("partition", run.url, "--clusters", "3", "--method", "random")
     assert result.returncode == 0, result.stderr
     assert load_partition(run).meta["method"] == "random" and run.read_config().partition.method == "random"
-    result = run_cli("export-clusters", run.url, "--cluster", "1")
+    result = run_in_process("export-clusters", run.url, "--cluster", "1")
     assert result.returncode == 0, result.stderr
     assert "cluster 1:" in result.stdout and run.exists("clusters/1/manifest.json") and not run.exists("clusters/0")
 

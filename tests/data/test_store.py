@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from testkit.runs import FASHION_MNIST, run_cli
+from testkit.runs import FASHION_MNIST, run_in_process
 from testkit.tiny_encoders import laion_config, tiny_models, with_data, write_folder
 from paris.data import fashion_mnist
 from paris.data import prepare as prepare_module
@@ -160,9 +160,8 @@ def test_prepare_refuses_to_replace_data_of_another_config(tmp_path, baseline, c
     assert_same_store(run, baseline)
 
 
-@pytest.mark.slow
 def test_cli_shard_range_and_merge(tmp_path):
-    result = run_cli("prepare", str(tmp_path / "run"), "--shard-range", "5:2")
+    result = run_in_process("prepare", str(tmp_path / "run"), "--shard-range", "5:2")
     assert result.returncode == 2 and "error: bad --shard-range '5:2'" in result.stderr
-    result = run_cli("merge", str(tmp_path / "run"))
+    result = run_in_process("merge", str(tmp_path / "run"))
     assert result.returncode == 2 and "error: no prepared parts" in result.stderr

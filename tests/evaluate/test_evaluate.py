@@ -11,7 +11,7 @@ import shutil
 import pytest
 import torch
 
-from testkit.runs import assert_user_error, run_cli
+from testkit.runs import assert_user_error, run_in_process
 from testkit.tiny_encoders import caption, tiny_models, write_folder, write_tar
 from paris.models.clip_score import ClipScore
 from paris.errors import ParisError
@@ -50,7 +50,7 @@ def test_reference_mistakes_are_one_line_errors(laion_trained, tmp_path):
 
 
 def test_cli_evaluate_without_reference_on_a_webdataset_run(laion_trained):
-    result = run_cli("evaluate", str(laion_trained["path"]), "--strategies", "top1", "--num-samples", "4")
+    result = run_in_process("evaluate", str(laion_trained["path"]), "--strategies", "top1", "--num-samples", "4")
     assert_user_error(result, "webdataset run", "--reference PATH_OR_URL")
 
 
@@ -59,7 +59,7 @@ def test_evaluate_a_webdataset_run_against_held_out_tars(laion_trained, tmp_path
     run_path = tmp_path / "run"
     shutil.copytree(laion_trained["path"], run_path)
     held_out = write_folder(tmp_path / "held-out", 5)
-    result = run_cli("evaluate", str(run_path), "--strategies", "top1,full", "--num-samples", "4", "--steps", "2",
+    result = run_in_process("evaluate", str(run_path), "--strategies", "top1,full", "--num-samples", "4", "--steps", "2",
                      "--clip-model", tiny_models()["clip_model"], "--reference", str(held_out),
                      "--reference-source", "folder")
     assert result.returncode == 0, result.stderr

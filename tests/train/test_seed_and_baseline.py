@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 import torch
-from testkit.runs import copy_run, run_cli, with_expert
+from testkit.runs import copy_run, run_in_process, with_expert
 
 from paris.config import apply_overrides
 from paris.errors import ParisError
@@ -100,12 +100,12 @@ def test_a_fresh_head_accepts_another_text_encoders_projection(seeded, config):
 
 def test_a_start_of_another_shape_is_one_clear_error_through_the_cli(seeded, tmp_path):
     run = copy_run(seeded[0].url, tmp_path / "run")
-    result = run_cli("train-expert", run.url, "-e", "0", "--init-from", "seed/final", "--set", "expert.steps=1",
+    result = run_in_process("train-expert", run.url, "-e", "0", "--init-from", "seed/final", "--set", "expert.steps=1",
                      "--set", "expert.preset=B/2")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("error: weights in --init-from") and "x_embedder.proj.weight has shape" in error
-    missing = run_cli("train-expert", run.url, "-e", "0", "--init-from", "nowhere/final", "--set", "expert.steps=1")
+    missing = run_in_process("train-expert", run.url, "-e", "0", "--init-from", "nowhere/final", "--set", "expert.steps=1")
     assert missing.returncode == 2 and "holds no diffusion_pytorch_model.safetensors" in missing.stderr
 
 
