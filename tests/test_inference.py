@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from testkit.runs import run_in_process
+from testkit.runs import run_cli, run_in_process
 from paris.errors import ParisError
 from paris.pipeline import ParisPipeline
 from paris.run import RunDir
