@@ -125,6 +125,8 @@ def test_a_removed_expert_is_never_loaded_and_comes_back_when_restored(grown, tm
     assert stats["routing"][:, :, 1].abs().sum() == 0
     torch.testing.assert_close(stats["routing"].sum(-1), torch.ones(stats["routing"].shape[:2]))
     assert {row["job"]: row["state"] for row in run_status(run)}["experts/1"] == "retired"
+    code, out, _ = run_paris("status", run.url)
+    assert code == 0 and "retired" in out
     pipe.save_pretrained(str(tmp_path / "pipeline"))  # the removed expert is left out of a pipeline folder
     assert not (tmp_path / "pipeline" / "expert_1").exists()
     saved = ParisPipeline.from_pretrained(str(tmp_path / "pipeline"))

@@ -37,7 +37,8 @@ def router_accuracy_table(accuracy: dict) -> Table:
     return table
 
 
-STATE_COLOURS = {"done": "green", "running": "cyan", "stale": "red", "outdated": "red", "not started": "dim"}
+STATE_COLOURS = {"done": "green", "running": "cyan", "stale": "red", "outdated": "red", "not started": "dim",
+                 "retired": "dim"}
 
 
 def status_table(rows: list[dict], url: str) -> Table:
