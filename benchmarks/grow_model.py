@@ -8,6 +8,8 @@ Runs (the demo's config: tiny experts of 1,800 steps of 64, a tiny router, 50 Eu
   samples  the grown run's experts, with a router trained by `paris train-router --from-expert-samples N` on
            images drawn by `paris sample-expert` while data/ is moved away (the same steps as grown's router)
   missing  the grown run with one expert retired (`paris remove-expert`), each in turn
+Each system is scored twice: with Paris's router, which sees only x_t, and with DDM's, which also reads the
+prompt (`router.use_text`; the `-text` rows, the same experts, scored with top-2 alone for time).
 Every FID row is `paris evaluate` (the same sampler, steps, guidance, reference images and FID code), against the
 test split of all ten classes. Adherence on the new classes: 100 images per prompt of classes 8 and 9, scored by
 the adherence classifier. Router accuracy: both routers on the same real held-out images of the grown run.
@@ -99,7 +101,7 @@ def build(out: Path, data: str, num: int, per_expert: int) -> None:
         shutil.copytree(grown, samples, ignore=shutil.ignore_patterns("router*", "eval", "ckpt"))
         for k in range(5):
             paris("sample-expert", str(samples), "--expert", str(k), "--num", str(per_expert), log=logs / "samples.log")
-        steps = json.loads((grown / "router" / "final" / "manifest.json").read_text())["steps"]
+        steps = make_samples_router_steps()
         hidden = out / "data-hidden"
         (samples / "data").rename(hidden)  # the router job cannot read what is not there
         try:
@@ -109,14 +111,41 @@ def build(out: Path, data: str, num: int, per_expert: int) -> None:
             hidden.rename(samples / "data")
         return {"router_steps": steps}
 
+    def with_text_router(name: str, run: Path):
+        """A copy of `run` whose router also reads the prompt (DDM's), trained as its image-only one was."""
+        copy = out / f"{name}-text"
+        if copy.exists():
+            shutil.rmtree(copy)
+        shutil.copytree(run, copy, ignore=shutil.ignore_patterns("router*", "eval", "ckpt"))
+        log, text = logs / f"{name}-text.log", ["--set", "router.use_text=true"]
+        if name != "samples":
+            paris("train-router", str(copy), *text, log=log)
+            return {}
+        steps = make_samples_router_steps()
+        (copy / "data").rename(out / "data-hidden")
+        try:
+            paris("train-router", str(copy), "--from-expert-samples", str(per_expert), "--set", f"router.steps={steps}",
+                  *text, log=log)
+        finally:
+            (out / "data-hidden").rename(copy / "data")
+        return {"router_steps": steps}
+
+    def make_samples_router_steps() -> int:
+        return json.loads((grown / "router" / "final" / "manifest.json").read_text())["steps"]
+
     stage(out, "grown-trained", make_grown)
     stage(out, "scratch-trained", make_scratch)
     stage(out, "samples-trained", make_samples)
-    for name, run in (("grown", grown), ("scratch", scratch), ("samples", samples)):
-        stage(out, f"{name}-eval", lambda run=run, name=name: evaluate(run, "top1,top2", num, logs / f"{name}.log"))
+    systems = {"grown": grown, "scratch": scratch, "samples": samples}
+    for name, run in list(systems.items()):
+        stage(out, f"{name}-text-trained", lambda name=name, run=run: with_text_router(name, run))
+        systems[f"{name}-text"] = out / f"{name}-text"
+    for name, run in systems.items():
+        rules = "top2" if name.endswith("-text") else "top1,top2"  # on 2 cores an evaluated rule costs 7 minutes
+        stage(out, f"{name}-eval", lambda run=run, name=name, rules=rules: evaluate(run, rules, num, logs / f"{name}.log"))
         stage(out, f"{name}-new-classes", lambda run=run: new_class_adherence(run, data))
-    for name, run in (("grown", grown), ("samples", samples)):
-        stage(out, f"{name}-router-accuracy", lambda run=run: router_accuracy_on_data(run, grown))
+    for name in ("grown", "samples", "grown-text", "samples-text"):
+        stage(out, f"{name}-router-accuracy", lambda run=systems[name]: router_accuracy_on_data(run, grown))
     for k in range(5):
         def missing(k=k):
             paris("remove-expert", str(grown), "--expert", str(k), log=logs / "missing.log")
@@ -173,13 +202,15 @@ def report(out: Path) -> str:
     results = {p.stem: json.loads(p.read_text()) for p in sorted((out / "results").glob("*.json"))}
     lines = ["| system | FID top-1 | FID top-2 | adherence top-2 (all ten) | adherence top-2 (new classes) |",
              "|---|---|---|---|---|"]
-    for name, label in (("scratch", "scratch: 5 experts on all ten classes"),
-                        ("grown", "grown: 4 experts on 8 classes + 1 added"),
-                        ("samples", "grown, router trained on expert samples only")):
+    systems = (("scratch", "scratch: 5 experts on all ten classes"),
+               ("grown", "grown: 4 experts on 8 classes + 1 added"),
+               ("samples", "grown, router trained on expert samples only"))
+    for name, label in [*systems, *((f"{name}-text", f"{label}, text router") for name, label in systems)]:
         ev, new = results.get(f"{name}-eval"), results.get(f"{name}-new-classes")
         if ev and new:
             s = ev["strategies"]
-            lines.append(f"| {label} | {s['top1']['fid']:.2f} | {s['top2']['fid']:.2f} | "
+            top1 = f"{s['top1']['fid']:.2f}" if "top1" in s else "–"
+            lines.append(f"| {label} | {top1} | {s['top2']['fid']:.2f} | "
                          f"{s['top2']['prompt_adherence']:.1%} | {new['top2']:.1%} |")
     lines += ["", "| expert missing (grown, top-2) | FID | adherence |", "|---|---|---|"]
     for k in range(5):
@@ -189,7 +220,7 @@ def report(out: Path) -> str:
             lines.append(f"| expert {k} | {row['fid']:.2f} | {row['prompt_adherence']:.1%} |")
     lines += ["", "| router | " + " | ".join(f"t {b}" for b in ("0.0-0.2", "0.2-0.4", "0.4-0.6", "0.6-0.8", "0.8-1.0"))
               + " | mean t<0.6 |", "|---" * 7 + "|"]
-    for name in ("grown", "samples"):
+    for name in ("grown", "samples", "grown-text", "samples-text"):
         acc = results.get(f"{name}-router-accuracy")
         if acc:
             bands = list(acc["bands"].values())
