@@ -193,9 +193,10 @@ def router_accuracy_on_data(run: Path, data_run: Path) -> dict:
 
     source = RunDir(str(data_run))
     cfg = source.read_config().router
-    _, held_out = load_store(source, text=cfg.use_text).split(cfg.val_fraction, cfg.seed, VAL_MOST)
     model = load_pretrained(RunDir(str(run)), "router/final")
-    return router_accuracy(model, held_out, load_partition(source).assignments, cfg.use_text, cfg.seed)
+    use_text = model.architecture.text_dim > 0  # a text router reads the prompts of the same images
+    _, held_out = load_store(source, text=use_text).split(cfg.val_fraction, cfg.seed, VAL_MOST)
+    return router_accuracy(model, held_out, load_partition(source).assignments, use_text, cfg.seed)
 
 
 def report(out: Path) -> str:
