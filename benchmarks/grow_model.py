@@ -23,25 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
+from quality_vs_compute import paris  # one paris command in its own process, one thread
+
 OLD, NEW = list(range(8)), [8, 9]
-
-
-def paris(*args: str, log: Path) -> None:
-    """One paris command in its own process, as a user would run it (one thread)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as f:
-        f.write(f"$ paris {' '.join(args)}\n")
-        f.flush()
-        code = subprocess.call([sys.executable, "-m", "paris", *args], stdout=f, stderr=subprocess.STDOUT, env=env)
-    if code:
-        raise RuntimeError(f"paris {' '.join(args)} failed (exit {code}); see {log}")
 
 
 def stage(out: Path, name: str, make) -> dict:

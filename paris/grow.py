@@ -12,7 +12,6 @@ partition/meta.json keeps the history: which data made which clusters. (Shrinkin
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 from collections import Counter
 
@@ -22,6 +21,7 @@ from paris import layout
 from paris.clusters.kmeans import hierarchical_kmeans, nearest_centroid
 from paris.clusters.partition import Partition, load_partition, publish
 from paris.config import DataConfig, from_dict
+from paris.data.merge import data_hash
 from paris.data.prepare import fingerprint, prepare
 from paris.data.shard_reader import read_columns
 from paris.data.store import read_manifest
@@ -79,7 +79,7 @@ def _with_addition(manifest: dict, new: dict, prefix: str, record: dict) -> dict
     return {**manifest, "shards": shards, "count": manifest["count"] + new["count"],
             "skipped": dict(Counter(manifest["skipped"]) + Counter(new["skipped"])),
             "added": manifest.get("added", []) + [record],
-            "data_hash": hashlib.sha256("".join(e["sha256"] for e in shards).encode()).hexdigest()[:16]}
+            "data_hash": data_hash(shards)}
 
 
 def _grow_partition(run: RunDir, part: Partition, grown: dict, new: dict, prefix: str, record: dict) -> Partition:

@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from paris import layout
 from paris.cli.common import RUN, SET, app, at_least, run_and_config
 from paris.errors import ParisError
 
@@ -73,7 +74,7 @@ def sample_expert(
     at_least("--num", num, 1)
     at_least("--batch-size", batch_size, 1)
     run_dir, cfg = run_and_config(run, set)
-    meta = run_dir.read_json("partition/meta.json")
+    meta = run_dir.read_json(layout.PARTITION_META)
     if not 0 <= expert < meta["num_clusters"]:
         raise ParisError(f"expert {expert} does not exist: the run has experts 0..{meta['num_clusters'] - 1}")
     manifest = draw(run_dir, cfg, expert, num, batch_size, device)

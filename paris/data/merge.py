@@ -70,10 +70,15 @@ def merge(run: RunDir, prefix: str = layout.DATA) -> dict:
         "class_names": part.get("class_names"),
         "empty_text": part.get("empty_text"),
         "shards": entries,
-        "data_hash": hashlib.sha256("".join(e["sha256"] for e in entries).encode()).hexdigest()[:16],
+        "data_hash": data_hash(entries),
     }
     run.write_json(layout.manifest(prefix), manifest)  # last: the store exists once this does
     return manifest
+
+
+def data_hash(entries: list[dict]) -> str:
+    """The identity of a data set: its shards' content hashes, in order (a partition records the one it split)."""
+    return hashlib.sha256("".join(e["sha256"] for e in entries).encode()).hexdigest()[:16]
 
 
 def missing_shards(run: RunDir, manifest: dict, prefix: str = layout.DATA) -> list[dict]:
