@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
-# Issue #13's figures on one GPU, in one go (about 7 minutes on an H100/H200; each part has its own time limit,
+# Issue #13's figures on one GPU, in one go (about 9 minutes on an H100/H200; each part has its own time limit,
 # so a part that fails or runs long does not lose the others):
-#   1. training-step MFU of the XL/2 expert beside the reference DiT-XL/2, bf16, batch 32, without and with
-#      torch.compile (benchmarks/train_throughput.py: share of the measured matmul rate and of the bf16 peak);
+#   1. training-step MFU of the XL/2 expert beside the reference DiT-XL/2, bf16, batch 32 eager, and batch 128
+#      with both models compiled and where each step's GPU time goes (benchmarks/train_throughput.py: share of
+#      the measured matmul rate and of the bf16 peak);
 #   2. sampling latency per routing rule, K=8 XL/2 experts, 32x32x4 latents, guided Euler steps, batch 1 and 8:
 #      bf16 and bf16+compile over 50 steps; fp32 over 10 (its cost per step is the same at every step);
 #   3. the B/2 router's share of a guided top-1 step next to XL/2 experts (benchmarks/sampling_cost.py).
 # Every figure is also written to OUT_DIR (default: $OUT, else gpu_speed/).
 #
-#     bash benchmarks/gpu_speed.sh [OUT_DIR]          # PYTHON=... to choose the interpreter; SECONDS_LEFT=400
-#     DEVICE=cpu PRESET=tiny STEPS=2 FP32_STEPS=2 bash benchmarks/gpu_speed.sh /tmp/x   # a dry run of every part
+#     bash benchmarks/gpu_speed.sh [OUT_DIR]          # PYTHON=... to choose the interpreter; SECONDS_LEFT=540
+#     DEVICE=cpu PRESET=tiny STEPS=2 FP32_STEPS=2 COMPILE_BATCH=8 bash benchmarks/gpu_speed.sh /tmp/x   # a dry run
 out=${1:-${OUT:-gpu_speed}}
 mkdir -p "$out"
 python=${PYTHON:-python3}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-deadline=$((SECONDS + ${SECONDS_LEFT:-400}))
+deadline=$((SECONDS + ${SECONDS_LEFT:-540}))
 
 part() {  # part NAME MAX_SECONDS COMMAND...: run it for at most MAX_SECONDS, or what is left before the deadline
   local name=$1 limit=$2 left=$((deadline - SECONDS))
@@ -37,5 +38,5 @@ part router_share 60 "$python" benchmarks/sampling_cost.py $mixture --figures ro
 part sampling_bf16 90 "$python" benchmarks/sampling_cost.py $mixture --figures latency --precisions bf16 --steps "$steps"
 part sampling_fp32 60 "$python" benchmarks/sampling_cost.py $mixture --figures latency --precisions fp32 --steps "$fp32_steps"
 part sampling_bf16_compile 150 "$python" benchmarks/sampling_cost.py $mixture --figures latency --precisions bf16+compile --steps "$steps"
-part train_compile 200 "$python" benchmarks/train_throughput.py --presets "$preset" --device "$device" --batch 32 \
-  --steps 5 --compile
+part train_compile 240 "$python" benchmarks/train_throughput.py --presets "$preset" --device "$device" \
+  --batch "${COMPILE_BATCH:-128}" --steps 4 --compile both --profile 2

@@ -12,18 +12,26 @@ achieved FLOP/s, not seconds. The two steps alternate (ours, reference, ours, ..
 median of the per-pair ratios of achieved FLOP/s, ours / reference.
 
     .venv/bin/python benchmarks/train_throughput.py                                  # tiny and B/2 on CPU
-    python benchmarks/train_throughput.py --presets XL/2 --batch 32 --device cuda --compile   # on a GPU
+    python benchmarks/train_throughput.py --presets XL/2 --batch 32 --device cuda --compile both   # on a GPU
+    python benchmarks/train_throughput.py --compile ours   # ours compiled beside the reference as published (eager)
     python benchmarks/train_throughput.py --presets B/2 --no-reference              # ours alone
+    python benchmarks/train_throughput.py --presets XL/2 --batch 128 --device cuda --profile   # where time goes
+
+`--profile` also prints, for each model, where one step's time goes: GPU kernel time (CPU op time on a CPU)
+summed by kind (matmul, attention, normalisation, optimiser, ...) and the share of the step's wall time the
+GPU spent busy; a low share means the step is bound by launching kernels, not by computing them.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from dit_reference import PRESETS as REFERENCE_PRESETS
@@ -49,18 +57,24 @@ def matmul_flops_per_s(device: str, dtype: torch.dtype, n: int) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
-def measure(preset: str, batch: int, steps: int, device: str, bf16: bool, compile: bool, reference: bool) -> list[dict]:
+def measure(preset: str, batch: int, steps: int, device: str, bf16: bool, compile: str, reference: bool,
+            profile_steps: int = 0) -> list[dict]:
     """Our expert's training step and, with `reference`, the reference DiT's at the same shape, timed in
     interleaved pairs (ours, reference, ours, ...) so that machine noise falls on both alike."""
     config = dit_config(preset, text_dim=384) if preset == "tiny" else dit_config(preset)
-    runs = [("ours", *_our_step(config, preset, batch, device, bf16, compile))]
+    built = [("ours", *_our_step(config, preset, batch, device, bf16))]
     if reference:
-        runs.append((_reference_name(config), *_reference_step(config, batch, device, bf16, compile)))
-    flops = []
-    for _, _, step in runs:
+        built.append((_reference_name(config), *_reference_step(config, batch, device, bf16)))
+    flops, runs = [], []
+    for name, model, make_step in built:
+        # FLOPs are counted on the eager model: torch.compile never compiles a function first called under
+        # FlopCounterMode (it leaves the frame to eager for good), which would time eager steps as compiled ones.
         with FlopCounterMode(display=False) as counter:
-            step()
+            make_step(model)()
         flops.append(counter.get_total_flops())
+        compiled = compile == "both" or (compile == "ours" and name == "ours")
+        runs.append((name + (" (compiled)" if compiled else ""), model,
+                     make_step(torch.compile(model) if compiled else model)))
     for _ in range(2):  # warm-up (and compilation)
         for _, _, step in runs:
             step()
@@ -77,47 +91,101 @@ def measure(preset: str, batch: int, steps: int, device: str, bf16: bool, compil
             for (name, model, _), f, times in zip(runs, flops, seconds)]
     if reference:  # ours / reference achieved FLOP/s, pair by pair
         rows[0]["ratios"] = [flops[0] / ours * ref / flops[1] for ours, ref in zip(*seconds)]
+    for row, (_, _, step) in zip(rows, runs):
+        if profile_steps:
+            row["profile"] = time_by_kind(step, device, profile_steps)
     return rows
 
 
-def _our_step(config: DiTConfig, preset: str, batch: int, device: str, bf16: bool, compile: bool):
+KINDS = {  # substrings of kernel (or CPU op) names -> kind; the first match wins
+    "attention": ("flash", "fmha", "attention", "cudnn"),
+    "matmul": ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "sm80_", "mm", "linear", "conv"),
+    "optimiser": ("multi_tensor", "adam", "foreach"),
+    "normalisation": ("layer_norm", "norm"),
+    "compiled (triton, inductor)": ("triton", "compiledfxgraph"),
+    "copy / cast": ("copy", "cat", "to_copy", "clone", "contiguous", "transpose", "permute"),
+}
+
+
+def _kind(name: str) -> str:
+    name = name.lower()
+    return next((kind for kind, keys in KINDS.items() if any(k in name for k in keys)), "other elementwise")
+
+
+def time_by_kind(step, device: str, steps: int) -> dict:
+    """Seconds per step by kind of GPU kernel (self CPU time of ops on a CPU), the wall time per step and the
+    top kernels, from the torch profiler over `steps` steps."""
+    activity = ProfilerActivity.CUDA if device == "cuda" else ProfilerActivity.CPU
+    _sync(device)
+    with profile(activities=[activity]) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        _sync(device)
+        wall = (time.perf_counter() - start) / steps
+    kinds, names = collections.Counter(), collections.Counter()
+    for event in prof.key_averages():
+        if device == "cuda":  # kernels only: CPU-side ops also carry the device time of the kernels they launch
+            seconds = event.self_device_time_total / 1e6 / steps if event.device_type.name == "CUDA" else 0.0
+        else:
+            seconds = event.self_cpu_time_total / 1e6 / steps
+        if seconds > 0:
+            kinds[_kind(event.key)] += seconds
+            names[event.key] += seconds
+    return {"wall": wall, "kinds": dict(kinds.most_common()), "top": names.most_common(8)}
+
+
+def print_profile(model: str, profile: dict) -> None:
+    busy = sum(profile["kinds"].values())
+    print(f"  {model}: {profile['wall'] * 1e3:.1f} ms per step, {busy * 1e3:.1f} ms of it busy "
+          f"({busy / profile['wall']:.0%})")
+    for kind, seconds in profile["kinds"].items():
+        print(f"    {kind:<27} {seconds * 1e3:8.2f} ms {seconds / busy:6.1%}")
+    for name, seconds in profile["top"]:
+        print(f"      {seconds / busy:6.1%}  {name[:110]}")
+
+
+def _our_step(config: DiTConfig, preset: str, batch: int, device: str, bf16: bool):
+    """(model, make_step): make_step(forward) is one training step through `forward` (the model, or it compiled)."""
     model = DiT(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as paris.train.loop
-    forward = torch.compile(model) if compile else model
     x0 = torch.randn(batch, config.in_channels, config.input_size, config.input_size, device=device)
     text = torch.randn(batch, 77 if preset != "tiny" else 16, config.text_dim, device=device)
     generator = torch.Generator().manual_seed(0)
 
-    def step():
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-            loss = flow_matching_loss(forward, x0, "logit-normal", BatchRandom(batch, generator), text=text)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def make_step(forward):
+        def step():
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+                loss = flow_matching_loss(forward, x0, "logit-normal", BatchRandom(batch, generator), text=text)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return step
 
-    return model, step
+    return model, make_step
 
 
-def _reference_step(config: DiTConfig, batch: int, device: str, bf16: bool, compile: bool):
+def _reference_step(config: DiTConfig, batch: int, device: str, bf16: bool):
     """The reference DiT, class-conditional on ImageNet's 1000 classes, predicting only the noise
     (learn_sigma=False) so that its output has our shape; loss: MSE to the noise."""
     model = ReferenceDiT(config.input_size, config.patch_size, config.in_channels, config.hidden_size,
                          config.depth, config.num_heads, config.mlp_ratio, learn_sigma=False).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    forward = torch.compile(model) if compile else model
     x0 = torch.randn(batch, config.in_channels, config.input_size, config.input_size, device=device)
     labels = torch.randint(0, 1000, (batch,), device=device)
 
-    def step():
-        t = torch.randint(0, 1000, (batch,), device=device)
-        noise = torch.randn_like(x0)
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-            loss = F.mse_loss(forward(x0 + noise, t, labels).float(), noise)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def make_step(forward):
+        def step():
+            t = torch.randint(0, 1000, (batch,), device=device)
+            noise = torch.randn_like(x0)
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+                loss = F.mse_loss(forward(x0 + noise, t, labels).float(), noise)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return step
 
-    return model, step
+    return model, make_step
 
 
 def _reference_name(config: DiTConfig) -> str:
@@ -136,11 +204,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=0, help="0: 64 for tiny, 8 for others on CPU")
     parser.add_argument("--steps", type=int, default=5, help="timed steps of each model")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--compile", choices=["none", "ours", "both"], default="none",
+                        help="torch.compile ours, or both models (default: neither)")
+    parser.add_argument("--attention", choices=["auto", "flash", "cudnn", "efficient"], default="auto",
+                        help="the only attention kernel SDPA may use on a GPU (default: PyTorch's choice)")
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="also profile STEPS steps of each model and print where the time goes")
     parser.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
                         help="also time the reference DiT at the same shape (default: yes)")
     args = parser.parse_args()
     bf16 = args.device == "cuda"
+    if args.attention != "auto":
+        for kernel in ("flash", "cudnn", "mem_efficient", "math"):
+            getattr(torch.backends.cuda, f"enable_{kernel}_sdp")(kernel.startswith(args.attention[:3]))
     if bf16:
         torch.backends.cuda.matmul.allow_tf32 = True
     dtype = torch.bfloat16 if bf16 else torch.float32
@@ -148,13 +224,13 @@ def main() -> None:
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; dense {dtype} matmul baseline {baseline / 1e12:.3f} TFLOP/s")
     peak = next((v for k, v in BF16_PEAK.items() if k in name), None) if bf16 else None
-    print(f"{'preset':>6} {'model':>9} {'params':>8} {'batch':>5} {'s/step':>8} {'samples/s':>10} {'GFLOP/step':>11} "
+    print(f"{'preset':>6} {'model':>20} {'params':>8} {'batch':>5} {'s/step':>8} {'samples/s':>10} {'GFLOP/step':>11} "
           f"{'TFLOP/s':>8} {'of matmul':>9}" + (f" {'of bf16 peak':>12}" if peak else ""))
     for preset in args.presets.split(","):
         batch = args.batch or (64 if preset == "tiny" or args.device == "cuda" else 8)
-        rows = measure(preset, batch, args.steps, args.device, bf16, args.compile, args.reference)
+        rows = measure(preset, batch, args.steps, args.device, bf16, args.compile, args.reference, args.profile)
         for r in rows:
-            print(f"{preset:>6} {r['model']:>9} {r['params_m']:7.1f}M {batch:5d} {r['seconds']:8.4f} "
+            print(f"{preset:>6} {r['model']:>20} {r['params_m']:7.1f}M {batch:5d} {r['seconds']:8.4f} "
                   f"{batch / r['seconds']:10.1f} {r['flops_per_step'] / 1e9:11.1f} {r['flops_per_s'] / 1e12:8.3f} "
                   f"{r['flops_per_s'] / baseline:9.1%}" + (f" {r['flops_per_s'] / peak:12.1%}" if peak else ""))
         if args.reference:
@@ -163,6 +239,9 @@ def main() -> None:
                   f"(median of {len(ours['ratios'])} interleaved pairs, {min(ours['ratios']):.3f} to "
                   f"{max(ours['ratios']):.3f}); FLOPs per step x{ours['flops_per_step'] / ref['flops_per_step']:.3f}, "
                   f"seconds per step x{ours['seconds'] / ref['seconds']:.3f}")
+        for r in rows:
+            if "profile" in r:
+                print_profile(r["model"], r["profile"])
 
 
 if __name__ == "__main__":
