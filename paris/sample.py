@@ -57,9 +57,11 @@ class ExpertPool:
 
     An evicted expert is dropped and read again from disk when needed, or with `offload` kept in host memory
     and copied back: a cap then costs a host-to-device copy instead of a disk read, and host RAM holds every
-    expert used so far. On CUDA the offloaded weights are pinned (page-locked), so the copy back is fast and
-    non-blocking. On a CPU device host memory IS the device: an offloaded expert simply stays loaded, so the
-    cap only bounds how many count as resident (`resident`), not the memory, which grows as without a cap.
+    expert used so far. On CUDA the host copy is pinned (page-locked), so the copy back is fast and
+    non-blocking. It is made at an expert's first eviction and kept: sampling never changes the weights, so a
+    later eviction only drops the device copy. On a CPU device host memory IS the device: an offloaded expert
+    simply stays loaded, so the cap only bounds how many count as resident (`resident`), not the memory, which
+    grows as without a cap.
     """
 
     def __init__(self, loaders: list[Callable[[], DiT]], max_resident: int | None = None, device: str = "cpu",
@@ -72,7 +74,8 @@ class ExpertPool:
         self.loaders, self.max_resident, self.device = loaders, max_resident, torch.device(device)
         self.offload = offload
         self.resident: OrderedDict[int, DiT] = OrderedDict()  # on the device, least recently used first
-        self.offloaded: dict[int, DiT] = {}  # evicted with offload: in host memory, pinned on CUDA
+        self.offloaded: dict[int, DiT] = {}  # evicted with offload: its weights are its host copy
+        self.host_copies: dict[int, list[torch.Tensor]] = {}  # an offloaded expert's weights in host memory
         self.loads = 0  # how often an expert was read from disk: the price of a small cap
 
     def __len__(self) -> int:
@@ -83,9 +86,9 @@ class ExpertPool:
             if self.max_resident and len(self.resident) >= self.max_resident:
                 evicted, model = self.resident.popitem(last=False)
                 if self.offload:  # otherwise dropped: read again from disk when needed
-                    self.offloaded[evicted] = self._to_host(model)
+                    self.offloaded[evicted] = self._to_host(evicted, model)
             if k in self.offloaded:
-                self.resident[k] = self.offloaded.pop(k).to(self.device, non_blocking=True)
+                self.resident[k] = self._to_device(k, self.offloaded.pop(k))
             else:
                 try:
                     model = self.loaders[k]()
@@ -96,14 +99,26 @@ class ExpertPool:
         self.resident.move_to_end(k)
         return self.resident[k]
 
-    def _to_host(self, model: DiT) -> DiT:
-        """`model` with its weights in host memory, page-locked when they come back to a CUDA device."""
+    def _to_host(self, k: int, model: DiT) -> DiT:
+        """Expert k's `model` with its weights in host memory: its host copy, made (pinned on CUDA) the first time."""
         if self.device.type == "cpu":
             return model  # already there
-        pin = self.device.type == "cuda"
-        for tensor in itertools.chain(model.parameters(), model.buffers()):
-            tensor.data = torch.empty_like(tensor.data, device="cpu", pin_memory=pin).copy_(tensor.data)
+        tensors = _weights_of(model)
+        if k not in self.host_copies:
+            pin = self.device.type == "cuda"
+            self.host_copies[k] = [torch.empty_like(t, device="cpu", pin_memory=pin).copy_(t) for t in tensors]
+        for tensor, host in zip(tensors, self.host_copies[k]):
+            tensor.data = host  # the device copy is freed; the host copy stays for the next eviction
         return model
+
+    def _to_device(self, k: int, model: DiT) -> DiT:
+        for tensor, host in zip(_weights_of(model), self.host_copies.get(k, ())):
+            tensor.data = host.to(self.device, non_blocking=True)
+        return model
+
+
+def _weights_of(model: DiT) -> list[torch.Tensor]:
+    return list(itertools.chain(model.parameters(), model.buffers()))
 
 
 @dataclass

@@ -177,7 +177,10 @@ def test_offloaded_experts_wait_in_pinned_host_memory(three_experts):
     first = pool[0]
     pool[1]
     assert all(p.device.type == "cpu" and p.is_pinned() for p in pool.offloaded[0].parameters())
+    host = [p.data_ptr() for p in pool.offloaded[0].parameters()]
     assert pool[0] is first and all(p.is_cuda for p in first.parameters()) and calls == [1, 1, 0]
+    pool[1]  # evicts expert 0 again: it goes back to its first host copy, no new one
+    assert [p.data_ptr() for p in pool.offloaded[0].parameters()] == host
     images, _ = pipe.generate(PROMPTS, **TOP2)
     uncapped, _ = ParisPipeline.from_pretrained(str(three_experts), device="cuda").generate(PROMPTS, **TOP2)
     assert calls == [1, 1, 1] and torch.allclose(images, uncapped, atol=1e-5)
