@@ -45,6 +45,7 @@ class System:
     seed_fraction: float = 0.0  # share of the budget spent on a seed trained on all the data
     text_router: bool = False  # DDM's router (sees the prompt) instead of Paris's
     by_size: bool = False  # expert.steps_by_size: each expert's steps in proportion to its cluster's size
+    preset: str = "tiny"  # the flow models' size (expert.preset)
 
     @property
     def samples(self) -> int:
@@ -82,6 +83,13 @@ def rows(budgets: list[float], which: str) -> list[System]:
                 System(f"text-textrouter-bysize-{x}", b, features="text", text_router=True, by_size=True),
                 # The best mixture so far (split16) with each expert's steps in proportion to its cluster.
                 System(f"text-textrouter-split16-bysize-{x}", b, 16, features="text", text_router=True, by_size=True),
+                # The best mixture so far, branched from a seed trained on all the data for 10% of the budget.
+                System(f"text-textrouter-split16-bysize-seed10-{x}", b, 16, features="text", text_router=True,
+                       by_size=True, seed_fraction=0.10),
+                # Capacity: the same two systems with a sixth of the parameters per model.
+                System(f"monolith-b16-nano-{x}", b, 16, kind="monolith", preset="nano"),
+                System(f"text-textrouter-split16-bysize-nano-{x}", b, 16, features="text", text_router=True,
+                       by_size=True, preset="nano"),
                 System(f"text-textrouter-equal-{x}", b, features="text", text_router=True, protocol="equal-batch"),
                 System(f"text-textrouter-seed25-{x}", b, features="text", text_router=True, seed_fraction=0.25),
                 System(f"text-textrouter-seed10-{x}", b, features="text", text_router=True, seed_fraction=0.10),
@@ -130,7 +138,7 @@ def setup(out: Path, system: System, data: str) -> Path:
                  "router.batch_size=128", "router.lr=0.0005", "router.warmup_steps=50", "router.ema_decay=0.999",
                  "router.threads=1", f"router.use_text={str(system.text_router).lower()}", "sample.guidance=4.0",
                  f"baseline.protocol={system.protocol}", f"baseline.batch_size={s.get('monolith_batch', 'null')}",
-                 f"expert.steps_by_size={str(system.by_size).lower()}"]
+                 f"expert.steps_by_size={str(system.by_size).lower()}", f"expert.preset={system.preset}"]
     if s["seed_steps"]:
         overrides += ["expert.init_from=seed/final"]
     run_dir = RunDir(str(run))  # the row's recipe in its config, where every later command reads it
