@@ -83,9 +83,11 @@ def rows(budgets: list[float], which: str) -> list[System]:
                 System(f"text-textrouter-bysize-{x}", b, features="text", text_router=True, by_size=True),
                 # The best mixture so far (split16) with each expert's steps in proportion to its cluster.
                 System(f"text-textrouter-split16-bysize-{x}", b, 16, features="text", text_router=True, by_size=True),
-                # The best mixture so far, branched from a seed trained on all the data for 10% of the budget.
+                # The best mixture so far, branched from a seed trained on all the data for 10% or 25% of the budget.
                 System(f"text-textrouter-split16-bysize-seed10-{x}", b, 16, features="text", text_router=True,
                        by_size=True, seed_fraction=0.10),
+                System(f"text-textrouter-split16-bysize-seed25-{x}", b, 16, features="text", text_router=True,
+                       by_size=True, seed_fraction=0.25),
                 # Capacity: the same two systems with a sixth of the parameters per model.
                 System(f"monolith-b16-nano-{x}", b, 16, kind="monolith", preset="nano"),
                 System(f"text-textrouter-split16-bysize-nano-{x}", b, 16, features="text", text_router=True,
