@@ -271,19 +271,22 @@ def plot(lines: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     series: dict[str, list] = {}
     for l in lines:
-        family = l["system"].rsplit("-", 1)[0] + ("" if l["kind"] == "monolith" else f" {l['strategy']}")
-        series.setdefault(family, []).append((l["samples"], l["fid"]))
-    for family, points in sorted(series.items()):
+        # One model size (other presets are a separate comparison, in the table) and the paper's top-2 rule.
+        if l["preset"] == "tiny" and l["strategy"] in ("monolith", "top2"):
+            series.setdefault(l["system"].rsplit("-", 1)[0], []).append((l["samples"], l["fid"]))
+    colours = plt.get_cmap("tab10")
+    for i, (family, points) in enumerate(sorted(series.items())):
         xs, ys = zip(*sorted(points))
-        ax.plot(xs, ys, marker="o" if "monolith" in family else "s", label=family,
-                linestyle="--" if "monolith" in family else "-")
+        monolith = family.startswith("monolith")
+        ax.plot(xs, ys, marker="o" if monolith else "s", linestyle="--" if monolith else "-", color=colours(i % 10),
+                label=family + ("" if monolith else " (top-2)"))
     ax.set_xscale("log")
     ax.set_xlabel("training samples (= training FLOPs / cost per sample; seed included)")
     ax.set_ylabel("FID (lower is better)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
