@@ -63,7 +63,7 @@ def samples_per_second(base: RunDir, out: Path, name: str, arguments: list[str],
     shutil.copytree(base.url, run, ignore=shutil.ignore_patterns("experts", "logs"))
     environment = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # only the layout's own
     environment.update(HF_HUB_OFFLINE="1", **env)
-    command = [sys.executable, "-m", "paris", "launch", str(run), "--backend", "local", *arguments,
+    command = [sys.executable, "-m", "paris", "launch", str(run), "--backend", "local", "--out", str(run / "logs"), *arguments,
                "--set", f"expert.steps={steps}", "--set", f"expert.batch_size={batch}",
                "--set", f"expert.checkpoint_every={steps}", "--set", "expert.preview_every=1000000",
                "--set", "expert.threads=null"]
