@@ -10,7 +10,7 @@ Each layout trains the same 4 experts from scratch in its own copy of one prepar
 4 x steps x batch / wall seconds of `paris launch`, process start-up included, as the user waits for it.
 Layouts run in turn, `--repeats` rounds, median per layout; the ratio printed is default / best other.
 
-    .venv/bin/python benchmarks/launch_layout.py --out runs/launch_layout --steps 300 --repeats 1   # 12 minutes, 2 cores
+    .venv/bin/python benchmarks/launch_layout.py --out runs/launch_layout --steps 300 --repeats 1  # 12 min, 2 cores
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ def samples_per_second(base: RunDir, out: Path, name: str, arguments: list[str],
     shutil.copytree(base.url, run, ignore=shutil.ignore_patterns("experts", "logs"))
     environment = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # only the layout's own
     environment.update(HF_HUB_OFFLINE="1", **env)
-    command = [sys.executable, "-m", "paris", "launch", str(run), "--backend", "local", "--out", str(run / "logs"), *arguments,
-               "--set", f"expert.steps={steps}", "--set", f"expert.batch_size={batch}",
+    command = [sys.executable, "-m", "paris", "launch", str(run), "--backend", "local", "--out", str(run / "logs"),
+               *arguments, "--set", f"expert.steps={steps}", "--set", f"expert.batch_size={batch}",
                "--set", f"expert.checkpoint_every={steps}", "--set", "expert.preview_every=1000000",
                "--set", "expert.threads=null"]
     start = time.perf_counter()
