@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from paris import layout
 from paris.clusters.partition import partition
 from paris.config import PartitionConfig
 from paris.data.prepare import prepare
@@ -46,7 +47,7 @@ def layouts(cores: int) -> dict[str, tuple[list[str], dict]]:
 def prepared(out: Path, images: int) -> RunDir:
     """One run of `images` Fashion-MNIST images with the tiny presets, partitioned into 4 clusters."""
     base = RunDir(str(out / "base"))
-    if not base.exists("partition/meta.json"):
+    if not base.exists(layout.PARTITION_META):
         config = demo_config()
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, limit=images))
         prepare(base, config)

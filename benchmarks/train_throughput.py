@@ -91,8 +91,8 @@ def measure(preset: str, batch: int, steps: int, device: str, bf16: bool, compil
             for (name, model, _), f, times in zip(runs, flops, seconds)]
     if reference:  # ours / reference achieved FLOP/s, pair by pair
         rows[0]["ratios"] = [flops[0] / ours * ref / flops[1] for ours, ref in zip(*seconds)]
-    for row, (_, _, step) in zip(rows, runs):
-        if profile_steps:
+    if profile_steps:
+        for row, (_, _, step) in zip(rows, runs):
             row["profile"] = time_by_kind(step, device, profile_steps)
     return rows
 
@@ -135,13 +135,13 @@ def time_by_kind(step, device: str, steps: int) -> dict:
     return {"wall": wall, "kinds": dict(kinds.most_common()), "top": names.most_common(8)}
 
 
-def print_profile(model: str, profile: dict) -> None:
-    busy = sum(profile["kinds"].values())
-    print(f"  {model}: {profile['wall'] * 1e3:.1f} ms per step, {busy * 1e3:.1f} ms of it busy "
-          f"({busy / profile['wall']:.0%})")
-    for kind, seconds in profile["kinds"].items():
+def print_profile(model: str, timing: dict) -> None:
+    busy = sum(timing["kinds"].values())
+    print(f"  {model}: {timing['wall'] * 1e3:.1f} ms per step, {busy * 1e3:.1f} ms of it busy "
+          f"({busy / timing['wall']:.0%})")
+    for kind, seconds in timing["kinds"].items():
         print(f"    {kind:<27} {seconds * 1e3:8.2f} ms {seconds / busy:6.1%}")
-    for name, seconds in profile["top"]:
+    for name, seconds in timing["top"]:
         print(f"      {seconds / busy:6.1%}  {name[:110]}")
 
 
@@ -214,9 +214,12 @@ def main() -> None:
                         help="also time the reference DiT at the same shape (default: yes)")
     args = parser.parse_args()
     bf16 = args.device == "cuda"
-    if args.attention != "auto":
+    if args.attention != "auto" and args.device != "cuda":
+        parser.error("--attention chooses among the GPU's attention kernels; leave it out on a CPU")
+    if args.attention != "auto":  # every SDPA kernel off but the one asked for (math included)
+        chosen = {"flash": "flash", "cudnn": "cudnn", "efficient": "mem_efficient"}[args.attention]
         for kernel in ("flash", "cudnn", "mem_efficient", "math"):
-            getattr(torch.backends.cuda, f"enable_{kernel}_sdp")(kernel.startswith(args.attention[:3]))
+            getattr(torch.backends.cuda, f"enable_{kernel}_sdp")(kernel == chosen)
     if bf16:
         torch.backends.cuda.matmul.allow_tf32 = True
     dtype = torch.bfloat16 if bf16 else torch.float32

@@ -112,6 +112,7 @@ class ExpertPool:
         return model
 
     def _to_device(self, k: int, model: DiT) -> DiT:
+        """Expert k's offloaded `model` back on the device, copied from its host copy (none on a CPU device)."""
         for tensor, host in zip(_weights_of(model), self.host_copies.get(k, ())):
             tensor.data = host.to(self.device, non_blocking=True)
         return model
