@@ -46,6 +46,7 @@ class System:
     text_router: bool = False  # DDM's router (sees the prompt) instead of Paris's
     by_size: bool = False  # expert.steps_by_size: each expert's steps in proportion to its cluster's size
     preset: str = "tiny"  # the flow models' size (expert.preset)
+    lr: float = 5e-4  # the demo's; every row before the learning-rate rows used it, whatever its batch
 
     @property
     def samples(self) -> int:
@@ -76,6 +77,15 @@ def rows(budgets: list[float], which: str) -> list[System]:
                 # DDM's split of the batch-16 monolith: experts of batch 4 take its steps.
                 System(f"text-textrouter-split16-{x}", b, 16, features="text", text_router=True)]
     if which == "all":
+        for b in budgets:
+            # Is a smaller batch better only because one learning rate served every batch? The linear scaling
+            # rule (batch 16 at 5e-4 -> batch 64 at 2e-3) and the square-root one (1e-3).
+            out += [System(f"monolith-b64-lr2e-3-{b:g}x", b, kind="monolith", lr=2e-3),
+                    System(f"monolith-b64-lr1e-3-{b:g}x", b, kind="monolith", lr=1e-3),
+                    System(f"monolith-b16-lr1e-3-{b:g}x", b, 16, kind="monolith", lr=1e-3),
+                    # The experts of the batch-64 split (batch 16 each) at those learning rates too.
+                    System(f"text-textrouter-lr2e-3-{b:g}x", b, features="text", text_router=True, lr=2e-3),
+                    System(f"text-textrouter-lr1e-3-{b:g}x", b, features="text", text_router=True, lr=1e-3)]
         b = budgets[len(budgets) // 2]
         x = f"{b:g}x"
         out += [System(f"pixel-paris-{x}", b), System(f"pixel-textrouter-{x}", b, text_router=True),
@@ -134,7 +144,7 @@ def setup(out: Path, system: System, data: str) -> Path:
     s = system.schedule()
     k = s.get("clusters", 4)
     method = "labels" if system.features == "labels" else "kmeans"
-    overrides = [f"expert.steps={s['expert_steps']}", f"expert.batch_size={s['expert_batch']}", "expert.lr=0.0005",
+    overrides = [f"expert.steps={s['expert_steps']}", f"expert.batch_size={s['expert_batch']}", f"expert.lr={system.lr}",
                  "expert.warmup_steps=100", "expert.ema_decay=0.999", "expert.log_every=100", "expert.threads=1",
                  f"expert.checkpoint_every={max(100, s['expert_steps'] // 10)}", "router.epochs=1.0",
                  "router.batch_size=128", "router.lr=0.0005", "router.warmup_steps=50", "router.ema_decay=0.999",

@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import signal
 import time
 from dataclasses import dataclass
@@ -102,6 +103,8 @@ def _train(run: RunDir, job: Job, cfg: TrainConfig, dist: distributed.Distribute
                          f"ask for at least {start} steps or delete {run.url}/{job.folder} to start over")
     if saved and dist.is_main:
         progress.say(f"{job.name}: resuming from step {start}")
+    # Listed once: walking the module tree for them every step costs more than the optimiser at small batches.
+    params, ema_params = list(model.parameters()), list(ema.parameters())
     forward = DistributedDataParallel(model) if dist.world_size > 1 else model
     forward = torch.compile(forward) if cfg.compile else forward
     autocast = precision.autocast(cfg.precision, dist.device)
@@ -136,17 +139,17 @@ def _train(run: RunDir, job: Job, cfg: TrainConfig, dist: distributed.Distribute
                     loss = job.loss(forward, index[positions], SampleRandom(cfg.seed, step, positions), dist.device)
                     (loss / accumulation).backward()
                 total += loss.detach() / accumulation
-            loss = dist.mean(total)
-            if not torch.isfinite(loss):
-                raise ParisError(f"{job.name}: loss became {loss.item()} at step {step + 1}; training stopped, "
+            step_loss = dist.mean(total).item()  # the step's one wait for the device
+            if not math.isfinite(step_loss):
+                raise ParisError(f"{job.name}: loss became {step_loss} at step {step + 1}; training stopped, "
                                  f"checkpoints made before it are kept under {run.url}/{job.folder}/ckpt (try a lower lr)")
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, step)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            _update_ema(ema, model, cfg.ema_decay, step)
-            losses.append(loss.item())
+            _update_ema(ema_params, params, cfg.ema_decay, step)
+            losses.append(step_loss)
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
                 last_loss = sum(losses) / len(losses)
@@ -194,10 +197,10 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
 
 
 @torch.no_grad()
-def _update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+def _update_ema(ema_params: list[torch.Tensor], params: list[torch.Tensor], decay: float, step: int) -> None:
     # Warm-up: a young model's EMA should follow it closely, not average in the random initialisation.
     decay = min(decay, (1 + step) / (10 + step))
-    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1 - decay)
+    torch._foreach_lerp_(ema_params, params, 1 - decay)
 
 
 def _hash(obj) -> str:
