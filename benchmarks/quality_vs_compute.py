@@ -4,9 +4,10 @@ Each row is a system trained from scratch in its own run directory under OUT/run
 `paris evaluate` (the same sampler, steps, reference images and FID code for every row):
   monolith rows   one model on all the data (`paris train-monolith`), at a given batch
   mixture rows    K experts (`paris train-expert`, each its own process) + a router, scored as top1/top2/full
-A budget is a number of training samples (1x = the demo's 4 experts x 1,800 steps x 64 = 460,800); a seed's
-samples count in it; the router's training cost is reported beside it (DDM: about 4%). Every stage is a file
-under OUT, so the sweep can be stopped at any point and rerun to continue; two jobs run at once (one per core).
+A budget is a number of training samples (1x = the first demo's 4 experts x 1,800 steps x 64 = 460,800; the
+demo now trains 0.5x); a seed's samples count in it; the router's training cost is reported beside it (DDM:
+about 4%). Every stage is a file under OUT, so the sweep can be stopped at any point and rerun to continue;
+two jobs run at once (one per core).
 
     .venv/bin/python benchmarks/quality_vs_compute.py --out runs/quality                 # the whole sweep
     .venv/bin/python benchmarks/quality_vs_compute.py --rows core --budgets 1 --num-samples 1000
@@ -29,14 +30,14 @@ from pathlib import Path
 from paris.config import apply_overrides
 from paris.run import RunDir
 
-DEMO_SAMPLES = 4 * 1800 * 64
+BUDGET_SAMPLES = 4 * 1800 * 64  # 1x
 TINY_PRESETS = "--set expert.preset=tiny --set router.preset=tiny"
 
 
 @dataclasses.dataclass(frozen=True)
 class System:
     name: str
-    budget: float  # training samples, in multiples of DEMO_SAMPLES (seed included)
+    budget: float  # training samples, in multiples of BUDGET_SAMPLES (seed included)
     batch: int = 64  # the monolith's batch; split-batch experts take batch / K, equal-batch experts take batch
     kind: str = "mixture"  # mixture | monolith
     features: str = "pixel-pca"  # clustering: pixel-pca | text | labels (the oracle bound, K = 10)
@@ -50,7 +51,7 @@ class System:
 
     @property
     def samples(self) -> int:
-        return int(self.budget * DEMO_SAMPLES)
+        return int(self.budget * BUDGET_SAMPLES)
 
     def schedule(self) -> dict:
         """Steps and batches: the seed's (at the monolith's batch) and each expert's."""
@@ -85,7 +86,10 @@ def rows(budgets: list[float], which: str) -> list[System]:
                     System(f"monolith-b16-lr1e-3-{b:g}x", b, 16, kind="monolith", lr=1e-3),
                     # The experts of the batch-64 split (batch 16 each) at those learning rates too.
                     System(f"text-textrouter-lr2e-3-{b:g}x", b, features="text", text_router=True, lr=2e-3),
-                    System(f"text-textrouter-lr1e-3-{b:g}x", b, features="text", text_router=True, lr=1e-3)]
+                    System(f"text-textrouter-lr1e-3-{b:g}x", b, features="text", text_router=True, lr=1e-3),
+                    # Equal-batch experts (batch 64, a quarter of the monolith's steps): the cheapest on a CPU.
+                    System(f"text-textrouter-equal-lr2e-3-{b:g}x", b, features="text", text_router=True,
+                           protocol="equal-batch", lr=2e-3)]
         b = budgets[len(budgets) // 2]
         x = f"{b:g}x"
         out += [System(f"pixel-paris-{x}", b), System(f"pixel-textrouter-{x}", b, text_router=True),

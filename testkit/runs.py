@@ -31,16 +31,18 @@ def read_all(store):
 
 
 def tiny_config(**expert) -> RunConfig:
-    """The demo config cut down to seconds: 300 images, K=2, a few steps of the tiny presets, 1 thread."""
+    """The demo config cut down to seconds: 300 images, K=2, a few steps of the tiny presets, 1 thread; with
+    Paris's own choices where the demo takes DDM's (image features to cluster, a router that sees no text) and
+    the lr the tests' thresholds were measured at. tests/test_pipeline.py checks the demo's text router."""
     cfg = demo_config(FASHION_MNIST)
     return dataclasses.replace(
         cfg,
-        data=dataclasses.replace(cfg.data, limit=NUM_IMAGES, shard_size=SHARD_SIZE),
+        data=dataclasses.replace(cfg.data, limit=NUM_IMAGES, shard_size=SHARD_SIZE, features="pixel-pca"),
         partition=dataclasses.replace(cfg.partition, num_clusters=2),
-        expert=dataclasses.replace(cfg.expert, steps=6, batch_size=8, warmup_steps=0, checkpoint_every=1000,
+        expert=dataclasses.replace(cfg.expert, steps=6, batch_size=8, lr=5e-4, warmup_steps=0, checkpoint_every=1000,
                                    log_every=1, threads=1, **expert),
         router=dataclasses.replace(cfg.router, steps=10, batch_size=16, warmup_steps=0, checkpoint_every=1000,
-                                   log_every=5, threads=1, val_fraction=0.1),
+                                   log_every=5, threads=1, val_fraction=0.1, use_text=False),
         sample=dataclasses.replace(cfg.sample, steps=4),
         baseline=BaselineConfig(),  # the protocol's own batch
     )

@@ -4,12 +4,14 @@ expert on every sample and weighting by the routing rule."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import shutil
 
 import pytest
 import torch
 
-from testkit.runs import NUM_IMAGES, randomize_zero_params, run_in_process
+from testkit.runs import NUM_IMAGES, copy_run, randomize_zero_params, run_in_process
 from paris.config import DiTConfig, RouterConfig
 from paris.errors import ParisError
 from paris.models.encoders import IdentityAutoencoder
@@ -21,6 +23,7 @@ from paris.routing import routing_weights
 from paris.run import RunDir
 from paris.pipeline import ParisPipeline
 from paris.sample import ExpertPool, Mixture, conditional_velocities, generate, guide
+from paris.train.router import train_router
 
 # Every deterministic rule: the grouped sampler must equal running every expert on every sample.
 STRATEGIES = ["top1", "top2", "full", "topk:3", "nucleus:0.7", "threshold:0.3", "oracle:1"]
@@ -43,6 +46,20 @@ def test_trained_run_has_every_artifact(trained, config):
     assert accuracy["held_out"] == int(NUM_IMAGES * config.router.val_fraction)
     assert set(accuracy["bands"]) == {"0.0-0.2", "0.2-0.4", "0.4-0.6", "0.6-0.8", "0.8-1.0"}
     assert all(0 <= a <= 1 for a in accuracy["bands"].values())
+
+
+def test_the_demo_router_reads_the_prompt(trained, tmp_path, config):
+    """DDM's router (router.use_text, the demo's) trained on the run: sampling hands it the prompt's states, so
+    from the same noise two prompts are routed differently at t=1, where the image says nothing yet."""
+    run = copy_run(trained, tmp_path / "run")
+    shutil.rmtree(tmp_path / "run" / "router")
+    train_router(run, dataclasses.replace(config, router=dataclasses.replace(config.router, use_text=True)))
+    assert load_pretrained(run, "router/final").architecture.text_dim == 384
+    noise = torch.randn(1, 1, 32, 32, generator=torch.Generator().manual_seed(0)).expand(2, -1, -1, -1)
+    _, stats = ParisPipeline.from_run(run.url).generate(["a photo of a bag", "a photo of a trouser"], steps=2,
+                                                         strategy="full", noise=noise, trace=True)
+    first = stats["routing"][:, 0]  # [prompt, K] at t=1
+    assert not torch.allclose(first[0], first[1])
 
 
 def test_mixture_loads_the_trained_models(mixture):
