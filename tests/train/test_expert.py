@@ -76,7 +76,7 @@ def test_each_step_moves_the_ema_toward_the_current_weights(partitioned, tmp_pat
 
 
 def test_loss_decreases(partitioned, tmp_path, config):
-    """30 steps at the demo's lr: the flow-matching loss falls from ~1.6 to ~1.15 (measured over 12 seed/lr
+    """30 steps at lr 5e-4 (tiny_config's): the flow-matching loss falls from ~1.6 to ~1.15 (measured over 12 seed/lr
     combinations: ratio 0.49-0.72), so a 0.85 threshold is safe yet fails if the model does not learn."""
     run = copy_run(partitioned, tmp_path / "run")
     train_expert(run, with_expert(config, steps=30), 0)
