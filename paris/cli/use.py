@@ -203,7 +203,7 @@ def demo(
     jobs: Optional[int] = typer.Option(None, help="Experts trained at once (default: one per CPU core)."),
     full: bool = typer.Option(False, "--full", help="Then train the one-model baseline at matched compute and write "
                               "the paper's table to RUN/eval/ (about 30 more minutes on 2 cores)."),
-    num_samples: int = typer.Option(2000, help="With --full: images per strategy for FID and adherence."),
+    num_samples: int = typer.Option(1000, help="With --full: images per strategy for FID and adherence."),
 ):
     """Run the whole pipeline on Fashion-MNIST and print a table of the routing strategies."""
     from paris.clusters.partition import load_partition

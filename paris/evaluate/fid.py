@@ -42,7 +42,8 @@ class InceptionFeatures:
             x = ((images[i : i + self.batch_size].clamp(-1, 1) + 1) * 127.5).round()  # 8-bit, as saved images
             x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
             x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-            features.append(self.net((x - 128) / 128).double().numpy())
+            x = ((x - 128) / 128).contiguous(memory_format=torch.channels_last)  # ~15% faster convolutions on CPU
+            features.append(self.net(x).double().numpy())
         return np.concatenate(features)
 
 
