@@ -202,7 +202,7 @@ def demo(
     data: str = typer.Option("/usr/share/datasets/fashion-mnist", help="Directory with the Fashion-MNIST idx.gz files."),
     jobs: Optional[int] = typer.Option(None, help="Experts trained at once (default: one per CPU core)."),
     full: bool = typer.Option(False, "--full", help="Then train the one-model baseline at matched compute and write "
-                              "the paper's table to RUN/eval/ (about 30 more minutes on 2 cores)."),
+                              "the paper's table to RUN/eval/ (about 25 more minutes on 2 cores)."),
     num_samples: int = typer.Option(1000, help="With --full: images per strategy for FID and adherence."),
 ):
     """Run the whole pipeline on Fashion-MNIST and print a table of the routing strategies."""
