@@ -112,9 +112,9 @@ def rows(budgets: list[float], which: str) -> list[System]:
                 System(f"text-textrouter-k2-{x}", b, features="text", text_router=True, clusters=2),
                 System(f"text-textrouter-k8-{x}", b, features="text", text_router=True, clusters=8),
                 System(f"labels-textrouter-{x}", b, 60, features="labels", text_router=True),
-                # The split at lr 2e-3 (the best mixture) with K = 2 and 8 (batch 32 and 8 each, the same steps),
-                # with steps in proportion to cluster size (its largest cluster holds five classes, half the
-                # data, which its expert then sees as often as the monolith does), and from a 10% seed.
+                # The best mixture (the split at lr 2e-3), one lever each: steps in proportion to cluster size
+                # (its largest cluster holds five classes, half the data, which its expert then sees as often as
+                # the monolith does); K = 2 and 8 (batch 32 and 8 each, the same steps); a 10% seed.
                 System(f"text-textrouter-lr2e-3-bysize-{x}", b, features="text", text_router=True, by_size=True,
                        lr=2e-3),
                 System(f"text-textrouter-lr2e-3-k2-{x}", b, features="text", text_router=True, clusters=2, lr=2e-3),

@@ -137,7 +137,7 @@ def test_frechet_distance_with_fewer_samples_than_features():
     assert frechet_distance(*padded) == pytest.approx(frechet_distance(a, b), rel=1e-9)
 
 
-@pytest.mark.slow  # trains the classifier: 5.7 s alone on 2 threads (2.6 s on one)
+@pytest.mark.slow  # loads Inception-v3 and runs it at 299x299: about 2.5 s
 def test_inception_features_are_the_networks_on_the_standard_input():
     """The channels-last input changes only the memory layout: the features are the network's on the plain
     tensor, quantised to 8 bits, resized to 299 and scaled to its input range."""
@@ -155,6 +155,7 @@ def test_inception_features_are_the_networks_on_the_standard_input():
     assert abs(got - expected).max() <= 1e-4 * abs(expected).max()
 
 
+@pytest.mark.slow  # trains the classifier: 5.7 s alone on 2 threads (2.6 s on one)
 def test_the_adherence_classifier_is_trained_once_then_read_from_the_cache(monkeypatch, config):
     import paris.evaluate.adherence as evaluate
 
