@@ -158,7 +158,8 @@ def setup(out: Path, system: System, data: str) -> Path:
     k = s.get("clusters", 4)
     method = "labels" if system.features == "labels" else "kmeans"
     overrides = [f"expert.steps={s['expert_steps']}", f"expert.batch_size={s['expert_batch']}",
-                 f"expert.lr={system.lr}", "expert.warmup_steps=100", "expert.ema_decay=0.999", "expert.log_every=100", "expert.threads=1",
+                 f"expert.lr={system.lr}", "expert.warmup_steps=100", "expert.ema_decay=0.999", "expert.log_every=100",
+                 "expert.threads=1",
                  f"expert.checkpoint_every={max(100, s['expert_steps'] // 10)}", "router.epochs=1.0",
                  "router.batch_size=128", "router.lr=0.0005", "router.warmup_steps=50", "router.ema_decay=0.999",
                  "router.threads=1", f"router.use_text={str(system.text_router).lower()}", "sample.guidance=4.0",

@@ -109,10 +109,8 @@ def run_demo(out: str = "runs/demo", config: RunConfig | None = None, jobs: int 
     return report
 
 
-def paper_table_config(num_samples: int = 1000) -> EvalConfig:
-    """What `paris demo --full` measures: made before the demo's minutes of training, so a bad value fails first.
-    1,000 images per strategy, as benchmarks/quality_vs_compute.py, so its table reads against the benchmark's
-    rows (FID falls with the number of samples: compare only figures drawn with the same number)."""
+def paper_table_config(num_samples: int) -> EvalConfig:
+    """What `paris demo --full` measures: made before the demo's minutes of training, so a bad value fails first."""
     return EvalConfig(strategies=",".join(["monolith", *DEMO_STRATEGIES]), num_samples=num_samples)
 
 

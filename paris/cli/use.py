@@ -203,6 +203,7 @@ def demo(
     jobs: Optional[int] = typer.Option(None, help="Experts trained at once (default: one per CPU core)."),
     full: bool = typer.Option(False, "--full", help="Then train the one-model baseline at matched compute and write "
                               "the paper's table to RUN/eval/ (about 25 more minutes on 2 cores)."),
+    # 1,000 as benchmarks/quality_vs_compute.py, so the table reads against its rows (FID depends on the number).
     num_samples: int = typer.Option(1000, help="With --full: images per strategy for FID and adherence."),
 ):
     """Run the whole pipeline on Fashion-MNIST and print a table of the routing strategies."""
