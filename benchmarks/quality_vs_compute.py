@@ -274,6 +274,7 @@ def table(out: Path, systems: list[System], num_samples: int, grid: list[float],
         for strategy, row in report["strategies"].items():
             lines.append({"system": s.name, "strategy": strategy, "budget": s.budget, "samples": s.samples,
                           "fid": row["fid"], "adherence": row.get("prompt_adherence"), "router_accuracy": router,
+                          "adherence_by_class": row.get("prompt_adherence_by_class"),
                           "router_share": router_share,
                           "seconds_per_image": row["seconds_per_image"], "guidance": guidance,
                           **dataclasses.asdict(s)})
@@ -283,10 +284,18 @@ def table(out: Path, systems: list[System], num_samples: int, grid: list[float],
 def markdown(lines: list[dict]) -> str:
     head = ("| system | strategy | training samples | FID | adherence | router accuracy | router's share of training |\n"
             "|---|---|---|---|---|---|---|\n")
-    return head + "".join(
+    text = head + "".join(
         f"| {l['system']} | {l['strategy']} | {l['samples']:,} | {l['fid']:.2f} | {l['adherence']:.1%} | "
         + (f"{l['router_accuracy']:.1%} | {l['router_share']:.1%}" if l["router_accuracy"] is not None else " | ")
         + " |\n" for l in lines)
+    by_class = [l for l in lines if l["adherence_by_class"]]  # evaluations made since paris evaluate reports it
+    if by_class:
+        classes = list(by_class[0]["adherence_by_class"])
+        text += ("\n| system | strategy | " + " | ".join(classes) + " |\n" + "|---" * (len(classes) + 2) + "|\n"
+                 + "".join(f"| {l['system']} | {l['strategy']} | "
+                           + " | ".join(f"{l['adherence_by_class'].get(c, float('nan')):.0%}" for c in classes) + " |\n"
+                           for l in by_class))
+    return text
 
 
 def plot(lines: list[dict], path: Path) -> None:

@@ -69,6 +69,18 @@ def fashion_classifier(data_path: str, limit: int | None = None, seed: int = 0) 
 
 
 @torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """The class the classifier sees in each image."""
+    return torch.cat([model(images[i : i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
+
+
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
-    predicted = torch.cat([model(images[i : i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
-    return (predicted == labels).float().mean().item()
+    return (predict(model, images, batch_size) == labels).float().mean().item()
+
+
+def accuracy_by_class(predicted: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Per Fashion-MNIST class present in `labels`, the share of its images predicted as it: an overall figure
+    hides whether the misses gather in a few classes (those one expert holds, those the classifier confuses)."""
+    hits = torch.bincount(labels[predicted == labels], minlength=len(fashion_mnist.CLASSES))
+    counts = torch.bincount(labels, minlength=len(fashion_mnist.CLASSES))
+    return {name: hits[c].item() / counts[c].item() for c, name in enumerate(fashion_mnist.CLASSES) if counts[c]}

@@ -16,7 +16,7 @@ import torch
 from paris import layout
 from paris import progress
 from paris.config import EvalConfig, SampleConfig, from_dict
-from paris.evaluate.adherence import accuracy, fashion_classifier
+from paris.evaluate.adherence import accuracy_by_class, fashion_classifier, predict
 from paris.evaluate.fid import InceptionFeatures, frechet_distance
 from paris.evaluate.reference import load_reference
 from paris.grow import held_classes
@@ -47,7 +47,9 @@ def evaluate_run(run_url: str, cfg: EvalConfig, **sampling) -> dict:
     report = {"num_samples": len(real.prompts), "reference": real.where, "steps": sample.steps,
               "route_every": sample.route_every, "guidance": sample.guidance, "seed": cfg.seed}
     if classifier is not None:
-        report["classifier_test_accuracy"] = accuracy(classifier, real.images, real.labels)
+        predicted = predict(classifier, real.images)
+        report["classifier_test_accuracy"] = (predicted == real.labels).float().mean().item()
+        report["classifier_test_accuracy_by_class"] = accuracy_by_class(predicted, real.labels)
     if clip is not None:
         report["reference_clip_score"] = clip(real.images, real.prompts)
     if baseline is not None:
@@ -86,7 +88,7 @@ def sample_and_score(pipe: ParisPipeline, strategy: str, prompts: list[str], lab
     """One image per prompt with one strategy, scored batch by batch (so memory does not grow with the number
     of samples): Inception features, adherence and CLIP score when measured, and the cost. Batch i is drawn
     with seed + i; with `keep_images`, the images come back too."""
-    features, correct, clip_scores, seconds, passes, kept = [], 0.0, [], 0.0, 0.0, []
+    features, predicted, clip_scores, seconds, passes, kept = [], [], [], 0.0, 0.0, []
     with progress.bar(f"sample: {strategy}", len(prompts), unit="images") as bar:
         for i in range(0, len(prompts), batch_size):
             batch = prompts[i : i + batch_size]
@@ -100,7 +102,7 @@ def sample_and_score(pipe: ParisPipeline, strategy: str, prompts: list[str], lab
             if measures.features is not None:
                 features.append(measures.features(images))
             if measures.classifier is not None:
-                correct += accuracy(measures.classifier, images, labels[i : i + batch_size]) * len(images)
+                predicted.append(predict(measures.classifier, images))
             if measures.clip is not None:
                 clip_scores.append(measures.clip.pairs(images, batch))
             if keep_images:
@@ -109,7 +111,9 @@ def sample_and_score(pipe: ParisPipeline, strategy: str, prompts: list[str], lab
     n = len(prompts)
     row = {"features": np.concatenate(features)} if features else {}
     if measures.classifier is not None:
-        row["prompt_adherence"] = correct / n
+        predicted, labels = torch.cat(predicted), labels[:n]
+        row["prompt_adherence"] = (predicted == labels).float().mean().item()
+        row["prompt_adherence_by_class"] = accuracy_by_class(predicted, labels)
     if measures.clip is not None:
         row["clip_score"] = torch.cat(clip_scores).mean().item()
     if keep_images:
@@ -144,4 +148,16 @@ def report_markdown(report: dict) -> str:
              "|---" * (len(columns) + 1) + "|"]
     for name, row in report["strategies"].items():
         lines.append(f"| {name} | " + " | ".join(fmt.format(row[key]) for key, _, fmt in columns) + " |")
+    if "classifier_test_accuracy_by_class" in report:
+        lines += ["", *_by_class_table(report)]
     return "\n".join(lines) + "\n"
+
+
+def _by_class_table(report: dict) -> list[str]:
+    """Prompt adherence per class, under the classifier's own accuracy per class on the real images."""
+    real = report["classifier_test_accuracy_by_class"]
+    rows = {"classifier on the real images": real} | {
+        name: row["prompt_adherence_by_class"] for name, row in report["strategies"].items()}
+    return ["| prompt adherence by class | " + " | ".join(real) + " |", "|---" * (len(real) + 1) + "|",
+            *(f"| {name} | " + " | ".join(f"{row.get(c, float('nan')):.0%}" for c in real) + " |"
+              for name, row in rows.items())]

@@ -14,6 +14,7 @@ import torch
 from testkit.runs import assert_user_error, run_in_process
 from testkit.tiny_encoders import caption, tiny_models, write_folder, write_tar
 from paris.models.clip_score import ClipScore
+from paris.data import fashion_mnist
 from paris.errors import ParisError
 from paris.evaluate.reference import load_reference
 from paris.run import RunDir
@@ -102,13 +103,30 @@ def test_evaluate_writes_the_table(trained, tmp_path, config):
     assert rows["monolith"]["expert_passes_per_image_step"] == 1 and rows["full"]["expert_passes_per_image_step"] == 2
     assert all(r["fid"] > 0 and 0 <= r["prompt_adherence"] <= 1 and 0 <= r["clip_score"] <= 100 for r in rows.values())
     assert 0 <= report["classifier_test_accuracy"] <= 1 and 0 <= report["reference_clip_score"] <= 100
+    # Per class, over the classes of the prompts (the first 6 test images): the overall figure is their mean by count.
+    labels = fashion_mnist.load(config.data.path, "test", 6)[1]
+    counts = {fashion_mnist.CLASSES[c]: n for c, n in enumerate(torch.bincount(labels).tolist()) if n}
+    for by_class, overall in [(report["classifier_test_accuracy_by_class"], report["classifier_test_accuracy"]),
+                              *((r["prompt_adherence_by_class"], r["prompt_adherence"]) for r in rows.values())]:
+        assert list(by_class) == list(counts)
+        assert sum(by_class[c] * n for c, n in counts.items()) / 6 == pytest.approx(overall)
     table = run.read_text("eval/report.md")
+    assert "| prompt adherence by class | " + " | ".join(counts) + " |" in table
+    assert f"| top1 | {report['strategies']['top1']['prompt_adherence_by_class'][next(iter(counts))]:.0%} |" in table
     assert "| strategy | FID | prompt adherence | CLIP score | expert passes / image / step | s / image |" in table
     assert "| top1 |" in table
     assert report["route_every"] == 2 and "router every 2 steps" in table
     assert report["baseline"] == {"protocol": "split-batch", "steps": e.steps, "batch_size": 2 * e.batch_size,
                                   "samples_seen": 2 * e.steps * e.batch_size}
     assert f"monolith: {e.steps:,} steps of {2 * e.batch_size} ({2 * e.steps * e.batch_size:,} samples, split-batch protocol)" in table
+
+
+def test_adherence_by_class_counts_each_class_apart():
+    from paris.evaluate.adherence import accuracy_by_class
+
+    labels = torch.tensor([0, 0, 0, 0, 5, 5, 9])
+    predicted = torch.tensor([0, 0, 0, 6, 7, 5, 9])  # a T-shirt seen as a shirt, a sandal as a sneaker
+    assert accuracy_by_class(predicted, labels) == {"T-shirt": 0.75, "sandal": 0.5, "ankle boot": 1.0}
 
 
 def test_frechet_distance_matches_the_closed_form():
