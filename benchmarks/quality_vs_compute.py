@@ -245,7 +245,7 @@ def flops_per_sample(run: Path) -> dict[str, float]:
     counts = {}
     for name, folder in (("expert", "experts/0/final"), ("router", "router/final")):
         model = load_pretrained(run_dir, folder)
-        c = model.config
+        c = model.architecture
         x, t = torch.zeros(1, c.in_channels, c.input_size, c.input_size), torch.full((1,), 0.5)
         text = {"text": torch.zeros(1, tokens, c.text_dim), "text_mask": torch.ones(1, tokens, dtype=torch.bool)}
         text = text if c.text_dim else {}  # Paris's router sees no text
@@ -253,6 +253,17 @@ def flops_per_sample(run: Path) -> dict[str, float]:
             model(x, t, **text)
         counts[name] = 3.0 * counter.get_total_flops()
     return counts
+
+
+def final_loss(run: Path, system: System) -> float:
+    """The flow models' final training loss (the mean of their last logged steps); a mixture's weighted by the
+    share of the data each expert holds, the loss of the whole data set under the mixture with a perfect router."""
+    if system.kind == "monolith":
+        return json.loads((run / "monolith" / "final" / "manifest.json").read_text())["final_loss"]
+    sizes = json.loads((run / "partition" / "meta.json").read_text())["sizes"]
+    losses = [json.loads((run / "experts" / str(k) / "final" / "manifest.json").read_text())["final_loss"]
+              for k in range(len(sizes))]
+    return sum(n * loss for n, loss in zip(sizes, losses)) / sum(sizes)
 
 
 def table(out: Path, systems: list[System], num_samples: int, grid: list[float], select_samples: int) -> list[dict]:
@@ -274,7 +285,7 @@ def table(out: Path, systems: list[System], num_samples: int, grid: list[float],
         for strategy, row in report["strategies"].items():
             lines.append({"system": s.name, "strategy": strategy, "budget": s.budget, "samples": s.samples,
                           "fid": row["fid"], "adherence": row.get("prompt_adherence"), "router_accuracy": router,
-                          "adherence_by_class": row.get("prompt_adherence_by_class"),
+                          "adherence_by_class": row.get("prompt_adherence_by_class"), "loss": final_loss(run, s),
                           "router_share": router_share,
                           "seconds_per_image": row["seconds_per_image"], "guidance": guidance,
                           **dataclasses.asdict(s)})
@@ -282,10 +293,10 @@ def table(out: Path, systems: list[System], num_samples: int, grid: list[float],
 
 
 def markdown(lines: list[dict]) -> str:
-    head = ("| system | strategy | training samples | FID | adherence | router accuracy | router's share of training |\n"
-            "|---|---|---|---|---|---|---|\n")
+    head = ("| system | strategy | training samples | FID | adherence | final training loss | router accuracy "
+            "| router's share of training |\n|---|---|---|---|---|---|---|---|\n")
     text = head + "".join(
-        f"| {l['system']} | {l['strategy']} | {l['samples']:,} | {l['fid']:.2f} | {l['adherence']:.1%} | "
+        f"| {l['system']} | {l['strategy']} | {l['samples']:,} | {l['fid']:.2f} | {l['adherence']:.1%} | {l['loss']:.4f} | "
         + (f"{l['router_accuracy']:.1%} | {l['router_share']:.1%}" if l["router_accuracy"] is not None else " | ")
         + " |\n" for l in lines)
     by_class = [l for l in lines if l["adherence_by_class"]]  # evaluations made since paris evaluate reports it
