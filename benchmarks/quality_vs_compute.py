@@ -282,10 +282,11 @@ def table(out: Path, systems: list[System], num_samples: int, grid: list[float],
             flops = flops_per_sample(run)
             router_samples = json.loads((run / "router" / "final" / "manifest.json").read_text())["samples_seen"]
             router_share = router_samples * flops["router"] / (router_samples * flops["router"] + s.samples * flops["expert"])
+        loss = final_loss(run, s)
         for strategy, row in report["strategies"].items():
             lines.append({"system": s.name, "strategy": strategy, "budget": s.budget, "samples": s.samples,
                           "fid": row["fid"], "adherence": row.get("prompt_adherence"), "router_accuracy": router,
-                          "adherence_by_class": row.get("prompt_adherence_by_class"), "loss": final_loss(run, s),
+                          "adherence_by_class": row.get("prompt_adherence_by_class"), "loss": loss,
                           "router_share": router_share,
                           "seconds_per_image": row["seconds_per_image"], "guidance": guidance,
                           **dataclasses.asdict(s)})
@@ -293,20 +294,17 @@ def table(out: Path, systems: list[System], num_samples: int, grid: list[float],
 
 
 def markdown(lines: list[dict]) -> str:
+    from paris.evaluate.table import by_class_table  # loads the pipeline's modules: only when a table is written
+
     head = ("| system | strategy | training samples | FID | adherence | final training loss | router accuracy "
             "| router's share of training |\n|---|---|---|---|---|---|---|---|\n")
     text = head + "".join(
         f"| {l['system']} | {l['strategy']} | {l['samples']:,} | {l['fid']:.2f} | {l['adherence']:.1%} | {l['loss']:.4f} | "
         + (f"{l['router_accuracy']:.1%} | {l['router_share']:.1%}" if l["router_accuracy"] is not None else " | ")
         + " |\n" for l in lines)
-    by_class = [l for l in lines if l["adherence_by_class"]]  # evaluations made since paris evaluate reports it
-    if by_class:
-        classes = list(by_class[0]["adherence_by_class"])
-        text += ("\n| system | strategy | " + " | ".join(classes) + " |\n" + "|---" * (len(classes) + 2) + "|\n"
-                 + "".join(f"| {l['system']} | {l['strategy']} | "
-                           + " | ".join(f"{l['adherence_by_class'].get(c, float('nan')):.0%}" for c in classes) + " |\n"
-                           for l in by_class))
-    return text
+    # Evaluations made since paris evaluate reports it.
+    by_class = {f"{l['system']}, {l['strategy']}": l["adherence_by_class"] for l in lines if l["adherence_by_class"]}
+    return text + ("\n" + "\n".join(by_class_table(by_class)) + "\n" if by_class else "")
 
 
 def plot(lines: list[dict], path: Path) -> None:

@@ -16,7 +16,7 @@ import torch
 from paris import layout
 from paris import progress
 from paris.config import EvalConfig, SampleConfig, from_dict
-from paris.evaluate.adherence import accuracy_by_class, fashion_classifier, predict
+from paris.evaluate.adherence import fashion_classifier, predict, scores
 from paris.evaluate.fid import InceptionFeatures, frechet_distance
 from paris.evaluate.reference import load_reference
 from paris.grow import held_classes
@@ -47,9 +47,8 @@ def evaluate_run(run_url: str, cfg: EvalConfig, **sampling) -> dict:
     report = {"num_samples": len(real.prompts), "reference": real.where, "steps": sample.steps,
               "route_every": sample.route_every, "guidance": sample.guidance, "seed": cfg.seed}
     if classifier is not None:
-        predicted = predict(classifier, real.images)
-        report["classifier_test_accuracy"] = (predicted == real.labels).float().mean().item()
-        report["classifier_test_accuracy_by_class"] = accuracy_by_class(predicted, real.labels)
+        report["classifier_test_accuracy"], report["classifier_test_accuracy_by_class"] = scores(
+            predict(classifier, real.images), real.labels)
     if clip is not None:
         report["reference_clip_score"] = clip(real.images, real.prompts)
     if baseline is not None:
@@ -111,9 +110,7 @@ def sample_and_score(pipe: ParisPipeline, strategy: str, prompts: list[str], lab
     n = len(prompts)
     row = {"features": np.concatenate(features)} if features else {}
     if measures.classifier is not None:
-        predicted, labels = torch.cat(predicted), labels[:n]
-        row["prompt_adherence"] = (predicted == labels).float().mean().item()
-        row["prompt_adherence_by_class"] = accuracy_by_class(predicted, labels)
+        row["prompt_adherence"], row["prompt_adherence_by_class"] = scores(torch.cat(predicted), labels)
     if measures.clip is not None:
         row["clip_score"] = torch.cat(clip_scores).mean().item()
     if keep_images:
@@ -148,16 +145,15 @@ def report_markdown(report: dict) -> str:
              "|---" * (len(columns) + 1) + "|"]
     for name, row in report["strategies"].items():
         lines.append(f"| {name} | " + " | ".join(fmt.format(row[key]) for key, _, fmt in columns) + " |")
-    if "classifier_test_accuracy_by_class" in report:
-        lines += ["", *_by_class_table(report)]
+    if "classifier_test_accuracy_by_class" in report:  # under the classifier's own accuracy on the real images
+        lines += ["", *by_class_table({"classifier on the real images": report["classifier_test_accuracy_by_class"]} | {
+            name: row["prompt_adherence_by_class"] for name, row in report["strategies"].items()})]
     return "\n".join(lines) + "\n"
 
 
-def _by_class_table(report: dict) -> list[str]:
-    """Prompt adherence per class, under the classifier's own accuracy per class on the real images."""
-    real = report["classifier_test_accuracy_by_class"]
-    rows = {"classifier on the real images": real} | {
-        name: row["prompt_adherence_by_class"] for name, row in report["strategies"].items()}
-    return ["| prompt adherence by class | " + " | ".join(real) + " |", "|---" * (len(real) + 1) + "|",
-            *(f"| {name} | " + " | ".join(f"{row.get(c, float('nan')):.0%}" for c in real) + " |"
+def by_class_table(rows: dict[str, dict[str, float]]) -> list[str]:
+    """Markdown lines of prompt adherence per class, one row per name, the classes of the first row as columns."""
+    classes = list(next(iter(rows.values())))
+    return ["| prompt adherence by class | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|",
+            *(f"| {name} | " + " | ".join(f"{row.get(c, float('nan')):.0%}" for c in classes) + " |"
               for name, row in rows.items())]
