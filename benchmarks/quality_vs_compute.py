@@ -266,6 +266,32 @@ def final_loss(run: Path, system: System) -> float:
     return sum(n * loss for n, loss in zip(sizes, losses)) / sum(sizes)
 
 
+def held_out(out: Path, run: Path, system: System, strategies: list[str], num_samples: int) -> dict[str, dict]:
+    """Per strategy, the row's held-out loss and its value per t (paris.evaluate.heldout) on the first
+    `num_samples` test images, as `paris evaluate` computes them (same images, seed and batches), cached: rows
+    evaluated before it existed get them without sampling again. Guidance plays no part in them."""
+    cache = out / "results" / f"{system.name}__n{num_samples}__heldout.json"
+    found = json.loads(cache.read_text()) if cache.exists() else {}
+    missing = [s for s in strategies if s not in found]
+    if missing:
+        import torch
+
+        from paris.config import EvalConfig
+        from paris.evaluate.heldout import held_out_loss
+        from paris.evaluate.reference import load_reference
+        from paris.pipeline import ParisPipeline
+
+        torch.set_num_threads(1)  # beside a training job on the other core
+        evaluation = EvalConfig(num_samples=num_samples)
+        real = load_reference(RunDir(str(run)).read_config(), num_samples)
+        for strategy in missing:
+            pipe = ParisPipeline.from_run(str(run), monolith=strategy == "monolith")
+            found[strategy] = held_out_loss(pipe.mixture, "top1" if strategy == "monolith" else strategy, real.images,
+                                            real.prompts, evaluation.seed, evaluation.batch_size)
+        cache.write_text(json.dumps(found))
+    return found
+
+
 def table(out: Path, systems: list[System], num_samples: int, grid: list[float], select_samples: int) -> list[dict]:
     """One line per (system, strategy) that has been evaluated."""
     lines = []
@@ -283,10 +309,12 @@ def table(out: Path, systems: list[System], num_samples: int, grid: list[float],
             router_samples = json.loads((run / "router" / "final" / "manifest.json").read_text())["samples_seen"]
             router_share = router_samples * flops["router"] / (router_samples * flops["router"] + s.samples * flops["expert"])
         loss = final_loss(run, s)
+        held_out_losses = held_out(out, run, s, list(report["strategies"]), num_samples)
         for strategy, row in report["strategies"].items():
             lines.append({"system": s.name, "strategy": strategy, "budget": s.budget, "samples": s.samples,
                           "fid": row["fid"], "adherence": row.get("prompt_adherence"), "router_accuracy": router,
                           "adherence_by_class": row.get("prompt_adherence_by_class"), "loss": loss,
+                          **held_out_losses[strategy],
                           "router_share": router_share,
                           "seconds_per_image": row["seconds_per_image"], "guidance": guidance,
                           **dataclasses.asdict(s)})
@@ -296,15 +324,21 @@ def table(out: Path, systems: list[System], num_samples: int, grid: list[float],
 def markdown(lines: list[dict]) -> str:
     from paris.evaluate.table import by_class_table  # loads the pipeline's modules: only when a table is written
 
-    head = ("| system | strategy | training samples | FID | adherence | final training loss | router accuracy "
-            "| router's share of training |\n|---|---|---|---|---|---|---|---|\n")
+    head = ("| system | strategy | training samples | FID | adherence | final training loss | held-out loss "
+            "| router accuracy | router's share of training |\n|---|---|---|---|---|---|---|---|---|\n")
     text = head + "".join(
         f"| {l['system']} | {l['strategy']} | {l['samples']:,} | {l['fid']:.2f} | {l['adherence']:.1%} | {l['loss']:.4f} | "
+        f"{l['held_out_loss']:.4f} | "
         + (f"{l['router_accuracy']:.1%} | {l['router_share']:.1%}" if l["router_accuracy"] is not None else " | ")
         + " |\n" for l in lines)
     # Evaluations made since paris evaluate reports it.
     by_class = {f"{l['system']}, {l['strategy']}": l["adherence_by_class"] for l in lines if l["adherence_by_class"]}
-    return text + ("\n" + "\n".join(by_class_table(by_class)) + "\n" if by_class else "")
+    text += "\n" + "\n".join(by_class_table(by_class)) + "\n" if by_class else ""
+    # Where in t each system denoises held-out images better or worse.
+    times = list(lines[0]["held_out_loss_by_t"]) if lines else []
+    return text + "".join(["\n| held-out loss at t | " + " | ".join(times) + " |\n", "|---" * (len(times) + 1) + "|\n",
+                           *(f"| {l['system']}, {l['strategy']} | " + " | ".join(
+                               f"{l['held_out_loss_by_t'][t]:.4f}" for t in times) + " |\n" for l in lines)] if lines else [])
 
 
 def plot(lines: list[dict], path: Path) -> None:

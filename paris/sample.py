@@ -2,7 +2,8 @@
 
 At each velocity evaluation the router runs once on (x_t, t); a routing rule (paris.routing) turns its
 probabilities into expert weights; each expert with a non-zero weight runs ONCE, on the sub-batch of samples
-that chose it, its conditional and unconditional passes batched together. Classifier-free guidance is
+that chose it, its conditional and unconditional passes batched together (at guidance 1 only the
+conditional one). Classifier-free guidance is
 applied to each expert before mixing (Paris), or to the mixed velocities ("after", for ablations):
     per-expert:  v = sum_k w_k(text) [v_k(empty) + s (v_k(text) - v_k(empty))]
     after:       v = v(empty) + s (v(text) - v(empty)),  with v(c) = sum_k w_k(c) v_k(c)
@@ -273,9 +274,11 @@ def retire(mixture: Mixture, expert: int, reason: str) -> None:
 def mixed_velocity(mixture: Mixture, x, t: float, weights, empty_weights, cond: dict, guidance: float,
                    mode: str, compile: bool = False) -> torch.Tensor:
     """sum_k w_k v_k over the experts that some sample uses; each runs once on its own sub-batch. With `compile`
-    through torch.compile, whose compiled code is kept with the DiT class: every expert of one shape reuses it."""
+    through torch.compile, whose compiled code is kept with the DiT class: every expert of one shape reuses it.
+    At guidance 1 the velocity is the conditional one in both modes, so the unconditional pass is not run."""
     v_text, v_empty = torch.zeros_like(x), torch.zeros_like(x)
-    either = (weights > 0) | (empty_weights > 0)
+    unguided = guidance == 1
+    either = weights > 0 if unguided else (weights > 0) | (empty_weights > 0)
     used = [k for k in range(weights.shape[1]) if either[:, k].any()]
     resident_first = sorted(used, key=lambda k: k not in mixture.experts.resident)  # fewer loads under a cap
     for k in resident_first:
@@ -284,15 +287,18 @@ def mixed_velocity(mixture: Mixture, x, t: float, weights, empty_weights, cond: 
         t_rows = torch.full((len(rows),), t, device=x.device)
         expert = torch.compile(mixture.experts[k]) if compile else mixture.experts[k]
         mask = None if cond["mask"] is None else cond["mask"][rows]
+        mixture.stats["expert_passes"] += len(rows)
+        if unguided:
+            v_text[rows] += w * expert(x[rows], t_rows, cond["text"][rows], mask)
+            continue
         vt, ve = conditional_velocities(expert, x[rows], t_rows, cond["text"][rows], mask, cond["null_text"],
                                         cond["null_mask"])
-        mixture.stats["expert_passes"] += len(rows)
         if mode == "per-expert":
             v_text[rows] += w * guide(vt, ve, guidance)
         else:
             v_text[rows] += w * vt
             v_empty[rows] += w_empty * ve
-    return v_text if mode == "per-expert" else guide(v_text, v_empty, guidance)
+    return v_text if mode == "per-expert" or unguided else guide(v_text, v_empty, guidance)
 
 
 def conditional_velocities(model, x, t, text, mask, null_text, null_mask):

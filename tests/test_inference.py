@@ -207,6 +207,28 @@ def test_guidance_after_mixing_uses_the_routers_weights_for_the_empty_prompt(pip
     assert not torch.allclose(per, after, atol=1e-4)
 
 
+def test_guidance_one_runs_only_the_conditional_pass(pipe):
+    """At guidance 1 both modes give v(text): each expert runs on the batch once, not on it and the empty prompt."""
+    from paris.sample import velocity_field
+
+    mixture = pipe.mixture
+    batch_sizes = []
+    hooks = [mixture.experts[k].register_forward_hook(lambda m, args, out: batch_sizes.append(len(args[0])))
+             for k in range(len(mixture.experts))]
+    x = torch.randn(len(PROMPTS), *mixture.latent_shape, generator=torch.Generator().manual_seed(0))
+    try:
+        once = {mode: velocity_field(mixture, PROMPTS, "full", guidance=1.0, guidance_mode=mode)(x, 0.6)
+                for mode in ("per-expert", "after")}
+        passes_once, batch_sizes[:] = list(batch_sizes), []
+        nearly_one = velocity_field(mixture, PROMPTS, "full", guidance=1.0 + 1e-7)(x, 0.6)  # both passes
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert passes_once == [len(PROMPTS)] * 4 and batch_sizes == [2 * len(PROMPTS)] * 2
+    assert torch.equal(once["per-expert"], once["after"])
+    assert torch.allclose(once["per-expert"], nearly_one, atol=1e-5)
+
+
 def test_heun_evaluates_twice_per_step_and_time_shift():
     assert timesteps(4) == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
     shifted = timesteps(4, shift=3.0)

@@ -1,8 +1,9 @@
-"""`paris evaluate`: the paper's table per routing strategy: FID, text alignment, and cost.
+"""`paris evaluate`: the paper's table per routing strategy: FID, text alignment, held-out loss, and cost.
 
 FID compares the generated images with held-out real images (paris.evaluate.reference), whose captions are
 the prompts. Text alignment is measured two ways: prompt adherence on Fashion-MNIST (paris.evaluate.adherence)
-and, given a CLIP model, the CLIP score (paris.models.clip_score) on any data.
+and, given a CLIP model, the CLIP score (paris.models.clip_score) on any data. The held-out loss
+(paris.evaluate.heldout) is the training objective on those real images: paired between runs, so finer than FID.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from paris import progress
 from paris.config import EvalConfig, SampleConfig, from_dict
 from paris.evaluate.adherence import fashion_classifier, predict, scores
 from paris.evaluate.fid import InceptionFeatures, frechet_distance
+from paris.evaluate.heldout import held_out_loss
 from paris.evaluate.reference import load_reference
 from paris.grow import held_classes
 from paris.models.clip_score import ClipScore
@@ -59,6 +61,8 @@ def evaluate_run(run_url: str, cfg: EvalConfig, **sampling) -> dict:
         pipe = ParisPipeline.from_run(run_url, monolith=strategy == "monolith")
         sampled = sample_and_score(pipe, strategy, real.prompts, real.labels, sample, cfg.seed, cfg.batch_size, measures)
         rows[strategy] = row = {"fid": frechet_distance(sampled.pop("features"), real_features), **sampled}
+        row.update(held_out_loss(pipe.mixture, "top1" if strategy == "monolith" else strategy, real.images,
+                                 real.prompts, cfg.seed, cfg.batch_size))
         progress.say(f"evaluate: {strategy}: FID {row['fid']:.2f}, {row['seconds_per_image']:.3f} s per image")
     run.write_json(layout.EVAL_REPORT, report)
     run.write_text(layout.EVAL_TABLE, report_markdown(report))
@@ -122,6 +126,7 @@ COLUMNS = [  # (JSON key, header, format) of the table; a column appears when it
     ("fid", "FID", "{:.2f}"),
     ("prompt_adherence", "prompt adherence", "{:.1%}"),
     ("clip_score", "CLIP score", "{:.2f}"),
+    ("held_out_loss", "held-out loss", "{:.4f}"),
     ("expert_passes_per_image_step", "expert passes / image / step", "{:.2f}"),
     ("seconds_per_image", "s / image", "{:.3f}"),
 ]

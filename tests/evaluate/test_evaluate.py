@@ -74,7 +74,7 @@ def test_evaluate_a_webdataset_run_against_held_out_tars(laion_trained, tmp_path
     assert report["reference_clip_score"] == pytest.approx(ClipScore(tiny_models()["clip_model"])(real.images, real.prompts))
     table = (run_path / "eval" / "report.md").read_text()
     assert table.strip() in result.stdout  # the command prints the table it wrote
-    assert "| strategy | FID | CLIP score | expert passes / image / step | s / image |" in table
+    assert "| strategy | FID | CLIP score | held-out loss | expert passes / image / step | s / image |" in table
     assert f"| full | {rows['full']['fid']:.2f} | {rows['full']['clip_score']:.2f} |" in table
     assert (run_path / "eval" / "report.png").exists()
 
@@ -113,12 +113,41 @@ def test_evaluate_writes_the_table(trained, tmp_path, config):
     table = run.read_text("eval/report.md")
     assert "| prompt adherence by class | " + " | ".join(counts) + " |" in table
     assert f"| top1 | {report['strategies']['top1']['prompt_adherence_by_class'][next(iter(counts))]:.0%} |" in table
-    assert "| strategy | FID | prompt adherence | CLIP score | expert passes / image / step | s / image |" in table
+    assert all(r["held_out_loss"] == pytest.approx(sum(r["held_out_loss_by_t"].values()) / 10) for r in rows.values())
+    assert rows["top1"]["held_out_loss"] != rows["monolith"]["held_out_loss"]
+    assert ("| strategy | FID | prompt adherence | CLIP score | held-out loss | expert passes / image / step | s / image |"
+            in table)
     assert "| top1 |" in table
     assert report["route_every"] == 2 and "router every 2 steps" in table
     assert report["baseline"] == {"protocol": "split-batch", "steps": e.steps, "batch_size": 2 * e.batch_size,
                                   "samples_seen": 2 * e.steps * e.batch_size}
     assert f"monolith: {e.steps:,} steps of {2 * e.batch_size} ({2 * e.steps * e.batch_size:,} samples, split-batch protocol)" in table
+
+
+def test_held_out_loss_is_the_training_objective_on_the_reference_images(trained, config):
+    """One expert alone: per t of the grid, the mean of |v(x_t, t, caption) - (noise - x0)|^2 over the images,
+    with batch i's noise drawn from seed + i; the same figures on a second call, others with another seed."""
+    from paris.evaluate.heldout import TIMES, held_out_loss
+    from paris.pipeline import ParisPipeline
+
+    pipe = ParisPipeline.from_run(str(trained), expert=0)
+    real = load_reference(config, 6)
+    got = held_out_loss(pipe.mixture, "top1", real.images, real.prompts, seed=3, batch_size=4)
+    model, (text, mask) = pipe.mixture.experts[0], pipe.mixture.text_encoder.encode(real.prompts)
+    noise = torch.cat([torch.randn(n, *real.images.shape[1:], generator=torch.Generator().manual_seed(3 + i))
+                       for i, n in [(0, 4), (4, 2)]])
+    with torch.no_grad():
+        expected = {}
+        for t in TIMES:
+            x_t = (1 - t) * real.images + t * noise
+            v = model(x_t, torch.full((6,), t), text, None if mask.all() else mask)
+            expected[f"{t:g}"] = (v - (noise - real.images)).pow(2).mean().item()
+    assert list(got["held_out_loss_by_t"]) == [f"{t:g}" for t in TIMES] == list(expected)
+    assert got["held_out_loss_by_t"] == pytest.approx(expected, rel=1e-5)
+    assert got["held_out_loss"] == pytest.approx(sum(expected.values()) / len(TIMES), rel=1e-5)
+    assert held_out_loss(pipe.mixture, "top1", real.images, real.prompts, seed=3, batch_size=4) == got
+    other = held_out_loss(pipe.mixture, "top1", real.images, real.prompts, seed=4, batch_size=4)
+    assert all(other["held_out_loss_by_t"][t] != loss for t, loss in got["held_out_loss_by_t"].items())
 
 
 def test_adherence_by_class_counts_each_class_apart():
