@@ -342,28 +342,34 @@ def markdown(lines: list[dict]) -> str:
 
 
 def plot(lines: list[dict], path: Path) -> None:
+    """FID (left) and held-out loss (right) against training samples: one line per recipe across budgets."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     series: dict[str, list] = {}
     for l in lines:
         # One model size (other presets are a separate comparison, in the table) and the paper's top-2 rule.
         if l["preset"] == "tiny" and l["strategy"] in ("monolith", "top2"):
-            series.setdefault(l["system"].rsplit("-", 1)[0], []).append((l["samples"], l["fid"]))
+            series.setdefault(l["system"].rsplit("-", 1)[0], []).append(l)
     colours = plt.get_cmap("tab10")
-    for i, (family, points) in enumerate(sorted(series.items())):
-        xs, ys = zip(*sorted(points))
-        monolith = family.startswith("monolith")
-        ax.plot(xs, ys, marker="o" if monolith else "s", linestyle="--" if monolith else "-", color=colours(i % 10),
-                label=family + ("" if monolith else " (top-2)"))
-    ax.set_xscale("log")
-    ax.set_xlabel("training samples (= training FLOPs / cost per sample; seed included)")
-    ax.set_ylabel("FID (lower is better)")
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    ax.grid(alpha=0.3)
+    scales = {l["guidance"] for l in lines}
+    axes[0].set_title(f"sampled images, guidance {scales.pop():g}" if len(scales) == 1 else
+                      "sampled images, guidance chosen per row", fontsize=10)
+    axes[1].set_title("the training objective on the test images (no sampling)", fontsize=10)
+    for ax, key, label in [(axes[0], "fid", "FID"), (axes[1], "held_out_loss", "held-out loss")]:
+        for i, (family, rows) in enumerate(sorted(series.items())):
+            xs, ys = zip(*sorted((r["samples"], r[key]) for r in rows))
+            monolith = family.startswith("monolith")
+            ax.plot(xs, ys, marker="o" if monolith else "s", linestyle="--" if monolith else "-",
+                    color=colours(i % 10), label=family + ("" if monolith else " (top-2)"))
+        ax.set_xscale("log")
+        ax.set_xlabel("training samples (= training FLOPs / cost per sample; seed included)")
+        ax.set_ylabel(f"{label} (lower is better)")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
