@@ -266,19 +266,26 @@ def final_loss(run: Path, system: System) -> float:
     return sum(n * loss for n, loss in zip(sizes, losses)) / sum(sizes)
 
 
-def held_out(out: Path, run: Path, system: System, strategies: list[str], num_samples: int) -> dict[str, dict]:
-    """Per strategy, the row's held-out loss and its value per t (paris.evaluate.heldout) on the first
-    `num_samples` test images, as `paris evaluate` computes them (same images, seed and batches), cached: rows
-    evaluated before it existed get them without sampling again. Guidance plays no part in them."""
+HELD_OUT_KEYS = ("held_out_loss", "held_out_loss_by_t")
+
+
+def held_out(out: Path, run: Path, system: System, report: dict, num_samples: int) -> dict[str, dict]:
+    """Per strategy of `report` (the row's `paris evaluate` report), its held-out loss and its value per t
+    (paris.evaluate.heldout): from the report where it has them, else computed here as `paris evaluate` computes
+    them (same images, seed and batches) and cached, so rows evaluated before the measure existed get it without
+    sampling again. Guidance plays no part in them."""
     cache = out / "results" / f"{system.name}__n{num_samples}__heldout.json"
     found = json.loads(cache.read_text()) if cache.exists() else {}
-    missing = [s for s in strategies if s not in found]
+    found |= {s: {key: row[key] for key in HELD_OUT_KEYS} for s, row in report["strategies"].items()
+              if HELD_OUT_KEYS[0] in row}
+    missing = [s for s in report["strategies"] if s not in found]
     if missing:
         import torch
 
         from paris.config import EvalConfig
         from paris.evaluate.heldout import held_out_loss
         from paris.evaluate.reference import load_reference
+        from paris.evaluate.table import routing_rule
         from paris.pipeline import ParisPipeline
 
         torch.set_num_threads(1)  # beside a training job on the other core
@@ -286,8 +293,8 @@ def held_out(out: Path, run: Path, system: System, strategies: list[str], num_sa
         real = load_reference(RunDir(str(run)).read_config(), num_samples)
         for strategy in missing:
             pipe = ParisPipeline.from_run(str(run), monolith=strategy == "monolith")
-            found[strategy] = held_out_loss(pipe.mixture, "top1" if strategy == "monolith" else strategy, real.images,
-                                            real.prompts, evaluation.seed, evaluation.batch_size)
+            found[strategy] = held_out_loss(pipe.mixture, routing_rule(strategy), real.images, real.prompts,
+                                            evaluation.seed, evaluation.batch_size)
         cache.write_text(json.dumps(found))
     return found
 
@@ -309,7 +316,7 @@ def table(out: Path, systems: list[System], num_samples: int, grid: list[float],
             router_samples = json.loads((run / "router" / "final" / "manifest.json").read_text())["samples_seen"]
             router_share = router_samples * flops["router"] / (router_samples * flops["router"] + s.samples * flops["expert"])
         loss = final_loss(run, s)
-        held_out_losses = held_out(out, run, s, list(report["strategies"]), num_samples)
+        held_out_losses = held_out(out, run, s, report, num_samples)
         for strategy, row in report["strategies"].items():
             lines.append({"system": s.name, "strategy": strategy, "budget": s.budget, "samples": s.samples,
                           "fid": row["fid"], "adherence": row.get("prompt_adherence"), "router_accuracy": router,
@@ -333,12 +340,14 @@ def markdown(lines: list[dict]) -> str:
         + " |\n" for l in lines)
     # Evaluations made since paris evaluate reports it.
     by_class = {f"{l['system']}, {l['strategy']}": l["adherence_by_class"] for l in lines if l["adherence_by_class"]}
-    text += "\n" + "\n".join(by_class_table(by_class)) + "\n" if by_class else ""
-    # Where in t each system denoises held-out images better or worse.
-    times = list(lines[0]["held_out_loss_by_t"]) if lines else []
-    return text + "".join(["\n| held-out loss at t | " + " | ".join(times) + " |\n", "|---" * (len(times) + 1) + "|\n",
-                           *(f"| {l['system']}, {l['strategy']} | " + " | ".join(
-                               f"{l['held_out_loss_by_t'][t]:.4f}" for t in times) + " |\n" for l in lines)] if lines else [])
+    if by_class:
+        text += "\n" + "\n".join(by_class_table(by_class)) + "\n"
+    if lines:  # where in t each system denoises held-out images better or worse
+        times = list(lines[0]["held_out_loss_by_t"])
+        text += "\n| held-out loss at t | " + " | ".join(times) + " |\n" + "|---" * (len(times) + 1) + "|\n"
+        text += "".join(f"| {l['system']}, {l['strategy']} | " + " | ".join(
+            f"{l['held_out_loss_by_t'][t]:.4f}" for t in times) + " |\n" for l in lines)
+    return text
 
 
 def plot(lines: list[dict], path: Path) -> None:

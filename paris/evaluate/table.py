@@ -61,12 +61,17 @@ def evaluate_run(run_url: str, cfg: EvalConfig, **sampling) -> dict:
         pipe = ParisPipeline.from_run(run_url, monolith=strategy == "monolith")
         sampled = sample_and_score(pipe, strategy, real.prompts, real.labels, sample, cfg.seed, cfg.batch_size, measures)
         rows[strategy] = row = {"fid": frechet_distance(sampled.pop("features"), real_features), **sampled}
-        row.update(held_out_loss(pipe.mixture, "top1" if strategy == "monolith" else strategy, real.images,
-                                 real.prompts, cfg.seed, cfg.batch_size))
+        row.update(held_out_loss(pipe.mixture, routing_rule(strategy), real.images, real.prompts, cfg.seed,
+                                 cfg.batch_size))
         progress.say(f"evaluate: {strategy}: FID {row['fid']:.2f}, {row['seconds_per_image']:.3f} s per image")
     run.write_json(layout.EVAL_REPORT, report)
     run.write_text(layout.EVAL_TABLE, report_markdown(report))
     return report
+
+
+def routing_rule(strategy: str) -> str:
+    """The routing rule a table row samples with: "monolith" is a pipeline of one expert and no router (top1)."""
+    return "top1" if strategy == "monolith" else strategy
 
 
 def _baseline(run: RunDir) -> dict:
@@ -96,7 +101,7 @@ def sample_and_score(pipe: ParisPipeline, strategy: str, prompts: list[str], lab
         for i in range(0, len(prompts), batch_size):
             batch = prompts[i : i + batch_size]
             tick = time.perf_counter()
-            images, stats = pipe.generate(batch, strategy="top1" if strategy == "monolith" else strategy,
+            images, stats = pipe.generate(batch, strategy=routing_rule(strategy),
                                           seed=seed + i, steps=sample.steps, guidance=sample.guidance,
                                           route_every=sample.route_every, sampler=sample.sampler, shift=sample.shift,
                                           guidance_mode=sample.guidance_mode)
