@@ -163,6 +163,9 @@ class TrainConfig:
     lr: PositiveFloat = 1e-4
     weight_decay: Annotated[float, Range(0.0)] = 0.0
     warmup_steps: Count = 0
+    # Share of the steps at the end over which the lr falls linearly to 0 (warmup-stable-decay, Hägele et al. 2024):
+    # the weight noise of a constant lr goes away, most for a small batch. 0: constant to the end (DiT/DDM).
+    cooldown: Share = 0.0
     grad_clip: PositiveFloat = 1.0
     ema_decay: Share = 0.9999
     t_distribution: Literal["logit-normal", "uniform"] = "logit-normal"

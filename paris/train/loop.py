@@ -192,8 +192,11 @@ def micro_batches(cfg: TrainConfig, world_size: int) -> tuple[int, int]:
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """Constant after an optional linear warm-up (DiT/DDM use a constant 1e-4)."""
-    return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+    """An optional linear warm-up, constant (DiT/DDM use a constant 1e-4), then with `cooldown` a linear fall over
+    the last steps that ends one decay step above 0. Asking a finished job for more steps restarts at full lr."""
+    lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+    decay_steps = round(cfg.cooldown * cfg.steps)
+    return lr * min(1.0, (cfg.steps - step) / decay_steps) if decay_steps else lr
 
 
 @torch.no_grad()

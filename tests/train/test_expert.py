@@ -85,14 +85,31 @@ def test_loss_decreases(partitioned, tmp_path, config):
     assert statistics.mean(losses[-5:]) < 0.85 * statistics.mean(losses[:5])
 
 
+def test_cooldown_lowers_the_lr_linearly_over_the_last_steps(partitioned, tmp_path, config):
+    """Warm-up 2, cooldown 0.5 of 8 steps: lr x 0.5, 1, 1, 1, 1, 0.75, 0.5, 0.25; until the fall starts the weights
+    are those of the same job without a cooldown, after it they differ."""
+    constant = copy_run(partitioned, tmp_path / "constant")
+    train_expert(constant, with_expert(config, steps=8, warmup_steps=2, checkpoint_every=4), 0)
+    cooled = copy_run(partitioned, tmp_path / "cooled")
+    train_expert(cooled, with_expert(config, steps=8, warmup_steps=2, cooldown=0.5, checkpoint_every=4), 0)
+
+    lr = config.expert.lr
+    assert [m["lr"] for m in _metrics(cooled, 0)] == pytest.approx([lr * f for f in (0.5, 1, 1, 1, 1, 0.75, 0.5, 0.25)])
+    assert [m["lr"] for m in _metrics(constant, 0)] == pytest.approx([lr * 0.5] + [lr] * 7)
+    for step, same in (("00000004", True), ("00000008", False)):
+        a, b = (run.load_tensors(f"experts/0/ckpt/{step}/model.safetensors") for run in (constant, cooled))
+        assert all(torch.equal(a[k], b[k]) for k in a) == same, step
+
+
 def test_resume_is_bitwise_identical(partitioned, tmp_path, config):
-    """8 steps in one go == 4 steps, stop, then resume to 8: model, EMA, optimizer and final weights."""
+    """8 steps in one go == 4 steps, stop, then resume to 8: model, EMA, optimizer and final weights (with a
+    cooldown, whose fall counts the job's steps, not the steps since the resume)."""
     straight = copy_run(partitioned, tmp_path / "a")
-    train_expert(straight, with_expert(config, steps=8), 0)
+    train_expert(straight, with_expert(config, steps=8, cooldown=0.25), 0)
     resumed = copy_run(partitioned, tmp_path / "b")
-    train_expert(resumed, with_expert(config, steps=4), 0)
+    train_expert(resumed, with_expert(config, steps=4, cooldown=0.25), 0)
     assert resumed.read_json("experts/0/LATEST")["step"] == 4
-    train_expert(resumed, with_expert(config, steps=8), 0)
+    train_expert(resumed, with_expert(config, steps=8, cooldown=0.25), 0)
     assert resumed.read_json("experts/0/LATEST")["step"] == 8
     assert [m["step"] for m in _metrics(resumed, 0)] == list(range(1, 9))  # continued, not restarted
 
