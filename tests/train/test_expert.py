@@ -89,7 +89,7 @@ def test_cooldown_lowers_the_lr_linearly_over_the_last_steps(partitioned, tmp_pa
     """Warm-up 2, cooldown 0.5 of 8 steps: lr x 0.5, 1, 1, 1, 1, 0.75, 0.5, 0.25; until the fall starts the weights
     are those of the same job without a cooldown, after it they differ."""
     constant = copy_run(partitioned, tmp_path / "constant")
-    train_expert(constant, with_expert(config, steps=8, warmup_steps=2, checkpoint_every=4), 0)
+    train_expert(constant, with_expert(config, steps=8, warmup_steps=2, cooldown=0.0, checkpoint_every=4), 0)
     cooled = copy_run(partitioned, tmp_path / "cooled")
     train_expert(cooled, with_expert(config, steps=8, warmup_steps=2, cooldown=0.5, checkpoint_every=4), 0)
 
