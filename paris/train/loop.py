@@ -144,8 +144,9 @@ def _train(run: RunDir, job: Job, cfg: TrainConfig, dist: distributed.Distribute
                 raise ParisError(f"{job.name}: loss became {step_loss} at step {step + 1}; training stopped, "
                                  f"checkpoints made before it are kept under {run.url}/{job.folder}/ckpt (try a lower lr)")
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            lr = learning_rate(cfg, step)
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(cfg, step)
+                group["lr"] = lr
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             _update_ema(ema_params, params, cfg.ema_decay, step)
@@ -155,7 +156,7 @@ def _train(run: RunDir, job: Job, cfg: TrainConfig, dist: distributed.Distribute
                 last_loss = sum(losses) / len(losses)
                 rate = len(losses) * cfg.batch_size / (time.perf_counter() - window_start)
                 if dist.is_main:
-                    metrics.log({"step": done, "loss": last_loss, "lr": learning_rate(cfg, step),
+                    metrics.log({"step": done, "loss": last_loss, "lr": lr,
                                  "grad_norm": float(grad_norm), "samples_per_s": rate, "time": time.time()})
                     bar.update(done, loss=f"{last_loss:.4f}", **{"samples/s": f"{rate:.0f}"})
                 losses, window_start = [], time.perf_counter()
