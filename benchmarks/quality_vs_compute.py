@@ -90,12 +90,14 @@ def rows(budgets: list[float], which: str) -> list[System]:
                     System(f"text-textrouter-lr1e-3-{b:g}x", b, features="text", text_router=True, lr=1e-3),
                     # Equal-batch experts (batch 64, a quarter of the monolith's steps): the cheapest on a CPU.
                     System(f"text-textrouter-equal-lr2e-3-{b:g}x", b, features="text", text_router=True,
-                           protocol="equal-batch", lr=2e-3),
-                    # The held-out loss puts the experts' deficit at low noise, where weight noise matters most, and
-                    # at batch 16 they carry more of it than the batch-64 monolith: the lr falls over the last 20%.
-                    System(f"monolith-b64-lr2e-3-cd20-{b:g}x", b, kind="monolith", lr=2e-3, cooldown=0.2),
-                    System(f"text-textrouter-lr2e-3-cd20-{b:g}x", b, features="text", text_router=True, lr=2e-3,
-                           cooldown=0.2)]
+                           protocol="equal-batch", lr=2e-3)]
+            # The held-out loss puts the experts' deficit at low noise, where weight noise matters most, and at
+            # batch 16 they carry more of it than the batch-64 monolith: the lr falls over the last 20% or 50%.
+            for share in (0.2, 0.5):
+                cd = f"cd{round(share * 100)}"
+                out += [System(f"monolith-b64-lr2e-3-{cd}-{b:g}x", b, kind="monolith", lr=2e-3, cooldown=share),
+                        System(f"text-textrouter-lr2e-3-{cd}-{b:g}x", b, features="text", text_router=True,
+                               lr=2e-3, cooldown=share)]
         b = budgets[len(budgets) // 2]
         x = f"{b:g}x"
         out += [System(f"pixel-paris-{x}", b), System(f"pixel-textrouter-{x}", b, text_router=True),
