@@ -4,10 +4,10 @@ Each row is a system trained from scratch in its own run directory under OUT/run
 `paris evaluate` (the same sampler, steps, reference images and FID code for every row):
   monolith rows   one model on all the data (`paris train-monolith`), at a given batch
   mixture rows    K experts (`paris train-expert`, each its own process) + a router, scored as top1/top2/full
-A budget is a number of training samples (1x = the first demo's 4 experts x 1,800 steps x 64 = 460,800; the
-demo now trains 0.5x); a seed's samples count in it; the router's training cost is reported beside it (DDM:
-about 4%). Every stage is a file under OUT, so the sweep can be stopped at any point and rerun to continue;
-two jobs run at once (one per core).
+The rows and their budgets are in quality_systems.py (1x = 460,800 training samples; the demo trains 0.5x); the
+router's training cost is reported beside each mixture (DDM: about 4%). Every stage is a file under OUT, so the
+sweep can be stopped at any point and rerun to continue; two jobs run at once (one per core). OUT/table.md,
+table.json and fid_vs_compute.png always cover every row evaluated under OUT, whatever rows this call ran.
 
     .venv/bin/python benchmarks/quality_vs_compute.py --out runs/quality                 # the whole sweep
     .venv/bin/python benchmarks/quality_vs_compute.py --rows core --budgets 1 --num-samples 1000
@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,109 +28,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from quality_systems import System, rows
+
 from paris.config import apply_overrides
 from paris.run import RunDir
 
-BUDGET_SAMPLES = 4 * 1800 * 64  # 1x
 TINY_PRESETS = "--set expert.preset=tiny --set router.preset=tiny"
-
-
-@dataclasses.dataclass(frozen=True)
-class System:
-    name: str
-    budget: float  # training samples, in multiples of BUDGET_SAMPLES (seed included)
-    batch: int = 64  # the monolith's batch; split-batch experts take batch / K, equal-batch experts take batch
-    kind: str = "mixture"  # mixture | monolith
-    features: str = "pixel-pca"  # clustering: pixel-pca | text | labels (the oracle bound, K = 10)
-    clusters: int = 4
-    protocol: str = "split-batch"
-    seed_fraction: float = 0.0  # share of the budget spent on a seed trained on all the data
-    text_router: bool = False  # DDM's router (sees the prompt) instead of Paris's
-    by_size: bool = False  # expert.steps_by_size: each expert's steps in proportion to its cluster's size
-    preset: str = "tiny"  # the flow models' size (expert.preset)
-    lr: float = 5e-4  # the demo's; every row before the learning-rate rows used it, whatever its batch
-    cooldown: float = 0.0  # expert.cooldown: share of the steps at the end over which the lr falls to 0
-
-    @property
-    def samples(self) -> int:
-        return int(self.budget * BUDGET_SAMPLES)
-
-    def schedule(self) -> dict:
-        """Steps and batches: the seed's (at the monolith's batch) and each expert's."""
-        seed_steps = round(self.samples * self.seed_fraction / self.batch)
-        rest = self.samples - seed_steps * self.batch
-        if self.kind == "monolith":
-            # The run's partition has 4 clusters: train-monolith takes 4 x expert.steps x expert.batch_size samples.
-            return {"seed_steps": 0, "expert_batch": self.batch, "expert_steps": rest // (4 * self.batch),
-                    "monolith_batch": self.batch}
-        k = 10 if self.features == "labels" else self.clusters
-        batch = self.batch // k if self.protocol == "split-batch" else self.batch
-        return {"seed_steps": seed_steps, "expert_batch": batch, "expert_steps": rest // (k * batch), "clusters": k}
-
-
-def rows(budgets: list[float], which: str) -> list[System]:
-    """The sweep: the core comparison at every budget, then one lever at a time at the middle budget."""
-    out = []
-    for b in budgets:
-        x = f"{b:g}x"
-        out += [System(f"monolith-b64-{x}", b, kind="monolith"), System(f"monolith-b16-{x}", b, 16, kind="monolith"),
-                # The equal-batch counterpart of the split16 experts: their batch, all their steps.
-                System(f"monolith-b4-{x}", b, 4, kind="monolith"),
-                System(f"text-textrouter-{x}", b, features="text", text_router=True),
-                # DDM's split of the batch-16 monolith: experts of batch 4 take its steps.
-                System(f"text-textrouter-split16-{x}", b, 16, features="text", text_router=True)]
-    if which == "all":
-        for b in budgets:
-            # Is a smaller batch better only because one learning rate served every batch? The linear scaling
-            # rule (batch 16 at 5e-4 -> batch 64 at 2e-3) and the square-root one (1e-3).
-            out += [System(f"monolith-b64-lr2e-3-{b:g}x", b, kind="monolith", lr=2e-3),
-                    System(f"monolith-b64-lr1e-3-{b:g}x", b, kind="monolith", lr=1e-3),
-                    System(f"monolith-b16-lr1e-3-{b:g}x", b, 16, kind="monolith", lr=1e-3),
-                    # The experts of the batch-64 split (batch 16 each) at those learning rates too.
-                    System(f"text-textrouter-lr2e-3-{b:g}x", b, features="text", text_router=True, lr=2e-3),
-                    System(f"text-textrouter-lr1e-3-{b:g}x", b, features="text", text_router=True, lr=1e-3),
-                    # Equal-batch experts (batch 64, a quarter of the monolith's steps): the cheapest on a CPU.
-                    System(f"text-textrouter-equal-lr2e-3-{b:g}x", b, features="text", text_router=True,
-                           protocol="equal-batch", lr=2e-3)]
-            # The held-out loss puts the experts' deficit at low noise, where weight noise matters most, and at
-            # batch 16 they carry more of it than the batch-64 monolith: the lr falls over the last 20% or 50%.
-            for share in (0.2, 0.5):
-                cd = f"cd{round(share * 100)}"
-                out += [System(f"monolith-b64-lr2e-3-{cd}-{b:g}x", b, kind="monolith", lr=2e-3, cooldown=share),
-                        System(f"text-textrouter-lr2e-3-{cd}-{b:g}x", b, features="text", text_router=True,
-                               lr=2e-3, cooldown=share)]
-        b = budgets[len(budgets) // 2]
-        x = f"{b:g}x"
-        out += [System(f"pixel-paris-{x}", b), System(f"pixel-textrouter-{x}", b, text_router=True),
-                System(f"text-paris-{x}", b, features="text"),
-                System(f"text-textrouter-bysize-{x}", b, features="text", text_router=True, by_size=True),
-                # The best mixture so far (split16) with each expert's steps in proportion to its cluster.
-                System(f"text-textrouter-split16-bysize-{x}", b, 16, features="text", text_router=True, by_size=True),
-                # The best mixture so far, branched from a seed trained on all the data for 10% or 25% of the budget.
-                System(f"text-textrouter-split16-bysize-seed10-{x}", b, 16, features="text", text_router=True,
-                       by_size=True, seed_fraction=0.10),
-                System(f"text-textrouter-split16-bysize-seed25-{x}", b, 16, features="text", text_router=True,
-                       by_size=True, seed_fraction=0.25),
-                # Capacity: the same two systems with a sixth of the parameters per model.
-                System(f"monolith-b16-nano-{x}", b, 16, kind="monolith", preset="nano"),
-                System(f"text-textrouter-split16-bysize-nano-{x}", b, 16, features="text", text_router=True,
-                       by_size=True, preset="nano"),
-                System(f"text-textrouter-equal-{x}", b, features="text", text_router=True, protocol="equal-batch"),
-                System(f"text-textrouter-seed25-{x}", b, features="text", text_router=True, seed_fraction=0.25),
-                System(f"text-textrouter-seed10-{x}", b, features="text", text_router=True, seed_fraction=0.10),
-                System(f"text-textrouter-k2-{x}", b, features="text", text_router=True, clusters=2),
-                System(f"text-textrouter-k8-{x}", b, features="text", text_router=True, clusters=8),
-                System(f"labels-textrouter-{x}", b, 60, features="labels", text_router=True),
-                # The best mixture (the split at lr 2e-3), one lever each: steps in proportion to cluster size
-                # (its largest cluster holds five classes, half the data, which its expert then sees as often as
-                # the monolith does); K = 2 and 8 (batch 32 and 8 each, the same steps); a 10% seed.
-                System(f"text-textrouter-lr2e-3-bysize-{x}", b, features="text", text_router=True, by_size=True,
-                       lr=2e-3),
-                System(f"text-textrouter-lr2e-3-k2-{x}", b, features="text", text_router=True, clusters=2, lr=2e-3),
-                System(f"text-textrouter-lr2e-3-k8-{x}", b, features="text", text_router=True, clusters=8, lr=2e-3),
-                System(f"text-textrouter-lr2e-3-seed10-{x}", b, features="text", text_router=True, seed_fraction=0.10,
-                       lr=2e-3)]
-    return out
 
 
 def paris(*args: str, log: Path) -> None:
@@ -378,8 +282,8 @@ def plot(lines: list[dict], path: Path) -> None:
                       "sampled images, guidance chosen per row", fontsize=10)
     axes[1].set_title("the training objective on the test images (no sampling)", fontsize=10)
     for ax, key, label in [(axes[0], "fid", "FID"), (axes[1], "held_out_loss", "held-out loss")]:
-        for i, (family, rows) in enumerate(sorted(series.items())):
-            xs, ys = zip(*sorted((r["samples"], r[key]) for r in rows))
+        for i, (family, points) in enumerate(sorted(series.items())):
+            xs, ys = zip(*sorted((r["samples"], r[key]) for r in points))
             monolith = family.startswith("monolith")
             ax.plot(xs, ys, marker="o" if monolith else "s", linestyle="--" if monolith else "-",
                     color=colours(i % 10), label=family + ("" if monolith else " (top-2)"))
@@ -390,6 +294,16 @@ def plot(lines: list[dict], path: Path) -> None:
     axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def systems_on_disk(out: Path, budgets: list[float]) -> list[System]:
+    """Every row with a run under OUT/runs, whatever this call's --budgets, --rows and --only: the table and the
+    plot always show the whole sweep so far. A row's name ends in its budget (`-2x`)."""
+    names = {p.name for p in (out / "runs").iterdir()} if (out / "runs").is_dir() else set()
+    budgets = sorted(set(budgets) | {float(m[1]) for n in names if (m := re.search(r"-(\d+(?:\.\d+)?)x$", n))})
+    # One budget at a time: rows() puts its one-lever rows at the middle budget of those it is given.
+    found = {s.name: s for b in budgets for s in rows([b], "all") if s.name in names}
+    return list(found.values())
 
 
 def main() -> None:
@@ -409,14 +323,19 @@ def main() -> None:
     args = parser.parse_args()
     grid = [float(g) for g in args.guidance.split(",")]
     out = Path(args.out)
-    systems = rows([float(b) for b in args.budgets.split(",")], args.rows)
+    budgets = [float(b) for b in args.budgets.split(",")]
+    systems = rows(budgets, args.rows)
     if args.only:
         by_name = {s.name: s for s in systems}
-        systems = [by_name[name] for name in args.only.split(",") if name in by_name]  # in the order given
+        unknown = [name for name in args.only.split(",") if name not in by_name]
+        if unknown:
+            parser.error(f"--only: no row named {', '.join(unknown)} at --budgets {args.budgets} (--rows "
+                         f"{args.rows}); the rows there: {', '.join(by_name)}")
+        systems = [by_name[name] for name in args.only.split(",")]  # in the order given
     started = time.perf_counter()
     if not args.report_only:
         run_sweep(out, systems, args.data, args.num_samples, grid, args.select_samples, args.strategies)
-    lines = table(out, systems, args.num_samples, grid, args.select_samples)
+    lines = table(out, systems_on_disk(out, budgets), args.num_samples, grid, args.select_samples)
     (out / "table.md").write_text(markdown(lines))
     (out / "table.json").write_text(json.dumps(lines, indent=2))
     plot(lines, out / "fid_vs_compute.png")
