@@ -12,13 +12,13 @@ file that does not fit is refused with one error listing every unmapped, missing
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from paris.cache import machine_cache
 from paris.config import DiTConfig, RouterConfig, from_dict
 from paris.data.store import shard_header
 from paris.errors import ParisError
@@ -100,7 +100,7 @@ def local_folder(folder: RunDir, name: str) -> str:
     if folder.is_local:
         return folder.path(name)
     key = hashlib.sha256(folder.url.encode()).hexdigest()[:16]
-    cache = RunDir(os.path.join(os.environ.get("PARIS_CACHE", os.path.expanduser("~/.cache/paris")), "releases", key))
+    cache = RunDir(machine_cache("releases", key))
     cached = cache.sizes(name)
     for file, size in folder.sizes(name).items():
         if cached.get(file) != size:

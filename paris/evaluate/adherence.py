@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from paris.cache import machine_cache
 from paris.data import fashion_mnist
 from paris.randomness import EpochBatches, step_generator
 from paris.run import RunDir
@@ -57,7 +58,7 @@ def fashion_classifier(data_path: str, limit: int | None = None, seed: int = 0) 
     """The adherence classifier, trained on the real train split once per machine and then read from a cache
     ($PARIS_CACHE, else ~/.cache/paris): training it takes minutes on a CPU, and every evaluation needs it."""
     key = hashlib.sha256(f"{os.path.abspath(data_path)}|{limit or 0}|{seed}|{CLASSIFIER_RECIPE}".encode()).hexdigest()[:16]
-    cache, name = RunDir(os.environ.get("PARIS_CACHE", os.path.expanduser("~/.cache/paris"))), f"fashion-classifier-{key}.safetensors"
+    cache, name = RunDir(machine_cache()), f"fashion-classifier-{key}.safetensors"
     if cache.exists(name):
         model = FashionClassifier()
         model.load_state_dict(cache.load_tensors(name))
