@@ -51,6 +51,9 @@ PosEmbed = Literal["sincos", "stored"]
 # The timestep the network's embedder sees for t in [0, 1]: 1000t (Paris, as its released weights are run) |
 # round(999t) (DDPM-trained nets converted to flow matching, as in HDDM, arXiv 2603.06741)
 TimestepMap = Literal["1000t", "round(999t)"]
+# torch.compile a training job: on | off | auto, compile when its measured cost is below what the job's steps
+# would save (paris.train.compiling). YAML 1.1 reads on/off/true/false as booleans: those mean on and off.
+CompileMode = Literal["auto", "on", "off"]
 
 
 @dataclass
@@ -180,7 +183,7 @@ class TrainConfig:
     seed: int = 0
     threads: Optional[Positive] = None  # torch CPU threads; None: torch's default
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU
-    compile: bool = False  # torch.compile the model: a minute first, then 1.5x the steps/s at XL/2 on a GPU (not on a CPU)
+    compile: CompileMode = "auto"  # torch.compile the model: 1.5x the steps/s at XL/2 on a GPU, 1.1x at tiny on a CPU
     gradient_checkpointing: bool = False  # recompute block activations in backward: less memory, ~30% slower
     tensorboard: bool = True  # also log to <job>/tensorboard when tensorboard is installed and the run is local
     # Also log to Weights & Biases (needs `pip install wandb` and `wandb login`, or WANDB_MODE=offline): project
@@ -346,6 +349,8 @@ def _coerce(value, kind, key: str):
         return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if typing.get_origin(kind) is Literal:
         choices = typing.get_args(kind)
+        if type(value) is bool and {"on", "off"} <= set(choices):  # YAML's on/off/true/false, a bool in older configs
+            value = "on" if value else "off"
         if value not in choices:
             raise ParisError(f"config key {key!r} must be one of {', '.join(choices)}; got {value!r}")
         return value

@@ -15,6 +15,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no model hub here: a failed download would retry for 25-50 s
 os.environ["PARIS_CACHE"] = tempfile.mkdtemp(prefix="paris-cache-")  # the tests never touch the user's cache
 os.environ["HF_MODULES_CACHE"] = tempfile.mkdtemp(prefix="hf-modules-")  # where diffusers imports a pipeline.py
+# torch.compile's code and paris's compile times: a run of the suite starts cold, as CI does, and leaves no trace
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")
 
 import pytest  # noqa: E402
 

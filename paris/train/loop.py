@@ -2,9 +2,9 @@
 
 One step = one global batch of `batch_size` samples, whatever the hardware: under torchrun each of the W
 processes takes batch_size / W of them, in micro-batches of `micro_batch_size` with gradient accumulation.
-AdamW with fp32 master weights, bf16 autocast on GPU, EMA, grad-norm clipping, checkpoints (every N steps
-and on SIGTERM/SIGINT), automatic resume, metrics. Randomness comes from paris.randomness, so a resumed
-job and a job on other hardware follow the very same optimisation.
+AdamW with fp32 master weights, bf16 autocast on GPU, torch.compile where it pays (paris.train.compiling), EMA,
+grad-norm clipping, checkpoints (every N steps and on SIGTERM/SIGINT), automatic resume, metrics. Randomness
+comes from paris.randomness, so a resumed job and a job on other hardware follow the very same optimisation.
 
     python -m paris train-expert RUN --expert 0                              # one CPU or GPU
     torchrun --nproc-per-node=8 -m paris train-expert RUN --expert 0         # 8 GPUs, same result
@@ -34,7 +34,7 @@ from paris.errors import ParisError
 from paris.models.io import save_pretrained
 from paris.randomness import SampleRandom
 from paris.run import RunDir
-from paris.train import distributed
+from paris.train import compiling, distributed
 from paris.train.checkpoint import load_latest, save_checkpoint
 from paris.train.lease import Lease
 from paris.train.metrics import MetricsLog
@@ -106,9 +106,11 @@ def _train(run: RunDir, job: Job, cfg: TrainConfig, dist: distributed.Distribute
     # Listed once: walking the module tree for them every step costs more than the optimiser at small batches.
     params, ema_params = list(model.parameters()), list(ema.parameters())
     forward = DistributedDataParallel(model) if dist.world_size > 1 else model
-    forward = torch.compile(forward) if cfg.compile else forward
     autocast = precision.autocast(cfg.precision, dist.device)
     batches = job.data.batches(cfg.batch_size, cfg.seed, cfg.shuffle_buffer)
+    first_micro_batch = torch.arange(dist.rank * micro * accumulation, dist.rank * micro * accumulation + micro)
+    forward, compiled = _compiled_or_eager(job, cfg, model, forward, dist, saved, start, first_micro_batch, autocast,
+                                           batches)
     metrics = (MetricsLog(run, job.folder, cfg.tensorboard, cfg.wandb, {**dataclasses.asdict(cfg), **job.identity})
                if dist.is_main else None)
     last_loss = saved["loss"] if saved else float("nan")
@@ -117,7 +119,8 @@ def _train(run: RunDir, job: Job, cfg: TrainConfig, dist: distributed.Distribute
         if dist.is_main:
             metrics.flush(step)
             save_checkpoint(run, job.folder, step, model, ema, optimizer,
-                            {"identity": identity, "config": dataclasses.asdict(cfg), "loss": last_loss},
+                            {"identity": identity, "config": dataclasses.asdict(cfg), "loss": last_loss,
+                             "compiled": compiled},
                             cfg.keep_checkpoints)
 
     stop = _StopFlag()
@@ -177,6 +180,32 @@ def _train(run: RunDir, job: Job, cfg: TrainConfig, dist: distributed.Distribute
     dist.barrier()
     distributed.teardown()
     return summary
+
+
+def _compiled_or_eager(job: Job, cfg: TrainConfig, model: nn.Module, forward: nn.Module,
+                       dist: distributed.Distributed, saved: dict | None, start: int, positions: torch.Tensor,
+                       autocast, batches) -> tuple[nn.Module, bool]:
+    """The job's forward, through torch.compile or not as paris.train.compiling chooses, and which it is. A compile
+    is paid here, before the first step, by a forward and backward of this process's first micro-batch."""
+
+    def trial(module: nn.Module) -> None:  # its gradients are thrown away: no step is taken
+        with autocast:
+            loss = job.loss(module, batches(start)[positions], SampleRandom(cfg.seed, start, positions), dist.device)
+            loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    recorded = saved.get("compiled", saved["config"].get("compile") is True) if saved else None  # older: a bool
+    key = compiling.shape_key(model, len(positions), dist.device, cfg.precision)
+    choice = compiling.choose(cfg.compile, recorded, cfg.steps - start, dist.device, trial, model, key)
+    compiled = dist.any(choice.compiled)  # every process of the job alike
+    if dist.is_main and cfg.compile != "off":
+        progress.say(f"{job.name}: {'compiling' if compiled else 'not compiling'} ({choice.why})")
+    if not compiled:
+        return forward, False
+    forward, seconds, warm = compiling.compile_forward(forward, trial, key)
+    if dist.is_main:
+        progress.say(f"{job.name}: compiled in {seconds:.0f} s" + (" (from this machine's cache)" if warm else ""))
+    return forward, True
 
 
 def micro_batches(cfg: TrainConfig, world_size: int) -> tuple[int, int]:
