@@ -1,5 +1,5 @@
 """Training throughput of one expert beside the reference DiT: achieved FLOP/s of a full step (forward,
-backward, AdamW), seconds per step and samples/s.
+backward, AdamW), seconds per step and samples/s, eager and through torch.compile.
 
 FLOPs are counted with torch.utils.flop_counter on one step; the baseline measured in the same run is the
 dense matmul throughput of the same device and dtype, so the ratio (model FLOP utilisation of what this
@@ -8,12 +8,14 @@ machine can actually do) stays meaningful on noisy machines. On GPU the share of
 The reference is facebookresearch/DiT's model (benchmarks/dit_reference.py) at the same shape (hidden size,
 depth, heads, patch, latents; our B/2 is its DiT-B/2), trained with the same optimiser, batch and precision.
 It is class-conditional, ours cross-attends to text tokens, so ours does more FLOPs per step: compare
-achieved FLOP/s, not seconds. The two steps alternate (ours, reference, ours, ...); the ratio printed is the
-median of the per-pair ratios of achieved FLOP/s, ours / reference.
+achieved FLOP/s, not seconds. The steps alternate (ours, ours compiled, reference, ours, ...); "x eager" is
+the median over those rounds of a model's eager step time over its compiled one, and the ratio to the
+reference the median of the rounds' ratios of achieved FLOP/s, ours / reference.
 
     .venv/bin/python benchmarks/train_throughput.py                                  # tiny and B/2 on CPU
+    .venv/bin/python benchmarks/train_throughput.py --presets tiny --batch 16,64 --threads 1 --no-reference
     python benchmarks/train_throughput.py --presets XL/2 --batch 32 --device cuda --compile both   # on a GPU
-    python benchmarks/train_throughput.py --compile ours   # ours compiled beside the reference as published (eager)
+    python benchmarks/train_throughput.py --compile none   # eager only
     python benchmarks/train_throughput.py --presets B/2 --no-reference              # ours alone
     python benchmarks/train_throughput.py --presets XL/2 --batch 128 --device cuda --profile   # where time goes
 
@@ -59,9 +61,10 @@ def matmul_flops_per_s(device: str, dtype: torch.dtype, n: int) -> float:
 
 def measure(preset: str, batch: int, steps: int, device: str, bf16: bool, compile: str, reference: bool,
             profile_steps: int = 0) -> list[dict]:
-    """Our expert's training step and, with `reference`, the reference DiT's at the same shape, timed in
-    interleaved pairs (ours, reference, ours, ...) so that machine noise falls on both alike."""
-    config = dit_config(preset, text_dim=384) if preset == "tiny" else dit_config(preset)
+    """Our expert's training step, eager and (unless `compile` is none) compiled, and with `reference` the
+    reference DiT's at the same shape (compiled too with `compile` both), timed in interleaved rounds (ours,
+    ours compiled, reference, ours, ...) so that machine noise falls on all alike."""
+    config = dit_config(preset, text_dim=384) if preset in ("tiny", "nano") else dit_config(preset)
     built = [("ours", *_our_step(config, preset, batch, device, bf16))]
     if reference:
         built.append((_reference_name(config), *_reference_step(config, batch, device, bf16)))
@@ -71,10 +74,10 @@ def measure(preset: str, batch: int, steps: int, device: str, bf16: bool, compil
         # FlopCounterMode (it leaves the frame to eager for good), which would time eager steps as compiled ones.
         with FlopCounterMode(display=False) as counter:
             make_step(model)()
-        flops.append(counter.get_total_flops())
-        compiled = compile == "both" or (compile == "ours" and name == "ours")
-        runs.append((name + (" (compiled)" if compiled else ""), model,
-                     make_step(torch.compile(model) if compiled else model)))
+        runs.append((name, model, make_step(model)))
+        if compile == "both" or (compile == "ours" and name == "ours"):
+            runs.append((f"{name} (compiled)", model, make_step(torch.compile(model))))
+        flops += [counter.get_total_flops()] * (len(runs) - len(flops))
     for _ in range(2):  # warm-up (and compilation)
         for _, _, step in runs:
             step()
@@ -89,8 +92,8 @@ def measure(preset: str, batch: int, steps: int, device: str, bf16: bool, compil
     rows = [{"model": name, "params_m": sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
              "seconds": statistics.median(times), "flops_per_step": f, "flops_per_s": f / statistics.median(times)}
             for (name, model, _), f, times in zip(runs, flops, seconds)]
-    if reference:  # ours / reference achieved FLOP/s, pair by pair
-        rows[0]["ratios"] = [flops[0] / ours * ref / flops[1] for ours, ref in zip(*seconds)]
+    for row, times in zip(rows, seconds):
+        row["times"] = times
     if profile_steps:
         for row, (_, _, step) in zip(rows, runs):
             row["profile"] = time_by_kind(step, device, profile_steps)
@@ -201,11 +204,14 @@ def _sync(device: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", default="tiny,B/2")
-    parser.add_argument("--batch", type=int, default=0, help="0: 64 for tiny, 8 for others on CPU")
+    parser.add_argument("--batch", default="", help="batch sizes, comma-separated (default: 64 for tiny and nano, "
+                        "8 for others on a CPU, 64 on a GPU)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's, one per core); 1 is "
+                        "how paris launch and the demo train experts on a CPU, one process per core")
     parser.add_argument("--steps", type=int, default=5, help="timed steps of each model")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--compile", choices=["none", "ours", "both"], default="none",
-                        help="torch.compile ours, or both models (default: neither)")
+    parser.add_argument("--compile", choices=["none", "ours", "both"], default="ours",
+                        help="also time ours compiled (default), or both models compiled, or neither")
     parser.add_argument("--attention", choices=["auto", "flash", "cudnn", "efficient"], default="auto",
                         help="the only attention kernel SDPA may use on a GPU (default: PyTorch's choice)")
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
@@ -213,6 +219,8 @@ def main() -> None:
     parser.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
                         help="also time the reference DiT at the same shape (default: yes)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     bf16 = args.device == "cuda"
     if args.attention != "auto" and args.device != "cuda":
         parser.error("--attention chooses among the GPU's attention kernels; leave it out on a CPU")
@@ -227,25 +235,41 @@ def main() -> None:
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; dense {dtype} matmul baseline {baseline / 1e12:.3f} TFLOP/s")
     peak = next((v for k, v in BF16_PEAK.items() if k in name), None) if bf16 else None
-    print(f"{'preset':>6} {'model':>20} {'params':>8} {'batch':>5} {'s/step':>8} {'samples/s':>10} {'GFLOP/step':>11} "
-          f"{'TFLOP/s':>8} {'of matmul':>9}" + (f" {'of bf16 peak':>12}" if peak else ""))
+    print(f"{'preset':>6} {'model':>22} {'params':>8} {'batch':>5} {'s/step':>8} {'samples/s':>10} {'x eager':>7} "
+          f"{'GFLOP/step':>11} {'TFLOP/s':>8} {'of matmul':>9}" + (f" {'of bf16 peak':>12}" if peak else ""))
     for preset in args.presets.split(","):
-        batch = args.batch or (64 if preset == "tiny" or args.device == "cuda" else 8)
-        rows = measure(preset, batch, args.steps, args.device, bf16, args.compile, args.reference, args.profile)
-        for r in rows:
-            print(f"{preset:>6} {r['model']:>20} {r['params_m']:7.1f}M {batch:5d} {r['seconds']:8.4f} "
-                  f"{batch / r['seconds']:10.1f} {r['flops_per_step'] / 1e9:11.1f} {r['flops_per_s'] / 1e12:8.3f} "
-                  f"{r['flops_per_s'] / baseline:9.1%}" + (f" {r['flops_per_s'] / peak:12.1%}" if peak else ""))
-        if args.reference:
-            ours, ref = rows
-            print(f"{preset:>6} ours / {ref['model']}: achieved FLOP/s x{statistics.median(ours['ratios']):.3f} "
-                  f"(median of {len(ours['ratios'])} interleaved pairs, {min(ours['ratios']):.3f} to "
-                  f"{max(ours['ratios']):.3f}); FLOPs per step x{ours['flops_per_step'] / ref['flops_per_step']:.3f}, "
-                  f"seconds per step x{ours['seconds'] / ref['seconds']:.3f}")
-        for r in rows:
-            if "profile" in r:
-                print_profile(r["model"], r["profile"])
+        for batch in [int(b) for b in args.batch.split(",")] if args.batch else [_default_batch(preset, args.device)]:
+            rows = measure(preset, batch, args.steps, args.device, bf16, args.compile, args.reference, args.profile)
+            print_rows(preset, batch, rows, baseline, peak)
 
+
+def _default_batch(preset: str, device: str) -> int:
+    return 64 if preset in ("tiny", "nano") or device == "cuda" else 8
+
+
+def print_rows(preset: str, batch: int, rows: list[dict], baseline: float, peak: float | None) -> None:
+    """A line per model, its speed-up over the same model's eager step (median of the rounds' ratios), then
+    ours against the reference, eager with eager and compiled with compiled, in achieved FLOP/s."""
+    by_name = {r["model"]: r for r in rows}
+    for r in rows:
+        eager = by_name[r["model"].removesuffix(" (compiled)")]
+        speedup = statistics.median(e / t for e, t in zip(eager["times"], r["times"]))
+        print(f"{preset:>6} {r['model']:>22} {r['params_m']:7.1f}M {batch:5d} {r['seconds']:8.4f} "
+              f"{batch / r['seconds']:10.1f} {speedup:7.2f} {r['flops_per_step'] / 1e9:11.1f} "
+              f"{r['flops_per_s'] / 1e12:8.3f} {r['flops_per_s'] / baseline:9.1%}"
+              + (f" {r['flops_per_s'] / peak:12.1%}" if peak else ""))
+    for ref in rows:
+        ours = by_name.get("ours" + ref["model"][len(ref["model"].removesuffix(" (compiled)")):])
+        if ref["model"].startswith("ours") or ours is None:
+            continue
+        ratios = [ours["flops_per_step"] / o * r / ref["flops_per_step"] for o, r in zip(ours["times"], ref["times"])]
+        print(f"{preset:>6} {ours['model']} / {ref['model']}: achieved FLOP/s x{statistics.median(ratios):.3f} "
+              f"(median of {len(ratios)} interleaved rounds, {min(ratios):.3f} to {max(ratios):.3f}); FLOPs per "
+              f"step x{ours['flops_per_step'] / ref['flops_per_step']:.3f}, seconds per step "
+              f"x{ours['seconds'] / ref['seconds']:.3f}")
+    for r in rows:
+        if "profile" in r:
+            print_profile(r["model"], r["profile"])
 
 if __name__ == "__main__":
     main()
