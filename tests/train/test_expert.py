@@ -270,8 +270,10 @@ def test_a_second_job_on_the_same_expert_is_refused_while_the_first_trains(parti
 
     run = copy_run(partitioned, tmp_path / "run")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    first = subprocess.Popen([sys.executable, "-m", "paris", "train-expert", run.url, "-e", "0",
-                              "--set", "expert.steps=100000"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # compile off: auto would spend seconds compiling a job this long before it trains, and this is about the lease
+    first = subprocess.Popen([sys.executable, "-m", "paris", "train-expert", run.url, "-e", "0", "--set",
+                              "expert.steps=100000", "--set", "expert.compile=off"],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         for _ in range(600):  # until it trains
             if run.exists("experts/0/progress.json") or first.poll() is not None:
