@@ -1,5 +1,5 @@
 """The machine's cache: what paris makes once per machine and reuses across runs (the adherence classifier, local
-copies of a release read from an object store, compiled training code). $PARIS_CACHE, else ~/.cache/paris."""
+copies of a release read from an object store). $PARIS_CACHE, else ~/.cache/paris."""
 
 from __future__ import annotations
 
