@@ -84,6 +84,7 @@ def publish(run: RunDir, manifest: dict, part: Partition, labels: torch.Tensor, 
         "hash": _hash(assignments, data_hash),
         "cluster_hashes": cluster_hashes(assignments, manifest, k),
         "label_histogram": _label_histogram(labels, assignments, k),
+        "label_agreement": label_agreement(labels, assignments),
     })
     run.remove(layout.PARTITION_META)
     run.save_tensors(layout.PARTITION_CENTROIDS, {"centroids": part.centroids, **extra})
@@ -182,6 +183,22 @@ def load_partition(run: RunDir) -> Partition:
 def _hash(assignments: torch.Tensor, data_hash: str) -> str:
     """The partition's identity: its assignments, of this data."""
     return hashlib.sha256(assignments.numpy().tobytes() + data_hash.encode()).hexdigest()[:16]
+
+
+def label_agreement(labels: torch.Tensor, assignments: torch.Tensor) -> dict | None:
+    """How far the clusters follow the labels' classes (None without labels): the normalised mutual information
+    (1: the clusters are the classes; 0: independent of them) and, per label, the share of its samples that its
+    main cluster holds (1 for every class when none is split, as when clusters are unions of whole classes)."""
+    from sklearn.metrics import normalized_mutual_info_score  # imported here: every expert process reads partitions
+
+    if (labels < 0).any() or len(labels) == 0:
+        return None
+    counts = torch.zeros(int(labels.max()) + 1, int(assignments.max()) + 1, dtype=torch.int64)
+    counts.index_put_((labels, assignments), torch.ones_like(labels), accumulate=True)
+    totals = counts.sum(1)
+    shares = (counts.max(1).values / totals.clamp_min(1)).tolist()
+    return {"nmi": float(normalized_mutual_info_score(labels.numpy(), assignments.numpy())),
+            "in_main_cluster": [round(share, 6) if n else None for share, n in zip(shares, totals.tolist())]}
 
 
 def _label_histogram(labels: torch.Tensor, assignments: torch.Tensor, k: int) -> list[list[int]] | None:

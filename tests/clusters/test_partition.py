@@ -68,6 +68,9 @@ def test_kmeans_clusters_mean_more_than_random_ones(run):
     kmeans = partition(run, PartitionConfig(num_clusters=4, seed=0))
     random = partition(run, PartitionConfig(num_clusters=4, seed=0, method="random"))
     assert _purity(kmeans.meta["label_histogram"]) > _purity(random.meta["label_histogram"]) + 0.15
+    ours, chance = kmeans.meta["label_agreement"], random.meta["label_agreement"]
+    assert chance["nmi"] < 0.1 < ours["nmi"] - 0.1, (ours["nmi"], chance["nmi"])
+    assert np.mean(chance["in_main_cluster"]) < 0.5 < np.mean(ours["in_main_cluster"])
 
 
 def test_random_is_balanced_and_seeded(run):
@@ -81,6 +84,7 @@ def test_labels_method_uses_the_labels_as_clusters(run):
     labels = read_all(load_store(run)).labels
     part = partition(run, PartitionConfig(num_clusters=10, method="labels"))
     assert torch.equal(part.assignments, labels)  # Fashion-MNIST labels are 0..9
+    assert part.meta["label_agreement"] == {"nmi": pytest.approx(1.0), "in_main_cluster": [1.0] * 10}
     with pytest.raises(ParisError, match="data has 10 labels; use --clusters 10"):
         partition(run, PartitionConfig(num_clusters=3, method="labels"))
 
@@ -140,6 +144,7 @@ def test_export_gives_each_expert_only_its_cluster(run):
 def test_cli_partition_method_and_export(run):
     result = run_in_process("partition", run.url, "--clusters", "3", "--method", "random")
     assert result.returncode == 0, result.stderr
+    assert "NMI with the labels 0.0" in result.stderr and "in its main cluster" in result.stderr, result.stderr
     assert load_partition(run).meta["method"] == "random" and run.read_config().partition.method == "random"
     result = run_in_process("export-clusters", run.url, "--cluster", "1")
     assert result.returncode == 0, result.stderr
@@ -159,6 +164,8 @@ def test_text_features_put_each_caption_class_in_one_cluster(tmp_path, config):
     part = partition(run, PartitionConfig(num_clusters=3, seed=0))
     histogram = torch.tensor(part.meta["label_histogram"])  # [cluster, class]
     assert ((histogram > 0).sum(0) == 1).all()  # no class is split between clusters
+    agreement = part.meta["label_agreement"]
+    assert agreement["in_main_cluster"] == [1.0] * 10 and agreement["nmi"] < 0.9  # 3 clusters are not 10 classes
 
 
 # --- the partition's files, and what it refuses ---------------------------------------------------
