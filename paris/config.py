@@ -117,6 +117,9 @@ class DataConfig:
     label_column: Optional[str] = None  # a column of integer labels (for `--method labels`); None: no labels
     limit: Optional[Positive] = None  # use only the first N images; None: every image
     classes: Optional[list[int]] = None  # fashion-mnist: only the images of these classes (0-9); None: all
+    # fashion-mnist: class (templates that name the class) | described (names, attributes and templates that vary
+    # with the image: paris.data.fashion_captions)
+    captions: Literal["class", "described"] = "class"
     image_size: Positive = 256  # shorter side resized to this, then centre-cropped (Paris: 256; fashion-mnist: always 32)
     min_image_size: int = 128  # images with a shorter side below this are skipped (counted), not upscaled
     autoencoder: Literal["identity", "sd-vae"] = "identity"  # identity: pixel space
@@ -140,6 +143,8 @@ class DataConfig:
     def __post_init__(self):
         if self.classes is not None and self.source != "fashion-mnist":
             raise ParisError(f"data.classes chooses Fashion-MNIST classes; a {self.source} source has none: drop it")
+        if self.captions != "class" and self.source != "fashion-mnist":
+            raise ParisError(f"data.captions chooses Fashion-MNIST's captions; a {self.source} source has its own: drop it")
         if self.classes is not None and not (self.classes and all(0 <= c <= 9 for c in self.classes)):
             raise ParisError(f"data.classes must list Fashion-MNIST classes, numbers 0 to 9; got {self.classes}")
 

@@ -25,7 +25,7 @@ from typing import Iterator
 import fsspec
 
 from paris.config import DataConfig
-from paris.data import fashion_mnist
+from paris.data import fashion_captions, fashion_mnist
 from paris.errors import ParisError
 
 log = logging.getLogger(__name__)
@@ -73,11 +73,14 @@ class FashionMnistSource(Source):
     def __init__(self, cfg: DataConfig):
         self.images, self.labels = fashion_mnist.load(cfg.path, cfg.split, cfg.limit, cfg.classes)
         self.size = len(self.images)  # sources that know their length get an ETA
+        self.described, self.seed = cfg.captions == "described", cfg.seed
 
     def samples(self, start: int = 0) -> Iterator[Sample]:
         for i in range(start, len(self.images)):
             label = int(self.labels[i])
-            yield Sample(str(i), self.images[i], fashion_mnist.caption(label, i), label)
+            caption = (fashion_captions.describe(self.images[i], label, self.seed) if self.described
+                       else fashion_mnist.caption(label, i))
+            yield Sample(str(i), self.images[i], caption, label)
 
 
 class FolderSource(Source):
