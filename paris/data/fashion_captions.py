@@ -11,12 +11,14 @@ third of its class (a mid-grey coat is neither dark nor light, and says neither)
     texture  plain / patterned      mean |pixel - its 3x3 neighbourhood's mean| over the garment: fine detail
 
 Evaluation prompts use HELD_OUT_TEMPLATES, which no training caption uses, and the same measurements score
-whether a generated image shows the attributes its prompt asked for (`measure`, `attribute_words`).
+whether a generated image shows the attributes its prompt asked for (`asked_words`, `attribute_adherence`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+from collections import Counter
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +75,25 @@ def attribute_words(values: dict[str, torch.Tensor], labels: torch.Tensor) -> li
             elif value > high:
                 words[i].append(high_word)
     return words
+
+
+def asked_words(prompt: str) -> list[str]:
+    """The attribute words a prompt asks for, in the order tone, size, texture (no name or template holds one)."""
+    return [word for pair in ATTRIBUTES.values() for word in pair if re.search(rf"\b{word}\b", prompt)]
+
+
+def attribute_adherence(asked: list[list[str]], shown: list[list[str]]) -> tuple[float, dict[str, float]]:
+    """The share of the attribute words the prompts asked for that their images show (`attribute_words` of the
+    generated images), overall and per attribute. Prompts that ask for none do not count."""
+    hits, counts = Counter(), Counter()
+    for wanted, got in zip(asked, shown):
+        for word in wanted:
+            attribute = next(a for a, pair in ATTRIBUTES.items() if word in pair)
+            counts[attribute] += 1
+            hits[attribute] += word in got
+    if not counts:
+        raise ValueError("no prompt asks for an attribute")
+    return sum(hits.values()) / sum(counts.values()), {a: hits[a] / counts[a] for a in ATTRIBUTES if counts[a]}
 
 
 def describe(image: torch.Tensor, label: int, seed: int, held_out: bool = False) -> str:

@@ -66,9 +66,12 @@ class FashionMnistSource(Source):
     def image_shape(cfg: DataConfig) -> tuple[int, int, int]:
         return (1, 32, 32)  # 28x28 padded, whatever data.image_size says
 
-    @staticmethod
-    def prompt(sample: Sample) -> str:
-        return fashion_mnist.class_prompt(sample.label)  # asked for its class, as the demo samples
+    def prompt(self, sample: Sample) -> str:
+        """Its class, as the demo asks for it; with described captions, what the image shows, in a phrasing
+        held out of training."""
+        if self.described:
+            return fashion_captions.describe(sample.image, sample.label, self.seed, held_out=True)
+        return fashion_mnist.class_prompt(sample.label)
 
     def __init__(self, cfg: DataConfig):
         self.images, self.labels = fashion_mnist.load(cfg.path, cfg.split, cfg.limit, cfg.classes)

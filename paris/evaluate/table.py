@@ -17,6 +17,7 @@ import torch
 from paris import layout
 from paris import progress
 from paris.config import EvalConfig, SampleConfig, from_dict
+from paris.data.fashion_captions import asked_words, attribute_adherence, attribute_words, measure
 from paris.evaluate.adherence import fashion_classifier, predict, scores
 from paris.evaluate.fid import InceptionFeatures, frechet_distance
 from paris.evaluate.heldout import held_out_loss
@@ -56,7 +57,8 @@ def evaluate_run(run_url: str, cfg: EvalConfig, **sampling) -> dict:
     if baseline is not None:
         report["baseline"] = baseline
     report["strategies"] = rows = {}
-    measures = Measures(features, classifier, clip)
+    asks_attributes = real.labels is not None and any(asked_words(p) for p in real.prompts)
+    measures = Measures(features, classifier, clip, attributes=asks_attributes)
     for strategy in cfg.strategy_list:
         pipe = ParisPipeline.from_run(run_url, monolith=strategy == "monolith")
         sampled = sample_and_score(pipe, strategy, real.prompts, real.labels, sample, cfg.seed, cfg.batch_size, measures)
@@ -88,6 +90,7 @@ class Measures:
     features: InceptionFeatures | None = None  # for FID
     classifier: torch.nn.Module | None = None  # prompt adherence: needs the prompts' labels
     clip: ClipScore | None = None
+    attributes: bool = False  # attribute adherence (Fashion-MNIST's described captions): needs the labels too
 
 
 def sample_and_score(pipe: ParisPipeline, strategy: str, prompts: list[str], labels: torch.Tensor | None,
@@ -96,7 +99,7 @@ def sample_and_score(pipe: ParisPipeline, strategy: str, prompts: list[str], lab
     """One image per prompt with one strategy, scored batch by batch (so memory does not grow with the number
     of samples): Inception features, adherence and CLIP score when measured, and the cost. Batch i is drawn
     with seed + i; with `keep_images`, the images come back too."""
-    features, predicted, clip_scores, seconds, passes, kept = [], [], [], 0.0, 0.0, []
+    features, predicted, clip_scores, shown, seconds, passes, kept = [], [], [], [], 0.0, 0.0, []
     with progress.bar(f"sample: {strategy}", len(prompts), unit="images") as bar:
         for i in range(0, len(prompts), batch_size):
             batch = prompts[i : i + batch_size]
@@ -113,6 +116,8 @@ def sample_and_score(pipe: ParisPipeline, strategy: str, prompts: list[str], lab
                 predicted.append(predict(measures.classifier, images))
             if measures.clip is not None:
                 clip_scores.append(measures.clip.pairs(images, batch))
+            if measures.attributes:
+                shown += attribute_words(measure(images), labels[i : i + batch_size])
             if keep_images:
                 kept.append(images)
             bar.update(advance=len(images))
@@ -122,6 +127,9 @@ def sample_and_score(pipe: ParisPipeline, strategy: str, prompts: list[str], lab
         row["prompt_adherence"], row["prompt_adherence_by_class"] = scores(torch.cat(predicted), labels)
     if measures.clip is not None:
         row["clip_score"] = torch.cat(clip_scores).mean().item()
+    if measures.attributes:
+        row["attribute_adherence"], row["attribute_adherence_by_attribute"] = attribute_adherence(
+            [asked_words(p) for p in prompts], shown)
     if keep_images:
         row["images"] = torch.cat(kept)
     return {**row, "expert_passes_per_image_step": passes / n, "seconds_per_image": seconds / n}
@@ -130,6 +138,7 @@ def sample_and_score(pipe: ParisPipeline, strategy: str, prompts: list[str], lab
 COLUMNS = [  # (JSON key, header, format) of the table; a column appears when its measure was taken
     ("fid", "FID", "{:.2f}"),
     ("prompt_adherence", "prompt adherence", "{:.1%}"),
+    ("attribute_adherence", "attribute adherence", "{:.1%}"),
     ("clip_score", "CLIP score", "{:.2f}"),
     ("held_out_loss", "held-out loss", "{:.4f}"),
     ("expert_passes_per_image_step", "expert passes / image / step", "{:.2f}"),

@@ -14,8 +14,9 @@ import torch
 from testkit.runs import FASHION_MNIST
 from paris.config import apply_overrides
 from paris.data import fashion_mnist
-from paris.data.fashion_captions import (ATTRIBUTES, HELD_OUT_TEMPLATES, NAMES, TEMPLATES, THIRDS, attribute_words,
-                                         _with_article, describe, measure, measured_thirds)
+from paris.data.fashion_captions import (ATTRIBUTES, HELD_OUT_TEMPLATES, NAMES, TEMPLATES, THIRDS, _with_article,
+                                         asked_words, attribute_adherence, attribute_words, describe, measure,
+                                         measured_thirds)
 from paris.data.prepare import prepare
 from paris.data.shard_reader import read_captions, shard_refs
 from paris.data.store import read_manifest
@@ -83,6 +84,13 @@ def test_every_caption_fits_the_demo_text_encoders_tokens(config):
     captions = [t.format(_with_article(p)) for t in TEMPLATES + HELD_OUT_TEMPLATES for p in phrases]
     longest = max(captions, key=lambda c: len(tokenizer(c)["input_ids"]))
     assert len(tokenizer(longest)["input_ids"]) <= config.data.max_tokens == 16, longest
+
+
+def test_asked_words_and_attribute_adherence():
+    assert asked_words("an image showing a dark, wide, plain coat") == ["dark", "wide", "plain"]
+    assert asked_words("a photo of a coat") == [] and asked_words("a summer shoe on black") == []
+    asked, shown = [["dark", "wide"], ["plain"], []], [["dark", "narrow"], ["plain", "light"], ["wide"]]
+    assert attribute_adherence(asked, shown) == (2 / 3, {"tone": 1.0, "size": 0.0, "texture": 1.0})
 
 
 def test_described_captions_are_for_fashion_mnist_only(config):

@@ -211,3 +211,35 @@ def test_the_adherence_classifier_is_trained_once_then_read_from_the_cache(monke
     again = evaluate.fashion_classifier(config.data.path, limit=256, seed=3)
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
     assert not again.training  # dropout and batch statistics frozen for scoring
+
+
+def test_the_reference_of_a_described_run_asks_for_what_its_images_show(config):
+    """With data.captions described, a reference prompt is a held-out phrasing of its image's caption, so the
+    real images earn every attribute word their prompts ask for (the measure's ceiling)."""
+    from paris.data.fashion_captions import (HELD_OUT_TEMPLATES, asked_words, attribute_adherence, attribute_words,
+                                             measure)
+
+    described = dataclasses.replace(config, data=dataclasses.replace(config.data, captions="described"))
+    real = load_reference(described, 200)
+    assert all(p.startswith(tuple(t.split("{}")[0] for t in HELD_OUT_TEMPLATES)) for p in real.prompts)
+    asked = [asked_words(p) for p in real.prompts]
+    assert sum(map(len, asked)) > 200  # about 2 of 3 attributes said per prompt
+    overall, by_attribute = attribute_adherence(asked, attribute_words(measure(real.images), real.labels))
+    assert overall == 1.0 and by_attribute == {"tone": 1.0, "size": 1.0, "texture": 1.0}
+    assert load_reference(config, 3).prompts == [fashion_mnist.class_prompt(int(y)) for y in real.labels[:3]]
+
+
+def test_attribute_adherence_scores_the_generated_images_batch_by_batch(trained, config):
+    """sample_and_score's figure equals the measure applied to all its images at once (batches and labels aligned)."""
+    from paris.data.fashion_captions import asked_words, attribute_adherence, attribute_words, measure
+    from paris.evaluate.table import Measures, sample_and_score
+    from paris.pipeline import ParisPipeline
+
+    described = dataclasses.replace(config, data=dataclasses.replace(config.data, captions="described"))
+    real = load_reference(described, 7)
+    row = sample_and_score(ParisPipeline.from_run(str(trained)), "top1", real.prompts, real.labels,
+                           dataclasses.replace(config.sample, steps=2), 0, 3, Measures(attributes=True),
+                           keep_images=True)
+    expected = attribute_adherence([asked_words(p) for p in real.prompts],
+                                   attribute_words(measure(row["images"]), real.labels))
+    assert (row["attribute_adherence"], row["attribute_adherence_by_attribute"]) == expected
