@@ -21,6 +21,7 @@ from paris.data.fashion_captions import asked_words, attribute_adherence, attrib
 from paris.evaluate.adherence import fashion_classifier, predict, scores
 from paris.evaluate.fid import InceptionFeatures, frechet_distance
 from paris.evaluate.heldout import held_out_loss
+from paris.evaluate.memorisation import NearestTraining, copy_threshold, memorised_shares
 from paris.evaluate.reference import load_reference
 from paris.grow import held_classes
 from paris.models.clip_score import ClipScore
@@ -59,6 +60,10 @@ def evaluate_run(run_url: str, cfg: EvalConfig, **sampling) -> dict:
     report["strategies"] = rows = {}
     asks_attributes = real.labels is not None and any(asked_words(p) for p in real.prompts)
     measures = Measures(features, classifier, clip, attributes=asks_attributes)
+    if config.data.autoencoder == "identity":  # generated images and training latents are both pixels
+        measures.nearest = NearestTraining.of_run(run)
+        measures.copy_threshold = copy_threshold(measures.nearest(real.images)[0])
+        report["copy_threshold"] = measures.copy_threshold
     for strategy in cfg.strategy_list:
         pipe = ParisPipeline.from_run(run_url, monolith=strategy == "monolith")
         sampled = sample_and_score(pipe, strategy, real.prompts, real.labels, sample, cfg.seed, cfg.batch_size, measures)
@@ -91,6 +96,8 @@ class Measures:
     classifier: torch.nn.Module | None = None  # prompt adherence: needs the prompts' labels
     clip: ClipScore | None = None
     attributes: bool = False  # attribute adherence (Fashion-MNIST's described captions): needs the labels too
+    nearest: NearestTraining | None = None  # memorisation (pixel-space runs), with the held-out images' threshold
+    copy_threshold: float = 0.0
 
 
 def sample_and_score(pipe: ParisPipeline, strategy: str, prompts: list[str], labels: torch.Tensor | None,
@@ -99,7 +106,7 @@ def sample_and_score(pipe: ParisPipeline, strategy: str, prompts: list[str], lab
     """One image per prompt with one strategy, scored batch by batch (so memory does not grow with the number
     of samples): Inception features, adherence and CLIP score when measured, and the cost. Batch i is drawn
     with seed + i; with `keep_images`, the images come back too."""
-    features, predicted, clip_scores, shown, seconds, passes, kept = [], [], [], [], 0.0, 0.0, []
+    features, predicted, clip_scores, shown, nearest, seconds, passes, kept = [], [], [], [], [], 0.0, 0.0, []
     with progress.bar(f"sample: {strategy}", len(prompts), unit="images") as bar:
         for i in range(0, len(prompts), batch_size):
             batch = prompts[i : i + batch_size]
@@ -118,6 +125,8 @@ def sample_and_score(pipe: ParisPipeline, strategy: str, prompts: list[str], lab
                 clip_scores.append(measures.clip.pairs(images, batch))
             if measures.attributes:
                 shown += attribute_words(measure(images), labels[i : i + batch_size])
+            if measures.nearest is not None:
+                nearest.append(measures.nearest(images))
             if keep_images:
                 kept.append(images)
             bar.update(advance=len(images))
@@ -130,6 +139,9 @@ def sample_and_score(pipe: ParisPipeline, strategy: str, prompts: list[str], lab
     if measures.attributes:
         row["attribute_adherence"], row["attribute_adherence_by_attribute"] = attribute_adherence(
             [asked_words(p) for p in prompts], shown)
+    if nearest:
+        row["memorised_share"], row["memorised_share_by_expert"] = memorised_shares(
+            torch.cat([d for d, _ in nearest]), torch.cat([c for _, c in nearest]), measures.copy_threshold)
     if keep_images:
         row["images"] = torch.cat(kept)
     return {**row, "expert_passes_per_image_step": passes / n, "seconds_per_image": seconds / n}
@@ -140,6 +152,7 @@ COLUMNS = [  # (JSON key, header, format) of the table; a column appears when it
     ("prompt_adherence", "prompt adherence", "{:.1%}"),
     ("attribute_adherence", "attribute adherence", "{:.1%}"),
     ("clip_score", "CLIP score", "{:.2f}"),
+    ("memorised_share", "near-copies", "{:.1%}"),
     ("held_out_loss", "held-out loss", "{:.4f}"),
     ("expert_passes_per_image_step", "expert passes / image / step", "{:.2f}"),
     ("seconds_per_image", "s / image", "{:.3f}"),
@@ -154,6 +167,9 @@ def report_markdown(report: dict) -> str:
         notes.append(f"classifier test accuracy {report['classifier_test_accuracy']:.1%}")
     if "reference_clip_score" in report:
         notes.append(f"CLIP score of the real images with their captions {report['reference_clip_score']:.2f}")
+    if "copy_threshold" in report:
+        notes.append(f"near-copies: images closer to a training image than 99% of the held-out ones "
+                     f"(L2 {report['copy_threshold']:.2f})")
     if "baseline" in report:
         b = report["baseline"]
         notes.append(f"monolith: {b['steps']:,} steps of {b['batch_size']} ({b['samples_seen']:,} samples, "

@@ -115,8 +115,11 @@ def test_evaluate_writes_the_table(trained, tmp_path, config):
     assert f"| top1 | {report['strategies']['top1']['prompt_adherence_by_class'][next(iter(counts))]:.0%} |" in table
     assert all(r["held_out_loss"] == pytest.approx(sum(r["held_out_loss_by_t"].values()) / 10) for r in rows.values())
     assert rows["top1"]["held_out_loss"] != rows["monolith"]["held_out_loss"]
-    assert ("| strategy | FID | prompt adherence | CLIP score | held-out loss | expert passes / image / step | s / image |"
-            in table)
+    assert ("| strategy | FID | prompt adherence | CLIP score | near-copies | held-out loss | expert passes / image / step "
+            "| s / image |" in table)
+    assert report["copy_threshold"] > 0 and f"(L2 {report['copy_threshold']:.2f})" in table
+    for r in rows.values():  # per expert: over the images whose nearest training image is in its cluster
+        assert 0 <= r["memorised_share"] <= 1 and set(r["memorised_share_by_expert"]) <= {"0", "1"}
     assert "| top1 |" in table
     assert report["route_every"] == 2 and "router every 2 steps" in table
     assert report["baseline"] == {"protocol": "split-batch", "steps": e.steps, "batch_size": 2 * e.batch_size,
@@ -243,3 +246,34 @@ def test_attribute_adherence_scores_the_generated_images_batch_by_batch(trained,
     expected = attribute_adherence([asked_words(p) for p in real.prompts],
                                    attribute_words(measure(row["images"]), real.labels))
     assert (row["attribute_adherence"], row["attribute_adherence_by_attribute"]) == expected
+
+
+def test_nearest_training_distances_are_exact_on_a_tiny_set(monkeypatch):
+    """Chunked (3 training images at a time, so the best moves between chunks), against every pair measured: the
+    same nearest image and its distance."""
+    from paris.evaluate import memorisation
+
+    monkeypatch.setattr(memorisation, "CHUNK", 3)
+    generator = torch.Generator().manual_seed(0)
+    training, queries = torch.randn(10, 1, 4, 4, generator=generator), torch.randn(5, 1, 4, 4, generator=generator)
+    clusters = torch.arange(10)  # one per image: the cluster reported names the nearest image
+    distances, nearest_clusters = memorisation.NearestTraining(training, clusters)(queries)
+    pairs = torch.cdist(queries.flatten(1), training.flatten(1), compute_mode="donot_use_mm_for_euclid_dist")
+    assert torch.equal(nearest_clusters, clusters[pairs.argmin(1)])  # the nearest itself, not an approximation
+    torch.testing.assert_close(distances, pairs.min(1).values, rtol=1e-6, atol=0)  # to float rounding
+
+
+def test_copies_of_training_images_are_counted_and_held_out_images_are_not(config):
+    """The threshold leaves exactly 2 of 200 held-out images below it (1%); slightly perturbed copies of training
+    images all fall below, each counted for the cluster of the image it copies."""
+    from paris.evaluate.memorisation import NearestTraining, copy_threshold, memorised_shares
+
+    images = fashion_mnist.load(config.data.path, "train", limit=400)[0]
+    held_out = fashion_mnist.load(config.data.path, "test", limit=200)[0]
+    nearest = NearestTraining(images, torch.arange(400) % 4)
+    threshold = copy_threshold(nearest(held_out)[0])
+    assert memorised_shares(*nearest(held_out), threshold)[0] == pytest.approx(0.01)
+    copies = images[[5, 6, 7, 8, 9]] + 0.001 * torch.randn(5, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    distances, clusters = nearest(copies)
+    assert clusters.tolist() == [1, 2, 3, 0, 1] and (distances < 0.1).all()
+    assert memorised_shares(distances, clusters, threshold) == (1.0, {"0": 1.0, "1": 1.0, "2": 1.0, "3": 1.0})
