@@ -1,7 +1,7 @@
 """Fashion-MNIST captions that describe the image instead of naming its class (data.captions: described).
 
-With one caption per class, clustering the captions gives the classes and a router that reads the prompt is a
-lookup table. Here each image gets one of many captions: one of several names for its class, the attributes
+With captions that only name the class, clustering the captions gives the classes and a router that reads the
+prompt is a lookup table. Here each image gets one of many captions: one of several names for its class, the attributes
 its own pixels show, and one of several sentence templates, chosen by a hash of the image and the seed, so a
 caption is a pure function of the two. The attributes, each said only when the image lies in the lower or upper
 third of its class (a mid-grey coat is neither dark nor light, and says neither):
