@@ -78,13 +78,14 @@ def publish(run: RunDir, manifest: dict, part: Partition, labels: torch.Tensor, 
     """Write a partition of the data `manifest` describes: the sizes and hashes are added to part.meta here.
     Published as a whole: no pointer while the files change, so no reader ever mixes old and new."""
     assignments, k, data_hash = part.assignments, part.num_clusters, manifest["data_hash"]
+    histogram = _label_histogram(labels, assignments, k)
     part.meta.update({
         "sizes": torch.bincount(assignments, minlength=k).tolist(),
         "data_hash": data_hash,  # the partition belongs to this data: checked whenever it is loaded
         "hash": _hash(assignments, data_hash),
         "cluster_hashes": cluster_hashes(assignments, manifest, k),
-        "label_histogram": _label_histogram(labels, assignments, k),
-        "label_agreement": label_agreement(labels, assignments),
+        "label_histogram": histogram,
+        "label_agreement": label_agreement(labels, assignments, histogram),
     })
     run.remove(layout.PARTITION_META)
     run.save_tensors(layout.PARTITION_CENTROIDS, {"centroids": part.centroids, **extra})
@@ -185,16 +186,17 @@ def _hash(assignments: torch.Tensor, data_hash: str) -> str:
     return hashlib.sha256(assignments.numpy().tobytes() + data_hash.encode()).hexdigest()[:16]
 
 
-def label_agreement(labels: torch.Tensor, assignments: torch.Tensor) -> dict | None:
-    """How far the clusters follow the labels' classes (None without labels): the normalised mutual information
-    (1: the clusters are the classes; 0: independent of them) and, per label, the share of its samples that its
-    main cluster holds (1 for every class when none is split, as when clusters are unions of whole classes)."""
+def label_agreement(labels: torch.Tensor, assignments: torch.Tensor,
+                    histogram: list[list[int]] | None) -> dict | None:
+    """How far the clusters follow the labels' classes (None without labels, as `histogram`, the partition's
+    label_histogram): the normalised mutual information (1: the clusters are the classes; 0: independent of them)
+    and, per label, the share of its samples that its main cluster holds (1 for every class when none is split, as
+    when clusters are unions of whole classes)."""
     from sklearn.metrics import normalized_mutual_info_score  # imported here: every expert process reads partitions
 
-    if (labels < 0).any() or len(labels) == 0:
+    if histogram is None:
         return None
-    counts = torch.zeros(int(labels.max()) + 1, int(assignments.max()) + 1, dtype=torch.int64)
-    counts.index_put_((labels, assignments), torch.ones_like(labels), accumulate=True)
+    counts = torch.tensor(histogram).T  # [label, cluster]
     totals = counts.sum(1)
     shares = (counts.max(1).values / totals.clamp_min(1)).tolist()
     return {"nmi": float(normalized_mutual_info_score(labels.numpy(), assignments.numpy())),

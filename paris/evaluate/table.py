@@ -59,11 +59,11 @@ def evaluate_run(run_url: str, cfg: EvalConfig, **sampling) -> dict:
         report["baseline"] = baseline
     report["strategies"] = rows = {}
     asks_attributes = real.labels is not None and any(asked_words(p) for p in real.prompts)
-    measures = Measures(features, classifier, clip, attributes=asks_attributes)
+    nearest, threshold = None, 0.0
     if config.data.autoencoder == "identity":  # generated images and training latents are both pixels
-        measures.nearest = NearestTraining.of_run(run)
-        measures.copy_threshold = copy_threshold(measures.nearest(real.images)[0])
-        report["copy_threshold"] = measures.copy_threshold
+        nearest = NearestTraining.of_run(run)
+        report["copy_threshold"] = threshold = copy_threshold(nearest(real.images)[0])
+    measures = Measures(features, classifier, clip, asks_attributes, nearest, threshold)
     for strategy in cfg.strategy_list:
         pipe = ParisPipeline.from_run(run_url, monolith=strategy == "monolith")
         sampled = sample_and_score(pipe, strategy, real.prompts, real.labels, sample, cfg.seed, cfg.batch_size, measures)
