@@ -54,8 +54,9 @@ def layer(module: str) -> int:
 
 
 # The root package's empty __init__ is no room of its own: `from paris import progress` imports paris.progress.
-GRAPH = {name: {m for m in imports(tree) if m in modules()} - {name, "paris"}
-         for name, tree in modules().items() if name != "paris"}
+MODULES = modules()  # parsed once: the graph looks every import up in it
+GRAPH = {name: {m for m in imports(tree) if m in MODULES} - {name, "paris"}
+         for name, tree in MODULES.items() if name != "paris"}
 
 
 @pytest.mark.parametrize("module", sorted(GRAPH))
@@ -84,7 +85,7 @@ def test_no_import_circle():
 @pytest.mark.parametrize("module", sorted(m for m in GRAPH if not m.startswith(TALKERS)))
 def test_library_code_does_not_print_or_draw(module):
     """Output goes through paris.progress; tables and charts are made by paris.report for the command line."""
-    tree = modules()[module]
+    tree = MODULES[module]
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             assert node.func.id != "print", f"{module}:{node.lineno} prints"
