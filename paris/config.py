@@ -129,12 +129,14 @@ class DataConfig:
     text_encoder_path: Optional[str] = None  # a local HF model directory; None: the default location of `text_encoder`
     max_tokens: Positive = 16  # Paris (CLIP): 77
     text_storage: Literal["tokens", "embeddings"] = "tokens"  # tokens: ids, encoded while training | embeddings: fp16 states in the shards
-    # Clustering features: pixel-pca | dinov2 (images) | text (the captions' embeddings)
-    features: Literal["pixel-pca", "dinov2", "text"] = "pixel-pca"
+    # Clustering features: pixel-pca | simclr (learned without labels on this data) | dinov2 (images) | text (the
+    # captions' embeddings)
+    features: Literal["pixel-pca", "simclr", "dinov2", "text"] = "pixel-pca"
     features_path: Optional[str] = None  # local HF directory of DINOv2 (Paris: facebook/dinov2-large)
     feature_pooling: Literal["cls", "mean", "both"] = "cls"  # dinov2: the CLS token, the mean of the patch tokens, or both
     feature_dim: Positive = 64  # pixel-pca only
     pca_fit_images: Positive = 10000  # pixel-pca is fitted on the first N images, so shards encode independently
+    simclr_fit_images: Positive = 60000  # simclr is trained on the first N images (seen at 16x16), likewise
     shard_size: Positive = 10000  # source positions per shard (skipped images leave a shard short)
     batch_size: Positive = 64  # images per encoder call
     decode_threads: Positive = 8  # images decoded and resized in parallel

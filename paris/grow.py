@@ -96,7 +96,7 @@ def _grow_partition(run: RunDir, part: Partition, grown: dict, new: dict, prefix
             raise ParisError(f"cannot make {len(clusters)} clusters of {new['count']} images; use fewer --clusters")
         _, coarse, _ = hierarchical_kmeans(run, tagged, dataclasses.replace(cfg, num_clusters=len(clusters)))
         local = nearest_centroid(run, tagged, coarse)
-    # Pixel-PCA features of added data come from its own PCA fit: comparable among the new rows, not with the
+    # Pixel-PCA and SimCLR features of added data come from their own fit: comparable among the new rows, not with the
     # old ones. So the old centroids stay as they are, and the new clusters' means are kept beside them.
     features = torch.cat([c["features"].float() for _, c in read_columns(run, ["features"], manifest=tagged)])
     extra[prefix.replace("/", "_")] = torch.stack([features[local == i].mean(0) for i in range(len(clusters))])

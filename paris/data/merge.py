@@ -25,6 +25,12 @@ def merge(run: RunDir, prefix: str = layout.DATA) -> dict:
     if len(stamps) > 1:
         raise ParisError(f"the parts in {run.url}/{layout.parts(prefix)} were prepared with different data configs "
                          f"({', '.join(names)}); prepare every range with the same config")
+    encoders = {part.get("feature_encoder") for part in parts.values()}
+    if len(encoders) > 1:  # a learned feature extractor trained apart on two machines: two feature spaces
+        raise ParisError(f"the parts in {run.url}/{layout.parts(prefix)} were encoded with differently trained "
+                         f"feature encoders ({', '.join(names)}); encode every "
+                         "range with one: copy the machine cache's file (~/.cache/paris/simclr-*) of the first "
+                         "machine to the others and prepare their ranges again")
     shards: dict[int, dict] = {}
     for name, part in parts.items():
         for entry in part["shards"]:
@@ -67,6 +73,7 @@ def merge(run: RunDir, prefix: str = layout.DATA) -> dict:
                                                "feature_pooling")},
         "data_config": cfg,
         "fingerprint": part["fingerprint"],
+        "feature_encoder": part.get("feature_encoder"),
         "class_names": part.get("class_names"),
         "empty_text": part.get("empty_text"),
         "shards": entries,

@@ -76,7 +76,8 @@ def prepare(run: RunDir, config: RunConfig, shard_range: tuple[int, int | None] 
                   f" ({len(done)} already complete)")
     entries, index, exhausted = _encode_range(run, prefix, cfg, encoders, first, end, done, stamp)
     part = {"first": first, "end": index, "exhausted": exhausted, "fingerprint": stamp,
-            "data_config": dataclasses.asdict(cfg), "text_dim": text.dim, "shards": entries}
+            "data_config": dataclasses.asdict(cfg), "text_dim": text.dim, "shards": entries,
+            "feature_encoder": encoders.feature_identity}
     if cfg.text_storage == "embeddings":
         states, mask = text.encode([""])
         part["empty_text"] = {"states": states[0].half().tolist(), "mask": mask[0].tolist()}

@@ -4,7 +4,8 @@
   (identity: pixels, the demo; sd-vae: diffusers AutoencoderKL, Paris: sd-vae-ft-mse, scale 0.18215);
 - text encoder: captions -> token ids -> token states [N,L,D] + mask [N,L] (minilm: the demo; clip: Paris,
   CLIP ViT-L/14, 77 tokens);
-- clustering features: images -> [N,F] (pixel-pca: the demo; dinov2: Paris, ViT-L/14, 1024-d), or captions (text).
+- clustering features: images -> [N,F] (pixel-pca; simclr, learned without labels on the data itself: the demo;
+  dinov2: Paris, ViT-L/14, 1024-d), or captions (text).
 Real weights load from local directories named in the config (there is no model hub at training time).
 Each runs on the device it is given ("cpu", "cuda", "cuda:1"); `default_device()` is the first GPU if any.
 """
@@ -197,6 +198,23 @@ class PixelPCA:
         return (images.flatten(1) - self.mean) @ self.components.T
 
 
+class SimCLRFeatures:
+    """The embeddings of a SimCLR encoder (paris.models.simclr) trained on the fit images, or read from the machine's
+    cache when one was trained on the same images with the same recipe. `identity` names the weights, so shards
+    encoded by different encoders (another machine's training) are never merged into one data set."""
+
+    def __init__(self, fit_images: torch.Tensor, seed: int, device: str = "cpu"):
+        from paris.models import simclr
+
+        self.model, self.identity = simclr.trained_encoder(fit_images, seed)
+        self.model.to(device)
+        self.device = device
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images.to(self.device)).float().cpu()
+
+
 class Dinov2Features:
     """DINOv2 image embeddings: the CLS token (what DINOv2's k-NN evaluation uses), the mean of the patch
     tokens, or both concatenated. Inputs go through DINOv2's own preprocessing: 256 -> centre 224, ImageNet norm."""
@@ -235,15 +253,23 @@ class TextFeatures:
         return torch.stack([self.cache[c] for c in captions])
 
 
-FEATURES = ("pixel-pca", "dinov2", "text")
+FEATURES = ("pixel-pca", "simclr", "dinov2", "text")
 
 
 def build_features(cfg, first_images, text: TextEncoder, device: str = "cpu"):
     """The clustering feature extractor of data config `cfg`, called as (images, captions) -> [N, F];
-    `first_images()` gives pixel-pca its fit set."""
+    `first_images(n, size)` gives pixel-pca and simclr their fit set (the first n images, at `size` if given).
+    A learned extractor has an `identity` (its weights' hash)."""
     if cfg.features == "pixel-pca":
-        pca = PixelPCA(first_images(), cfg.feature_dim, cfg.seed)
+        pca = PixelPCA(first_images(cfg.pca_fit_images, None), cfg.feature_dim, cfg.seed)
         return lambda images, captions: pca(images)
+    if cfg.features == "simclr":
+        from paris.models.simclr import SIZE
+
+        encoder = SimCLRFeatures(first_images(cfg.simclr_fit_images, SIZE), cfg.seed, device)
+        features = lambda images, captions: encoder(images)  # noqa: E731
+        features.identity = encoder.identity
+        return features
     if cfg.features == "dinov2":
         dinov2 = Dinov2Features(cfg.features_path, cfg.feature_pooling, device)
         return lambda images, captions: dinov2(images)
