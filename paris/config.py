@@ -259,7 +259,9 @@ class EvalConfig:
     """`paris evaluate`: what is measured, and against what. How the images are sampled is the run's
     SampleConfig. Checked when made, so a bad value fails before minutes of sampling."""
 
-    strategies: str = "monolith,top1,top2,full"  # comma-separated routing rules; monolith needs train-monolith
+    # Comma-separated routing rules; monolith needs train-monolith; RULE@NAME samples with router-NAME/ (`paris
+    # train-router --name NAME`) instead of router/.
+    strategies: str = "monolith,top1,top2,full"
     num_samples: int = 2000  # images per strategy, and held-out real images for FID
     seed: int = 0
     batch_size: int = 100  # images sampled and scored at once
@@ -270,13 +272,16 @@ class EvalConfig:
     reference_source: Optional[str] = None  # how to read `reference`; None: the run's data.source
 
     def __post_init__(self):
+        from paris.layout import router
         from paris.routing import parse_strategy
 
         if not self.strategy_list:
             raise ParisError("--strategies is empty; give a comma-separated list, e.g. monolith,top1,top2,full")
         for name in self.strategy_list:
             if name != "monolith":
-                parse_strategy(name)
+                rule, _, router_name = name.partition("@")
+                parse_strategy(rule)
+                router(router_name)
         if self.num_samples < 2:
             raise ParisError(f"--num-samples must be at least 2 for FID, got {self.num_samples}")
         if self.batch_size < 1 or (self.classifier_images is not None and self.classifier_images < 1):

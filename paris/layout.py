@@ -4,12 +4,16 @@
     data/manifest.json, data/shards/     the prepared samples (paris.data.store); data/parts/ while split over machines;
                                          data/added/<i>/: data added later (paris.grow)
     partition/meta.json, ...             the clusters (paris.clusters.partition); clusters/<k>/: one cluster's own shards
-    experts/<k>/, router/, monolith/, seed/   training jobs: LATEST + ckpt/ (paris.train.checkpoint), progress.json
+    experts/<k>/, router/, monolith/, seed/   training jobs (router-<name>/: another router of the same experts): LATEST + ckpt/ (paris.train.checkpoint), progress.json
                                          and metrics/ (paris.train.metrics), final/ (the release layout), loss.png
     eval/report.{json,md,png}            `paris evaluate`;  report.json, samples/, loss_curves.png: `paris demo`
 """
 
 from __future__ import annotations
+
+import re
+
+from paris.errors import ParisError
 
 CONFIG = "config.yaml"
 
@@ -53,8 +57,19 @@ def montage(cluster: int) -> str:
 
 # --- training jobs -----------------------------------------------------------------------------------------
 ROUTER, MONOLITH, SEED = "router", "monolith", "seed"
-ROUTER_ACCURACY = "router/accuracy.json"
 RETIRED = "retired.json"  # the experts `paris remove-expert` took out of the model
+
+
+def router(name: str = "") -> str:
+    """A router's job folder: router/, or router-<name>/ for another router of the same experts (`paris demo
+    --full` trains Paris's, which sees only the noisy image, and DDM's, which also reads the prompt)."""
+    if name and not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", name):
+        raise ParisError(f"bad router name {name!r}: use lower-case letters, digits and _ (starting with a letter)")
+    return f"{ROUTER}-{name}" if name else ROUTER
+
+
+def router_accuracy(name: str = "") -> str:
+    return f"{router(name)}/accuracy.json"
 
 
 def old_router(partition_hash: str) -> str:
@@ -120,4 +135,6 @@ def next_step(rel: str) -> str:
     top, _, rest = rel.partition("/")
     if top == "experts" and rest:
         return f"train it with `paris train-expert RUN --expert {rest.split('/')[0]}`"
+    if top.startswith(f"{ROUTER}-"):
+        return f"train it with `paris train-router RUN --name {top.removeprefix(f'{ROUTER}-')}`"
     return NEXT_STEP.get(top, "is the run directory right?")

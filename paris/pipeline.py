@@ -53,11 +53,12 @@ class ParisPipeline:
 
     @classmethod
     def from_run(cls, run_url: str, max_resident_experts: int | None = None, device: str = "cpu",
-                 monolith: bool = False, offload_experts: bool = False, expert: int | None = None) -> "ParisPipeline":
-        """The experts (experts/<k>/final) and router (router/final) of a training run, or with `monolith`
-        its single baseline model (monolith/final), or with `expert` that expert alone. With
-        `max_resident_experts` at most that many experts stay on `device`; `offload_experts` keeps the evicted
-        ones in host memory instead of reading them again from disk (paris.sample.ExpertPool)."""
+                 monolith: bool = False, offload_experts: bool = False, expert: int | None = None,
+                 router: str = "") -> "ParisPipeline":
+        """The experts (experts/<k>/final) and router (router/final; with `router` NAME, router-NAME/final) of a
+        training run, or with `monolith` its single baseline model (monolith/final), or with `expert` that expert
+        alone. With `max_resident_experts` at most that many experts stay on `device`; `offload_experts` keeps the
+        evicted ones in host memory instead of reading them again from disk (paris.sample.ExpertPool)."""
         check_device(device)
         run = RunDir(run_url)
         run_config = run.read_config()
@@ -76,8 +77,8 @@ class ParisPipeline:
         experts = [layout.final(layout.expert(k)) for k in range(num_experts)]
         for k in range(num_experts):
             _require_partition(run, layout.expert(k), partition, k)
-        _require_partition(run, layout.ROUTER, partition)
-        return cls._from_folders(run, experts, layout.final(layout.ROUTER), text_encoder, config,
+        _require_partition(run, layout.router(router), partition)
+        return cls._from_folders(run, experts, layout.final(layout.router(router)), text_encoder, config,
                                  max_resident_experts, device, sample, offload_experts, retired_experts(run))
 
     @classmethod

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import shutil
 
 import pytest
 import torch
@@ -48,18 +47,27 @@ def test_trained_run_has_every_artifact(trained, config):
     assert all(0 <= a <= 1 for a in accuracy["bands"].values())
 
 
-def test_the_demo_router_reads_the_prompt(trained, tmp_path, config):
-    """DDM's router (router.use_text, the demo's) trained on the run: sampling hands it the prompt's states, so
-    from the same noise two prompts are routed differently at t=1, where the image says nothing yet."""
+def test_a_second_router_reads_the_prompt_beside_the_first(trained, tmp_path, config):
+    """DDM's router (router.use_text, `paris demo --full`'s second one) trained as router-text/ beside Paris's:
+    sampling with it hands it the prompt's states, so from the same noise two prompts are routed differently at
+    t=1, where the image says nothing yet; sampling with router/ (which sees no text) routes them alike."""
     run = copy_run(trained, tmp_path / "run")
-    shutil.rmtree(tmp_path / "run" / "router")
-    train_router(run, dataclasses.replace(config, router=dataclasses.replace(config.router, use_text=True)))
-    assert load_pretrained(run, "router/final").architecture.text_dim == 384
+    train_router(run, dataclasses.replace(config, router=dataclasses.replace(config.router, use_text=True)),
+                 name="text")
+    assert load_pretrained(run, "router-text/final").architecture.text_dim == 384
+    assert run.read_json("router-text/accuracy.json")["held_out"] == int(NUM_IMAGES * config.router.val_fraction)
+    assert load_pretrained(run, "router/final").architecture.text_dim == 0
     noise = torch.randn(1, 1, 32, 32, generator=torch.Generator().manual_seed(0)).expand(2, -1, -1, -1)
-    _, stats = ParisPipeline.from_run(run.url).generate(["a photo of a bag", "a photo of a trouser"], steps=2,
-                                                         strategy="full", noise=noise, trace=True)
-    first = stats["routing"][:, 0]  # [prompt, K] at t=1
-    assert not torch.allclose(first[0], first[1])
+    prompts = ["a photo of a bag", "a photo of a trouser"]
+    first = {}
+    for name in ("text", ""):
+        _, stats = ParisPipeline.from_run(run.url, router=name).generate(prompts, steps=2, strategy="full",
+                                                                         noise=noise, trace=True)
+        first[name] = stats["routing"][:, 0]  # [prompt, K] at t=1
+    assert not torch.allclose(first["text"][0], first["text"][1])
+    assert torch.allclose(first[""][0], first[""][1])
+    with pytest.raises(ParisError, match="paris train-router RUN --name other"):
+        ParisPipeline.from_run(run.url, router="other")
 
 
 def test_mixture_loads_the_trained_models(mixture):

@@ -45,6 +45,7 @@ def train_router(
     run: str = RUN,
     init_from: Optional[str] = INIT_FROM,
     from_expert_samples: Optional[int] = typer.Option(None, "--from-expert-samples", help="Train on the first N images each expert published with `paris sample-expert`, never reading RUN/data (for data that cannot be pooled)."),
+    name: str = typer.Option("", "--name", help="Train another router of the same experts into RUN/router-NAME (e.g. --name text --set router.use_text=true); sample with it by `--router NAME`, evaluate it as strategy top2@NAME."),
     set: list[str] = SET,
 ):
     """Train the router (x_t, t) -> cluster, then report its accuracy per band of t."""
@@ -52,11 +53,12 @@ def train_router(
     from paris.train.router import train_router as train
 
     at_least("--from-expert-samples", from_expert_samples, 2)
+    folder = layout.router(name)
     run_dir, cfg = run_and_config(run, init_override("router", init_from, set))
-    summary = train(run_dir, cfg, from_expert_samples)
-    write_loss_chart(run_dir, layout.ROUTER, "router")
+    summary = train(run_dir, cfg, from_expert_samples, name)
+    write_loss_chart(run_dir, folder, folder)
     console.print(router_accuracy_table(summary["accuracy"]))
-    typer.echo(f"router: done, mean held-out accuracy {summary['accuracy']['mean']:.1%}, weights in {run}/router/final")
+    typer.echo(f"{folder}: done, mean held-out accuracy {summary['accuracy']['mean']:.1%}, weights in {run}/{folder}/final")
 
 
 @app.command("train-monolith")

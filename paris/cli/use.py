@@ -74,6 +74,8 @@ def generate(
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the experts: a minute "
                                            "or more first, then faster steps; for many images (default: sample.compile, off)."),
     show_routing: bool = typer.Option(False, help="Also write a steps x experts heatmap per prompt and the weights as JSON."),
+    router: str = typer.Option("", "--router", help="Route with another router of the run, RUN/router-NAME "
+                               "(`paris train-router --name NAME`; default: RUN/router)."),
     out: Path = typer.Option(Path("samples.png"), help="PNG to write: one row per prompt."),
 ):
     """Generate images from text prompts with the mixture of experts. Every sampling option left out takes the
@@ -97,8 +99,10 @@ def generate(
         raise ParisError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     check_image_path(out)
     is_run = RunDir(run).exists("config.yaml")  # a training run; otherwise a folder written by save_pretrained
-    load = ParisPipeline.from_run if is_run else ParisPipeline.from_pretrained
-    pipe = load(run, max_resident_experts, device, offload_experts=offload)
+    if router and not is_run:
+        raise ParisError(f"--router chooses among a training run's routers; {run} is a pipeline folder with one")
+    pipe = (ParisPipeline.from_run(run, max_resident_experts, device, offload_experts=offload, router=router) if is_run
+            else ParisPipeline.from_pretrained(run, max_resident_experts, device, offload_experts=offload))
     prompts = [p for p in prompt for _ in range(num)]
     strategy = strategy or pipe.sample.strategy
     images, stats = pipe.generate(prompts, strategy=strategy, steps=steps, guidance=guidance, seed=seed,

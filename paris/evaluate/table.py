@@ -65,7 +65,7 @@ def evaluate_run(run_url: str, cfg: EvalConfig, **sampling) -> dict:
         report["copy_threshold"] = threshold = copy_threshold(nearest(real.images)[0])
     measures = Measures(features, classifier, clip, asks_attributes, nearest, threshold)
     for strategy in cfg.strategy_list:
-        pipe = ParisPipeline.from_run(run_url, monolith=strategy == "monolith")
+        pipe = ParisPipeline.from_run(run_url, monolith=strategy == "monolith", router=router_name(strategy))
         sampled = sample_and_score(pipe, strategy, real.prompts, real.labels, sample, cfg.seed, cfg.batch_size, measures)
         rows[strategy] = row = {"fid": frechet_distance(sampled.pop("features"), real_features), **sampled}
         row.update(held_out_loss(pipe.mixture, routing_rule(strategy), real.images, real.prompts, cfg.seed,
@@ -77,8 +77,14 @@ def evaluate_run(run_url: str, cfg: EvalConfig, **sampling) -> dict:
 
 
 def routing_rule(strategy: str) -> str:
-    """The routing rule a table row samples with: "monolith" is a pipeline of one expert and no router (top1)."""
-    return "top1" if strategy == "monolith" else strategy
+    """The routing rule a table row samples with: "monolith" is a pipeline of one expert and no router (top1);
+    "top2@text" is top2 with router-text/ (layout.router)."""
+    return "top1" if strategy == "monolith" else strategy.partition("@")[0]
+
+
+def router_name(strategy: str) -> str:
+    """Which of the run's routers a table row samples with: "" (router/) or the name after "@"."""
+    return strategy.partition("@")[2]
 
 
 def _baseline(run: RunDir) -> dict:

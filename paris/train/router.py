@@ -34,9 +34,10 @@ VAL_MOST = 10_000  # held-out images at most: enough for accuracy to the nearest
 VAL_BATCH = 1024
 
 
-def train_router(run: RunDir, config: RunConfig, from_expert_samples: int | None = None) -> dict:
+def train_router(run: RunDir, config: RunConfig, from_expert_samples: int | None = None, name: str = "") -> dict:
     """Train the router on the run's data and partition or, with `from_expert_samples` N, on the first N images
-    each expert published (paris.train.expert_samples), without reading data/ at all."""
+    each expert published (paris.train.expert_samples), without reading data/ at all. `name`: train router-<name>/
+    (layout.router), another router of the same experts, instead of router/."""
     cfg = config.router
     if from_expert_samples is None:
         part = load_partition(run)
@@ -65,11 +66,11 @@ def train_router(run: RunDir, config: RunConfig, from_expert_samples: int | None
         text = {k: v.to(device) for k, v in _text(train_store, batch, cfg.use_text, device).items()}
         return F.cross_entropy(model(x_t, t, **text).float(), targets[batch.rows].to(device))
 
-    job = Job("router", layout.ROUTER, model, loss, train_store, identity)
+    job = Job(layout.router(name), layout.router(name), model, loss, train_store, identity)
     summary = train(run, job, dataclasses.replace(cfg, steps=steps))
-    accuracy = router_accuracy(load_pretrained(run, layout.final(layout.ROUTER)), held_out, targets,
+    accuracy = router_accuracy(load_pretrained(run, layout.final(layout.router(name))), held_out, targets,
                                cfg.use_text, cfg.seed)
-    run.write_json(layout.ROUTER_ACCURACY, accuracy)
+    run.write_json(layout.router_accuracy(name), accuracy)
     return {**summary, "accuracy": accuracy}
 
 

@@ -88,6 +88,7 @@ def test_evaluate_writes_the_table(trained, tmp_path, config):
     from paris.config import EvalConfig
     from paris.evaluate.table import evaluate_run
     from paris.train.expert import train_monolith
+    from paris.train.router import train_router
 
     run_path = tmp_path / "run"
     shutil.copytree(trained, run_path)
@@ -95,11 +96,15 @@ def test_evaluate_writes_the_table(trained, tmp_path, config):
     summary = train_monolith(run, config)
     e = config.expert  # matched compute (split-batch: the experts' steps at twice their batch), all data
     assert summary["samples_seen"] == 2 * e.steps * e.batch_size and summary["cluster_size"] == 300
-    evaluation = EvalConfig("monolith,top1,full", num_samples=6, classifier_images=600,
+    # A second router of the same experts, which reads the prompt: its rows are RULE@text.
+    train_router(run, dataclasses.replace(config, router=dataclasses.replace(config.router, use_text=True)),
+                 name="text")
+    evaluation = EvalConfig("monolith,top1,full,full@text", num_samples=6, classifier_images=600,
                             clip_model=tiny_models()["clip_model"])  # grey images, an RGB CLIP
     report = evaluate_run(str(run_path), evaluation, steps=2, route_every=2)
     rows = report["strategies"]
-    assert list(rows) == ["monolith", "top1", "full"]
+    assert list(rows) == ["monolith", "top1", "full", "full@text"]
+    assert rows["full@text"]["held_out_loss"] != rows["full"]["held_out_loss"]  # another router's weights
     assert rows["monolith"]["expert_passes_per_image_step"] == 1 and rows["full"]["expert_passes_per_image_step"] == 2
     assert all(r["fid"] > 0 and 0 <= r["prompt_adherence"] <= 1 and 0 <= r["clip_score"] <= 100 for r in rows.values())
     assert 0 <= report["classifier_test_accuracy"] <= 1 and 0 <= report["reference_clip_score"] <= 100
