@@ -107,6 +107,7 @@ def loss_chart(job: str) -> str:
 # --- results -----------------------------------------------------------------------------------------------
 EVAL_REPORT, EVAL_TABLE, EVAL_CHART = "eval/report.json", "eval/report.md", "eval/report.png"
 DEMO_REPORT, DEMO_LOSS_CURVES = "report.json", "loss_curves.png"
+DEMO_ROUTER_WEIGHTS = "samples/router_weights.png"
 
 
 def demo_samples(strategy: str) -> str:

@@ -31,13 +31,14 @@ def read_all(store):
 
 
 def tiny_config(**expert) -> RunConfig:
-    """The demo config cut down to seconds: 300 images, K=2, a few steps of the tiny presets, 1 thread; with
-    Paris's own choices where the demo takes DDM's (image features to cluster, a router that sees no text) and
-    the lr the tests' thresholds were measured at. tests/test_pipeline.py checks the demo's text router."""
+    """The demo config cut down to seconds: 300 images, K=2, a few steps of the tiny presets, 1 thread, the lr
+    the tests' thresholds were measured at; pixel-PCA features (SimCLR's minutes of training are tested on their
+    own, tests/models/test_simclr.py) and the captions that name the class, which the tests' prompts ask for."""
     cfg = demo_config(FASHION_MNIST)
     return dataclasses.replace(
         cfg,
-        data=dataclasses.replace(cfg.data, limit=NUM_IMAGES, shard_size=SHARD_SIZE, features="pixel-pca"),
+        data=dataclasses.replace(cfg.data, limit=NUM_IMAGES, shard_size=SHARD_SIZE, features="pixel-pca",
+                                 captions="class"),
         partition=dataclasses.replace(cfg.partition, num_clusters=2),
         expert=dataclasses.replace(cfg.expert, steps=6, batch_size=8, lr=5e-4, warmup_steps=0, checkpoint_every=1000,
                                    log_every=1, threads=1, **expert),

@@ -205,8 +205,9 @@ def demo(
     out: str = typer.Option("runs/demo", help="Run directory of the demo."),
     data: str = typer.Option("/usr/share/datasets/fashion-mnist", help="Directory with the Fashion-MNIST idx.gz files."),
     jobs: Optional[int] = typer.Option(None, help="Experts trained at once (default: one per CPU core)."),
-    full: bool = typer.Option(False, "--full", help="Then train the one-model baseline at matched compute and write "
-                              "the paper's table to RUN/eval/ (about 25 more minutes on 2 cores)."),
+    full: bool = typer.Option(False, "--full", help="Then train the one-model baseline at matched compute and DDM's "
+                              "router, which also reads the prompt, and write the paper's table to RUN/eval/ "
+                              "(about 35 more minutes on 2 cores)."),
     # 1,000 as benchmarks/quality_vs_compute.py, so the table reads against its rows (FID depends on the number).
     num_samples: int = typer.Option(1000, help="With --full: images per strategy for FID and adherence."),
 ):
@@ -214,7 +215,8 @@ def demo(
     from paris.clusters.partition import load_partition
     from paris.demo import demo_config, paper_table_config, run_demo, run_paper_table
     from paris.evaluate.table import report_markdown
-    from paris.report.charts import evaluation_chart, plot_loss_curves
+    from paris.data.fashion_mnist import CLASSES
+    from paris.report.charts import evaluation_chart, plot_loss_curves, router_weights_chart
     from paris.report.tables import demo_table, partition_table, router_accuracy_table
     from paris.run import RunDir
 
@@ -227,8 +229,11 @@ def demo(
     experts = [layout.expert(e) for e in range(config.partition.num_clusters)]
     plot_loss_curves(run_dir, {"experts: flow-matching loss": experts, "router: cross-entropy": [layout.ROUTER]},
                      layout.DEMO_LOSS_CURVES)
+    routing = report["router_weights"]
+    router_weights_chart(run_dir, routing["weights"], routing["t"], list(CLASSES), layout.DEMO_ROUTER_WEIGHTS)
     console.print(demo_table(report))
-    console.print(f"wrote {out}/report.json, {out}/samples/<strategy>.png, {out}/loss_curves.png")
+    console.print(f"wrote {out}/report.json, {out}/samples/<strategy>.png, {out}/{layout.DEMO_ROUTER_WEIGHTS}, "
+                  f"{out}/loss_curves.png")
     if full:
         table = run_paper_table(out, config, evaluation)
         evaluation_chart(run_dir, table)

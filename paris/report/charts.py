@@ -52,6 +52,31 @@ def write_routing(routing, prompts: list[str], stem) -> list[str]:
     return paths + [json_path]
 
 
+def router_weights_chart(run: RunDir, weights: list, times: list[float], titles: list[str], rel: str) -> None:
+    """One panel per prompt: each expert's weight ([prompts][steps][K]) against t, from pure noise (t = 1, left)
+    to the image (t = 0), saved as a PNG at `rel`. Where one line stays at 1 the router was sure all the way."""
+    import numpy as np
+
+    weights = np.asarray(weights)
+    columns = min(5, len(titles))
+    rows = -(-len(titles) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 2.4 * rows), sharex=True, sharey=True,
+                             squeeze=False)
+    for ax, panel, title in zip(axes.flat, weights, titles):
+        for expert in range(panel.shape[1]):
+            ax.plot(times, panel[:, expert], label=f"expert {expert}")
+        ax.set(title=title, xlim=(1, 0), ylim=(-0.02, 1.02))
+        ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("t (1 = noise)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("router weight")
+    for ax in axes.flat[len(titles):]:
+        ax.axis("off")
+    axes[0, -1].legend(fontsize="small", loc="center right")
+    _save(fig, run, rel)
+
+
 def evaluation_chart(run: RunDir, report: dict) -> None:
     """eval/report.png: FID, and adherence and CLIP score when measured, per strategy (from paris evaluate)."""
     panels = {"FID (lower is better)": "fid", "prompt adherence": "prompt_adherence", "CLIP score": "clip_score"}

@@ -89,7 +89,13 @@ def demo_table(report: dict) -> Table:
     table.add_column("s / image", justify="right")
     table.add_column("expert passes / image / step", justify="right")
     table.add_column("prompt adherence", justify="right")
-    for strategy, row in report["strategies"].items():
+    rows = report["strategies"]
+    attributes = all("attribute_adherence" in row for row in rows.values())
+    if attributes:
+        table.add_column("attribute adherence", justify="right")
+    table.add_column("differs from top1", justify="right")
+    for strategy, row in rows.items():
         table.add_row(strategy, f"{row['seconds_per_image']:.3f}", f"{row['expert_passes_per_image_step']:.2f}",
-                      f"{row['prompt_adherence']:.1%}")
+                      f"{row['prompt_adherence']:.1%}", *([f"{row['attribute_adherence']:.1%}"] if attributes else []),
+                      f"{row['difference_from_top1']:.4f}" if "difference_from_top1" in row else "-")
     return table
