@@ -25,12 +25,30 @@ from __future__ import annotations
 
 import sys
 
+import typer
+
 from paris.cli import data, grow, train, use  # noqa: F401 (each module registers its commands on the app)
 from paris.cli.common import app
 from paris.errors import ParisError
 from paris.report.console import show_progress
 
 app.info.help = __doc__  # the command list above is `paris --help`
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import version
+
+        import torch
+
+        typer.echo(f"paris {version('paris')} (torch {torch.__version__})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(_version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                           help="Print the versions of paris and torch, then exit.")) -> None:
+    pass  # options of `paris` itself, before the command
 
 def main() -> None:
     """The console script: every mistake of the user's is one line, `error: ...`, and exit code 2."""

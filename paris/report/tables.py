@@ -13,7 +13,7 @@ def partition_table(meta: dict, class_names: list[str] | None) -> Table:
     table.add_column("cluster", justify="right")
     table.add_column("images", justify="right")
     table.add_column("share", justify="right")
-    table.add_column("main classes")
+    table.add_column("classes (each >= 5%)")
     total = sum(meta["sizes"])
     for k, size in enumerate(meta["sizes"]):
         table.add_row(str(k), str(size), f"{size / total:.1%}", _main_classes(meta["label_histogram"], k, class_names))
@@ -31,12 +31,17 @@ def _agreement(agreement: dict | None, names: list[str] | None) -> str | None:
             f"({names[worst] if names else f'label {worst}'})")
 
 
+MAIN_CLASS_SHARE = 0.05  # a class is named in a cluster's row when it holds at least this share of the cluster
+
+
 def _main_classes(histogram, k: int, names: list[str] | None) -> str:
+    """Every class holding at least 5% of cluster k, largest first: 'bag 33%, sandal 30%, shirt 10%, coat 6%'."""
     if histogram is None or names is None:
         return ""
     row = histogram[k]
-    top = sorted(range(len(row)), key=lambda c: -row[c])[:3]
-    return ", ".join(f"{names[c]} {row[c] / sum(row):.0%}" for c in top if row[c])
+    shown = sorted((c for c in range(len(row)) if row[c] and row[c] >= MAIN_CLASS_SHARE * sum(row)),
+                   key=lambda c: -row[c])
+    return ", ".join(f"{names[c]} {row[c] / sum(row):.0%}" for c in shown)
 
 
 def router_accuracy_table(accuracy: dict) -> Table:
