@@ -212,7 +212,7 @@ def convert_release(src: str, out: str, timestep_map: str = "1000t") -> list:
     folder = RunDir(src)
     if not release.is_release(folder):
         raise ParisError(f"{src} is not a Paris release download (no config.json with expert_0/config.json beside "
-                         "it); download the release with `huggingface-cli download bageldotcom/paris --local-dir DIR`")
+                         "it); download the release with `hf download bageldotcom/paris --local-dir DIR`")
     root, found = release.components(folder, timestep_map)
     for component in found:  # every name and shape, from the headers, before anything is written
         release.load_release_model(folder, component, shapes_only=True)

@@ -46,7 +46,7 @@ def check_device(device: str) -> str:
 
 def load_local(loader, path: str, name: str, key: str, expected: set[str], device: str = "cpu"):
     """`loader(path)` for a local model directory, after checking it exists and holds the expected model type."""
-    how = (f"download {HUB.get(name, 'the model')} on a machine with internet (`huggingface-cli download "
+    how = (f"download {HUB.get(name, 'the model')} on a machine with internet (`hf download "
            f"{HUB.get(name, 'ORG/NAME')} --local-dir DIR`), copy DIR here and set {key}=DIR")
     if not path:
         raise ParisError(f"{name} needs its weights: {how}")

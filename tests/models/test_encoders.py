@@ -61,7 +61,7 @@ def test_dinov2_pooling(models, pooling, dim):
 
 
 def test_missing_weights_say_how_to_provide_them(tmp_path, models):
-    with pytest.raises(ParisError, match="huggingface-cli download stabilityai/sd-vae-ft-mse.*data.autoencoder_path"):
+    with pytest.raises(ParisError, match="hf download stabilityai/sd-vae-ft-mse.*data.autoencoder_path"):
         build_autoencoder("sd-vae", str(tmp_path / "nothing"))
     with pytest.raises(ParisError, match="openai/clip-vit-large-patch14.*data.text_encoder_path"):
         build_text_encoder("clip", "", 77)
