@@ -45,7 +45,9 @@ def evaluate_run(run_url: str, cfg: EvalConfig, **sampling) -> dict:
     real = load_reference(config, cfg.num_samples, cfg.reference, cfg.reference_source)
     classifier = None  # adherence needs classes: only Fashion-MNIST references have them (and a train split beside)
     if real.labels is not None:
-        classifier = fashion_classifier(real.path, cfg.classifier_images, cfg.seed)
+        # The instrument is one per machine, whatever --seed draws the samples: a guidance search at another seed
+        # measures with the same classifier and does not train a second one.
+        classifier = fashion_classifier(real.path, cfg.classifier_images)
     progress.say(f"evaluate: Inception features of {len(real.prompts)} reference images ({real.where})")
     real_features = features(real.images)
     report = {"num_samples": len(real.prompts), "reference": real.where, "steps": sample.steps,

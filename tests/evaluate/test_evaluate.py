@@ -221,6 +221,28 @@ def test_the_adherence_classifier_is_trained_once_then_read_from_the_cache(monke
     assert not again.training  # dropout and batch statistics frozen for scoring
 
 
+def test_the_adherence_classifier_does_not_change_with_the_sampling_seed(trained, monkeypatch):
+    """--seed draws the samples; the classifier that scores them is the machine's one (seed 0), so a guidance
+    search at seed 1 measures with the same instrument and trains no second one."""
+    import paris.evaluate.table as table
+    from paris.config import EvalConfig
+
+    asked = []
+
+    class Measured(Exception):
+        pass
+
+    def classifier(*args, **kwargs):
+        asked.append((args, kwargs))
+        raise Measured  # the rest of the evaluation is tested above
+
+    monkeypatch.setattr(table, "fashion_classifier", classifier)
+    with pytest.raises(Measured):
+        table.evaluate_run(str(trained), EvalConfig("top1", num_samples=4, seed=7))
+    (path, limit), kwargs = asked[0]
+    assert limit is None and kwargs.get("seed", 0) == 0
+
+
 def test_the_reference_of_a_described_run_asks_for_what_its_images_show(config):
     """With data.captions described, a reference prompt is a held-out phrasing of its image's caption, so the
     real images earn every attribute word their prompts ask for (the measure's ceiling)."""
