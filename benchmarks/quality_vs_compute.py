@@ -28,12 +28,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from quality_systems import System, rows
+from quality_systems import System, k8_rows, rows
 
+from paris import layout
 from paris.config import apply_overrides
 from paris.run import RunDir
 
 TINY_PRESETS = "--set expert.preset=tiny --set router.preset=tiny"
+TEXT_ROUTER = "text"  # the name of DDM's router where a row trains both
 
 
 def paris(*args: str, log: Path) -> None:
@@ -48,12 +50,14 @@ def paris(*args: str, log: Path) -> None:
         raise RuntimeError(f"paris {' '.join(args)} failed (exit {code}); see {log}")
 
 
-def prepared_data(out: Path, features: str, data: str) -> Path:
-    """One prepared copy of Fashion-MNIST per kind of clustering feature, shared (hard-linked) by the rows."""
-    base = out / "data" / features
+def prepared_data(out: Path, features: str, captions: str, data: str) -> Path:
+    """One prepared copy of Fashion-MNIST per kind of clustering feature and of captions, shared (hard-linked) by
+    the rows."""
+    name = features if captions == "class" else f"{features}-{captions}"
+    base = out / "data" / name
     if not (base / "data" / "manifest.json").exists():
         paris("prepare", str(base), "--data", data, "--set", f"data.features={'pixel-pca' if features == 'labels' else features}",
-              *TINY_PRESETS.split(), log=out / "logs" / f"prepare-{features}.log")
+              "--set", f"data.captions={captions}", *TINY_PRESETS.split(), log=out / "logs" / f"prepare-{name}.log")
     return base
 
 
@@ -62,7 +66,7 @@ def setup(out: Path, system: System, data: str) -> Path:
     run = out / "runs" / system.name
     if (run / "partition" / "meta.json").exists():
         return run
-    base = prepared_data(out, system.features, data)
+    base = prepared_data(out, system.features, system.captions, data)
     shutil.rmtree(run, ignore_errors=True)
     shutil.copytree(base / "data", run / "data", copy_function=os.link)
     shutil.copy(base / "config.yaml", run / "config.yaml")
@@ -93,7 +97,18 @@ def train_jobs(system: System) -> list[tuple[str, list[str]]]:
         return [("monolith", ["train-monolith"])]
     jobs = [("seed", ["train-seed", "--steps", str(s["seed_steps"])])] if s["seed_steps"] else []
     jobs += [(f"experts/{k}", ["train-expert", "--expert", str(k)]) for k in range(s["clusters"])]
-    return jobs + [("router", ["train-router"])]
+    jobs += [("router", ["train-router"])]
+    if system.both_routers:  # DDM's, which reads the prompt, beside Paris's: the same experts
+        jobs += [(layout.router(TEXT_ROUTER), ["train-router", "--name", TEXT_ROUTER, "--set", "router.use_text=true"])]
+    return jobs
+
+
+def row_strategies(system: System, mixture_strategies: str) -> str:
+    """The strategies a row is scored with: the monolith's, or the mixture's with each of its routers."""
+    if system.kind == "monolith":
+        return "monolith"
+    rules = mixture_strategies.split(",")
+    return ",".join(rules + [f"{rule}@{TEXT_ROUTER}" for rule in rules if system.both_routers])
 
 
 def evaluate(out: Path, run: Path, system: System, num_samples: int, guidance: float, strategies: str,
@@ -132,21 +147,22 @@ def run_row(out: Path, system: System, data: str, num_samples: int, grid: list[f
     for folder, (command, *options) in train_jobs(system):
         if not (run / folder / "final" / "config.json").exists():
             paris(command, str(run), *options, log=run / "logs" / f"{folder.replace('/', '-')}.log")
-    strategies = "monolith" if system.kind == "monolith" else mixture_strategies
-    evaluate(out, run, system, num_samples, chosen_guidance(out, run, system, grid, select_samples), strategies)
+    evaluate(out, run, system, num_samples, chosen_guidance(out, run, system, grid, select_samples),
+             row_strategies(system, mixture_strategies))
 
 
 def run_sweep(out: Path, systems: list[System], data: str, num_samples: int, grid: list[float],
               select_samples: int, mixture_strategies: str) -> None:
     """Data first (shared), then the rows two at a time: one process per core."""
-    for features in sorted({s.features for s in systems}):
-        prepared_data(out, features, data)
+    for features, captions in sorted({(s.features, s.captions) for s in systems}):
+        prepared_data(out, features, captions, data)
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(lambda s: run_row(out, s, data, num_samples, grid, select_samples, mixture_strategies), systems))
 
 
-def flops_per_sample(run: Path) -> dict[str, float]:
-    """Training FLOPs per sample (forward x 3) of the run's expert and router networks, counted by torch."""
+def flops_per_sample(run: Path, router: str = layout.ROUTER) -> dict[str, float]:
+    """Training FLOPs per sample (forward x 3) of the run's expert and router (job folder `router`) networks,
+    counted by torch."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -156,7 +172,7 @@ def flops_per_sample(run: Path) -> dict[str, float]:
     run_dir = RunDir(str(run))
     tokens = run_dir.read_config().data.max_tokens
     counts = {}
-    for name, folder in (("expert", "experts/0/final"), ("router", "router/final")):
+    for name, folder in (("expert", "experts/0/final"), ("router", f"{router}/final")):
         model = load_pretrained(run_dir, folder)
         c = model.architecture
         x, t = torch.zeros(1, c.in_channels, c.input_size, c.input_size), torch.full((1,), 0.5)
@@ -198,18 +214,29 @@ def held_out(out: Path, run: Path, system: System, report: dict, num_samples: in
         from paris.config import EvalConfig
         from paris.evaluate.heldout import held_out_loss
         from paris.evaluate.reference import load_reference
-        from paris.evaluate.table import routing_rule
+        from paris.evaluate.table import router_name, routing_rule
         from paris.pipeline import ParisPipeline
 
         torch.set_num_threads(1)  # beside a training job on the other core
         evaluation = EvalConfig(num_samples=num_samples)
         real = load_reference(RunDir(str(run)).read_config(), num_samples)
         for strategy in missing:
-            pipe = ParisPipeline.from_run(str(run), monolith=strategy == "monolith")
+            pipe = ParisPipeline.from_run(str(run), monolith=strategy == "monolith", router=router_name(strategy))
             found[strategy] = held_out_loss(pipe.mixture, routing_rule(strategy), real.images, real.prompts,
                                             evaluation.seed, evaluation.batch_size)
         cache.write_text(json.dumps(found))
     return found
+
+
+def router_cost(run: Path, system: System, strategy: str) -> tuple[float, float]:
+    """The mean accuracy of the router `strategy` samples with, and its share of the row's training FLOPs."""
+    from paris.evaluate.table import router_name
+
+    folder = run / layout.router(router_name(strategy))
+    flops = flops_per_sample(run, folder.name)
+    router_samples = json.loads((folder / "final" / "manifest.json").read_text())["samples_seen"]
+    share = router_samples * flops["router"] / (router_samples * flops["router"] + system.samples * flops["expert"])
+    return json.loads((folder / "accuracy.json").read_text())["mean"], share
 
 
 def table(out: Path, systems: list[System], num_samples: int, grid: list[float], select_samples: int) -> list[dict]:
@@ -222,17 +249,13 @@ def table(out: Path, systems: list[System], num_samples: int, grid: list[float],
         if not cache.exists():
             continue
         report = json.loads(cache.read_text())
-        router, router_share = None, None
-        if s.kind == "mixture":
-            router = json.loads((run / "router" / "accuracy.json").read_text())["mean"]
-            flops = flops_per_sample(run)
-            router_samples = json.loads((run / "router" / "final" / "manifest.json").read_text())["samples_seen"]
-            router_share = router_samples * flops["router"] / (router_samples * flops["router"] + s.samples * flops["expert"])
         loss = final_loss(run, s)
         held_out_losses = held_out(out, run, s, report, num_samples)
         for strategy, row in report["strategies"].items():
+            router, router_share = router_cost(run, s, strategy) if s.kind == "mixture" else (None, None)
             lines.append({"system": s.name, "strategy": strategy, "budget": s.budget, "samples": s.samples,
                           "fid": row["fid"], "adherence": row.get("prompt_adherence"), "router_accuracy": router,
+                          "attribute_adherence": row.get("attribute_adherence"),
                           "adherence_by_class": row.get("prompt_adherence_by_class"), "loss": loss,
                           **held_out_losses[strategy],
                           "router_share": router_share,
@@ -244,10 +267,12 @@ def table(out: Path, systems: list[System], num_samples: int, grid: list[float],
 def markdown(lines: list[dict]) -> str:
     from paris.evaluate.table import by_class_table  # loads the pipeline's modules: only when a table is written
 
-    head = ("| system | strategy | training samples | FID | adherence | final training loss | held-out loss "
-            "| router accuracy | router's share of training |\n|---|---|---|---|---|---|---|---|---|\n")
+    head = ("| system | strategy | training samples | FID | adherence | attribute adherence | final training loss "
+            "| held-out loss | router accuracy | router's share of training |\n" + "|---" * 10 + "|\n")
+    attributes = lambda l: "–" if l.get("attribute_adherence") is None else f"{l['attribute_adherence']:.1%}"  # noqa: E731
     text = head + "".join(
-        f"| {l['system']} | {l['strategy']} | {l['samples']:,} | {l['fid']:.2f} | {l['adherence']:.1%} | {l['loss']:.4f} | "
+        f"| {l['system']} | {l['strategy']} | {l['samples']:,} | {l['fid']:.2f} | {l['adherence']:.1%} | "
+        f"{attributes(l)} | {l['loss']:.4f} | "
         f"{l['held_out_loss']:.4f} | "
         + (f"{l['router_accuracy']:.1%} | {l['router_share']:.1%}" if l["router_accuracy"] is not None else " | ")
         + " |\n" for l in lines)
@@ -274,8 +299,9 @@ def plot(lines: list[dict], path: Path) -> None:
     series: dict[str, list] = {}
     for l in lines:
         # One model size (other presets are a separate comparison, in the table) and the paper's top-2 rule.
-        if l["preset"] == "tiny" and l["strategy"] in ("monolith", "top2"):
-            series.setdefault(l["system"].rsplit("-", 1)[0], []).append(l)
+        if l["preset"] == "tiny" and l["strategy"] in ("monolith", "top2", f"top2@{TEXT_ROUTER}"):
+            family = l["system"].rsplit("-", 1)[0] + (f" @{TEXT_ROUTER}" if "@" in l["strategy"] else "")
+            series.setdefault(family, []).append(l)
     colours = plt.get_cmap("tab10")
     scales = {l["guidance"] for l in lines}
     axes[0].set_title(f"sampled images, guidance {scales.pop():g}" if len(scales) == 1 else
@@ -284,7 +310,7 @@ def plot(lines: list[dict], path: Path) -> None:
     for ax, key, label in [(axes[0], "fid", "FID"), (axes[1], "held_out_loss", "held-out loss")]:
         for i, (family, points) in enumerate(sorted(series.items())):
             xs, ys = zip(*sorted((r["samples"], r[key]) for r in points))
-            monolith = family.startswith("monolith")
+            monolith = points[0]["kind"] == "monolith"
             ax.plot(xs, ys, marker="o" if monolith else "s", linestyle="--" if monolith else "-",
                     color=colours(i % 10), label=family + ("" if monolith else " (top-2)"))
         ax.set_xscale("log")
@@ -302,7 +328,7 @@ def systems_on_disk(out: Path, budgets: list[float]) -> list[System]:
     names = {p.name for p in (out / "runs").iterdir()} if (out / "runs").is_dir() else set()
     budgets = sorted(set(budgets) | {float(m[1]) for n in names if (m := re.search(r"-(\d+(?:\.\d+)?)x$", n))})
     # One budget at a time: rows() puts its one-lever rows at the middle budget of those it is given.
-    found = {s.name: s for b in budgets for s in rows([b], "all") if s.name in names}
+    found = {s.name: s for b in budgets for s in rows([b], "all") + k8_rows([b]) if s.name in names}
     return list(found.values())
 
 
@@ -311,7 +337,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/quality")
     parser.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
     parser.add_argument("--budgets", default="0.25,1,4", help="Comma-separated multiples of the demo's 460,800 samples.")
-    parser.add_argument("--rows", default="all", choices=["core", "all"], help="core: monoliths and the main mixture only.")
+    parser.add_argument("--rows", default="all", choices=["core", "all", "k8"],
+                        help="core: monoliths and the main mixture only; k8: the eight-expert rows alone.")
     parser.add_argument("--only", default="", help="Comma-separated system names to run (default: every row).")
     parser.add_argument("--num-samples", type=int, default=2000)
     parser.add_argument("--guidance", default="4", help="One scale for every row, or a comma-separated grid to "
