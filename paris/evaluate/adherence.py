@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from paris import progress
 from paris.cache import machine_cache
 from paris.data import fashion_mnist
 from paris.randomness import EpochBatches, step_generator
@@ -33,13 +34,21 @@ class FashionClassifier(nn.Sequential):
         )
 
 
-def train_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: float = 4.0, batch_size: int = 128,
-                     lr: float = 2e-3, seed: int = 0) -> FashionClassifier:
+EPOCHS, BATCH_SIZE = 4.0, 128
+
+
+def classifier_steps(num_images: int, epochs: float = EPOCHS, batch_size: int = BATCH_SIZE) -> int:
+    return int(epochs * num_images / batch_size)
+
+
+def train_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: float = EPOCHS,
+                     batch_size: int = BATCH_SIZE, lr: float = 2e-3, seed: int = 0, on_step=None) -> FashionClassifier:
+    """The classifier trained on (images, labels); `on_step(step)` follows the progress."""
     torch.manual_seed(seed)
     model = FashionClassifier(int(labels.max()) + 1).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     batches = EpochBatches(len(images), batch_size, seed)
-    steps = int(epochs * len(images) / batch_size)
+    steps = classifier_steps(len(images), epochs, batch_size)
     for step in range(steps):
         index = batches(step)
         # Random shifts of up to 2 pixels: generated images are rarely centred exactly like the originals.
@@ -51,6 +60,8 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: float =
         for group in optimizer.param_groups:  # cosine decay: the last epochs settle instead of jittering
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
         optimizer.step()
+        if on_step is not None:
+            on_step(step)
     return model.eval()
 
 
@@ -64,7 +75,8 @@ def fashion_classifier(data_path: str, limit: int | None = None, seed: int = 0) 
         model.load_state_dict(cache.load_tensors(name))
         return model.eval()
     images, labels = fashion_mnist.load(data_path, "train", limit)
-    model = train_classifier(images, labels, seed=seed)
+    with progress.bar("adherence classifier (once per machine)", classifier_steps(len(images))) as bar:
+        model = train_classifier(images, labels, seed=seed, on_step=lambda step: bar.update(advance=1))
     cache.save_tensors(name, model.state_dict())  # written whole, even with two evaluations writing it at once
     return model
 
