@@ -107,6 +107,7 @@ def test_cli_generate_writes_png(trained, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert int(re.search(r"peak memory (\d+) MiB", result.stdout).group(1)) > 100  # torch + MiniLM alone exceed it
+    assert "sampling 4 images (top1): 2/2 steps" in result.stdout + result.stderr  # a bar (a line in a log) per step
     image = Image.open(out)
     assert image.size == (150 + 2 * 32 * 4, 2 * 32 * 4)  # 2 rows (prompts) x 2 images, 4x scale, label margin
 

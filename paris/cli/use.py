@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from paris import layout
+from paris import layout, progress
 from paris.cli.common import RUN, app, at_least, check_image_path
 from paris.errors import ParisError
 from paris.report.console import console
@@ -105,9 +105,12 @@ def generate(
             else ParisPipeline.from_pretrained(run, max_resident_experts, device, offload_experts=offload))
     prompts = [p for p in prompt for _ in range(num)]
     strategy = strategy or pipe.sample.strategy
-    images, stats = pipe.generate(prompts, strategy=strategy, steps=steps, guidance=guidance, seed=seed,
-                                  sampler=sampler, shift=shift, guidance_mode=guidance_mode,
-                                  route_every=route_every, precision=precision, compile=compile, trace=show_routing)
+    total = pipe.sample.steps if steps is None else steps
+    with progress.bar(f"sampling {len(prompts)} images ({strategy})", total) as bar:
+        images, stats = pipe.generate(prompts, strategy=strategy, steps=steps, guidance=guidance, seed=seed,
+                                      sampler=sampler, shift=shift, guidance_mode=guidance_mode,
+                                      route_every=route_every, precision=precision, compile=compile,
+                                      trace=show_routing, on_step=lambda step: bar.update(advance=1))
     grid(images, rows=len(prompt), labels=prompt if len(prompt) > 1 else None, scale=4).save(out)
     typer.echo(f"wrote {out} ({len(prompts)} images, strategy {strategy}, "
                f"{stats['expert_passes_per_image']:.2f} expert passes per image and step, "
