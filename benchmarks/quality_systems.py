@@ -33,6 +33,23 @@ class System:
     def samples(self) -> int:
         return int(self.budget * BUDGET_SAMPLES)
 
+    def label(self, strategy: str) -> str:
+        """The row in words, for a chart's legend: 'one model, batch 64, lr 0.002, cooldown 50%' or '8 experts
+        (batch 32 each) on simclr clusters, DDM's router, ...' (the budget is the chart's x axis)."""
+        if self.kind == "monolith":
+            words = [f"one model, batch {self.batch}"]
+        else:
+            k = 10 if self.features == "labels" else self.clusters
+            each = self.batch // k if self.protocol == "split-batch" else self.batch
+            router = "DDM's router" if self.text_router or "@" in strategy else "Paris's router"
+            words = [f"{k} experts (batch {each} each) on {self.features} clusters, {router}"]
+        words += [f"lr {self.lr:g}"] + ([f"cooldown {self.cooldown:.0%}"] if self.cooldown else [])
+        words += [f"seed {self.seed_fraction:.0%}"] if self.seed_fraction else []
+        words += ["steps by cluster size"] if self.by_size else []
+        words += [f"{self.preset} models"] if self.preset != "tiny" else []
+        words += ["described captions"] if self.captions != "class" else []
+        return ", ".join(words)
+
     def schedule(self) -> dict:
         """Steps and batches: the seed's (at the monolith's batch) and each expert's."""
         seed_steps = round(self.samples * self.seed_fraction / self.batch)

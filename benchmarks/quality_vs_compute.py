@@ -300,8 +300,8 @@ def plot(lines: list[dict], path: Path) -> None:
     for l in lines:
         # One model size (other presets are a separate comparison, in the table) and the paper's top-2 rule.
         if l["preset"] == "tiny" and l["strategy"] in ("monolith", "top2", f"top2@{TEXT_ROUTER}"):
-            family = l["system"].rsplit("-", 1)[0] + (f" @{TEXT_ROUTER}" if "@" in l["strategy"] else "")
-            series.setdefault(family, []).append(l)
+            system = System(**{field.name: l[field.name] for field in dataclasses.fields(System)})
+            series.setdefault(system.label(l["strategy"]), []).append(l)
     colours = plt.get_cmap("tab10")
     scales = {l["guidance"] for l in lines}
     axes[0].set_title(f"sampled images, guidance {scales.pop():g}" if len(scales) == 1 else
@@ -312,13 +312,17 @@ def plot(lines: list[dict], path: Path) -> None:
             xs, ys = zip(*sorted((r["samples"], r[key]) for r in points))
             monolith = points[0]["kind"] == "monolith"
             ax.plot(xs, ys, marker="o" if monolith else "s", linestyle="--" if monolith else "-",
-                    color=colours(i % 10), label=family + ("" if monolith else " (top-2)"))
+                    color=colours(i % 10), label=family + ("" if monolith else ", top-2"))
         ax.set_xscale("log")
         ax.set_xlabel("training samples (= training FLOPs / cost per sample; seed included)")
         ax.set_ylabel(f"{label} (lower is better)")
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
+    # The legend under both panels, two columns: the rows' descriptions are long.
+    handles, labels = axes[1].get_legend_handles_labels()
+    legend_rows = -(-len(labels) // 2)
+    fig.set_size_inches(13, 4.5 + 0.22 * legend_rows)
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.22 * legend_rows / (4.5 + 0.22 * legend_rows) + 0.01, 1, 1))
     fig.savefig(path, dpi=120)
 
 
