@@ -210,7 +210,7 @@ def demo(
     jobs: Optional[int] = typer.Option(None, help="Experts trained at once (default: one per CPU core)."),
     full: bool = typer.Option(False, "--full", help="Then train the one-model baseline at matched compute and DDM's "
                               "router, which also reads the prompt, and write the paper's table to RUN/eval/ "
-                              "(about 35 more minutes on 2 cores)."),
+                              "(about 35 more minutes on 2 AVX-512 cores, longer on older CPUs)."),
     # 1,000 as benchmarks/quality_vs_compute.py, so the table reads against its rows (FID depends on the number).
     num_samples: int = typer.Option(1000, help="With --full: images per strategy for FID and adherence."),
 ):
