@@ -8,7 +8,6 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
-import torch.nn.functional as F
 
 from paris.models.encoders import build_autoencoder, build_features
 from paris.data.preprocess import Skip, load_image
@@ -25,15 +24,13 @@ class ShardEncoder:
         # What the stored features are a function of beyond the config: a learned extractor's weights.
         self.feature_identity = getattr(self.features, "identity", None)
 
-    def _first_images(self, n: int, size: int | None = None) -> torch.Tensor:
-        """The first n usable images of the source, each shrunk to size x size as it is read when `size` is given
-        (so a large fit set of large images never sits in memory at full size)."""
-        loaded = list(map(self._load, itertools.islice(self.source.samples(0), n)))
+    def _first_images(self, n: int, shrink=None) -> torch.Tensor:
+        """The first n usable images of the source, each passed through `shrink` ([C,H,W] -> smaller) as soon as it
+        is read when given, so a large fit set of large images never sits in memory at full size."""
+        shrink = shrink or (lambda image: image)
+        loaded = [image if isinstance(image, Skip) else shrink(image)
+                  for image in map(self._load, itertools.islice(self.source.samples(0), n))]
         images = [image for image in loaded if not isinstance(image, Skip)]
-        if size is not None:
-            images = [F.interpolate(image[None], size=(size, size), mode="bilinear", antialias=True,
-                                    align_corners=False)[0] if image.shape[-1] != size or image.shape[-2] != size
-                      else image for image in images]
         if not images:
             reasons = Counter(str(reason) for reason in loaded)
             raise ParisError(f"none of the first {len(loaded)} samples of {self.cfg.path} is usable ("

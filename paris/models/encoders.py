@@ -211,7 +211,7 @@ class SimCLRFeatures:
         self.device = device
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, captions: list[str] | None = None) -> torch.Tensor:
         return self.model(images.to(self.device)).float().cpu()
 
 
@@ -258,18 +258,16 @@ FEATURES = ("pixel-pca", "simclr", "dinov2", "text")
 
 def build_features(cfg, first_images, text: TextEncoder, device: str = "cpu"):
     """The clustering feature extractor of data config `cfg`, called as (images, captions) -> [N, F];
-    `first_images(n, size)` gives pixel-pca and simclr their fit set (the first n images, at `size` if given).
-    A learned extractor has an `identity` (its weights' hash)."""
+    `first_images(n, shrink)` gives pixel-pca and simclr their fit set (the first n images, each through `shrink`
+    if given). A learned extractor has an `identity` (its weights' hash)."""
     if cfg.features == "pixel-pca":
-        pca = PixelPCA(first_images(cfg.pca_fit_images, None), cfg.feature_dim, cfg.seed)
+        pca = PixelPCA(first_images(cfg.pca_fit_images), cfg.feature_dim, cfg.seed)
         return lambda images, captions: pca(images)
     if cfg.features == "simclr":
-        from paris.models.simclr import SIZE
+        from paris.models.simclr import resize
 
-        encoder = SimCLRFeatures(first_images(cfg.simclr_fit_images, SIZE), cfg.seed, device)
-        features = lambda images, captions: encoder(images)  # noqa: E731
-        features.identity = encoder.identity
-        return features
+        return SimCLRFeatures(first_images(cfg.simclr_fit_images, lambda image: resize(image[None])[0]), cfg.seed,
+                              device)
     if cfg.features == "dinov2":
         dinov2 = Dinov2Features(cfg.features_path, cfg.feature_pooling, device)
         return lambda images, captions: dinov2(images)
