@@ -66,10 +66,10 @@ def train_router(run: RunDir, config: RunConfig, from_expert_samples: int | None
         text = {k: v.to(device) for k, v in _text(train_store, batch, cfg.use_text, device).items()}
         return F.cross_entropy(model(x_t, t, **text).float(), targets[batch.rows].to(device))
 
-    job = Job(layout.router(name), layout.router(name), model, loss, train_store, identity)
+    folder = layout.router(name)
+    job = Job(folder, folder, model, loss, train_store, identity)
     summary = train(run, job, dataclasses.replace(cfg, steps=steps))
-    accuracy = router_accuracy(load_pretrained(run, layout.final(layout.router(name))), held_out, targets,
-                               cfg.use_text, cfg.seed)
+    accuracy = router_accuracy(load_pretrained(run, layout.final(folder)), held_out, targets, cfg.use_text, cfg.seed)
     run.write_json(layout.router_accuracy(name), accuracy)
     return {**summary, "accuracy": accuracy}
 
