@@ -39,10 +39,9 @@ class System:
         if self.kind == "monolith":
             words = [f"one model, batch {self.batch}"]
         else:
-            k = 10 if self.features == "labels" else self.clusters
-            each = self.batch // k if self.protocol == "split-batch" else self.batch
+            s = self.schedule()
             router = "DDM's router" if self.text_router or "@" in strategy else "Paris's router"
-            words = [f"{k} experts (batch {each} each) on {self.features} clusters, {router}"]
+            words = [f"{s['clusters']} experts (batch {s['expert_batch']} each) on {self.features} clusters, {router}"]
         words += [f"lr {self.lr:g}"] + ([f"cooldown {self.cooldown:.0%}"] if self.cooldown else [])
         words += [f"seed {self.seed_fraction:.0%}"] if self.seed_fraction else []
         words += ["steps by cluster size"] if self.by_size else []

@@ -228,11 +228,9 @@ def held_out(out: Path, run: Path, system: System, report: dict, num_samples: in
     return found
 
 
-def router_cost(run: Path, system: System, strategy: str) -> tuple[float, float]:
-    """The mean accuracy of the router `strategy` samples with, and its share of the row's training FLOPs."""
-    from paris.evaluate.table import router_name
-
-    folder = run / layout.router(router_name(strategy))
+def router_cost(run: Path, system: System, name: str) -> tuple[float, float]:
+    """The mean accuracy of the row's router `name` (layout.router), and its share of the row's training FLOPs."""
+    folder = run / layout.router(name)
     flops = flops_per_sample(run, folder.name)
     router_samples = json.loads((folder / "final" / "manifest.json").read_text())["samples_seen"]
     share = router_samples * flops["router"] / (router_samples * flops["router"] + system.samples * flops["expert"])
@@ -241,6 +239,7 @@ def router_cost(run: Path, system: System, strategy: str) -> tuple[float, float]
 
 def table(out: Path, systems: list[System], num_samples: int, grid: list[float], select_samples: int) -> list[dict]:
     """One line per (system, strategy) that has been evaluated."""
+    from paris.evaluate.table import router_name
     lines = []
     for s in systems:
         run = out / "runs" / s.name
@@ -251,8 +250,11 @@ def table(out: Path, systems: list[System], num_samples: int, grid: list[float],
         report = json.loads(cache.read_text())
         loss = final_loss(run, s)
         held_out_losses = held_out(out, run, s, report, num_samples)
+        # Each router's FLOPs are counted once per row, not once per strategy that samples with it.
+        costs = {name: router_cost(run, s, name) for name in {router_name(st) for st in report["strategies"]}
+                 if s.kind == "mixture"}
         for strategy, row in report["strategies"].items():
-            router, router_share = router_cost(run, s, strategy) if s.kind == "mixture" else (None, None)
+            router, router_share = costs.get(router_name(strategy), (None, None))
             lines.append({"system": s.name, "strategy": strategy, "budget": s.budget, "samples": s.samples,
                           "fid": row["fid"], "adherence": row.get("prompt_adherence"), "router_accuracy": router,
                           "attribute_adherence": row.get("attribute_adherence"),
@@ -319,10 +321,10 @@ def plot(lines: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
     # The legend under both panels, two columns: the rows' descriptions are long.
     handles, labels = axes[1].get_legend_handles_labels()
-    legend_rows = -(-len(labels) // 2)
-    fig.set_size_inches(13, 4.5 + 0.22 * legend_rows)
+    legend_height = 0.22 * -(-len(labels) // 2)  # inches: a line per two rows
+    fig.set_size_inches(13, 4.5 + legend_height)
     fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.22 * legend_rows / (4.5 + 0.22 * legend_rows) + 0.01, 1, 1))
+    fig.tight_layout(rect=(0, legend_height / (4.5 + legend_height) + 0.01, 1, 1))
     fig.savefig(path, dpi=120)
 
 
