@@ -158,7 +158,7 @@ def new_class_adherence(run: Path, data: str, per_class: int = 100) -> dict:
     from paris.data.fashion_mnist import class_prompt
     from paris.evaluate.adherence import fashion_classifier
     from paris.evaluate.table import Measures, sample_and_score
-    from paris.pipeline import ParisPipeline
+    from paris.inference.pipeline import ParisPipeline
     from paris.run import RunDir
 
     sample: SampleConfig = RunDir(str(run)).read_config().sample

@@ -215,7 +215,7 @@ def held_out(out: Path, run: Path, system: System, report: dict, num_samples: in
         from paris.evaluate.heldout import held_out_loss
         from paris.evaluate.reference import load_reference
         from paris.evaluate.table import router_name, routing_rule
-        from paris.pipeline import ParisPipeline
+        from paris.inference.pipeline import ParisPipeline
 
         torch.set_num_threads(1)  # beside a training job on the other core
         evaluation = EvalConfig(num_samples=num_samples)

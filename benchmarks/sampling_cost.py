@@ -22,12 +22,13 @@ import time
 
 import torch
 
-from paris.config import dit_config, router_config
+from paris.config import SampleConfig, dit_config, router_config
 from paris.models.dit import DiT
 from paris.models.encoders import IdentityAutoencoder
 from paris.models.router import Router
 from paris.precision import sampling_precision
-from paris.sample import ExpertPool, Mixture, generate, peak_memory_mib
+from paris.inference.mixture import ExpertPool, Mixture
+from paris.inference.sampler import generate, peak_memory_mib
 
 PROMPTS = ["a photo of a sneaker", "a photo of a bag", "a photo of a dress", "a picture of a coat"]
 PRECISIONS = ("fp32", "bf16", "bf16+compile")  # paris.precision's names; +compile: sample.compile
@@ -88,9 +89,9 @@ def latency(mixture: Mixture, strategy: str, batch: int, steps: int, route_every
     options = {"precision": precision.removesuffix("+compile"), "compile": precision.endswith("+compile")}
     # Warm-up: loads every expert; compiling, the very same call, so that every sub-batch size it routes to an
     # expert is compiled before the timing starts.
-    generate(mixture, prompts, strategy, steps=steps if options["compile"] else 2, route_every=route_every, **options)
+    generate(mixture, prompts, SampleConfig().updated(strategy=strategy, steps=steps if options["compile"] else 2, route_every=route_every, **options))
     start = time.perf_counter()
-    generate(mixture, prompts, strategy, steps=steps, route_every=route_every, **options)
+    generate(mixture, prompts, SampleConfig().updated(strategy=strategy, steps=steps, route_every=route_every, **options))
     return (time.perf_counter() - start) / steps
 
 
@@ -154,7 +155,7 @@ def load_seconds(preset: str, folder: str, repeats: int) -> dict[str, float]:
 def peak_memory_child(preset: str, num_experts: int, max_resident: int, folder: str) -> None:
     """Run top-2 sampling and print this process's peak resident memory in MiB (called in a subprocess)."""
     mixture = build(preset, num_experts, folder, max_resident)
-    generate(mixture, PROMPTS, "top2", steps=2)
+    generate(mixture, PROMPTS, SampleConfig().updated(strategy="top2", steps=2))
     print(peak_memory_mib(torch.device("cpu")))
 
 

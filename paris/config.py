@@ -225,7 +225,7 @@ class RouterTrainConfig(TrainConfig):
 class SampleConfig:
     steps: Positive = 50
     guidance: Annotated[float, Range(0.0)] = 7.5
-    strategy: str = "top2"  # a routing rule of paris.routing: top1, top2, topk:K, full, sample-k:K, nucleus:P, ...
+    strategy: str = "top2"  # a routing rule of paris.inference.routing: top1, top2, topk:K, full, sample-k:K, nucleus:P, ...
     seed: int = 0
     route_every: Positive = 1  # the router runs at every n-th velocity evaluation; 1 = at every one (the paper)
     sampler: Literal["euler", "heun"] = "euler"
@@ -234,14 +234,23 @@ class SampleConfig:
     # bf16 autocast on CUDA (as DiT/PixArt/Paris sample), fp32 on CPU; fp32 = full precision on CUDA (paris.precision)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     compile: bool = False  # torch.compile each expert: a minute or more of compilation first, then faster steps
+    # Skip an expert whose weight after routing is below this (the rest renormalised): its pass would barely move
+    # the image. 0: every expert the rule chose runs.
+    min_weight: Annotated[float, Range(0.0, 1.0, open_high=True)] = 0.0
 
     def __post_init__(self):
-        from paris.routing import parse_strategy
+        from paris.inference.routing import parse_strategy
 
         try:
             parse_strategy(self.strategy)
         except ParisError as e:
             raise ParisError(f"config key 'sample.strategy': {e}") from None
+
+    def updated(self, where: str = "sample.", **given) -> "SampleConfig":
+        """These settings with `given` ones (None: keep this config's value), checked as a loaded config is: where
+        settings enter from Python, the command line or a request."""
+        chosen = {key: value for key, value in given.items() if value is not None}
+        return from_dict(SampleConfig, {**dataclasses.asdict(self), **chosen}, where)
 
 
 @dataclass
@@ -273,7 +282,7 @@ class EvalConfig:
 
     def __post_init__(self):
         from paris.layout import router
-        from paris.routing import parse_strategy
+        from paris.inference.routing import parse_strategy
 
         if not self.strategy_list:
             raise ParisError("--strategies is empty; give a comma-separated list, e.g. monolith,top1,top2,full")

@@ -31,8 +31,8 @@ from paris.evaluate.table import Measures, evaluate_run, sample_and_score
 from paris.images import grid, save_png
 from paris.launch.local import launch_local, local_jobs
 from paris.run import RunDir
-from paris.pipeline import ParisPipeline
-from paris.sample import timesteps
+from paris.inference.pipeline import ParisPipeline
+from paris.inference.sampler import timesteps
 from paris.train.expert import expert_steps, train_monolith
 from paris.train.router import train_router
 
@@ -133,8 +133,8 @@ def demo_prompts(config: RunConfig, per_class: int) -> tuple[list[str], torch.Te
 def router_weights(pipe: ParisPipeline, prompts: list[str], sample: SampleConfig) -> tuple[torch.Tensor, list[float]]:
     """The router's weights [len(prompts), steps, K] at each step of sampling these prompts with every expert
     (`full`: the weights are the router's probabilities), and the t of each step."""
-    _, stats = pipe.generate(prompts, strategy="full", trace=True, route_every=1, steps=sample.steps,
-                             guidance=sample.guidance, seed=sample.seed)
+    _, stats = pipe.generate(prompts, dataclasses.replace(sample, strategy="full", route_every=1, min_weight=0.0),
+                             trace=True)
     return stats["routing"], timesteps(sample.steps, sample.shift)[:-1]
 
 

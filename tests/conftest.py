@@ -156,8 +156,8 @@ def three_experts(tmp_path_factory):
     from paris.models.dit import DiT
     from paris.models.encoders import IdentityAutoencoder, TextEncoder
     from paris.models.router import Router
-    from paris.pipeline import ParisPipeline
-    from paris.sample import ExpertPool, Mixture
+    from paris.inference.pipeline import ParisPipeline
+    from paris.inference.mixture import ExpertPool, Mixture
     from testkit.runs import randomize_zero_params
     from testkit.tiny_encoders import save_tiny_clip
 

@@ -93,7 +93,7 @@ CASES = [  # (arguments, words the one-line error must hold)
     (["generate", RUN, "-p", "a bag", "--sampler", "rk4"], "'sample.sampler' must be one of euler, heun"),
     (["generate", RUN, "-p", "a bag", "--guidance-mode", "before"], "'sample.guidance_mode' must be one of"),
     (["generate", RUN, "-p", "a bag", "--route-every", "0"], "'sample.route_every' must be at least 1"),
-    (["generate", RUN, "-p", "a bag", "--precision", "fp16"], "--precision must be one of auto, bf16, fp32, got 'fp16'"),
+    (["generate", RUN, "-p", "a bag", "--precision", "fp16"], "'sample.precision' must be one of auto, bf16, fp32; got 'fp16'"),
     (["generate", RUN, "-p", "a bag", "--out", "samples"], "needs an image file name ending in .png"),
     (["generate", RUN, "-p", "a bag", "--out", "/"], "is a directory"),
     (["generate", RUN, "-p", "a bag", "--max-resident-experts", "0"], "--max-resident-experts must be at least 1"),
@@ -185,6 +185,6 @@ def test_any_sampling_option_samples_or_is_a_paris_error(pipe, options):
 
 @pytest.fixture(scope="module")
 def pipe(run_path):
-    from paris.pipeline import ParisPipeline
+    from paris.inference.pipeline import ParisPipeline
 
     return ParisPipeline.from_run(str(run_path))

@@ -10,13 +10,15 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ModelMixin
 
+from paris.config import SampleConfig
 from paris.flow import euler_step, time_grid
 from paris.models.diffusers_model import DiffusersDiT
 from paris.models.dit import DiT
 from paris.models.io import load_pretrained
-from paris.pipeline import ParisPipeline
+from paris.inference.pipeline import ParisPipeline
 from paris.run import RunDir
-from paris.sample import initial_noise, timesteps, velocity_field
+from paris.inference.sampler import initial_noise, timesteps
+from paris.inference.velocity import encode_prompts, velocity_field
 
 PROMPTS = ["a photo of a sneaker", "a photo of a bag", "a photo of a dress"]
 
@@ -41,7 +43,7 @@ def test_euler_and_flow_match_scheduler_visit_the_same_times_and_latents(paris_p
     np.testing.assert_allclose(scheduler.timesteps.numpy(), np.array(ours[:-1]) * 1000, rtol=1e-6)
 
     mixture = paris_pipe.mixture
-    velocity = velocity_field(mixture, PROMPTS, "top2", 3.0)
+    velocity = velocity_field(mixture, encode_prompts(mixture, PROMPTS), SampleConfig(strategy="top2", guidance=3.0))
     x_ours = x_theirs = initial_noise(mixture, len(PROMPTS), torch.Generator().manual_seed(0))
     for i, (t, t_next) in enumerate(zip(ours[:-1], ours[1:])):
         x_ours = euler_step(x_ours, velocity(x_ours, t), t, t_next)
@@ -83,7 +85,7 @@ def test_diffusers_defaults_are_the_saved_sampling_settings_and_give_pil_images(
 
 
 def test_a_converted_release_runs_in_diffusers_with_its_vae_and_clip(tmp_path):
-    from paris.pipeline import convert_release
+    from paris.inference.pipeline import convert_release
     from testkit.release import write_release
 
     write_release(tmp_path / "release")

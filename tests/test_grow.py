@@ -16,11 +16,11 @@ from diffusers import DiffusionPipeline
 from paris import layout
 from paris.clusters.partition import load_partition
 from paris.errors import ParisError
-from paris.grow import add_expert
-from paris.pipeline import ParisPipeline
-from paris.retired import remove_expert
+from paris.roster.grow import add_expert
+from paris.inference.pipeline import ParisPipeline
+from paris.roster.retired import remove_expert
 from paris.run import RunDir
-from paris.status import run_status
+from paris.roster.status import run_status
 from paris.train import expert_samples
 from paris.train.expert import train_expert
 from paris.train.router import train_router

@@ -10,10 +10,12 @@ import torch
 from safetensors.torch import save_file
 
 from testkit.runs import run_cli, run_in_process
+from paris.config import SampleConfig
 from paris.errors import ParisError
-from paris.pipeline import ParisPipeline
+from paris.inference.pipeline import ParisPipeline
 from paris.run import RunDir
-from paris.sample import ExpertPool, generate, timesteps
+from paris.inference.mixture import ExpertPool
+from paris.inference.sampler import generate, timesteps
 
 PROMPTS = ["a photo of a sneaker", "a photo of a bag", "a photo of a dress"]
 
@@ -202,14 +204,14 @@ def test_guidance_after_mixing_uses_the_routers_weights_for_the_empty_prompt(pip
     text_router = randomize_zero_params(Router(dataclasses.replace(router.architecture, text_dim=384)), seed=0, std=0.5)
     mixture = dataclasses.replace(pipe.mixture, router=text_router.eval())
     # "full": continuous weights, which differ between the prompt and "" whenever the router uses the text.
-    per, _ = generate(mixture, PROMPTS, "full", steps=2, guidance=4.0, guidance_mode="per-expert")
-    after, _ = generate(mixture, PROMPTS, "full", steps=2, guidance=4.0, guidance_mode="after")
+    per, _ = generate(mixture, PROMPTS, SampleConfig().updated(strategy="full", steps=2, guidance=4.0, guidance_mode="per-expert"))
+    after, _ = generate(mixture, PROMPTS, SampleConfig().updated(strategy="full", steps=2, guidance=4.0, guidance_mode="after"))
     assert not torch.allclose(per, after, atol=1e-4)
 
 
 def test_guidance_one_runs_only_the_conditional_pass(pipe):
     """At guidance 1 both modes give v(text): each expert runs on the batch once, not on it and the empty prompt."""
-    from paris.sample import velocity_field
+    from paris.inference.velocity import encode_prompts, velocity_field
 
     mixture = pipe.mixture
     batch_sizes = []
@@ -217,10 +219,11 @@ def test_guidance_one_runs_only_the_conditional_pass(pipe):
              for k in range(len(mixture.experts))]
     x = torch.randn(len(PROMPTS), *mixture.latent_shape, generator=torch.Generator().manual_seed(0))
     try:
-        once = {mode: velocity_field(mixture, PROMPTS, "full", guidance=1.0, guidance_mode=mode)(x, 0.6)
+        cond = encode_prompts(mixture, PROMPTS)
+        once = {mode: velocity_field(mixture, cond, SampleConfig(strategy="full", guidance=1.0, guidance_mode=mode))(x, 0.6)
                 for mode in ("per-expert", "after")}
         passes_once, batch_sizes[:] = list(batch_sizes), []
-        nearly_one = velocity_field(mixture, PROMPTS, "full", guidance=1.0 + 1e-7)(x, 0.6)  # both passes
+        nearly_one = velocity_field(mixture, cond, SampleConfig(strategy="full", guidance=1.0 + 1e-7))(x, 0.6)  # both passes
     finally:
         for hook in hooks:
             hook.remove()

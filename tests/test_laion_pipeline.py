@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from paris.config import from_yaml
-from paris.pipeline import ParisPipeline
-from paris.sample import generate
+from paris.inference.pipeline import ParisPipeline
+from paris.inference.sampler import generate
 
 
 def test_train_and_sample_from_a_laion_style_store(laion_trained):

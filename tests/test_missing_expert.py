@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from paris.errors import ParisError
-from paris.pipeline import ParisPipeline
+from paris.inference.pipeline import ParisPipeline
 
 PROMPTS = ["a photo of a sneaker", "a photo of a bag", "a photo of a dress"]
 SETTINGS = {"strategy": "top2", "steps": 4, "guidance": 3.0, "seed": 0, "trace": True}

@@ -11,17 +11,19 @@ import pytest
 import torch
 
 from testkit.runs import NUM_IMAGES, copy_run, randomize_zero_params, run_in_process
-from paris.config import DiTConfig, RouterConfig
+from paris.config import DiTConfig, RouterConfig, SampleConfig
 from paris.errors import ParisError
 from paris.models.encoders import IdentityAutoencoder
 from paris.flow import euler_step, time_grid
 from paris.models.dit import DiT
 from paris.models.io import load_pretrained
 from paris.models.router import Router
-from paris.routing import routing_weights
+from paris.inference.routing import routing_weights
 from paris.run import RunDir
-from paris.pipeline import ParisPipeline
-from paris.sample import ExpertPool, Mixture, conditional_velocities, generate, guide
+from paris.inference.pipeline import ParisPipeline
+from paris.inference.mixture import ExpertPool, Mixture
+from paris.inference.sampler import generate
+from paris.inference.velocity import Conditioning, conditional_velocities, guide
 from paris.train.router import train_router
 
 # Every deterministic rule: the grouped sampler must equal running every expert on every sample.
@@ -78,24 +80,24 @@ def test_mixture_loads_the_trained_models(mixture):
 
 @pytest.mark.parametrize("strategy,passes", [("top1", 1), ("top2", 2), ("full", 2)])
 def test_generate_each_strategy(mixture, strategy, passes):
-    images, stats = generate(mixture, PROMPTS, strategy, steps=4, guidance=4.0, seed=0)
+    images, stats = generate(mixture, PROMPTS, SampleConfig().updated(strategy=strategy, steps=4, guidance=4.0, seed=0))
     assert images.shape == (3, 1, 32, 32)
     assert torch.isfinite(images).all() and images.min() >= -1 and images.max() <= 1
     assert stats["expert_passes_per_image"] == passes
 
 
 def test_generate_is_reproducible_and_seeded(mixture):
-    a, _ = generate(mixture, PROMPTS[:2], "top2", steps=2, seed=3)
-    b, _ = generate(mixture, PROMPTS[:2], "top2", steps=2, seed=3)
-    c, _ = generate(mixture, PROMPTS[:2], "top2", steps=2, seed=4)
+    a, _ = generate(mixture, PROMPTS[:2], SampleConfig().updated(strategy="top2", steps=2, seed=3))
+    b, _ = generate(mixture, PROMPTS[:2], SampleConfig().updated(strategy="top2", steps=2, seed=3))
+    c, _ = generate(mixture, PROMPTS[:2], SampleConfig().updated(strategy="top2", steps=2, seed=4))
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 def test_generate_refuses_empty_prompts_and_unknown_strategy(mixture):
     with pytest.raises(ParisError, match="prompt"):
-        generate(mixture, [], "top2")
+        generate(mixture, [], SampleConfig().updated(strategy="top2"))
     with pytest.raises(ParisError, match="'best'"):
-        generate(mixture, PROMPTS, "best")
+        generate(mixture, PROMPTS, SampleConfig().updated(strategy="best"))
 
 
 def test_cli_generate_writes_png(trained, tmp_path):
@@ -158,7 +160,7 @@ def _every_expert_on_every_sample(mixture, prompts, strategy, steps, guidance, s
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_grouped_sampling_equals_weighting_every_expert(random_mixture, strategy, steps):
     prompts = PROMPTS + ["a picture of a coat", ""]
-    images, stats = generate(random_mixture, prompts, strategy, steps=steps, guidance=3.0, seed=7)
+    images, stats = generate(random_mixture, prompts, SampleConfig().updated(strategy=strategy, steps=steps, guidance=3.0, seed=7))
     expected, weights = _every_expert_on_every_sample(random_mixture, prompts, strategy, steps, 3.0, seed=7)
     assert torch.allclose(images, expected, atol=1e-5)
     inside = ((expected > -1) & (expected < 1)).float().mean().item()
@@ -168,7 +170,8 @@ def test_grouped_sampling_equals_weighting_every_expert(random_mixture, strategy
 
 def test_strategies_give_different_images(random_mixture):
     """Sanity check that the comparison above is sensitive: the rules really produce different velocities."""
-    out = {s: generate(random_mixture, PROMPTS, s, steps=1, guidance=3.0, seed=7)[0] for s in STRATEGIES}
+    out = {s: generate(random_mixture, PROMPTS, SampleConfig().updated(strategy=s, steps=1, guidance=3.0, seed=7))[0]
+           for s in STRATEGIES}
     assert not torch.allclose(out["top1"], out["top2"], atol=1e-4)
     assert not torch.allclose(out["top2"], out["full"], atol=1e-4)
 
@@ -177,27 +180,27 @@ def test_a_clip_mixture_samples_without_its_all_true_mask_and_draws_the_same_ima
     """CLIP attends to every token: generate gives the experts no mask at all, the plain version the mask."""
     mixture = ParisPipeline.from_pretrained(str(three_experts)).mixture
     assert mixture.text_encoder.encode(PROMPTS)[1].all()
-    images, _ = generate(mixture, PROMPTS, "top2", steps=2, guidance=3.0, seed=7)
+    images, _ = generate(mixture, PROMPTS, SampleConfig().updated(strategy="top2", steps=2, guidance=3.0, seed=7))
     expected, _ = _every_expert_on_every_sample(mixture, PROMPTS, "top2", 2, 3.0, seed=7)
     assert torch.allclose(images, expected, atol=1e-5)
 
 
 def test_precision_auto_is_fp32_on_a_cpu_and_bf16_is_close_to_it(random_mixture):
-    fp32, _ = generate(random_mixture, PROMPTS, "full", steps=2, guidance=3.0, precision="fp32")
-    auto, _ = generate(random_mixture, PROMPTS, "full", steps=2, guidance=3.0)
-    bf16, _ = generate(random_mixture, PROMPTS, "full", steps=2, guidance=3.0, precision="bf16")
+    fp32, _ = generate(random_mixture, PROMPTS, SampleConfig().updated(strategy="full", steps=2, guidance=3.0, precision="fp32"))
+    auto, _ = generate(random_mixture, PROMPTS, SampleConfig().updated(strategy="full", steps=2, guidance=3.0))
+    bf16, _ = generate(random_mixture, PROMPTS, SampleConfig().updated(strategy="full", steps=2, guidance=3.0, precision="bf16"))
     assert torch.equal(auto, fp32)
     assert 1e-4 < (bf16 - fp32).abs().max() < 0.05
-    with pytest.raises(ParisError, match="precision must be one of auto, bf16, fp32; got 'fp16'"):
-        generate(random_mixture, PROMPTS, precision="fp16")
+    with pytest.raises(ParisError, match="'sample.precision' must be one of auto, bf16, fp32; got 'fp16'"):
+        generate(random_mixture, PROMPTS, SampleConfig().updated(precision="fp16"))
 
 
 def test_compile_runs_each_expert_through_torch_compile(random_mixture, monkeypatch):
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)  # compiling takes minutes
-    images, _ = generate(random_mixture, PROMPTS, "full", steps=1, guidance=3.0, compile=True)
+    images, _ = generate(random_mixture, PROMPTS, SampleConfig().updated(strategy="full", steps=1, guidance=3.0, compile=True))
     assert compiled == list(random_mixture.experts.resident.values())  # one pass of each of the 3 experts
-    assert torch.equal(images, generate(random_mixture, PROMPTS, "full", steps=1, guidance=3.0)[0])
+    assert torch.equal(images, generate(random_mixture, PROMPTS, SampleConfig().updated(strategy="full", steps=1, guidance=3.0))[0])
 
 
 def test_guidance_scale_one_is_the_conditional_velocity(random_mixture, text_encoder):
@@ -206,8 +209,9 @@ def test_guidance_scale_one_is_the_conditional_velocity(random_mixture, text_enc
     t = torch.tensor([0.3, 0.8])
     text, mask = text_encoder.encode(PROMPTS[:2])
     null_text, null_mask = text_encoder.encode([""])
+    cond = Conditioning(text, mask, null_text.expand(2, -1, -1), null_mask.expand(2, -1))
     with torch.no_grad():
-        guided = guide(*conditional_velocities(expert, x, t, text, mask, null_text, null_mask), 1.0)
-        unguided = guide(*conditional_velocities(expert, x, t, text, mask, null_text, null_mask), 0.0)
+        guided = guide(*conditional_velocities(expert, x, t, cond), 1.0)
+        unguided = guide(*conditional_velocities(expert, x, t, cond), 0.0)
         assert torch.allclose(guided, expert(x, t, text, mask), atol=1e-5)
-        assert torch.allclose(unguided, expert(x, t, null_text.expand(2, -1, -1), null_mask.expand(2, -1)), atol=1e-5)
+        assert torch.allclose(unguided, expert(x, t, cond.negative, cond.negative_mask), atol=1e-5)

@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from paris import release
+from paris.inference import release
 from paris.errors import ParisError
 from paris.models.io import load_pretrained
-from paris.pipeline import ParisPipeline, convert_release
+from paris.inference.pipeline import ParisPipeline, convert_release
 from paris.run import RunDir
 from testkit.release import LATENT, TEXT_DIM, write_release
 from testkit.runs import run_cli, run_paris

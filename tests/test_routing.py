@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from paris.errors import ParisError
-from paris.routing import Strategy, parse_strategy, routing_weights, top_k_weights
+from paris.inference.routing import Strategy, parse_strategy, routing_weights, top_k_weights
 
 PROBS = torch.tensor([
     [0.1, 0.6, 0.3, 0.0],

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from paris.pipeline import ParisPipeline
+from paris.inference.pipeline import ParisPipeline
 
 KEY = "test-key"
 CHROMIUM = "/usr/bin/chromium"

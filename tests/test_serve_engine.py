@@ -10,7 +10,7 @@ from PIL import Image
 
 from paris.errors import ParisError
 from paris.images import to_pil
-from paris.pipeline import ParisPipeline
+from paris.inference.pipeline import ParisPipeline
 from paris.serve.engine import Engine
 
 REQUESTS = [("a bag", 1), ("a coat", 2), ("a shirt", 3)]

@@ -26,7 +26,7 @@ def add_expert(
     change only what is read (data.split, data.classes, data.caption_column, data.limit, ...)."""
     import dataclasses
 
-    from paris.grow import add_expert as add
+    from paris.roster.grow import add_expert as add
 
     at_least("--clusters", clusters, 1)
     wrong = [item for item in set if not item.startswith("data.")]
@@ -50,7 +50,7 @@ def remove_expert(
 ):
     """Retire an expert: sampling never loads it and the router's weights are renormalised over the others.
     Nothing is deleted or retrained."""
-    from paris.retired import remove_expert as remove
+    from paris.roster.retired import remove_expert as remove
     from paris.run import RunDir
 
     retired = remove(RunDir(run), expert, restore)

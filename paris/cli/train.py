@@ -152,7 +152,7 @@ def status(run: str = RUN, json_output: bool = typer.Option(False, "--json", hel
 
     from paris.report.tables import status_table
     from paris.run import RunDir
-    from paris.status import run_status
+    from paris.roster.status import run_status
 
     rows = run_status(RunDir(run))
     if json_output:

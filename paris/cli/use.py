@@ -62,6 +62,10 @@ def generate(
     seed: Optional[int] = typer.Option(None, help="Random seed (default: sample.seed)."),
     route_every: Optional[int] = typer.Option(None, help="Run the router every N steps, reusing its choice in "
                                               "between (default: sample.route_every, 1 = every step)."),
+    min_weight: Optional[float] = typer.Option(None, help="Skip an expert whose routed weight is below this, the "
+                                               "others renormalised (default: sample.min_weight)."),
+    negative_prompt: Optional[str] = typer.Option(None, help="What guidance steers away from, in place of the empty "
+                                                  "prompt."),
     max_resident_experts: Optional[int] = typer.Option(None, help="Keep at most this many experts in memory "
                                                        "(default: all)."),
     offload: bool = typer.Option(False, help="With --max-resident-experts: keep the experts it evicts in host "
@@ -80,10 +84,9 @@ def generate(
 ):
     """Generate images from text prompts with the mixture of experts. Every sampling option left out takes the
     run's sample config (or the one saved with a pipeline folder), as ParisPipeline does from Python."""
+    from paris.config import SampleConfig
     from paris.images import grid
-    from paris.pipeline import ParisPipeline
-    from paris.precision import PRECISIONS
-    from paris.routing import parse_strategy
+    from paris.inference.pipeline import ParisPipeline
     from paris.run import RunDir
 
     if not prompt:
@@ -93,10 +96,10 @@ def generate(
     if offload and max_resident_experts is None:
         raise ParisError("--offload keeps the experts that --max-resident-experts evicts in host memory; without "
                          "a cap nothing is evicted: add --max-resident-experts N or leave --offload out")
-    if strategy:
-        parse_strategy(strategy)  # a typo fails now, not after loading the experts
-    if precision is not None and precision not in PRECISIONS:
-        raise ParisError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    given = {"strategy": strategy, "steps": steps, "guidance": guidance, "guidance_mode": guidance_mode,
+             "sampler": sampler, "shift": shift, "seed": seed, "route_every": route_every, "min_weight": min_weight,
+             "precision": precision, "compile": compile}
+    SampleConfig().updated(**given)  # a typo fails now, not after loading the experts
     check_image_path(out)
     is_run = RunDir(run).exists("config.yaml")  # a training run; otherwise a folder written by save_pretrained
     if router and not is_run:
@@ -104,15 +107,12 @@ def generate(
     pipe = (ParisPipeline.from_run(run, max_resident_experts, device, offload_experts=offload, router=router) if is_run
             else ParisPipeline.from_pretrained(run, max_resident_experts, device, offload_experts=offload))
     prompts = [p for p in prompt for _ in range(num)]
-    strategy = strategy or pipe.sample.strategy
-    total = pipe.sample.steps if steps is None else steps
-    with progress.bar(f"sampling {len(prompts)} images ({strategy})", total) as bar:
-        images, stats = pipe.generate(prompts, strategy=strategy, steps=steps, guidance=guidance, seed=seed,
-                                      sampler=sampler, shift=shift, guidance_mode=guidance_mode,
-                                      route_every=route_every, precision=precision, compile=compile,
-                                      trace=show_routing, on_step=lambda step: bar.update(advance=1))
+    sample = pipe.sample.updated(**given)
+    with progress.bar(f"sampling {len(prompts)} images ({sample.strategy})", sample.steps) as bar:
+        images, stats = pipe.generate(prompts, sample, trace=show_routing, on_step=lambda step: bar.update(advance=1),
+                                      negative_prompts=None if negative_prompt is None else [negative_prompt])
     grid(images, rows=len(prompt), labels=prompt if len(prompt) > 1 else None, scale=4).save(out)
-    typer.echo(f"wrote {out} ({len(prompts)} images, strategy {strategy}, "
+    typer.echo(f"wrote {out} ({len(prompts)} images, strategy {sample.strategy}, "
                f"{stats['expert_passes_per_image']:.2f} expert passes per image and step, "
                f"peak memory {stats['peak_memory_mib']:.0f} MiB)")
     if show_routing:
@@ -135,8 +135,8 @@ def convert_release(
     diffusers' DiffusionPipeline (trust_remote_code=True) load. Every tensor is renamed by an explicit table and
     shape-checked; a release that does not fit is refused with one error listing every mismatch.
     (ParisPipeline.from_pretrained also loads the release folder directly, converting as it loads.)"""
-    from paris import release
-    from paris.pipeline import convert_release as write_converted
+    from paris.inference import release
+    from paris.inference.pipeline import convert_release as write_converted
 
     if timestep_map not in ("1000t", "round(999t)"):
         raise ParisError(f"--timestep-map must be 1000t or round(999t), got {timestep_map!r}")
@@ -176,7 +176,7 @@ def serve(
     import ipaddress
     import socket
 
-    from paris.pipeline import ParisPipeline
+    from paris.inference.pipeline import ParisPipeline
     from paris.run import RunDir
     from paris.serve.app import create_app
     from paris.serve.engine import Engine

@@ -31,7 +31,7 @@ from paris.run import RunDir
 @dataclasses.dataclass
 class Partition:
     assignments: torch.Tensor  # [N] int64 cluster id per sample
-    centroids: torch.Tensor  # [K, F] the mean feature of each cluster `paris partition` made (see paris.grow)
+    centroids: torch.Tensor  # [K, F] the mean feature of each cluster `paris partition` made (see paris.roster.grow)
     meta: dict
 
     @property

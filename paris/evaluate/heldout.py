@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import torch
 
+from paris.config import SampleConfig
 from paris.flow import interpolate
 from paris.progress import bar
-from paris.sample import Mixture, velocity_field
+from paris.inference.mixture import Mixture
+from paris.inference.velocity import encode_prompts, velocity_field
 
 TIMES = tuple((i + 0.5) / 10 for i in range(10))  # the midpoints of ten equal bins of t: their mean is a uniform t
 
@@ -32,7 +34,8 @@ def held_out_loss(mixture: Mixture, strategy: str, images: torch.Tensor, prompts
             noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed + i))
             target = (noise - x0).to(device)
             # Guidance 1 is the conditional velocity alone: the model as trained, with its caption.
-            velocity = velocity_field(mixture, prompts[i : i + batch_size], strategy, guidance=1.0)
+            cond = encode_prompts(mixture, prompts[i : i + batch_size])
+            velocity = velocity_field(mixture, cond, SampleConfig(strategy=strategy, guidance=1.0))
             for t in TIMES:
                 v = velocity(interpolate(x0, noise, torch.full((len(x0),), t)).to(device), t)
                 sums[t] += (v - target).pow(2).flatten(1).mean(1).sum().item()

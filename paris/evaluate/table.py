@@ -16,16 +16,16 @@ import torch
 
 from paris import layout
 from paris import progress
-from paris.config import EvalConfig, SampleConfig, from_dict
+from paris.config import EvalConfig, SampleConfig
 from paris.data.fashion_captions import asked_words, attribute_adherence, attribute_words, measure
 from paris.evaluate.adherence import fashion_classifier, predict, scores
 from paris.evaluate.fid import InceptionFeatures, frechet_distance
 from paris.evaluate.heldout import held_out_loss
 from paris.evaluate.memorisation import NearestTraining, copy_threshold, memorised_shares
 from paris.evaluate.reference import load_reference
-from paris.grow import held_classes
+from paris.roster.grow import held_classes
 from paris.models.clip_score import ClipScore
-from paris.pipeline import ParisPipeline
+from paris.inference.pipeline import ParisPipeline
 from paris.run import RunDir
 
 
@@ -38,7 +38,7 @@ def evaluate_run(run_url: str, cfg: EvalConfig, **sampling) -> dict:
     config = run.read_config()
     # A grown run (paris add-expert) is compared with held-out images of all the classes it holds.
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, classes=held_classes(run, config.data.classes)))
-    sample = from_dict(SampleConfig, {**dataclasses.asdict(config.sample), **sampling}, "sample.")
+    sample = config.sample.updated(**sampling)
     baseline = _baseline(run) if "monolith" in cfg.strategy_list else None  # a missing monolith fails first
     features = InceptionFeatures(cfg.inception)  # the models load before any work: a bad path fails at once
     clip = ClipScore(cfg.clip_model) if cfg.clip_model else None
@@ -119,10 +119,8 @@ def sample_and_score(pipe: ParisPipeline, strategy: str, prompts: list[str], lab
         for i in range(0, len(prompts), batch_size):
             batch = prompts[i : i + batch_size]
             tick = time.perf_counter()
-            images, stats = pipe.generate(batch, strategy=routing_rule(strategy),
-                                          seed=seed + i, steps=sample.steps, guidance=sample.guidance,
-                                          route_every=sample.route_every, sampler=sample.sampler, shift=sample.shift,
-                                          guidance_mode=sample.guidance_mode)
+            rule = dataclasses.replace(sample, strategy=routing_rule(strategy), seed=seed + i)
+            images, stats = pipe.generate(batch, rule)
             seconds += time.perf_counter() - tick  # the cost column counts sampling only, not scoring
             passes += stats["expert_passes_per_image"] * len(images)
             if measures.features is not None:

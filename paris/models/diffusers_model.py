@@ -2,7 +2,7 @@
 
 A saved network folder (config.json + diffusion_pytorch_model.safetensors) loads with paris's loader as a
 plain DiT or Router, and with diffusers as these subclasses (`DiffusersDiT.from_pretrained(folder)`, and the
-components of paris.diffusers_pipeline): the same network, the same tensor names. They live apart so that
+components of paris.inference.diffusers_pipeline): the same network, the same tensor names. They live apart so that
 training and paris's own sampling never import diffusers' model machinery (2 s at every process start).
 `architecture` is the typed config; `config` is the same fields as diffusers holds them (a FrozenDict with
 attribute access: `model.config.hidden_size`).

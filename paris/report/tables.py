@@ -60,7 +60,7 @@ STATE_COLOURS = {"done": "green", "running": "cyan", "stale": "red", "outdated":
 
 
 def status_table(rows: list[dict], url: str) -> Table:
-    """One row per training job (paris.status.run_status)."""
+    """One row per training job (paris.roster.status.run_status)."""
     table = Table(title=f"paris status: {url}")
     for column in ("job", "step", "loss", "samples/s", "last checkpoint", "state", "newest preview"):
         table.add_column(column, justify="left" if column in ("job", "state", "newest preview") else "right")

@@ -9,6 +9,7 @@ batched with (except under sample-k, whose random draws a batch shares).
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import queue
 import threading
@@ -20,12 +21,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from paris.config import SampleConfig, from_dict
+from paris.config import SampleConfig
 from paris.errors import ParisError
 from paris.images import to_pil
-from paris.pipeline import ParisPipeline
-from paris.routing import parse_strategy
-from paris.sample import generate, initial_noise
+from paris.inference.pipeline import ParisPipeline
+from paris.inference.routing import parse_strategy
+from paris.inference.sampler import generate, initial_noise
 
 KEPT_JOBS = 256  # finished jobs kept for their images and status, newest last
 
@@ -91,7 +92,7 @@ class Engine:
         given = {key: value for key, value in settings.items() if value is not None}
         if isinstance(given.get("strategy"), str):  # first: an oracle:E beyond the experts, top3 of 2, a typo
             parse_strategy(given["strategy"], self.num_experts)
-        sample = from_dict(SampleConfig, {**vars(self.pipe.sample), **given}, "")
+        sample = self.pipe.sample.updated("", **given)
         if sample.steps > self.max_steps:
             raise ParisError(f"steps must be at most {self.max_steps} on this server, got {sample.steps}")
         job = Job([p for p in prompts for _ in range(n)], sample)
@@ -148,7 +149,7 @@ class Engine:
 
         start = time.perf_counter()
         # sample is the first job's: its seed seeds the batch's stochastic routing; the noise is each job's own
-        images, stats = generate(mixture, prompts, **vars(sample), trace=True, noise=noise, on_step=progress)
+        images, stats = generate(mixture, prompts, sample, trace=True, noise=noise, on_step=progress)
         seconds = time.perf_counter() - start
         self.batches += 1
         first = 0
@@ -163,8 +164,8 @@ class Engine:
 
 
 def _batch_key(sample: SampleConfig) -> tuple:
-    return (sample.strategy, sample.steps, sample.guidance, sample.guidance_mode, sample.route_every,
-            sample.sampler, sample.shift, sample.precision, sample.compile)
+    """Jobs whose settings differ only in the seed share a batch (each keeps its own noise)."""
+    return dataclasses.astuple(dataclasses.replace(sample, seed=0))
 
 
 def _png(image: torch.Tensor) -> bytes:

@@ -30,7 +30,7 @@ def train_expert(run: RunDir, config: RunConfig, expert: int) -> dict:
     part, store = load_cluster(run, expert)  # only this cluster's samples are read
     if len(store) == 0:
         raise ParisError(f"cluster {expert} is empty; re-run `paris partition` with fewer clusters")
-    # Its cluster's hash, not the partition's: adding data or experts later leaves this expert valid (paris.grow).
+    # Its cluster's hash, not the partition's: adding data or experts later leaves this expert valid (paris.roster.grow).
     identity = {"cluster": expert, "cluster_hash": part.meta["cluster_hashes"][expert], "cluster_size": len(store)}
     cfg = dataclasses.replace(config.expert, steps=expert_steps(config, part.meta, expert))
     return _train_flow_model(run, config, cfg, store, f"expert {expert}", layout.expert(expert), identity,

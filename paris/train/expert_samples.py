@@ -36,7 +36,7 @@ def sample_expert(run: RunDir, config: RunConfig, expert: int, num: int, batch_s
                   device: str = "cpu") -> dict:
     """Draw `num` images from expert `expert` alone (the run's sample settings, no router) into
     experts/<expert>/samples; returns its manifest."""
-    from paris.pipeline import ParisPipeline  # sampling code: only this command needs it
+    from paris.inference.pipeline import ParisPipeline  # sampling code: only this command needs it
 
     if num < 1:
         raise ParisError(f"--num must be at least 1, got {num}")

@@ -12,7 +12,7 @@ from torch import nn
 
 from paris.errors import ParisError
 from paris.models.io import WEIGHTS, load_state_dict_strict, weights_file
-from paris.release import convert_state
+from paris.inference.release import convert_state
 from paris.run import RunDir
 
 # Re-initialised with `init_fresh_head`: what connects a model to a new text encoder and a new output (HDDM).

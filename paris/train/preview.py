@@ -8,6 +8,7 @@ it had not written and rewrites, identically, the one it had.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from typing import Callable
 
@@ -22,7 +23,8 @@ from paris.data.stream import Store
 from paris.images import grid
 from paris.models.encoders import build_autoencoder, build_text_encoder
 from paris.run import RunDir
-from paris.sample import ExpertPool, Mixture, generate
+from paris.inference.mixture import ExpertPool, Mixture
+from paris.inference.sampler import generate
 
 DEFAULT_PROMPTS = 4  # without preview_prompts: this many of the job's own captions
 
@@ -44,8 +46,7 @@ def previewer(run: RunDir, config: RunConfig, store: Store, folder: str) -> Call
             encoders["image"] = build_autoencoder(data.autoencoder, data.autoencoder_path, data.latent_scale, device)
         mixture = Mixture(ExpertPool([lambda: ema], device=device), None, encoders["text"], encoders["image"],
                           tuple(store.latent_shape))
-        images, _ = generate(mixture, prompts, strategy="top1", steps=sample.steps, guidance=sample.guidance,
-                             seed=0, sampler=sample.sampler, shift=sample.shift)
+        images, _ = generate(mixture, prompts, dataclasses.replace(sample, strategy="top1", seed=0, compile=False))
         sheet = grid(images, rows=len(prompts), labels=prompts, scale=max(1, 64 // images.shape[-1]))
         buffer = io.BytesIO()
         sheet.save(buffer, format="PNG")

@@ -136,7 +136,7 @@ def test_held_out_loss_is_the_training_objective_on_the_reference_images(trained
     """One expert alone: per t of the grid, the mean of |v(x_t, t, caption) - (noise - x0)|^2 over the images,
     with batch i's noise drawn from seed + i; the same figures on a second call, others with another seed."""
     from paris.evaluate.heldout import TIMES, held_out_loss
-    from paris.pipeline import ParisPipeline
+    from paris.inference.pipeline import ParisPipeline
 
     pipe = ParisPipeline.from_run(str(trained), expert=0)
     real = load_reference(config, 6)
@@ -263,7 +263,7 @@ def test_attribute_adherence_scores_the_generated_images_batch_by_batch(trained,
     """sample_and_score's figure equals the measure applied to all its images at once (batches and labels aligned)."""
     from paris.data.fashion_captions import asked_words, attribute_adherence, attribute_words, measure
     from paris.evaluate.table import Measures, sample_and_score
-    from paris.pipeline import ParisPipeline
+    from paris.inference.pipeline import ParisPipeline
 
     described = dataclasses.replace(config, data=dataclasses.replace(config.data, captions="described"))
     real = load_reference(described, 7)

@@ -22,7 +22,7 @@ from paris.launch.skypilot import write_tasks
 from paris.launch.slurm import write_sbatch
 from paris.models.dit import DiT
 from paris.models.io import load_pretrained
-from paris.status import job_status, run_status
+from paris.roster.status import job_status, run_status
 from paris.train.expert import train_expert
 
 
@@ -139,7 +139,7 @@ def test_models_of_an_old_partition_are_outdated_not_done(trained, tmp_path):
     """Re-partitioning leaves experts and router trained on other clusters: status says so, sampling refuses."""
     from paris.clusters.partition import partition
     from paris.config import PartitionConfig
-    from paris.pipeline import ParisPipeline
+    from paris.inference.pipeline import ParisPipeline
 
     run = copy_run(trained, tmp_path / "run")
     assert {r["state"] for r in run_status(run)} == {"done"}

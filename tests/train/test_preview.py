@@ -6,7 +6,7 @@ import io
 
 from PIL import Image
 
-from paris.status import run_status
+from paris.roster.status import run_status
 from paris.train.expert import train_expert
 from testkit.runs import copy_run, with_expert
 

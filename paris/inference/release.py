@@ -83,7 +83,7 @@ def components(folder: RunDir, timestep_map: str = "1000t") -> tuple[dict, list[
 
 
 def pipeline_config(folder: RunDir, root: dict) -> dict:
-    """What a paris pipeline needs to know of the release besides its networks (paris.pipeline.PIPELINE_KEYS),
+    """What a paris pipeline needs to know of the release besides its networks (paris.inference.pipeline.PIPELINE_KEYS),
     and where its encoders are: `autoencoder_path`, `text_encoder_path`, `tokenizer_path` (local paths)."""
     latents = root.get("use_latents", True)
     vae = folder.read_json("vae/config.json") if latents and folder.exists("vae/config.json") else {}

@@ -8,29 +8,31 @@ A call's defaults are the pipeline's sampling settings, `pipe.sample`: the run's
 generate RUN` uses), or the one saved in config.json, so Python and the command line draw the same images.
 
 A pipeline folder (save_pretrained) is laid out as the public Paris release, and is a diffusers repository too
-(paris.diffusers_pipeline):
+(paris.inference.diffusers_pipeline):
     config.json (num_experts, latent shape, encoders, sampling settings), model_index.json + pipeline.py (diffusers)
     expert_<i>/ and router/: config.json + diffusion_pytorch_model.safetensors
     text_encoder/, tokenizer/, vae/ (when not pixel space), scheduler/
 `from_pretrained` also reads a download of the public release itself, converting its networks as they load
-(paris.release). Weights load with strict key and shape checks, from safetensors only (never a pickle).
+(paris.inference.release). Weights load with strict key and shape checks, from safetensors only (never a pickle).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from paris import layout, release
+from paris import layout
 from paris.clusters.partition import read_meta, trained_on_current
 from paris.config import SampleConfig, from_dict
 from paris.errors import ParisError
-from paris.models.encoders import TextEncoder, build_autoencoder, build_text_encoder, check_device
 from paris.images import to_pil
+from paris.inference import release
+from paris.inference.mixture import ExpertPool, Mixture, retire
+from paris.inference.sampler import generate
+from paris.models.encoders import TextEncoder, build_autoencoder, build_text_encoder, check_device
 from paris.models.io import load_pretrained, require_pretrained, save_pretrained
 from paris.progress import bar
-from paris.retired import retired_experts
+from paris.roster.retired import retired_experts
 from paris.run import RunDir
-from paris.sample import ExpertPool, Mixture, generate, retire
 
 
 def _require_partition(run: RunDir, job: str, partition: dict, cluster: int | None = None) -> None:
@@ -58,7 +60,7 @@ class ParisPipeline:
         """The experts (experts/<k>/final) and router (router/final; with `router` NAME, router-NAME/final) of a
         training run, or with `monolith` its single baseline model (monolith/final), or with `expert` that expert
         alone. With `max_resident_experts` at most that many experts stay on `device`; `offload_experts` keeps the
-        evicted ones in host memory instead of reading them again from disk (paris.sample.ExpertPool)."""
+        evicted ones in host memory instead of reading them again from disk (paris.inference.mixture.ExpertPool)."""
         check_device(device)
         run = RunDir(run_url)
         run_config = run.read_config()
@@ -163,7 +165,7 @@ class ParisPipeline:
         """A pipeline folder that ParisPipeline.from_pretrained, `paris generate` and diffusers'
         DiffusionPipeline.from_pretrained(path, trust_remote_code=True) all load. Experts are written one at a
         time, so a pipeline capped at one resident expert saves in the memory of one."""
-        from paris.diffusers_pipeline import write_repository_files  # diffusers' pipeline code: 2-3 s to import
+        from paris.inference.diffusers_pipeline import write_repository_files  # diffusers' pipeline code: 2-3 s to import
 
         out = RunDir(path)
         if not out.is_local:
@@ -188,15 +190,15 @@ class ParisPipeline:
                   **({"retired": retired} if retired else {})}
         out.write_json("config.json", config)  # last: a folder with a config.json is complete
 
-    def generate(self, prompts: list[str], **options):
-        """Tensors in [-1, 1] and sampling statistics. `options` are those of paris.sample.generate; the
-        sampling ones (strategy, steps, guidance, seed, route_every, sampler, shift, guidance_mode) default to
-        `self.sample`."""
-        settings = dataclasses.asdict(self.sample)
-        given = {key: value for key, value in options.items() if key in settings and value is not None}
-        sample = from_dict(SampleConfig, {**settings, **given}, "sample.")  # checked as the config is, by name
-        rest = {key: value for key, value in options.items() if key not in settings}
-        return generate(self.mixture, list(prompts), **dataclasses.asdict(sample), **rest)
+    def generate(self, prompts: list[str], sample: SampleConfig | None = None, **options):
+        """Tensors in [-1, 1] and sampling statistics. The sampling settings are `sample`, by default the
+        pipeline's, with any of SampleConfig's fields given in `options` in their place (checked here, as a
+        loaded config is); the other options are those of paris.inference.sampler.generate (negative_prompts,
+        noise, generator, trace, on_step, decode)."""
+        names = {f.name for f in dataclasses.fields(SampleConfig)}
+        settings = {key: options.pop(key) for key in list(options) if key in names}
+        sample = sample or self.sample
+        return generate(self.mixture, list(prompts), sample.updated(**settings) if settings else sample, **options)
 
     def __call__(self, prompts: list[str] | str, **options):
         """PIL images, one per prompt; `options` as in `generate`."""
@@ -208,7 +210,7 @@ class ParisPipeline:
 def convert_release(src: str, out: str, timestep_map: str = "1000t") -> list:
     """Write the release at `src` as a paris pipeline folder `out` (for ParisPipeline, `paris generate` and
     diffusers), converting one expert at a time; returns what was found in each network's config and weights
-    (paris.release.Component)."""
+    (paris.inference.release.Component)."""
     folder = RunDir(src)
     if not release.is_release(folder):
         raise ParisError(f"{src} is not a Paris release download (no config.json with expert_0/config.json beside "

@@ -8,6 +8,9 @@
     oracle     a given expert for every sample (its true cluster)
 A strategy is written as a name with an optional parameter: top1, top2, topk:3, sample-k:2, nucleus:0.9,
 threshold:0.2, oracle:3, full. Every rule returns [B, K] weights whose rows sum to 1.
+
+After the rule, `without_small` skips the experts whose weight is below `sample.min_weight`: a pass that would
+move the velocity by a negligible share costs as much as any other.
 """
 
 from __future__ import annotations
@@ -84,6 +87,14 @@ def top_k_weights(probs: torch.Tensor, k: int) -> torch.Tensor:
     """Keep the k largest probabilities of each row, renormalised to sum to 1; zeros elsewhere."""
     values, index = probs.topk(k, dim=1)
     return torch.zeros_like(probs).scatter(1, index, values / values.sum(1, keepdim=True))
+
+
+def without_small(weights: torch.Tensor, min_weight: float) -> torch.Tensor:
+    """`weights` with those below `min_weight` set to 0 (each row's largest always stays), renormalised."""
+    if min_weight == 0:
+        return weights
+    keep = (weights >= min_weight) | (weights == weights.max(1, keepdim=True).values)
+    return _renormalise(weights * keep)
 
 
 def _renormalise(weights: torch.Tensor) -> torch.Tensor:

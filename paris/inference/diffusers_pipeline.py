@@ -9,7 +9,7 @@ its model_index.json is diffusers', and its pipeline.py, two lines, takes the cl
 `pip install paris` and trust_remote_code). The components: `expert_0` ... `expert_<K-1>` and `router`
 (paris's DiT and Router as diffusers ModelMixins, paris.models.diffusers_model), `text_encoder` and
 `tokenizer` (transformers), `vae` (AutoencoderKL; none in pixel space) and `scheduler`, diffusers'
-FlowMatchEulerDiscreteScheduler, which integrates the mixture's velocity (paris.sample.velocity_field). A retired
+FlowMatchEulerDiscreteScheduler, which integrates the mixture's velocity (paris.inference.velocity). A retired
 expert (`paris remove-expert`) is listed as none, and its router weight goes to the others.
 Images equal ParisPipeline's for the same seed and settings.
 """
@@ -28,10 +28,12 @@ from paris.images import to_pil
 from paris.models import diffusers_model  # the components' classes: imported, so diffusers can resolve them
 from paris.models.encoders import IdentityAutoencoder, StableDiffusionVAE, TextEncoder
 from paris.run import RunDir
-from paris.sample import ExpertPool, Mixture, initial_noise, velocity_field
+from paris.inference.mixture import ExpertPool, Mixture
+from paris.inference.sampler import initial_noise
+from paris.inference.velocity import encode_prompts, velocity_field
 
 PIPELINE_FILE = '''"""Paris (arXiv 2510.03434) for diffusers; needs `pip install paris`. Written by paris's save_pretrained."""
-from paris.diffusers_pipeline import with_experts
+from paris.inference.diffusers_pipeline import with_experts
 
 ParisDiffusionPipeline = with_experts({num_experts})
 '''
@@ -79,8 +81,7 @@ class ParisDiffusionPipeline(DiffusionPipeline):
         sample = from_dict(SampleConfig, settings, "sample.")
         mixture = self.mixture()
         generator = torch.Generator().manual_seed(sample.seed)
-        velocity = velocity_field(mixture, prompts, sample.strategy, sample.guidance, sample.guidance_mode,
-                                  sample.route_every, generator, precision=sample.precision, compile=sample.compile)
+        velocity = velocity_field(mixture, encode_prompts(mixture, prompts), sample, generator)
         x = initial_noise(mixture, len(prompts), generator)
         # paris's time grid, shifted by the scheduler's own `shift` (set from sample.shift when saved).
         self.scheduler.set_timesteps(sigmas=time_grid(sample.steps)[:-1].tolist(), device=x.device)

@@ -1,7 +1,7 @@
 """`paris remove-expert RUN --expert k`: take an expert out of the model without retraining anything.
 
 The expert is retired, not deleted: sampling never loads it, and the router's probabilities are renormalised over
-the other experts (paris.sample), the same rule that covers an expert whose files are missing or unreadable.
+the other experts (paris.inference.sampler), the same rule that covers an expert whose files are missing or unreadable.
 RUN/retired.json lists the retired experts; `--restore` brings one back.
 """
 

@@ -10,7 +10,7 @@ import time
 
 from paris import layout
 from paris.clusters.partition import read_meta, trained_on_current
-from paris.retired import retired_experts
+from paris.roster.retired import retired_experts
 from paris.run import RunDir
 
 STALE_AFTER_S = 15 * 60  # a job silent for longer than this is presumed dead (preempted, crashed)

@@ -6,7 +6,7 @@ of their features). The old clusters keep their rows, hence their hashes, so the
 is checked against its own cluster's hash): their files are never touched. Then `paris train-expert RUN
 --expert K` trains the new one like any other, and only the router is trained again for K+m experts (the old one
 moves to router-<old partition hash>/: `--init-from` it with `router.init_fresh_head` to fine-tune).
-partition/meta.json keeps the history: which data made which clusters. (Shrinking it: paris.retired.)
+partition/meta.json keeps the history: which data made which clusters. (Shrinking it: paris.roster.retired.)
 """
 
 from __future__ import annotations
