@@ -108,3 +108,8 @@ def test_a_hub_repository_loads_from_the_hub_cache(three_experts, tmp_path):
     model = DiffusersDiT.from_pretrained("paris/tiny", subfolder="expert_2", cache_dir=str(tmp_path / "cache"),
                                          local_files_only=True)
     assert _same_tensors(model.state_dict(), load_pretrained(RunDir(str(three_experts)), "expert_2").state_dict())
+
+
+def test_neither_a_folder_nor_a_hub_repository_is_one_error(tmp_path):
+    with pytest.raises(ParisError, match="no-such/pipeline is no folder here, and no Hub repository could be had"):
+        DiffusersDiT.from_pretrained("no-such/pipeline", subfolder="expert_0", cache_dir=str(tmp_path))

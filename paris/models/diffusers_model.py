@@ -89,8 +89,12 @@ def _locate(path: str, subfolder: str | None, options: dict) -> tuple[RunDir, st
     if HUB_REPOSITORY.fullmatch(path) and not os.path.exists(path):
         from huggingface_hub import snapshot_download
 
-        path = snapshot_download(path, allow_patterns=f"{subfolder.strip('/')}/*" if subfolder else None,
-                                 **{name: options[name] for name in HUB_OPTIONS if name in options})
+        try:
+            path = snapshot_download(path, allow_patterns=f"{subfolder.strip('/')}/*" if subfolder else None,
+                                     **{name: options[name] for name in HUB_OPTIONS if name in options})
+        except OSError as e:  # the Hub's errors (not found, offline, no connection) are all OSErrors
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ParisError(f"{path} is no folder here, and no Hub repository could be had: {reason}") from None
     if subfolder:
         return RunDir(path), subfolder.strip("/")
     parent, _, name = path.rstrip("/").rpartition("/")
