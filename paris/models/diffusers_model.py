@@ -20,6 +20,7 @@ import re
 import torch
 # diffusers finds a component's loading method through the base classes its module holds by name.
 from diffusers import ConfigMixin, ModelMixin
+from huggingface_hub import snapshot_download
 
 from paris.config import DiTConfig, RouterConfig, from_dict
 from paris.errors import ParisError
@@ -87,8 +88,6 @@ def _locate(path: str, subfolder: str | None, options: dict) -> tuple[RunDir, st
     """The run directory and the folder in it that hold the network. A Hub repository ("owner/name", not a
     local path) is downloaded to the Hub's cache first, only `subfolder` of it."""
     if HUB_REPOSITORY.fullmatch(path) and not os.path.exists(path):
-        from huggingface_hub import snapshot_download
-
         try:
             path = snapshot_download(path, allow_patterns=f"{subfolder.strip('/')}/*" if subfolder else None,
                                      **{name: options[name] for name in HUB_OPTIONS if name in options})
