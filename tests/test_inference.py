@@ -4,12 +4,14 @@ residency cap, guidance before/after mixing, samplers."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from testkit.runs import run_cli, run_in_process
+from paris.clusters.partition import read_meta
 from paris.config import SampleConfig
 from paris.errors import ParisError
 from paris.inference.pipeline import ParisPipeline
@@ -32,10 +34,12 @@ def saved(pipe, tmp_path_factory):
     return path
 
 
-def test_save_pretrained_writes_the_release_layout(saved):
+def test_save_pretrained_writes_the_release_layout(saved, trained):
     names = sorted(p.name for p in saved.iterdir())
-    assert names == ["config.json", "expert_0", "expert_1", "model_index.json", "pipeline.py", "router", "scheduler",
-                     "text_encoder", "tokenizer"]
+    assert names == ["README.md", "config.json", "expert_0", "expert_1", "model_index.json", "pipeline.py", "router",
+                     "scheduler", "text_encoder", "tokenizer"]
+    # the partition's cluster sizes, for the model card
+    assert json.loads((saved / "config.json").read_text())["cluster_sizes"] == read_meta(RunDir(str(trained)))["sizes"]
     for network in ("expert_1", "router"):
         assert sorted(p.name for p in (saved / network).iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
 

@@ -10,6 +10,7 @@ generate RUN` uses), or the one saved in config.json, so Python and the command 
 A pipeline folder (save_pretrained) is laid out as the public Paris release, and is a diffusers repository too
 (paris.inference.diffusers_pipeline):
     config.json (num_experts, latent shape, encoders, sampling settings), model_index.json + pipeline.py (diffusers)
+    README.md: the Hub's model card (paris.inference.model_card)
     expert_<i>/ and router/: config.json + diffusion_pytorch_model.safetensors
     text_encoder/, tokenizer/, vae/ (when not pixel space), scheduler/
 `from_pretrained` also reads a download of the public release itself, converting its networks as they load
@@ -27,6 +28,7 @@ from paris.errors import ParisError
 from paris.images import to_pil
 from paris.inference import release
 from paris.inference.mixture import ExpertPool, Mixture, retire
+from paris.inference.model_card import Network, model_card
 from paris.inference.sampler import generate
 from paris.models.encoders import TextEncoder, build_autoencoder, build_text_encoder, check_device
 from paris.models.io import load_pretrained, require_pretrained, save_pretrained
@@ -46,6 +48,8 @@ def _require_partition(run: RunDir, job: str, partition: dict, cluster: int | No
 
 # What a pipeline folder's config.json must say (and save_pretrained writes, with the sample settings).
 PIPELINE_KEYS = ("num_experts", "latent_shape", "autoencoder", "latent_scale", "text_encoder", "max_tokens")
+# What config.json keeps when the pipeline knows it, for the model card (paris.inference.model_card).
+CARD_KEYS = ("cluster_sizes", "license")
 
 
 class ParisPipeline:
@@ -80,6 +84,8 @@ class ParisPipeline:
         for k in range(num_experts):
             _require_partition(run, layout.expert(k), partition, k)
         _require_partition(run, layout.router(router), partition)
+        if "sizes" in partition:  # the images each expert was trained on, for the model card
+            config["cluster_sizes"] = partition["sizes"]
         return cls._from_folders(run, experts, layout.final(layout.router(router)), text_encoder, config,
                                  max_resident_experts, device, sample, offload_experts, retired_experts(run))
 
@@ -171,13 +177,17 @@ class ParisPipeline:
         if not out.is_local:
             raise ParisError(f"save_pretrained writes the text encoder with transformers, which needs a local path, not {path}")
         retired = sorted(self.mixture.retired)  # removed or unavailable: not written, and listed in config.json
+        experts = {}  # what the model card says of each expert written, gathered as each is loaded
         with bar("saving experts", len(self.mixture.experts), unit="experts") as progress:
             for k in range(len(self.mixture.experts)):
                 if k not in retired:
-                    save_pretrained(out, f"expert_{k}", self.mixture.experts[k])
+                    expert = self.mixture.experts[k]
+                    save_pretrained(out, f"expert_{k}", expert)
+                    experts[k] = Network.of(expert)
                 progress.update(advance=1)
-        if self.mixture.router is not None:
-            save_pretrained(out, "router", self.mixture.router)
+        router = self.mixture.router
+        if router is not None:
+            save_pretrained(out, "router", router)
         encoder = self.mixture.text_encoder
         encoder.model.save_pretrained(out.path("text_encoder"))
         encoder.tokenizer.save_pretrained(out.path("tokenizer"))
@@ -186,8 +196,11 @@ class ParisPipeline:
             vae.save_pretrained(out.path("vae"))
         write_repository_files(out, len(self.mixture.experts), self.mixture.router is not None, encoder.model,
                                encoder.tokenizer, vae is not None, self.config, self.sample, retired)
+        out.write_text("README.md", model_card(out.url.rsplit("/", 1)[-1], self.config, self.sample, experts,
+                                               Network.of(router) if router is not None else None, retired))
         config = {**{key: self.config[key] for key in PIPELINE_KEYS}, "sample": dataclasses.asdict(self.sample),
-                  **({"retired": retired} if retired else {})}
+                  **({"retired": retired} if retired else {}),
+                  **{key: self.config[key] for key in CARD_KEYS if key in self.config}}
         out.write_json("config.json", config)  # last: a folder with a config.json is complete
 
     def generate(self, prompts: list[str], sample: SampleConfig | None = None, **options):

@@ -45,13 +45,19 @@ def require_pretrained(run: RunDir, folder: str) -> None:
         raise ParisError(f"no trained model at {run.url}/{folder}; {layout.next_step(folder)}")
 
 
-def load_pretrained(run: RunDir, folder: str) -> nn.Module:
+def load_pretrained(run: RunDir, folder: str, as_class: type | None = None) -> nn.Module:
+    """The network saved in `folder`, its weights checked key by key and shape by shape, from safetensors only.
+    With `as_class` (a subclass of the saved network: its diffusers face, paris.models.diffusers_model) it is
+    built as that class, and a folder holding another network is refused."""
     require_pretrained(run, folder)
     config = run.read_json(f"{folder}/config.json")
     name = config.pop("_class_name", None)
     if name not in MODELS:
         raise ParisError(f"{run.url}/{folder}/config.json names model class {name!r}; expected one of {', '.join(MODELS)}")
-    model_cls, config_cls = MODELS[name]
+    network, config_cls = MODELS[name]
+    if as_class is not None and not issubclass(as_class, network):
+        raise ParisError(f"{run.url}/{folder} holds a {network.__name__}, which {as_class.__name__} cannot load")
+    model_cls = as_class or network
     weights = weights_file(run, folder)
     if not run.exists(weights):
         pickles = [f for f in run.list(folder) if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
@@ -65,7 +71,7 @@ def load_pretrained(run: RunDir, folder: str) -> nn.Module:
         state = run.load_tensors(weights)
     except SafetensorError as e:
         raise ParisError(f"{run.url}/{weights} is not a valid safetensors file ({e})") from None
-    load_state_dict_strict(model, state, f"{run.url}/{folder}", assign=True)
+    load_state_dict_strict(model, state, f"{run.url}/{weights}", assign=True)
     return model.eval()
 
 
