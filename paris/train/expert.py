@@ -15,7 +15,7 @@ from paris import progress
 from paris.config import RunConfig, TrainConfig, dit_config
 from paris.clusters.export import load_cluster
 from paris.clusters.partition import load_partition
-from paris.data.stream import Store, load_store
+from paris.data.store import Store, load_store
 from paris.errors import ParisError
 from paris.flow import flow_matching_loss
 from paris.models.dit import DiT

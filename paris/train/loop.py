@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from paris import layout, precision, progress
 from paris.config import TrainConfig
-from paris.data.stream import Store
+from paris.data.store import Store
 from paris.errors import ParisError
 from paris.models.io import save_pretrained
 from paris.randomness import SampleRandom
