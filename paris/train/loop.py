@@ -51,7 +51,8 @@ class Job:
     loss: LossFn
     data: Store  # the samples it trains on (the loop asks it for their order and to read ahead); the loss reads them
     identity: dict  # what a checkpoint must match to be resumed (cluster, partition hash, ...)
-    preview: Callable | None = None  # preview(ema, step, metrics) every cfg.preview_every steps (paris.train.preview)
+    preview: Callable | None = None  # preview(ema, step, metrics) every `preview_every` steps (paris.train.preview)
+    preview_every: int | None = None
 
 
 def train(run: RunDir, job: Job, cfg: TrainConfig) -> dict:
@@ -129,7 +130,7 @@ def _train(run: RunDir, job: Job, cfg: TrainConfig, dist: distributed.Distribute
                     bar.update(done, loss=f"{training.last_loss:.4f}", **{"samples/s": f"{rate:.0f}"})
                 losses, window_start = [], time.perf_counter()
             # Before the step's checkpoint: a resume never skips one.
-            if job.preview is not None and done % cfg.preview_every == 0 and dist.is_main:
+            if job.preview is not None and done % job.preview_every == 0 and dist.is_main:
                 job.preview(training.ema, done, training.metrics)
             stopping = dist.any(stop.requested)
             if done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping:
