@@ -5,7 +5,7 @@ expert and the router trained on each for a few steps, and the loader's throughp
     PYTHONPATH=. .venv/bin/python benchmarks/data_scale.py --sizes 5000,20000 --out /tmp/data_scale
     PYTHONPATH=. .venv/bin/python benchmarks/data_scale.py --url s3://bucket/data_scale           # stores on S3
 
-Each store is written with the store's own writer (paris.data.store.write_shard, one shard in memory at a time)
+Each store is written with the store's own writer (paris.data.shard_format.write_shard, one shard in memory at a time)
 and merged into a manifest by paris.data.merge, as `paris prepare` does: fp16 latents 4x32x32, 77 random CLIP
 token ids (text_storage=tokens, encoded while training by a tiny random CLIP saved under OUT/tiny_clip), a
 distinct random caption per sample, random labels and 32-d features; 2M samples take about 17 GB. The partition
@@ -40,8 +40,8 @@ from paris.clusters.partition import partition
 from paris.config import DataConfig, PartitionConfig, RunConfig, TrainConfig
 from paris.data.merge import merge
 from paris.data.prepare import fingerprint
-from paris.data.store import read_manifest, write_shard
-from paris.data.stream import load_store
+from paris.data.shard_format import read_manifest, write_shard
+from paris.data.store import load_store
 from paris.models.encoders import TextEncoder, build_text_encoder
 from paris.run import RunDir
 from paris.train.metrics import read_metrics

@@ -173,7 +173,7 @@ def new_class_adherence(run: Path, data: str, per_class: int = 100) -> dict:
 def router_accuracy_on_data(run: Path, data_run: Path) -> dict:
     """The router of `run` scored on the held-out real images of `data_run` (the grown run's own split)."""
     from paris.clusters.partition import load_partition
-    from paris.data.stream import load_store
+    from paris.data.store import load_store
     from paris.models.io import load_pretrained
     from paris.run import RunDir
     from paris.train.router import VAL_MOST, router_accuracy

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from paris.data.store import write_shard
+from paris.data.shard_format import write_shard
 from paris.clusters.partition import partition
 from paris.config import PartitionConfig
 from paris.run import RunDir

@@ -164,9 +164,10 @@ class PartitionConfig:
 
 @dataclass
 class TrainConfig:
-    """One training job (an expert or the router). Unknown in the paper: DDM's DiT recipe is the default."""
+    """What every training job reads (an expert, the seed, the monolith, the router): the training loop's recipe
+    and where the model starts. Unknown in the paper: DDM's DiT recipe is the default. ExpertTrainConfig and
+    RouterTrainConfig add the keys that only their jobs read."""
 
-    preset: Literal["XL/2", "B/2", "tiny", "nano"] = "XL/2"  # DIT_PRESETS
     steps: Positive = 400_000
     batch_size: Positive = 128  # this job's global batch (DDM: 1024 split over 8 experts), whatever the hardware
     micro_batch_size: Optional[Positive] = None  # per process and forward pass; None: batch_size / processes (no accumulation)
@@ -179,7 +180,6 @@ class TrainConfig:
     grad_clip: PositiveFloat = 1.0
     ema_decay: Share = 0.9999
     t_distribution: Literal["logit-normal", "uniform"] = "logit-normal"
-    caption_dropout: Share = 0.1  # share of captions replaced by "" so classifier-free guidance works
     checkpoint_every: Positive = 1000
     keep_checkpoints: Positive = 2
     log_every: Positive = 50
@@ -200,6 +200,14 @@ class TrainConfig:
     # `paris train-seed`) or an expert_<i>/ folder of a release. A relative path is taken inside the run directory.
     init_from: Optional[str] = None
     init_fresh_head: bool = False  # keep the new model's random text projection and output layer (HDDM)
+
+
+@dataclass
+class ExpertTrainConfig(TrainConfig):
+    """An expert's job; the seed and the monolith are trained with the experts' config."""
+
+    preset: Literal["XL/2", "B/2", "tiny", "nano"] = "XL/2"  # DIT_PRESETS
+    caption_dropout: Share = 0.1  # share of captions replaced by "" so classifier-free guidance works
     # Every preview_every steps an expert (or the seed, or the monolith) samples preview_prompts with its EMA
     # weights, as `paris generate` would with it alone (the run's sample settings), into
     # <job>/previews/<step>.png and TensorBoard; None: no previews. No prompts: its data's first 4 captions.
@@ -212,10 +220,12 @@ class TrainConfig:
 
 @dataclass
 class RouterTrainConfig(TrainConfig):
+    """The router's job. Its loss never drops a caption and it draws no previews, so the experts' keys for
+    those are not here."""
+
     preset: Literal["B/2", "tiny"] = "B/2"  # ROUTER_PRESETS
     steps: Optional[Positive] = None  # None: derive from epochs
     epochs: PositiveFloat = 25.0  # DDM/Paris: 25 epochs over the full data
-    caption_dropout: float = 0.0
     t_distribution: Literal["logit-normal", "uniform"] = "uniform"  # the router must be right at every t the sampler visits
     val_fraction: Annotated[float, Range(0.0, 1.0, open_high=True)] = 0.02  # held out to report the router's accuracy
     use_text: bool = False  # Paris's router sees no text; DDM's does
@@ -306,7 +316,7 @@ class EvalConfig:
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
-    expert: TrainConfig = field(default_factory=TrainConfig)
+    expert: ExpertTrainConfig = field(default_factory=ExpertTrainConfig)
     router: RouterTrainConfig = field(default_factory=RouterTrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
@@ -400,12 +410,15 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
     return from_dict(RunConfig, data)
 
 
-CONFIG_VERSION = 2  # 2: unset is null; version 1 (no `version` key) wrote 0 or "" for it
+# 2: unset is null (version 1, with no `version` key, wrote 0 or "" for it); 3: the router has no expert-only keys
+CONFIG_VERSION = 3
 VERSION_1_UNSET = {"data": {"limit": 0, "label_column": "", "autoencoder_path": "", "text_encoder_path": "",
                             "features_path": ""},
                    "expert": {"micro_batch_size": 0, "threads": 0, "init_from": ""},
                    "router": {"micro_batch_size": 0, "threads": 0, "init_from": "", "steps": 0},
                    "baseline": {"batch_size": 0}}
+# Written for the router before version 3, though only an expert's job ever read them: dropped when read.
+ROUTER_KEYS_BEFORE_3 = ("caption_dropout", "preview_every", "preview_prompts", "steps_by_size")
 
 
 def to_yaml(config: RunConfig) -> str:
@@ -413,7 +426,8 @@ def to_yaml(config: RunConfig) -> str:
 
 
 def from_yaml(text: str, where: str = "config") -> RunConfig:
-    """A config file; one written by an earlier paris (version 1) is read with its unset values made null."""
+    """A config file; one written by an earlier paris is read as it meant: version 1's unset values made null,
+    and the router keys that had no effect (before version 3) dropped."""
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
@@ -421,10 +435,12 @@ def from_yaml(text: str, where: str = "config") -> RunConfig:
     if not isinstance(data, dict):
         raise ParisError(f"{where} must be a mapping of config sections, got {data!r}")
     version = data.pop("version", 1)
-    if version not in (1, CONFIG_VERSION):
-        raise ParisError(f"{where} has config version {version!r}; this paris reads versions 1 and {CONFIG_VERSION}")
+    if version not in range(1, CONFIG_VERSION + 1):
+        raise ParisError(f"{where} has config version {version!r}; this paris reads versions 1 to {CONFIG_VERSION}")
     for section, unset in (VERSION_1_UNSET.items() if version == 1 else ()):
         for key, old in unset.items():
             if isinstance(data.get(section), dict) and data[section].get(key) == old:
                 data[section][key] = None
+    if version < 3 and isinstance(data.get("router"), dict):
+        data["router"] = {k: v for k, v in data["router"].items() if k not in ROUTER_KEYS_BEFORE_3}
     return from_dict(RunConfig, data)

@@ -20,8 +20,8 @@ import torch
 from paris import layout
 from paris import progress
 from paris.clusters.partition import partition
-from paris.config import (BaselineConfig, DataConfig, EvalConfig, PartitionConfig, RouterTrainConfig, RunConfig,
-                          SampleConfig, TrainConfig)
+from paris.config import (BaselineConfig, DataConfig, EvalConfig, ExpertTrainConfig, PartitionConfig, RouterTrainConfig,
+                          RunConfig, SampleConfig)
 from paris.data import fashion_mnist
 from paris.data.prepare import prepare
 from paris.errors import ParisError
@@ -54,9 +54,9 @@ def demo_config(data: str = DataConfig.path) -> RunConfig:
     return RunConfig(
         data=DataConfig(path=data, features="simclr", captions="described"),
         partition=PartitionConfig(num_clusters=4),
-        expert=TrainConfig(preset="tiny", steps=3600, batch_size=16, lr=2e-3, warmup_steps=100, cooldown=0.2,
-                           ema_decay=0.999, checkpoint_every=500, log_every=50, threads=1, preview_every=1200,
-                           preview_prompts=[fashion_mnist.class_prompt(c) for c in range(10)]),  # one per class
+        expert=ExpertTrainConfig(preset="tiny", steps=3600, batch_size=16, lr=2e-3, warmup_steps=100, cooldown=0.2,
+                                 ema_decay=0.999, checkpoint_every=500, log_every=50, threads=1, preview_every=1200,
+                                 preview_prompts=[fashion_mnist.class_prompt(c) for c in range(10)]),  # one per class
         router=RouterTrainConfig(preset="tiny", epochs=ROUTER_EPOCHS, batch_size=128, lr=5e-4, warmup_steps=50,
                                  ema_decay=0.999, checkpoint_every=200, log_every=25, use_text=False),
         sample=SampleConfig(steps=50, guidance=4.0, strategy="top2"),

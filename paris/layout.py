@@ -1,7 +1,7 @@
 """Where every artifact lives in a run directory, named once: the contract between stages and machines.
 
     config.yaml                          the run's resolved config
-    data/manifest.json, data/shards/     the prepared samples (paris.data.store); data/parts/ while split over machines;
+    data/manifest.json, data/shards/     the prepared samples (paris.data.shard_format); data/parts/ while split over machines;
                                          data/added/<i>/: data added later (paris.roster.grow)
     partition/meta.json, ...             the clusters (paris.clusters.partition); clusters/<k>/: one cluster's own shards
     experts/<k>/, router/, monolith/, seed/   training jobs (router-<name>/: another router of the same experts): LATEST + ckpt/ (paris.train.checkpoint), progress.json

@@ -24,7 +24,7 @@ SHARD_SIZE = 128  # 300 images -> 3 shards (128, 128, 44): exercises the multi-s
 
 
 def read_all(store):
-    """Every sample of a paris.data.stream.Store as one batch, latents as float32: for checking a small store
+    """Every sample of a paris.data.store.Store as one batch, latents as float32: for checking a small store
     against what was written (training never does this; it streams)."""
     batch = store.batch(torch.arange(len(store)))
     return dataclasses.replace(batch, latents=batch.latents.float())

@@ -108,11 +108,12 @@ def test_choice_fields_cover_the_choices_the_code_makes():
     """The config's vocabulary and the tables the code looks names up in agree."""
     import typing
 
-    from paris.config import DIT_PRESETS, ROUTER_PRESETS, DataConfig, RouterTrainConfig, SampleConfig, TrainConfig
+    from paris.config import (DIT_PRESETS, ROUTER_PRESETS, DataConfig, ExpertTrainConfig, RouterTrainConfig,
+                              SampleConfig, TrainConfig)
     from paris.data.sources import SOURCES
     from paris.precision import PRECISIONS
 
-    assert set(typing.get_args(typing.get_type_hints(TrainConfig)["preset"])) == set(DIT_PRESETS)
+    assert set(typing.get_args(typing.get_type_hints(ExpertTrainConfig)["preset"])) == set(DIT_PRESETS)
     assert set(typing.get_args(typing.get_type_hints(RouterTrainConfig)["preset"])) == set(ROUTER_PRESETS)
     assert set(typing.get_args(typing.get_type_hints(DataConfig)["source"])) == set(SOURCES)
     for cls in (TrainConfig, SampleConfig):
@@ -151,6 +152,22 @@ def test_a_config_written_by_an_earlier_paris_still_loads():
     old = "data:\n  limit: 0\n  text_encoder_path: ''\nexpert:\n  threads: 0\n  steps: 7\nrouter:\n  steps: 0\n"
     cfg = from_yaml(old)
     assert (cfg.data.limit, cfg.data.text_encoder_path, cfg.expert.threads, cfg.router.steps) == (None, None, None, None)
-    assert cfg.expert.steps == 7 and from_yaml(to_yaml(cfg)) == cfg and to_yaml(cfg).startswith("version: 2")
+    assert cfg.expert.steps == 7 and from_yaml(to_yaml(cfg)) == cfg and to_yaml(cfg).startswith("version: 3")
     with pytest.raises(ParisError, match="'data.limit' must be at least 1, got 0"):  # not in a current config
         from_yaml("version: 2\ndata:\n  limit: 0\n")
+
+
+ROUTER_KEYS_NOTHING_READ = {"caption_dropout": 0.5, "preview_every": 10, "preview_prompts": ["a"], "steps_by_size": True}
+
+
+@pytest.mark.parametrize("key, value", ROUTER_KEYS_NOTHING_READ.items())
+def test_the_router_has_no_keys_only_an_expert_reads(key, value):
+    """Only an expert's job drops captions, previews and scales its steps by cluster size: the router refuses
+    those keys, and a config written before version 3, which listed them for the router too, loads without them."""
+    assert getattr(apply_overrides(RunConfig(), [f"expert.{key}={value}"]).expert, key) == value
+    with pytest.raises(ParisError, match=f"unknown config key 'router.{key}'"):
+        apply_overrides(RunConfig(), [f"router.{key}={value}"])
+    old = f"version: 2\nrouter:\n  {key}: {value}\n  epochs: 3.0\n"
+    assert from_yaml(old).router == dataclasses.replace(RunConfig().router, epochs=3.0)
+    with pytest.raises(ParisError, match=f"unknown config key 'router.{key}'"):
+        from_yaml(old.replace("version: 2", "version: 3"))

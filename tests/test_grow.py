@@ -172,7 +172,7 @@ def test_sample_expert_prompts_come_from_its_own_cluster(grown, config, tmp_path
 
 
 def _metadata(run: RunDir, rel: str) -> dict:
-    from paris.data.store import shard_header
+    from paris.data.shard_format import shard_header
 
     return shard_header(run, rel)[0]["__metadata__"]
 

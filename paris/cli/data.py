@@ -54,7 +54,7 @@ def partition(
 ):
     """Cluster the data into K semantic clusters (one per expert) and print their sizes."""
     from paris.clusters.partition import partition as make_partition
-    from paris.data.store import read_manifest
+    from paris.data.shard_format import read_manifest
     from paris.report.tables import partition_table
 
     overrides = [*set, *([f"partition.num_clusters={clusters}"] if clusters is not None else []),

@@ -12,8 +12,8 @@ import torch
 
 from paris import layout
 from paris.clusters.partition import Partition, load_partition, trained_on_current
-from paris.data.store import iter_shards, read_manifest, write_shard
-from paris.data.stream import Store, load_store
+from paris.data.shard_format import iter_shards, read_manifest, write_shard
+from paris.data.store import Store, load_store
 from paris.errors import ParisError
 from paris.run import RunDir
 

@@ -22,8 +22,8 @@ from paris import progress
 from paris.clusters.kmeans import hierarchical_kmeans, nearest_centroid
 from paris.config import PartitionConfig
 from paris.data.shard_reader import read_columns, shard_refs
-from paris.data.store import read_manifest
-from paris.data.stream import Store
+from paris.data.shard_format import read_manifest
+from paris.data.store import Store
 from paris.errors import ParisError
 from paris.run import RunDir
 

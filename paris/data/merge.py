@@ -16,11 +16,26 @@ from paris.run import RunDir
 
 
 def merge(run: RunDir, prefix: str = layout.DATA) -> dict:
+    parts = _read_parts(run, prefix)
+    _refuse_mixed_parts(run, prefix, parts)
+    entries = _shard_entries(run, prefix, parts)
+    manifest = _manifest(next(iter(parts.values())), entries)
+    run.write_json(layout.manifest(prefix), manifest)  # last: the store exists once this does
+    return manifest
+
+
+def _read_parts(run: RunDir, prefix: str) -> dict[str, dict]:
+    """Every part written under the prefix, by file name."""
     names = [n for n in run.list(layout.parts(prefix)) if n.endswith(".json")]
     if not names:
         raise ParisError(f"no prepared parts in {run.url}/{layout.parts(prefix)}; run `paris prepare {run.url}` "
                          f"(or `--shard-range FIRST:END` on each machine) first")
-    parts = {name: run.read_json(f"{layout.parts(prefix)}/{name}") for name in names}
+    return {name: run.read_json(f"{layout.parts(prefix)}/{name}") for name in names}
+
+
+def _refuse_mixed_parts(run: RunDir, prefix: str, parts: dict[str, dict]) -> None:
+    """Parts joined into one data set must have been encoded alike."""
+    names = list(parts)
     stamps = {part["fingerprint"] for part in parts.values()}
     if len(stamps) > 1:
         raise ParisError(f"the parts in {run.url}/{layout.parts(prefix)} were prepared with different data configs "
@@ -31,6 +46,11 @@ def merge(run: RunDir, prefix: str = layout.DATA) -> dict:
                          f"feature encoders ({', '.join(names)}); encode every "
                          "range with one: copy the machine cache's file (~/.cache/paris/simclr-*) of the first "
                          "machine to the others and prepare their ranges again")
+
+
+def _shard_entries(run: RunDir, prefix: str, parts: dict[str, dict]) -> list[dict]:
+    """The manifest entry of every shard from 0 to the source's end, once each, every file present: refused if a
+    shard was encoded twice differently, is missing, or holds no usable image at all."""
     shards: dict[int, dict] = {}
     for name, part in parts.items():
         for entry in part["shards"]:
@@ -49,15 +69,20 @@ def merge(run: RunDir, prefix: str = layout.DATA) -> dict:
                          f"--shard-range {gaps[0]}:{gaps[-1] + 1}`, then merge again")
     entries = [shards[i] for i in range(end)]
     if not any(e["count"] for e in entries):
-        raise ParisError(f"the data set at {parts[names[0]]['data_config']['path']} has no usable image; check data.path")
+        path = next(iter(parts.values()))["data_config"]["path"]
+        raise ParisError(f"the data set at {path} has no usable image; check data.path")
     missing = missing_shards(run, {"shards": entries}, prefix)
     if missing:
         raise ParisError(f"{run.url}/{layout.shards(prefix)}/{missing[0]['name']} does not match its part (missing or another "
                          f"size); rerun `paris prepare {run.url}` to encode it again")
-    part = next(iter(parts.values()))
+    return entries
+
+
+def _manifest(part: dict, entries: list[dict]) -> dict:
+    """data/manifest.json: the data set's counts and encoders (alike in every part, so read from one) and its shards."""
     cfg = part["data_config"]
     sample = next((e for e in entries if e["count"]), entries[0])
-    manifest = {
+    return {
         "source": cfg["source"],
         "path": cfg["path"],
         "split": cfg["split"],
@@ -79,8 +104,6 @@ def merge(run: RunDir, prefix: str = layout.DATA) -> dict:
         "shards": entries,
         "data_hash": data_hash(entries),
     }
-    run.write_json(layout.manifest(prefix), manifest)  # last: the store exists once this does
-    return manifest
 
 
 def data_hash(entries: list[dict]) -> str:

@@ -23,7 +23,7 @@ from paris.models.encoders import build_text_encoder, default_device
 from paris.data.merge import merge, missing_shards
 from paris.data.shard_encoder import ShardEncoder
 from paris.data.sources import open_source
-from paris.data.store import read_manifest, shard_entry, write_shard
+from paris.data.shard_format import read_manifest, shard_entry, write_shard
 from paris.errors import ParisError
 from paris.run import RunDir
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from paris import layout
-from paris.data.store import DTYPES, read_manifest, shard_header
+from paris.data.shard_format import DTYPES, read_manifest, shard_header
 from paris.errors import ParisError
 from paris.run import RunDir
 

@@ -1,114 +1,166 @@
-"""The prepared data of a run: fixed-size safetensors shards plus a manifest.
+"""The samples one training job reads, streamed from shards: memory stays flat however large the data.
 
-Layout written by `paris prepare` (and, per cluster, by `paris export-clusters` under clusters/<k>/):
-  data/shards/000000.safetensors  one shard = `shard_size` source positions; columns
-      latents [n,C,H,W] fp16 · labels [n] int64 · features [n,F] fp16 (what the partition clusters) ·
-      text_ids [n,L] int32 (text_storage=tokens) or text_states [n,L,D] fp16 (embeddings) · text_mask [n,L]
-      and, in the safetensors metadata, the captions, source keys and skipped counts of the shard
-  data/parts/<first>-<end>.json   what one `prepare --shard-range` wrote (merged into the manifest)
-  data/manifest.json              written last: counts, skipped counts, encoders, shard list with hashes
-Text is per sample (11M captions are 11M distinct strings); caption dropout uses the empty prompt "".
-Training streams the shards (paris.data.stream); the functions here write, check and scan them.
+A `Store` is a list of shards and, per shard, which of its samples it takes (all of them, one cluster's
+rows, the router's training rows). Sample i of the store is a (shard, row) pair found by a binary search;
+nothing proportional to the data set is held but an int per chosen sample. `batch(index)` reads the shards
+it needs through a bounded cache (paris.data.shard_cache) and returns the samples as stored: latents stay
+fp16 until the training step moves them to its device.
+
+The order a job visits the samples in is `ShardWindowBatches` (paris.randomness): shards in a fresh order
+every epoch, samples shuffled inside windows of shards, so a step reads a few shards and the next window is
+read in the background while this one trains.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import struct
+from dataclasses import dataclass, replace
 
 import torch
 
 from paris import layout
+from paris.data.shard_cache import ShardCache
+from paris.data.shard_reader import TRAINING_COLUMNS, ShardRef, ShardRows, read_captions, read_rows, shard_refs
+from paris.data.shard_format import read_manifest
+from paris.data.text_lookup import TextLookup
 from paris.errors import ParisError
+from paris.randomness import ShardWindowBatches, step_generator
 from paris.run import RunDir
 
-DTYPES = {"F16": torch.float16, "F32": torch.float32, "I64": torch.int64, "I32": torch.int32, "BOOL": torch.bool}
+
+@dataclass
+class Batch:
+    latents: torch.Tensor  # [B, C, H, W] as stored (fp16)
+    labels: torch.Tensor  # [B] int64 (-1 when the source has no labels)
+    rows: torch.Tensor  # [B] the samples' rows in data/ (what the partition assigns)
+    text: dict[str, torch.Tensor]  # text_ids or text_states, and text_mask
+    captions: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
 
 
-def shard_name(index: int) -> str:
-    return f"{index:06d}.safetensors"
+class Store:
+    """The samples of one job: shards read on demand, at most a few windows of them in memory."""
+
+    def __init__(self, run: RunDir, manifest: dict, shards: list[ShardRef],
+                 columns: tuple[str, ...] = TRAINING_COLUMNS):
+        self.run, self.manifest, self.columns = run, manifest, columns
+        self.shards = [s for s in shards if s.size]
+        sizes = torch.tensor([s.size for s in self.shards], dtype=torch.int64)
+        self.ends = torch.cumsum(sizes, 0)
+        self.starts = self.ends - sizes
+        self._cache: ShardCache[ShardRows] | None = None
+        self._text: TextLookup | None = None
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if len(self.shards) else 0
+
+    @property
+    def text_dim(self) -> int:
+        return self.manifest["text_dim"]
+
+    @property
+    def latent_shape(self) -> list[int]:
+        return self.manifest["latent_shape"]
+
+    def batches(self, batch_size: int, seed: int, shuffle_buffer: int) -> ShardWindowBatches:
+        """The job's order: windows of about `shuffle_buffer` samples (whole shards) shuffled together.
+        The cache holds three windows: at a boundary a batch takes from two while the one after is read ahead."""
+        window = max(1, round(shuffle_buffer * len(self.shards) / max(len(self), 1)))
+        self._cache = ShardCache(self._read, capacity=3 * window)
+        return ShardWindowBatches([s.size for s in self.shards], batch_size, seed, window)
+
+    def prefetch(self, shards: list[int]) -> None:
+        self._shard_cache().prefetch(shards)
+
+    def batch(self, index: torch.Tensor) -> Batch:
+        """Samples `index` of this store, in that order."""
+        shard = torch.searchsorted(self.ends, index, right=True)
+        needed = shard.unique().tolist()
+        cache = self._shard_cache()
+        cache.prefetch(needed)  # every shard this batch needs starts loading at once
+        places, parts = [], []
+        for s in needed:
+            mine = (shard == s).nonzero()[:, 0]
+            places.append(mine)
+            parts.append(_take(cache.get(s), index[mine] - self.starts[s]))
+        back = torch.argsort(torch.cat(places))  # from shard order back to the order asked for
+        captions = [c for part in parts for c in part.captions]
+        return Batch(torch.cat([p.latents for p in parts])[back], torch.cat([p.labels for p in parts])[back],
+                     torch.cat([p.rows for p in parts])[back],
+                     {k: torch.cat([p.text[k] for p in parts])[back] for k in parts[0].text},
+                     [captions[i] for i in back.tolist()])
+
+    def text(self, batch: Batch, drop: torch.Tensor | None = None,
+             device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """Token states [B,L,D] float32 and mask [B,L] of a batch; where `drop`, the empty prompt.
+        A text encoder, when one is needed, is loaded on first use onto `device`."""
+        if self._text is None:
+            self._text = TextLookup(self.manifest, self.distinct_captions, str(device))
+        return self._text(batch, drop)
+
+    def distinct_captions(self, limit: int) -> list[str] | None:
+        """The distinct captions, "" first, when there are at most `limit`; None as soon as there are more
+        (web captions are all distinct: one shard's header tells)."""
+        seen = dict.fromkeys([""])
+        for ref in self.shards:
+            seen.update(dict.fromkeys(read_captions(self.run, ref)))
+            if len(seen) > limit:
+                return None
+        return list(seen)
+
+    def subset(self, index: torch.Tensor) -> Store:
+        """The store of samples `index` (sorted) of this one."""
+        first, end = torch.searchsorted(index, self.starts), torch.searchsorted(index, self.ends)
+        refs = []
+        for s, ref in enumerate(self.shards):
+            local = index[first[s] : end[s]] - self.starts[s]
+            refs.append(replace(ref, chosen=local if ref.chosen is None else ref.chosen[local]))
+        return Store(self.run, self.manifest, refs, self.columns)
+
+    def split(self, fraction: float, seed: int, most: int) -> tuple[Store, Store]:
+        """(the rest, a held-out share of `fraction` of the samples, at most `most`), drawn at random."""
+        n = len(self)
+        held = min(max(1, int(n * fraction)), most) if n > 1 else 0
+        chosen = torch.zeros(n, dtype=torch.bool)
+        chosen[torch.randperm(n, generator=step_generator(seed, -1, -1))[:held]] = True
+        return self.subset((~chosen).nonzero()[:, 0]), self.subset(chosen.nonzero()[:, 0])
+
+    def _shard_cache(self) -> ShardCache[ShardRows]:
+        if self._cache is None:  # used without an order (evaluation, tests): a window's worth of shards
+            self._cache = ShardCache(self._read, capacity=8)
+        return self._cache
+
+    def _read(self, shard: int) -> ShardRows:
+        return read_rows(self.run, self.shards[shard], self.columns)
 
 
-def write_shard(run: RunDir, prefix: str, index: int, tensors: dict, meta: dict) -> dict:
-    """Write one shard atomically, its content hash in its own header; returns its manifest entry."""
-    rel = f"{layout.shards(prefix)}/{shard_name(index)}"
-    run.save_tensors(rel, tensors, metadata={**meta, "sha256": content_hash(tensors, meta)})
-    return shard_entry(run, rel, index)
+def _take(rows: ShardRows, local: torch.Tensor) -> Batch:
+    text = {k: v[local] for k, v in rows.tensors.items() if k.startswith("text_")}
+    return Batch(rows.tensors["latents"][local], rows.tensors["labels"][local], rows.rows[local], text,
+                 [rows.captions[i] for i in local.tolist()])
 
 
-def shard_entry(run: RunDir, rel: str, index: int) -> dict | None:
-    """What a manifest records of a shard (size and hash to check it, counts and shapes to merge), read
-    from its header alone; None when the file is incomplete (cut short by a store that is not atomic)."""
-    try:
-        header, header_end = shard_header(run, rel)
-        meta = {k: json.loads(v) for k, v in header.pop("__metadata__").items()}
-        digest = meta["sha256"]
-        size = run.fs.size(run.path(rel))
-        complete = size == header_end + max(t["data_offsets"][1] for t in header.values())
-    except (ValueError, KeyError, struct.error):  # a header cut short, or not a shard at all
-        return None
-    if not complete:
-        return None
-    count = header["labels"]["shape"][0]
-    return {"index": index, "name": shard_name(index), "count": count, "bytes": size,
-            "sha256": digest, "skipped": meta.get("skipped", {}), "positions": meta.get("positions", count),
-            "fingerprint": meta.get("fingerprint"),
-            "latent_shape": header["latents"]["shape"][1:],
-            # generated samples (paris.train.expert_samples) have no clustering features
-            "feature_dim": header["features"]["shape"][1] if "features" in header else None}
+def load_store(run: RunDir, prefix: str = layout.DATA, keep: torch.Tensor | None = None, text: bool = True) -> Store:
+    """The samples of the shard set under `prefix`; with `keep` ([N] bool over the rows of data/), only those;
+    without `text`, their text is never read (a router that sees none).
+    Reads the manifest and lists the shard folder (a missing or cut-short shard is found before training
+    starts); the shards themselves are read as batches need them. One cluster: paris.clusters.export.load_cluster."""
+    manifest = read_manifest(run, prefix)
+    _check_shards_present(run, prefix, manifest)
+    return Store(run, manifest, shard_refs(manifest, prefix, keep), TRAINING_COLUMNS if text else ("latents", "labels"))
 
 
-def shard_header(run: RunDir, rel: str) -> tuple[dict, int]:
-    """The JSON header of a safetensors file (tensor dtypes, shapes, byte offsets; metadata), and where it ends."""
-    path = run.path(rel)
-    (size,) = struct.unpack("<Q", run.fs.cat_file(path, start=0, end=8))
-    return json.loads(run.fs.cat_file(path, start=8, end=8 + size)), 8 + size
-
-
-def content_hash(tensors: dict[str, torch.Tensor], meta: dict) -> str:
-    """A hash of what a shard holds. Not of its bytes: safetensors writes its header keys in no fixed order."""
-    meta = {k: v for k, v in meta.items() if k != "sha256"}
-    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
-    for key in sorted(tensors):
-        h.update(key.encode())
-        h.update(tensors[key].contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def parse_shard(data: bytes, where: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """Tensors and metadata of a shard file; a truncated or foreign file is a ParisError."""
-    from safetensors.torch import load
-
-    try:
-        (size,) = struct.unpack("<Q", data[:8])
-        header = json.loads(data[8 : 8 + size])
-        meta = {k: json.loads(v) for k, v in header.get("__metadata__", {}).items()}
-        return load(data), meta
-    except Exception as e:  # safetensors raises its own error types for every kind of damage
-        raise ParisError(f"shard {where} is truncated or corrupt ({type(e).__name__}); delete it and rerun "
-                         f"`paris prepare` to encode it again") from None
-
-
-def read_shard(run: RunDir, prefix: str, entry: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """A shard listed in a manifest, checked against the manifest's hash."""
-    rel = f"{layout.shards(prefix)}/{entry['name']}"
-    tensors, meta = parse_shard(run.read_bytes(rel), f"{run.url}/{rel}")
-    if content_hash(tensors, meta) != entry["sha256"]:
-        raise ParisError(f"{run.url}/{rel} does not match {prefix}/manifest.json (its hash differs): the shard "
-                         f"was changed or replaced after prepare; delete it and rerun `paris prepare {run.url}`")
-    return tensors, meta
-
-
-def read_manifest(run: RunDir, prefix: str = layout.DATA) -> dict:
-    return run.read_json(layout.manifest(prefix))
-
-
-def iter_shards(run: RunDir, prefix: str = layout.DATA, manifest: dict | None = None):
-    """(first row, tensors, metadata) of every shard, in order: one shard in memory at a time."""
-    manifest = manifest or read_manifest(run, prefix)
-    row = 0
+def _check_shards_present(run: RunDir, prefix: str, manifest: dict) -> None:
+    """One listing per shard folder against the manifest: every shard there, at its recorded size."""
+    listings: dict[str, dict[str, int]] = {}
     for entry in manifest["shards"]:
-        tensors, meta = read_shard(run, entry.get("prefix", prefix), entry)
-        yield row, tensors, meta
-        row += entry["count"]
+        folder = layout.shards(entry.get("prefix", prefix))
+        if folder not in listings:
+            listings[folder] = run.sizes(folder)
+        size = listings[folder].get(entry["name"])
+        if size is None:
+            raise ParisError(f"missing {run.url}/{folder}/{entry['name']}; rerun `paris prepare {run.url}` to encode it")
+        if size != entry["bytes"]:
+            raise ParisError(f"shard {run.url}/{folder}/{entry['name']} is truncated or corrupt ({size} bytes, the "
+                             f"manifest says {entry['bytes']}); delete it and rerun `paris prepare` to encode it again")

@@ -45,7 +45,7 @@ class TextLookup:
             self.table_mask = torch.cat([mask for _, mask in chunks])
 
     def __call__(self, batch, drop: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """States [B,L,D] float32 and mask [B,L] of a paris.data.stream.Batch; where `drop`, the empty prompt."""
+        """States [B,L,D] float32 and mask [B,L] of a paris.data.store.Batch; where `drop`, the empty prompt."""
         drop = torch.zeros(len(batch), dtype=torch.bool) if drop is None else drop
         mask = torch.where(drop[:, None], self.empty_mask, batch.text["text_mask"])
         if self.embedded:

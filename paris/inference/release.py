@@ -20,7 +20,7 @@ from torch import nn
 
 from paris.cache import machine_cache
 from paris.config import DiTConfig, RouterConfig, from_dict
-from paris.data.store import shard_header
+from paris.data.shard_format import shard_header
 from paris.errors import ParisError
 from paris.models.dit import DiT
 from paris.models.io import parameters_on_meta

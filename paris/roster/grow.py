@@ -24,7 +24,7 @@ from paris.config import DataConfig, from_dict
 from paris.data.merge import data_hash
 from paris.data.prepare import fingerprint, prepare
 from paris.data.shard_reader import read_columns
-from paris.data.store import read_manifest
+from paris.data.shard_format import read_manifest
 from paris.errors import ParisError
 from paris.run import RunDir
 

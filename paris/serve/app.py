@@ -64,13 +64,17 @@ def create_app(engine: Engine, model_name: str, run: RunDir | None = None, api_k
             return JSONResponse(body, status_code=401)
         return await call_next(request)
 
-    @app.get("/", response_class=HTMLResponse)
-    async def page():
-        return PAGE.read_text()
-
     @app.get("/healthz")
     async def health():
         return {"status": "ok", "queued": engine.queue.qsize(), "batches": engine.batches, "auth": bool(api_key)}
+
+    _add_openai_routes(app, engine, model_name, size)
+    _add_page_routes(app, engine, model_name, size, run)
+    return app
+
+
+def _add_openai_routes(app: FastAPI, engine: Engine, model_name: str, size: str) -> None:
+    """OpenAI's images API, so that its clients work unchanged."""
 
     @app.get("/v1/models")
     async def models():
@@ -79,17 +83,7 @@ def create_app(engine: Engine, model_name: str, run: RunDir | None = None, api_k
     @app.post("/v1/images/generations")
     async def images(request: Request):
         body = await _json(request)
-        unknown = sorted(set(body) - OPENAI_IGNORED - set(PARIS_FIELDS) - {"prompt", "n", "size", "response_format"})
-        if unknown:
-            raise RequestError(400, f"unknown field(s) {', '.join(unknown)}; this server takes prompt, n, size, "
-                                    f"response_format and paris's {', '.join(PARIS_FIELDS)}", unknown[0])
-        if body.get("size", "auto") not in ("auto", size):
-            raise RequestError(400, f"size must be {size} (the only size this model draws) or auto, got "
-                                    f"{body['size']!r}", "size")
-        response_format = body.get("response_format") or "url"
-        if response_format not in ("url", "b64_json"):
-            raise RequestError(400, f"response_format must be url or b64_json, got {response_format!r}",
-                               "response_format")
+        response_format = _response_format(body, size)
         job = await _finished(_submit(engine, body, body.get("n", 1)))
         if response_format == "b64_json":
             data = [{"b64_json": base64.b64encode(png).decode(), "revised_prompt": prompt}
@@ -99,6 +93,31 @@ def create_app(engine: Engine, model_name: str, run: RunDir | None = None, api_k
             data = [{"url": f"{base}/images/{job.id}/{i}.png", "revised_prompt": prompt}
                     for i, prompt in enumerate(job.prompts)]
         return {"created": int(job.submitted), "data": data, "paris": job.summary() | {"routing": None}}
+
+
+def _response_format(body: dict, size: str) -> str:
+    """How an images request wants its images back (url or b64_json), once its fields are checked: a request this
+    server would not draw as asked is refused rather than drawn otherwise."""
+    unknown = sorted(set(body) - OPENAI_IGNORED - set(PARIS_FIELDS) - {"prompt", "n", "size", "response_format"})
+    if unknown:
+        raise RequestError(400, f"unknown field(s) {', '.join(unknown)}; this server takes prompt, n, size, "
+                                f"response_format and paris's {', '.join(PARIS_FIELDS)}", unknown[0])
+    if body.get("size", "auto") not in ("auto", size):
+        raise RequestError(400, f"size must be {size} (the only size this model draws) or auto, got "
+                                f"{body['size']!r}", "size")
+    response_format = body.get("response_format") or "url"
+    if response_format not in ("url", "b64_json"):
+        raise RequestError(400, f"response_format must be url or b64_json, got {response_format!r}",
+                           "response_format")
+    return response_format
+
+
+def _add_page_routes(app: FastAPI, engine: Engine, model_name: str, size: str, run: RunDir | None) -> None:
+    """The web page, the jobs it queues and polls, their images, and what it shows of the run."""
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        return PAGE.read_text()
 
     @app.post("/api/jobs")
     async def submit(request: Request):
@@ -129,8 +148,6 @@ def create_app(engine: Engine, model_name: str, run: RunDir | None = None, api_k
             raise RequestError(404, f"no {path} to show", kind="not_found")
         kind = {"png": "image/png", "json": "application/json", "md": "text/markdown"}[path.rsplit(".", 1)[1]]
         return Response(run.read_bytes(path), media_type=kind)
-
-    return app
 
 
 def image_size(engine: Engine) -> str:

@@ -12,10 +12,10 @@ import torch
 
 from paris import layout
 from paris import progress
-from paris.config import RunConfig, TrainConfig, dit_config
+from paris.config import ExpertTrainConfig, RunConfig, dit_config
 from paris.clusters.export import load_cluster
 from paris.clusters.partition import load_partition
-from paris.data.stream import Store, load_store
+from paris.data.store import Store, load_store
 from paris.errors import ParisError
 from paris.flow import flow_matching_loss
 from paris.models.dit import DiT
@@ -84,7 +84,7 @@ def train_seed(run: RunDir, config: RunConfig, steps: int) -> dict:
     return _train_flow_model(run, config, cfg, store, "seed", layout.SEED, identity, seed=cfg.seed)
 
 
-def _train_flow_model(run: RunDir, config: RunConfig, cfg: TrainConfig, store: Store, name: str, folder: str,
+def _train_flow_model(run: RunDir, config: RunConfig, cfg: ExpertTrainConfig, store: Store, name: str, folder: str,
                       identity: dict, seed: int) -> dict:
     c, h, _ = store.latent_shape
     torch.manual_seed(seed)
@@ -103,4 +103,4 @@ def _train_flow_model(run: RunDir, config: RunConfig, cfg: TrainConfig, store: S
                                   text=text.to(device), text_mask=None if mask is None else mask.to(device))
 
     preview = previewer(run, config, store, folder)
-    return train(run, Job(name, folder, model, loss, store, identity, preview), cfg)
+    return train(run, Job(name, folder, model, loss, store, identity, preview, cfg.preview_every), cfg)

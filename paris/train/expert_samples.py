@@ -23,8 +23,8 @@ from paris import progress
 from paris.clusters.export import load_cluster
 from paris.config import RunConfig
 from paris.data.shard_reader import TRAINING_COLUMNS, shard_refs
-from paris.data.store import read_manifest, shard_entry, shard_name, write_shard
-from paris.data.stream import Store
+from paris.data.shard_format import read_manifest, shard_entry, shard_name, write_shard
+from paris.data.store import Store
 from paris.errors import ParisError
 from paris.randomness import step_generator
 from paris.run import RunDir

@@ -29,10 +29,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from paris import layout, precision, progress
 from paris.config import TrainConfig
-from paris.data.stream import Store
+from paris.data.store import Store
 from paris.errors import ParisError
 from paris.models.io import save_pretrained
-from paris.randomness import SampleRandom
+from paris.randomness import SampleRandom, ShardWindowBatches
 from paris.run import RunDir
 from paris.train import compiling, distributed
 from paris.train.checkpoint import load_latest, save_checkpoint
@@ -51,7 +51,8 @@ class Job:
     loss: LossFn
     data: Store  # the samples it trains on (the loop asks it for their order and to read ahead); the loss reads them
     identity: dict  # what a checkpoint must match to be resumed (cluster, partition hash, ...)
-    preview: Callable | None = None  # preview(ema, step, metrics) every cfg.preview_every steps (paris.train.preview)
+    preview: Callable | None = None  # preview(ema, step, metrics) every `preview_every` steps (paris.train.preview)
+    preview_every: int | None = None
 
 
 def train(run: RunDir, job: Job, cfg: TrainConfig) -> dict:
@@ -80,7 +81,70 @@ def _sole_job(run: RunDir, job: Job, dist: distributed.Distributed):
             lease.release()
 
 
+@dataclass
+class _Training:
+    """What every step of a job shares, built once by _set_up."""
+    run: RunDir
+    job: Job
+    cfg: TrainConfig
+    dist: distributed.Distributed
+    model: nn.Module
+    ema: nn.Module
+    optimizer: torch.optim.Optimizer
+    identity: dict  # what the checkpoints record, for a resume to match
+    forward: nn.Module  # the model as each micro-batch calls it: wrapped by DDP and torch.compile where they apply
+    compiled: bool
+    autocast: torch.autocast
+    batches: ShardWindowBatches
+    positions: torch.Tensor  # this process's share of every global batch
+    micro: int  # samples per micro-batch
+    accumulation: int  # micro-batches per step
+    start: int  # the first step to take: 0, or where the checkpoint resumed stopped
+    last_loss: float  # the mean loss of the last logged window: what the checkpoint and summary record
+    metrics: MetricsLog | None  # rank 0 only
+    # Listed once: walking the module tree for them every step costs more than the optimiser at small batches.
+    params: list[torch.Tensor] = dataclasses.field(init=False)
+    ema_params: list[torch.Tensor] = dataclasses.field(init=False)
+
+    def __post_init__(self):
+        self.params, self.ema_params = list(self.model.parameters()), list(self.ema.parameters())
+
+
 def _train(run: RunDir, job: Job, cfg: TrainConfig, dist: distributed.Distributed, lease: Lease) -> dict:
+    training = _set_up(run, job, cfg, dist)
+    stop = _StopFlag()
+    losses, window_start = [], time.perf_counter()
+    with stop, progress.bar(job.name, cfg.steps, training.start, show=dist.is_main) as bar:
+        for step in range(training.start, cfg.steps):
+            if dist.is_main:
+                lease.renew()
+            step_loss, grad_norm, lr = _step(training, step)
+            losses.append(step_loss)
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                training.last_loss = sum(losses) / len(losses)
+                rate = len(losses) * cfg.batch_size / (time.perf_counter() - window_start)
+                if dist.is_main:
+                    training.metrics.log({"step": done, "loss": training.last_loss, "lr": lr,
+                                          "grad_norm": float(grad_norm), "samples_per_s": rate, "time": time.time()})
+                    bar.update(done, loss=f"{training.last_loss:.4f}", **{"samples/s": f"{rate:.0f}"})
+                losses, window_start = [], time.perf_counter()
+            # Before the step's checkpoint: a resume never skips one.
+            if job.preview is not None and done % job.preview_every == 0 and dist.is_main:
+                job.preview(training.ema, done, training.metrics)
+            stopping = dist.any(stop.requested)
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping:
+                _checkpoint(training, done)
+            if stopping:
+                dist.barrier()
+                raise ParisError(f"{job.name}: stopped by signal at step {done}; checkpoint saved, "
+                                 "run the same command again to resume")
+    return _finish(training)
+
+
+def _set_up(run: RunDir, job: Job, cfg: TrainConfig, dist: distributed.Distributed) -> _Training:
+    """The model, its EMA and optimiser on this process's device, restored from the job's newest checkpoint if
+    there is one, and the forward compiled or not: everything the steps share."""
     micro, accumulation = micro_batches(cfg, dist.world_size)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -96,6 +160,23 @@ def _train(run: RunDir, job: Job, cfg: TrainConfig, dist: distributed.Distribute
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     identity = {**job.identity, "model": dataclasses.asdict(model.architecture), "batch_size": cfg.batch_size,
                 "seed": cfg.seed}
+    saved, start = _resume(run, job, cfg, dist, model, ema, optimizer, identity)
+    forward = DistributedDataParallel(model) if dist.world_size > 1 else model
+    autocast = precision.autocast(cfg.precision, dist.device)
+    batches = job.data.batches(cfg.batch_size, cfg.seed, cfg.shuffle_buffer)
+    positions = torch.arange(dist.rank * micro * accumulation, (dist.rank + 1) * micro * accumulation)
+    forward, compiled = _compiled_or_eager(job, cfg, model, forward, dist, saved, start, positions[:micro], autocast,
+                                           batches)
+    metrics = (MetricsLog(run, job.folder, cfg.tensorboard, cfg.wandb, {**dataclasses.asdict(cfg), **job.identity})
+               if dist.is_main else None)
+    return _Training(run, job, cfg, dist, model, ema, optimizer, identity, forward, compiled, autocast, batches,
+                     positions, micro, accumulation, start, saved["loss"] if saved else float("nan"), metrics)
+
+
+def _resume(run: RunDir, job: Job, cfg: TrainConfig, dist: distributed.Distributed, model: nn.Module,
+            ema: nn.Module, optimizer: torch.optim.Optimizer, identity: dict) -> tuple[dict | None, int]:
+    """The job's newest checkpoint restored into model, EMA and optimiser (its state, or None), and the step to
+    start from; a checkpoint past the steps asked for is refused rather than silently trained no further."""
     saved = load_latest(run, job.folder, model, ema, optimizer, identity)
     start = saved["step"] if saved else 0
     if start > cfg.steps:
@@ -103,81 +184,58 @@ def _train(run: RunDir, job: Job, cfg: TrainConfig, dist: distributed.Distribute
                          f"ask for at least {start} steps or delete {run.url}/{job.folder} to start over")
     if saved and dist.is_main:
         progress.say(f"{job.name}: resuming from step {start}")
-    # Listed once: walking the module tree for them every step costs more than the optimiser at small batches.
-    params, ema_params = list(model.parameters()), list(ema.parameters())
-    forward = DistributedDataParallel(model) if dist.world_size > 1 else model
-    autocast = precision.autocast(cfg.precision, dist.device)
-    batches = job.data.batches(cfg.batch_size, cfg.seed, cfg.shuffle_buffer)
-    first_micro_batch = torch.arange(dist.rank * micro * accumulation, dist.rank * micro * accumulation + micro)
-    forward, compiled = _compiled_or_eager(job, cfg, model, forward, dist, saved, start, first_micro_batch, autocast,
-                                           batches)
-    metrics = (MetricsLog(run, job.folder, cfg.tensorboard, cfg.wandb, {**dataclasses.asdict(cfg), **job.identity})
-               if dist.is_main else None)
-    last_loss = saved["loss"] if saved else float("nan")
+    return saved, start
 
-    def checkpoint(step: int) -> None:
-        if dist.is_main:
-            metrics.flush(step)
-            save_checkpoint(run, job.folder, step, model, ema, optimizer,
-                            {"identity": identity, "config": dataclasses.asdict(cfg), "loss": last_loss,
-                             "compiled": compiled},
-                            cfg.keep_checkpoints)
 
-    stop = _StopFlag()
-    losses, window_start = [], time.perf_counter()
-    with stop, progress.bar(job.name, cfg.steps, start, show=dist.is_main) as bar:
-        for step in range(start, cfg.steps):
-            if dist.is_main:
-                lease.renew()
-            index = batches(step)
-            if step + 1 < cfg.steps:
-                job.data.prefetch(batches.next_window(step))  # read ahead while this step computes
-            mine = torch.arange(dist.rank * micro * accumulation, (dist.rank + 1) * micro * accumulation)
-            total = torch.zeros((), device=dist.device)
-            for i in range(accumulation):
-                positions = mine[i * micro : (i + 1) * micro]
-                # Gradients are all-reduced only on the last micro-batch of the step.
-                sync = contextlib.nullcontext() if i == accumulation - 1 or dist.world_size == 1 else forward.no_sync()
-                with sync, autocast:
-                    loss = job.loss(forward, index[positions], SampleRandom(cfg.seed, step, positions), dist.device)
-                    (loss / accumulation).backward()
-                total += loss.detach() / accumulation
-            step_loss = dist.mean(total).item()  # the step's one wait for the device
-            if not math.isfinite(step_loss):
-                raise ParisError(f"{job.name}: loss became {step_loss} at step {step + 1}; training stopped, "
-                                 f"checkpoints made before it are kept under {run.url}/{job.folder}/ckpt (try a lower lr)")
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            lr = learning_rate(cfg, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            _update_ema(ema_params, params, cfg.ema_decay, step)
-            losses.append(step_loss)
-            done = step + 1
-            if done % cfg.log_every == 0 or done == cfg.steps:
-                last_loss = sum(losses) / len(losses)
-                rate = len(losses) * cfg.batch_size / (time.perf_counter() - window_start)
-                if dist.is_main:
-                    metrics.log({"step": done, "loss": last_loss, "lr": lr,
-                                 "grad_norm": float(grad_norm), "samples_per_s": rate, "time": time.time()})
-                    bar.update(done, loss=f"{last_loss:.4f}", **{"samples/s": f"{rate:.0f}"})
-                losses, window_start = [], time.perf_counter()
-            if job.preview is not None and done % cfg.preview_every == 0 and dist.is_main:
-                job.preview(ema, done, metrics)  # before the step's checkpoint: a resume never skips one
-            stopping = dist.any(stop.requested)
-            if done % cfg.checkpoint_every == 0 or done == cfg.steps or stopping:
-                checkpoint(done)
-            if stopping:
-                dist.barrier()
-                raise ParisError(f"{job.name}: stopped by signal at step {done}; checkpoint saved, "
-                                 "run the same command again to resume")
-    summary = {"steps": cfg.steps, "batch_size": cfg.batch_size, "samples_seen": cfg.steps * cfg.batch_size, "final_loss": last_loss,
-               "config_hash": _hash(dataclasses.asdict(cfg)), **job.identity}
-    if dist.is_main:
-        save_pretrained(run, layout.final(job.folder), ema, manifest=summary)
-        metrics.close()
-    dist.barrier()
+def _step(training: _Training, step: int) -> tuple[float, torch.Tensor, float]:
+    """One optimisation step on global batch `step`: its loss (the mean over every process), the gradient norm
+    before clipping, and the learning rate it took."""
+    job, cfg, dist, micro = training.job, training.cfg, training.dist, training.micro
+    index = training.batches(step)
+    if step + 1 < cfg.steps:
+        job.data.prefetch(training.batches.next_window(step))  # read ahead while this step computes
+    total = torch.zeros((), device=dist.device)
+    for i in range(training.accumulation):
+        positions = training.positions[i * micro : (i + 1) * micro]
+        # Gradients are all-reduced only on the last micro-batch of the step.
+        last = i == training.accumulation - 1
+        sync = contextlib.nullcontext() if last or dist.world_size == 1 else training.forward.no_sync()
+        with sync, training.autocast:
+            loss = job.loss(training.forward, index[positions], SampleRandom(cfg.seed, step, positions), dist.device)
+            (loss / training.accumulation).backward()
+        total += loss.detach() / training.accumulation
+    step_loss = dist.mean(total).item()  # the step's one wait for the device
+    if not math.isfinite(step_loss):
+        raise ParisError(f"{job.name}: loss became {step_loss} at step {step + 1}; training stopped, checkpoints "
+                         f"made before it are kept under {training.run.url}/{job.folder}/ckpt (try a lower lr)")
+    grad_norm = torch.nn.utils.clip_grad_norm_(training.params, cfg.grad_clip)
+    lr = learning_rate(cfg, step)
+    for group in training.optimizer.param_groups:
+        group["lr"] = lr
+    training.optimizer.step()
+    training.optimizer.zero_grad(set_to_none=True)
+    _update_ema(training.ema_params, training.params, cfg.ema_decay, step)
+    return step_loss, grad_norm, lr
+
+
+def _checkpoint(training: _Training, step: int) -> None:
+    if training.dist.is_main:
+        training.metrics.flush(step)
+        save_checkpoint(training.run, training.job.folder, step, training.model, training.ema, training.optimizer,
+                        {"identity": training.identity, "config": dataclasses.asdict(training.cfg),
+                         "loss": training.last_loss, "compiled": training.compiled},
+                        training.cfg.keep_checkpoints)
+
+
+def _finish(training: _Training) -> dict:
+    """Rank 0 exports the EMA to <folder>/final with what it was trained on; every process then leaves together."""
+    cfg, job = training.cfg, training.job
+    summary = {"steps": cfg.steps, "batch_size": cfg.batch_size, "samples_seen": cfg.steps * cfg.batch_size,
+               "final_loss": training.last_loss, "config_hash": _hash(dataclasses.asdict(cfg)), **job.identity}
+    if training.dist.is_main:
+        save_pretrained(training.run, layout.final(job.folder), training.ema, manifest=summary)
+        training.metrics.close()
+    training.dist.barrier()
     distributed.teardown()
     return summary
 

@@ -19,7 +19,7 @@ from torch import nn
 from paris import layout
 from paris.config import RunConfig
 from paris.data.shard_reader import read_captions
-from paris.data.stream import Store
+from paris.data.store import Store
 from paris.images import grid
 from paris.models.encoders import build_autoencoder, build_text_encoder
 from paris.run import RunDir

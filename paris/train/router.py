@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from paris import layout
 from paris import progress
 from paris.config import RunConfig, router_config
-from paris.data.stream import Batch, Store, load_store
+from paris.data.store import Batch, Store, load_store
 from paris.errors import ParisError
 from paris.flow import interpolate, noisy_sample
 from paris.models.io import load_pretrained

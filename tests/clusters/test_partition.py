@@ -16,7 +16,7 @@ from testkit.tiny_encoders import image_bytes, laion_config, tiny_models, write_
 from paris.clusters.export import export_clusters, load_cluster
 from paris.data.prepare import prepare
 from paris.data.shard_reader import read_columns
-from paris.data.stream import load_store
+from paris.data.store import load_store
 from paris.errors import ParisError
 from paris.clusters.partition import load_partition, partition
 from paris.config import PartitionConfig, apply_overrides

@@ -19,7 +19,7 @@ from paris.data.fashion_captions import (ATTRIBUTES, HELD_OUT_TEMPLATES, NAMES, 
                                          measured_thirds)
 from paris.data.prepare import prepare
 from paris.data.shard_reader import read_captions, shard_refs
-from paris.data.store import read_manifest
+from paris.data.shard_format import read_manifest
 from paris.errors import ParisError
 from paris.run import RunDir
 

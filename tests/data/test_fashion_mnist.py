@@ -13,7 +13,7 @@ import torch
 from testkit.runs import FASHION_MNIST, NUM_IMAGES, SHARD_SIZE, read_all
 from paris.data import fashion_mnist
 from paris.data.shard_reader import read_columns
-from paris.data.stream import load_store
+from paris.data.store import load_store
 from paris.errors import ParisError
 from paris.run import RunDir
 

@@ -9,7 +9,7 @@ import torch
 from testkit.tiny_encoders import IMAGE_SIZE, laion_config, with_data, write_folder
 from paris.data.prepare import prepare
 from paris.data.shard_reader import read_columns
-from paris.data.stream import load_store
+from paris.data.store import load_store
 from testkit.runs import read_all
 from paris.models.encoders import Dinov2Features, build_autoencoder, build_text_encoder
 from paris.run import RunDir

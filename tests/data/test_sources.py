@@ -13,7 +13,7 @@ from paris.config import DataConfig
 from paris.data.prepare import prepare
 from paris.data.preprocess import Skip, load_image
 from paris.data.sources import open_source
-from paris.data.stream import load_store
+from paris.data.store import load_store
 from testkit.runs import read_all
 from paris.errors import ParisError
 from paris.run import RunDir

@@ -1,167 +1,144 @@
-"""The sharded store: resume after a kill, split over machines then merge, and refusing stores that lie."""
+"""Training's data path: the order of samples (shuffled windows of shards), reading only what a job takes,
+the bounded cache, and the same training from an S3 server, through dropped connections and a SIGKILL."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
 
+import fsspec
 import pytest
 import torch
 
-from testkit.runs import FASHION_MNIST, run_in_process
-from testkit.tiny_encoders import laion_config, tiny_models, with_data, write_folder
-from paris.data import fashion_mnist
-from paris.data import prepare as prepare_module
-from paris.data.merge import merge
-from paris.data.prepare import prepare
-from paris.data.store import content_hash, parse_shard
-from paris.data.stream import load_store
-from testkit.runs import read_all
-from paris.errors import ParisError
+from paris.clusters.export import load_cluster
+from paris.clusters.partition import load_partition
+from paris.data.shard_format import iter_shards, shard_header
+from paris.data.store import load_store
+from paris.randomness import ShardWindowBatches
 from paris.run import RunDir
+from testkit.resume import identical, kill_and_resume, kill_at_step_40, state
+from testkit.runs import NUM_IMAGES, copy_run, read_all
+from testkit.s3 import flaky_endpoint
 
-NUM = 10  # shard_size 4: shards of 4, 4, 2
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return write_folder(tmp_path_factory.mktemp("images") / "images", NUM)
+COUNTS = [5, 0, 7, 3, 9, 4, 6]  # shard sizes, one empty (a cluster with no rows in a shard)
 
 
-@pytest.fixture(scope="module")
-def config(folder):
-    return laion_config(tiny_models(), "folder", str(folder))
+def _shard_of(index: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    return torch.searchsorted(torch.tensor(counts).cumsum(0), index, right=True)
 
 
-@pytest.fixture(scope="module")
-def baseline(tmp_path_factory, config):
-    """One uninterrupted prepare: what every resumed or split run must reproduce byte for byte."""
-    run = RunDir(str(tmp_path_factory.mktemp("baseline") / "run"))
-    return run, prepare(run, config)
+@pytest.mark.parametrize("batch_size", [1, 4, 13])
+def test_every_epoch_visits_every_sample_once(batch_size):
+    order = ShardWindowBatches(COUNTS, batch_size, seed=3, window=2)
+    n, epochs = sum(COUNTS), 3
+    seen = torch.cat([order(step) for step in range(epochs * n // batch_size + 1)])
+    for e in range(epochs):
+        assert sorted(seen[e * n : (e + 1) * n].tolist()) == list(range(n))
+    assert not torch.equal(seen[:n], seen[n : 2 * n])  # a fresh order every epoch
+    assert torch.equal(order(5), ShardWindowBatches(COUNTS, batch_size, seed=3, window=2)(5))  # a pure function
+    assert not torch.equal(seen[:n], torch.cat([ShardWindowBatches(COUNTS, batch_size, 4, 2)(s) for s in
+                                                range(n // batch_size + 1)])[:n])  # of the seed too
 
 
-def shard_contents(run: RunDir) -> dict[str, str]:
-    """Shard name -> hash of its tensors and metadata (the bytes differ: safetensors orders header keys freely)."""
-    contents = {}
-    for name in run.list("data/shards"):
-        if name.endswith(".safetensors"):
-            contents[name] = content_hash(*parse_shard(run.read_bytes(f"data/shards/{name}"), name))
-    return contents
+def test_a_window_is_read_before_the_next_and_read_ahead_names_the_next():
+    order = ShardWindowBatches(COUNTS, batch_size=4, seed=0, window=2)
+    windows = [order.shard_order(0)[w : w + 2].tolist() for w in range(0, len(COUNTS), 2)]
+    visited = _shard_of(torch.cat([order(step) for step in range(sum(COUNTS) // 4)]), COUNTS).tolist()
+    window_of = {s: i for i, shards in enumerate(windows) for s in shards}
+    visits = [window_of[s] for s in visited]
+    assert visits == sorted(visits) and len(set(visits)) > 2  # window after window, never back to an earlier one
+    for step in range(sum(COUNTS) // 4):
+        mine = set(_shard_of(order(step), COUNTS).tolist())
+        assert len(mine) <= 2 * 2  # at most two windows of two shards
+    last_of_step_0 = int(_shard_of(order(0)[-1:], COUNTS))
+    w = next(i for i, shards in enumerate(windows) if last_of_step_0 in shards)
+    assert order.next_window(0) == windows[w + 1]
 
 
-def assert_same_store(run: RunDir, baseline) -> None:
-    reference, manifest = baseline
-    assert run.read_json("data/manifest.json")["data_hash"] == manifest["data_hash"]
-    assert shard_contents(run) == shard_contents(reference)
-    a, b = read_all(load_store(run)), read_all(load_store(reference))
-    assert a.captions == b.captions and torch.equal(a.latents, b.latents) and torch.equal(a.rows, b.rows)
+def test_a_window_as_large_as_the_data_is_a_full_shuffle():
+    order = ShardWindowBatches(COUNTS, batch_size=sum(COUNTS), seed=0, window=len(COUNTS))
+    shards = _shard_of(order(0), COUNTS)
+    assert (shards[:10] != shards[:10].sort().values).any()  # shards interleaved from the first step
 
 
-def test_shards_hold_fixed_source_ranges(baseline):
-    _, manifest = baseline
-    assert [(s["name"], s["count"], s["positions"]) for s in manifest["shards"]] == [
-        ("000000.safetensors", 4, 4), ("000001.safetensors", 4, 4), ("000002.safetensors", 2, 2)]
-    assert manifest["count"] == NUM and manifest["skipped"] == {}
+def _full(run: RunDir, prefix: str = "data") -> dict:
+    """Every column of every shard, read whole: what the store must agree with."""
+    shards = [tensors for _, tensors, _ in iter_shards(run, prefix)]
+    return {k: torch.cat([s[k] for s in shards]) for k in shards[0]}
 
 
-def test_resume_keeps_whole_shards_and_redoes_broken_ones(tmp_path, baseline, config, monkeypatch):
-    """A kill leaves: no manifest, a half-written temporary file, a shard truncated by a non-atomic store."""
-    reference, _ = baseline
-    shutil.copytree(reference.url, tmp_path / "run")
-    run = RunDir(str(tmp_path / "run"))
-    run.remove("data/manifest.json")
-    run.remove("data/parts")
-    shards = tmp_path / "run/data/shards"
-    (shards / "000001.safetensors").write_bytes((shards / "000001.safetensors").read_bytes()[:500])
-    (shards / "000002.safetensors").rename(shards / "000002.safetensors.tmp-dead")
-    encoded = []
-    real_write = prepare_module.write_shard
-    monkeypatch.setattr(prepare_module, "write_shard",
-                        lambda run, prefix, index, *rest: encoded.append(index) or real_write(run, prefix, index, *rest))
-    prepare(run, config)
-    assert encoded == [1, 2]  # shard 0 was whole and kept
-    assert_same_store(run, baseline)
+def test_batches_are_the_samples_asked_for_in_that_order(partitioned):
+    run = RunDir(str(partitioned))
+    full, store = _full(run), load_store(run)
+    index = torch.randperm(NUM_IMAGES, generator=torch.Generator().manual_seed(0))[:50]
+    batch = store.batch(index)
+    assert batch.latents.dtype == torch.float16  # as stored: made float on the training device
+    assert torch.equal(batch.latents, full["latents"][index]) and torch.equal(batch.rows, index)
+    assert torch.equal(batch.text["text_ids"], full["text_ids"][index]) and torch.equal(batch.labels, full["labels"][index])
+    part, cluster = load_cluster(run, 1)
+    rows = (part.assignments == 1).nonzero()[:, 0]
+    assert len(cluster) == len(rows) and torch.equal(read_all(cluster).rows, rows)
+    assert torch.equal(cluster.batch(torch.tensor([3, 0])).latents, full["latents"][rows[[3, 0]]])
+    rest, held = store.split(0.1, seed=0, most=20)
+    assert len(held) == 20 and len(rest) == NUM_IMAGES - 20
+    assert not set(read_all(held).rows.tolist()) & set(read_all(rest).rows.tolist())
+
+
+def test_a_cluster_reads_only_its_rows_and_never_the_features(partitioned, monkeypatch):
+    from paris.data import shard_reader
+
+    run = RunDir(str(partitioned))
+    part, cluster = load_cluster(run, 0)
+    fetched: list[tuple[str, int, int]] = []
+    fetch = shard_reader._fetch
+
+    def recording(run, rel, starts, ends):
+        fetched.extend((rel, a, b) for a, b in zip(starts, ends))
+        return fetch(run, rel, starts, ends)
+
+    monkeypatch.setattr(shard_reader, "_fetch", recording)
+    read_all(cluster)
+    rel = "data/shards/000000.safetensors"
+    header, header_end = shard_header(run, rel)
+    mine = [(a, b) for path, a, b in fetched if path == rel]
+    features = [header_end + o for o in header["features"]["data_offsets"]]
+    assert mine and not any(a < features[1] and b > features[0] for a, b in mine)  # no byte of the features
+    begin, end = (header_end + o for o in header["latents"]["data_offsets"])
+    row_bytes = (end - begin) // header["latents"]["shape"][0]
+    latents = sum(min(b, end) - max(a, begin) for a, b in mine if a < end and b > begin)
+    rows = int((part.assignments[: header["latents"]["shape"][0]] == 0).sum())
+    assert 0 < rows < header["latents"]["shape"][0] and latents == rows * row_bytes  # exactly its rows
+
+
+def test_the_cache_holds_a_bounded_number_of_shards(partitioned):
+    store = load_store(RunDir(str(partitioned)))
+    order = store.batches(batch_size=8, seed=0, shuffle_buffer=100)  # windows of one 128-sample shard
+    for step in range(3 * NUM_IMAGES // 8):
+        store.prefetch(order.next_window(step))
+        store.batch(order(step))
+        assert len(store._cache) <= store._cache.capacity == 3 * 1
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_loses_and_duplicates_nothing(tmp_path):
-    """A real `paris prepare` killed with SIGKILL mid-run, then rerun, holds every image exactly once."""
-    n, shard = 3000, 50
-    path = tmp_path / "run"
-    args = [sys.executable, "-m", "paris", "prepare", str(path), "--data", FASHION_MNIST, "--limit", str(n),
-            "--set", f"data.shard_size={shard}"]
-    process = subprocess.Popen(args, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list((path / "data/shards").glob("*.safetensors"))) < 3:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    written = len(list((path / "data/shards").glob("*.safetensors")))
-    assert 3 <= written < n // shard and not (path / "data/manifest.json").exists()  # really killed mid-run
-    run = RunDir(str(path))
-    manifest = prepare(run, run.read_config())
-    store = read_all(load_store(run))
-    images, labels = fashion_mnist.load(FASHION_MNIST, "train", n)
-    assert manifest["count"] == n and len(manifest["shards"]) == n // shard
-    assert torch.equal(store.labels, labels) and torch.allclose(store.latents, images, atol=1e-3)
-    assert store.captions == [fashion_mnist.caption(int(label), i) for i, label in enumerate(labels)]
+def test_a_run_on_s3_trains_the_same_expert_through_dropped_connections(partitioned, s3_bucket, tmp_path, config):
+    from paris.train.expert import train_expert
+
+    local = copy_run(partitioned, tmp_path / "local")
+    fsspec.filesystem("s3").put(str(partitioned), f"{s3_bucket}/run", recursive=True)
+    remote = RunDir(f"{s3_bucket}/run")
+    assert torch.equal(load_partition(remote).assignments, load_partition(local).assignments)
+    train_expert(local, config, 0)
+    with flaky_endpoint() as proxy:
+        proxy.cut(3, after=100)  # the first three reads are cut mid-response, and retried
+        train_expert(RunDir(remote.url), config, 0)
+        assert proxy.cuts == 3
+    weights = "experts/0/final/diffusion_pytorch_model.safetensors"
+    a, b = local.load_tensors(weights), RunDir(remote.url).load_tensors(weights)
+    assert identical(a, b)
 
 
-def test_split_over_machines_then_merge_equals_one_run(tmp_path, baseline, config):
-    run = RunDir(str(tmp_path / "run"))
-    prepare(run, config, (2, None))  # machines finish in any order
-    with pytest.raises(ParisError, match="shards 0-1 are missing.*--shard-range 0:2"):
-        merge(run)
-    prepare(run, config, (0, 1))
-    with pytest.raises(ParisError, match="shards 1 are missing.*--shard-range 1:2"):
-        merge(run)
-    prepare(run, config, (1, 2))
-    assert not run.exists("data/manifest.json")  # a range never writes the manifest
-    merge(run)
-    assert_same_store(run, baseline)
-
-
-def test_merge_refuses_mixed_configs_and_unfinished_sources(tmp_path, config):
-    run = RunDir(str(tmp_path / "run"))
-    prepare(run, config, (0, 1))
-    with pytest.raises(ParisError, match="no part reached the end.*--shard-range 1:"):
-        merge(run)
-    prepare(run, with_data(config, max_tokens=20), (1, None))
-    with pytest.raises(ParisError, match="different data configs"):
-        merge(run)
-
-
-def test_a_shard_that_does_not_match_the_manifest_is_refused_then_repaired(tmp_path, baseline, config):
-    shutil.copytree(baseline[0].url, tmp_path / "run")
-    run = RunDir(str(tmp_path / "run"))
-    shards = tmp_path / "run/data/shards"
-    (shards / "000001.safetensors").write_bytes((shards / "000000.safetensors").read_bytes())  # a swapped file
-    store = load_store(run)  # same size: found when the shard is first read
-    with pytest.raises(ParisError, match="000001.safetensors does not match data/manifest.json.*delete it"):
-        read_all(store)
-    (shards / "000001.safetensors").write_bytes((shards / "000000.safetensors").read_bytes()[:300])  # cut short
-    with pytest.raises(ParisError, match="000001.safetensors is truncated or corrupt.*delete it and rerun"):
-        load_store(run)  # found by the size the shard folder lists, before any training
-    (shards / "000001.safetensors").unlink()
-    prepare(run, config)  # the manifest names a shard that is gone: prepare encodes just that one
-    assert_same_store(run, baseline)
-
-
-def test_prepare_refuses_to_replace_data_of_another_config(tmp_path, baseline, config):
-    shutil.copytree(baseline[0].url, tmp_path / "run")
-    run = RunDir(str(tmp_path / "run"))
-    with pytest.raises(ParisError, match="another data config.*new run directory"):
-        prepare(run, with_data(config, image_size=32))
-    assert_same_store(run, baseline)
-
-
-def test_cli_shard_range_and_merge(tmp_path):
-    result = run_in_process("prepare", str(tmp_path / "run"), "--shard-range", "5:2")
-    assert result.returncode == 2 and "error: bad --shard-range '5:2'" in result.stderr
-    result = run_in_process("merge", str(tmp_path / "run"))
-    assert result.returncode == 2 and "error: no prepared parts" in result.stderr
+@pytest.mark.slow
+def test_a_job_killed_while_reading_from_s3_resumes_bitwise(s3_bucket, resume_reference):
+    base, reference = resume_reference
+    fsspec.filesystem("s3").put(str(base), f"{s3_bucket}/killed", recursive=True)
+    run = RunDir(f"{s3_bucket}/killed")
+    assert kill_and_resume(run, kill_at_step_40, max_kills=1) == 1
+    assert identical(state(run), reference)
