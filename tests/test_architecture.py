@@ -93,3 +93,19 @@ def test_library_code_does_not_print_or_draw(module):
             names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
             loud = [n for n in names if n.split(".")[0] in ("rich", "matplotlib", "typer")]
             assert not loud, f"{module}:{node.lineno} imports {loud}: printing and drawing belong to paris.report"
+
+
+MAX_FUNCTION_LINES = 60  # a function fits on a screen: its body, without the signature and the docstring
+
+
+def body_lines(function: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    body = function.body[1:] if ast.get_docstring(function) is not None else function.body
+    return body[-1].end_lineno - body[0].lineno + 1 if body else 0
+
+
+@pytest.mark.parametrize("module", sorted(GRAPH))
+def test_functions_fit_on_a_screen(module):
+    """A CLI command's signature is its options (litgpt-style), so the signature is not counted."""
+    long = [f"{node.name} ({body_lines(node)} lines)" for node in ast.walk(MODULES[module])
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and body_lines(node) > MAX_FUNCTION_LINES]
+    assert not long, f"{module}: {', '.join(long)} longer than {MAX_FUNCTION_LINES} lines: split them"
