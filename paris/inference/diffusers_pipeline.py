@@ -20,7 +20,7 @@ from generator i, so a list draws what single calls draw), latents (the noise at
 the trained size), output_type pil / np / pt ([0, 1]) / latent, return_dict, and callback_on_step_end (called
 as callback(pipe, i, t, {"latents": ...}) after every scheduler step; it may return new latents, or set
 pipe._interrupt to skip the remaining steps). paris's settings keep their names (seed, when no generator is
-given; sampler, strategy, route_every, guidance_mode); every one left out is the one saved with the pipeline
+given; sampler, strategy, route_every, guidance_mode, min_weight); every one left out is the one saved with the pipeline
 (`config.sample`, as ParisPipeline's). Images equal ParisPipeline's for the same noise and settings.
 """
 
@@ -117,7 +117,7 @@ class ParisDiffusionPipeline(DiffusionPipeline):
                  output_type: str = "pil", return_dict: bool = True, callback_on_step_end: Callable | None = None,
                  callback_on_step_end_tensor_inputs: list[str] = ("latents",), *, seed: int | None = None,
                  sampler: str | None = None, strategy: str | None = None, route_every: int | None = None,
-                 guidance_mode: str | None = None):
+                 guidance_mode: str | None = None, min_weight: float | None = None):
         """Images for `prompt`, `num_images_per_prompt` each (the module's docstring says what each argument
         means). Every paris setting left out (None) is the one saved with the pipeline."""
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
@@ -127,7 +127,7 @@ class ParisDiffusionPipeline(DiffusionPipeline):
         prompts, negative_prompts = repeat_prompts(prompt, negative_prompt, num_images_per_prompt)
         sample = SampleConfig(**self.config.sample).updated(
             steps=num_inference_steps, guidance=guidance_scale, seed=seed, sampler=sampler, strategy=strategy,
-            route_every=route_every, guidance_mode=guidance_mode)
+            route_every=route_every, guidance_mode=guidance_mode, min_weight=min_weight)
         self._guidance_scale, self._interrupt = sample.guidance, False
         mixture = self.mixture()
         generator = torch.Generator().manual_seed(sample.seed) if generator is None else generator
