@@ -3,7 +3,7 @@
 
 Every row: features of the 60,000 training images, plain k-means (faiss, 20 iterations, best of 3 starts, seed 0)
 at K = 4 and 8, and the normalised mutual information with the labels. The recipe's choices (temperature, which
-layer) come from this table; `paris partition` (hierarchical k-means) gives the README's figures.
+layer) come from this table; `paris partition` (hierarchical k-means) gives the figures of docs/demo.md.
 
     .venv/bin/python benchmarks/learned_features.py                       # about 8 minutes on 2 cores
     .venv/bin/python benchmarks/learned_features.py --temperatures 0.5 --steps 500,1500

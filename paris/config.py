@@ -106,7 +106,7 @@ ROUTER_PRESETS: dict[str, RouterConfig] = {
 
 @dataclass
 class DataConfig:
-    """What `paris prepare` reads and how it encodes it. The defaults are the Fashion-MNIST demo; README
+    """What `paris prepare` reads and how it encodes it. The defaults are the Fashion-MNIST demo; docs/data.md
     ("Preparing a LAION-style data set") gives Paris's values: webdataset, sd-vae, clip (77 tokens), dinov2."""
 
     source: Literal["fashion-mnist", "folder", "webdataset", "hf"] = "fashion-mnist"

@@ -1,5 +1,5 @@
 """The house rules of paris/, read from its source: layers import only downwards, no import circles, and only
-the command line and the reporting layer print or draw (README, "Architecture")."""
+the command line and the reporting layer print or draw (docs/architecture.md, "Layers")."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def layer(module: str) -> int:
     best = max(((prefix, i) for i, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes
                 if module == prefix or module.startswith(prefix + ".")), key=lambda pair: len(pair[0]), default=None)
     if best is None:
-        raise AssertionError(f"{module} is in no layer: add it to LAYERS and to the README's Architecture section")
+        raise AssertionError(f"{module} is in no layer: add it to LAYERS and to docs/architecture.md (Layers)")
     return best[1]
 
 

@@ -20,10 +20,9 @@ def test_train_and_sample_from_a_laion_style_store(laion_trained):
     assert images.shape == (1, 3, 64, 64) and images.abs().max() <= 1  # decoded by the SD VAE
 
 
-def test_the_readme_laion_config_is_a_valid_config():
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    section = readme[readme.index("## Preparing a LAION-style data set"):]
+def test_the_documented_laion_config_is_a_valid_config():
+    section = (Path(__file__).parents[1] / "docs" / "data.md").read_text()
     block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
-    config = from_yaml(block, where="README")
+    config = from_yaml(block, where="docs/data.md")
     assert config.data.source == "webdataset" and config.data.autoencoder == "sd-vae"
     assert config.data.max_tokens == 77 and config.partition.fine_clusters == 1024
