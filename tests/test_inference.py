@@ -289,3 +289,28 @@ def test_python_and_the_command_line_draw_the_same_images(trained, saved, tmp_pa
     assert np.array_equal(np.asarray(drawn.resize(image.size, Image.NEAREST)), np.asarray(image))
     other = python("a photo of a sneaker", guidance=7.5)[0]  # and a setting given in the call wins
     assert not np.array_equal(np.asarray(other), np.asarray(image))
+
+
+def test_min_weight_skips_the_passes_of_light_experts(three_experts):
+    """top2's second weight is at most 1/2: above that, top2 is top1, pass for pass and pixel for pixel."""
+    pipe = ParisPipeline.from_pretrained(str(three_experts))
+    top1, one = pipe.generate(PROMPTS, strategy="top1", steps=3)
+    top2, two = pipe.generate(PROMPTS, strategy="top2", steps=3)
+    skipped, light = pipe.generate(PROMPTS, strategy="top2", steps=3, min_weight=0.51)
+    assert two["expert_passes_per_image"] == 2 and light["expert_passes_per_image"] == one["expert_passes_per_image"] == 1
+    assert torch.equal(skipped, top1) and not torch.equal(top2, top1)
+    some, _ = pipe.generate(PROMPTS, strategy="top2", steps=3, min_weight=0.01)
+    assert torch.equal(some, top2)  # on this router no second weight is below 1%
+
+
+def test_a_negative_prompt_takes_the_empty_prompts_place(three_experts):
+    pipe = ParisPipeline.from_pretrained(str(three_experts))
+    plain, _ = pipe.generate(PROMPTS, steps=2, guidance=3.0)
+    assert torch.equal(pipe.generate(PROMPTS, steps=2, guidance=3.0, negative_prompts=[""])[0], plain)
+    one, _ = pipe.generate(PROMPTS, steps=2, guidance=3.0, negative_prompts=["a blurry photo"])
+    each, _ = pipe.generate(PROMPTS, steps=2, guidance=3.0, negative_prompts=["a blurry photo"] * len(PROMPTS))
+    assert torch.equal(one, each) and not torch.allclose(one, plain, atol=1e-3)
+    unguided, _ = pipe.generate(PROMPTS, steps=2, guidance=1.0, negative_prompts=["a blurry photo"])
+    assert torch.equal(unguided, pipe.generate(PROMPTS, steps=2, guidance=1.0)[0])  # guidance 1: no negative pass
+    with pytest.raises(ParisError, match="one negative prompt, or one per prompt"):
+        pipe.generate(PROMPTS, negative_prompts=["a", "b"])

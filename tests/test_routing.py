@@ -96,3 +96,13 @@ def test_k_larger_than_the_number_of_experts():
 def test_bad_strategies(text):
     with pytest.raises(ParisError, match="strategy|nucleus"):
         parse_strategy(text)
+
+
+def test_without_small_skips_light_experts_keeps_the_heaviest_and_renormalises():
+    from paris.inference.routing import without_small
+
+    weights = torch.tensor([[0.7, 0.25, 0.05], [0.4, 0.35, 0.25], [0.34, 0.33, 0.33]])
+    kept = without_small(weights, 0.3)
+    assert torch.allclose(kept, torch.tensor([[1.0, 0.0, 0.0], [0.4 / 0.75, 0.35 / 0.75, 0.0], [0.34, 0.33, 0.33]]))
+    assert torch.equal(without_small(weights, 0.9), routing_weights(weights, "top1"))  # only the heaviest is left
+    assert without_small(weights, 0.0) is weights  # 0: nothing skipped, nothing computed
