@@ -13,19 +13,19 @@ PNG = b"\x89PNG\r\n\x1a\n"  # the titles are read from names and JSON: the pictu
 
 def test_the_training_tab_titles_say_expert_step_prompts_and_cluster(tmp_path):
     run = RunDir(str(tmp_path / "run"))
-    run.write_config(tiny_config(preview_prompts=["a photo of a bag", "a photo of a coat"]))
+    run.write_config(tiny_config(preview_prompts=["a bag", "a coat", "a shirt", "a dress", "a sandal"]))
     for path in (layout.preview("experts/0", 1200), layout.preview("experts/0", 2400), layout.loss_chart("experts/0"),
                  layout.montage(0), layout.montage(1), layout.montage(10)):
         run.write_bytes(path, PNG)
     run.write_json(layout.PARTITION_META, {"sizes": [60, 30, 10] + [0] * 8,
-                                           "label_histogram": [[45, 15, 0], [0, 3, 27]] + [[0, 0, 0]] * 9})
+                                           "label_histogram": [[15, 45, 0], [0, 3, 27]] + [[0, 0, 0]] * 9})
     run.write_json(layout.manifest(), {"class_names": ["T-shirt", "trouser", "pullover"]})
     files = run_files(run)
     assert files["previews"] == [{"path": "experts/0/previews/00002400.png",
-                                  "title": "expert 0 at step 2,400: prompts a photo of a bag, a photo of a coat"}]
+                                  "title": "expert 0 at step 2,400: a bag, a coat, a shirt and 2 more, a row each"}]
     assert files["loss"] == [{"path": "experts/0/loss.png", "title": "expert 0: training loss"}]
     assert [file["title"] for file in files["montages"]] == [
-        "cluster 0 (expert 0's data): 60 images (60%), mostly T-shirt 75%, trouser 25%",
+        "cluster 0 (expert 0's data): 60 images (60%), mostly trouser 75%, T-shirt 25%",  # the most first
         "cluster 1 (expert 1's data): 30 images (30%), mostly pullover 90%",
         "cluster 10 (expert 10's data): 0 images (0%)"]  # in the clusters' order, not the names'
     assert files["report"] == []
@@ -38,4 +38,5 @@ def test_previews_without_prompts_say_whose_captions_they_draw(tmp_path):
     run.write_bytes(layout.preview("experts/1", 6), PNG)
     run.write_bytes(layout.preview("experts/0", 6), PNG)
     assert [file["title"] for file in run_files(run)["previews"]] == [
-        "expert 0 at step 6: its data's first captions", "expert 1 at step 6: its data's first captions"]
+        "expert 0 at step 6: its data's first captions, a row each",
+        "expert 1 at step 6: its data's first captions, a row each"]

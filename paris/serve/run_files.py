@@ -12,6 +12,7 @@ from paris.run import RunDir
 RUN_FILES = re.compile(r"(experts/\d+|router|monolith|seed)/(loss\.png|previews/\d+\.png)|partition/montage/\d+\.png|"
                        r"eval/report\.(png|md|json)|loss_curves\.png|report\.json")
 MAIN_CLASS_SHARE = 0.2  # a montage's title names the classes that make at least this share of its cluster
+TITLE_PROMPTS = 3  # a preview's title names this many of its prompts; the sheet writes each beside its row
 
 
 def run_files(run: RunDir) -> dict[str, list[dict]]:
@@ -42,8 +43,10 @@ def preview_title(job: str, name: str, prompts: list[str]) -> str:
     """Which network drew the sheet, at which step, and its prompts (one row each; without preview_prompts
     the job's own first captions, which the sheet writes beside its rows)."""
     step = int(name.removesuffix(".png"))
-    drawn = f"prompts {', '.join(prompts)}" if prompts else "its data's first captions"
-    return f"{job_title(job)} at step {step:,}: {drawn}"
+    drawn = ", ".join(prompts[:TITLE_PROMPTS]) if prompts else "its data's first captions"
+    if len(prompts) > TITLE_PROMPTS:
+        drawn += f" and {len(prompts) - TITLE_PROMPTS} more"
+    return f"{job_title(job)} at step {step:,}: {drawn}, a row each"
 
 
 def montage_title(run: RunDir, cluster: int) -> str:
@@ -59,7 +62,8 @@ def montage_title(run: RunDir, cluster: int) -> str:
     names = run.read_json(layout.manifest()).get("class_names") if run.exists(layout.manifest()) else None
     if histogram and names and cluster < len(histogram) and sum(histogram[cluster]):
         counts = histogram[cluster]
-        main = [(names[c], n / sum(counts)) for c, n in enumerate(counts) if n / sum(counts) >= MAIN_CLASS_SHARE]
+        shares = sorted(((n / sum(counts), names[c]) for c, n in enumerate(counts)), reverse=True)
+        main = [(name, share) for share, name in shares if share >= MAIN_CLASS_SHARE]
         if main:
             title += ", mostly " + ", ".join(f"{name} {share:.0%}" for name, share in main)
     return title
