@@ -8,7 +8,8 @@ export HF_HUB_OFFLINE := 1
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	# torch first, pinned: a later package must not pull a CUDA build (several GB) from the registry.
+	# torch first, pinned: a later package must not pull a CUDA build (several GB) from the registry. pyproject.toml
+	# only bounds torch from below, so the next install keeps this wheel (tests/test_packaging.py checks the bound).
 	$(VENV)/bin/pip install -q torch==2.13.0
 	$(VENV)/bin/pip install -q -e ".[dev]"
 	touch $@

@@ -52,6 +52,7 @@ CASES = [  # (arguments, words the one-line error must hold)
     (["serve", RUN, "--host", "0.0.0.0"], "lets other machines in: set --api-key KEY"),
     (["serve", RUN, "--max-steps", "0"], "--max-steps must be at least 1, got 0"),
     (["serve", RUN, "--host", "no.such.host.invalid"], "is not an address of this machine"),
+    (["serve", RUN, "--log-level", "loud"], "--log-level must be one of debug, info, warning, error, got 'loud'"),
     # train-expert
     (["train-expert", RUN, "--expert", "9"], "expert 9 does not exist"),
     (["train-expert", RUN, "--expert", "-1"], "expert -1 does not exist"),

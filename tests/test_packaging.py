@@ -1,15 +1,44 @@
-"""What a user sees of the package before any run: `paris --version`, and the partition table's class lists."""
+"""What a user sees of the package before any run: installing it, `paris --version`, and the partition table's
+class lists."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
+import json
+import os
+import subprocess
+import sys
 from importlib.metadata import version
+from pathlib import Path
 
+import pytest
 import torch
 from rich.console import Console
 
 from testkit.runs import run_in_process
 from paris.report.tables import partition_table
+
+ROOT = Path(__file__).resolve().parents[1]
+ANOTHER_TORCH = "2.14.1"  # not the Makefile's 2.13.0: a pin to it would replace this one
+
+
+@pytest.mark.slow  # pip builds the package's metadata: 10-20 s
+@pytest.mark.skipif(importlib.util.find_spec("setuptools") is None, reason="needs setuptools to build paris offline")
+def test_pip_install_keeps_the_torch_an_environment_has(tmp_path):
+    """pip resolves `pip install .` against an environment whose torch is another version (a torch dist-info on
+    PYTHONPATH, which pip reads before the real one) and installs paris alone: pyproject bounds torch, never pins
+    it. Offline: --no-index, and every other requirement is already installed."""
+    fake = tmp_path / "site" / f"torch-{ANOTHER_TORCH}.dist-info"
+    fake.mkdir(parents=True)
+    (fake / "METADATA").write_text(f"Metadata-Version: 2.1\nName: torch\nVersion: {ANOTHER_TORCH}\n")
+    report = tmp_path / "report.json"
+    result = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--report", str(report), "--quiet",
+                             "--no-index", "--no-build-isolation", str(ROOT)], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(fake.parent)}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    installs = {item["metadata"]["name"]: item["metadata"]["version"] for item in json.loads(report.read_text())["install"]}
+    assert "torch" not in installs and "paris" in installs, installs
 
 
 def test_version_names_paris_and_torch():

@@ -6,10 +6,7 @@ import base64
 import io
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
+import re
 import urllib.request
 
 import numpy as np
@@ -17,32 +14,22 @@ import pytest
 from PIL import Image
 
 from paris.inference.pipeline import ParisPipeline
+from testkit.serve import CHROMIUM, launch_chromium, serving
 
 KEY = "test-key"
-CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.slow  # a server process
 
 
 @pytest.fixture(scope="module")
-def server(three_experts):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PARIS_API_KEY": KEY}
-    process = subprocess.Popen([sys.executable, "-m", "paris", "serve", str(three_experts), "--port", str(port),
-                                "--max-resident-experts", "2"], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            urllib.request.urlopen(f"{url}/healthz", timeout=1)
-            break
-        except OSError:
-            assert process.poll() is None, process.communicate()
-            time.sleep(0.1)
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
+def served(three_experts):
+    with serving(three_experts, "--max-resident-experts", "2", "--log-level", "debug",
+                 env={"PARIS_API_KEY": KEY}) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    return served.url
 
 
 @pytest.fixture(scope="module")
@@ -100,14 +87,20 @@ def test_a_missing_key_is_refused_and_models_and_health_answer(server, client):
     assert health["status"] == "ok" and health["auth"] is True
 
 
+def test_the_server_logs_each_requests_progress_at_debug_level(served, client):
+    response = client.images.generate(prompt="a shoe", extra_body={"steps": 3, "seed": 11})
+    job = response.model_extra["paris"]["id"]
+    log = served.log()
+    assert f"job {job} queued: 1 image(s), " in log and f"job {job} done: " in log, log
+    assert re.search(rf"batch \d+ \(jobs [^)]*{job}[^)]*\): step 3/3", log), log
+
+
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (`make test` installs it)")
 def test_the_page_generates_images_with_their_routing_in_a_real_browser(server, tmp_path):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = launch_chromium(playwright)
         page = browser.new_page()
         page.goto(server)
         page.fill("#key", KEY)
@@ -117,14 +110,25 @@ def test_the_page_generates_images_with_their_routing_in_a_real_browser(server, 
         page.fill("#steps", "4")
         page.select_option("#strategy", "top2")
         page.click("#go")
-        page.wait_for_function("[...document.querySelectorAll('figure img')].filter(i => i.naturalWidth > 0).length == 2")
+        page.wait_for_function("[...document.querySelectorAll('#results img')].filter(i => i.naturalWidth > 0).length == 2")
         heatmaps = page.eval_on_selector_all("canvas.heatmap", """canvases => canvases.map(c => {
             const pixels = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
             let inked = 0; for (let i = 3; i < pixels.length; i += 4) inked += pixels[i] > 0;
             return [c.width, inked]; })""")
-        captions = page.eval_on_selector_all("figcaption", "nodes => nodes.map(n => n.textContent)")
+        axes = page.eval_on_selector_all(".routing", """plots => plots.map(p => [
+            p.querySelector('.title').textContent, [...p.querySelectorAll('.experts span')].map(s => s.textContent),
+            p.querySelector('.t').textContent])""")
+        captions = page.eval_on_selector_all("#results figcaption", "nodes => nodes.map(n => n.textContent)")
         page.screenshot(path=str(tmp_path / "page.png"))
+        page.set_viewport_size({"width": 400, "height": 800})  # a phone: nothing may stick out sideways
+        widest = page.evaluate("document.documentElement.scrollWidth")
         browser.close()
     assert [width for width, _ in heatmaps] == [4 * 6, 4 * 6] and all(inked > 0 for _, inked in heatmaps)
-    assert all("experts" in caption and "expert passes" in caption for caption in captions)
+    assert axes == [["router weights per step", ["expert 0", "expert 1", "expert 2"], "t=1 noisesteps 1–4 →t=0"]] * 2
+    for caption in captions:  # the batch's time shared by its two images, not the whole time under each
+        each, together = re.search(r"· ([\d.]+) s per image \(2 images sampled together in ([\d.]+) s\)",
+                                   caption).groups()
+        assert "experts" in caption and "expert passes" in caption
+        assert float(each) == pytest.approx(float(together) / 2, abs=0.011)
+    assert widest <= 400
     assert (tmp_path / "page.png").stat().st_size > 1000

@@ -12,6 +12,8 @@ from paris.cli.common import RUN, app, at_least, check_image_path
 from paris.errors import ParisError
 from paris.report.console import console
 
+LOG_LEVELS = ("debug", "info", "warning", "error")  # paris serve --log-level: python's, and uvicorn's
+
 
 @app.command()
 def evaluate(
@@ -170,10 +172,13 @@ def serve(
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     max_batch: int = typer.Option(16, help="Images sampled together: requests with the same settings share a batch."),
     max_steps: int = typer.Option(200, help="The most sampling steps a request may ask for."),
+    log_level: str = typer.Option("warning", help="debug: each request's way through the queue, step by step "
+                                  "(the paris.serve logger); info: also every HTTP request (uvicorn's)."),
 ):
     """Serve the model: a web page to type prompts into (with each image's routing per step), and OpenAI's
     images API (POST /v1/images/generations), so OpenAI's clients work unchanged."""
     import ipaddress
+    import logging
     import socket
 
     from paris.inference.pipeline import ParisPipeline
@@ -184,6 +189,10 @@ def serve(
     for option, value in (("--port", port), ("--max-batch", max_batch), ("--max-steps", max_steps)):
         at_least(option, value, 1)
     at_least("--max-resident-experts", max_resident_experts, 1)
+    if log_level not in LOG_LEVELS:
+        raise ParisError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+    logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    logging.getLogger("paris").setLevel(log_level.upper())
     try:
         loopback = ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
     except (OSError, ValueError):
@@ -200,7 +209,7 @@ def serve(
     typer.echo(f"serving {model} ({engine.num_experts} experts) on http://{host}:{port}  (Ctrl-C stops)")
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
 @app.command()

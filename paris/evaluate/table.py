@@ -113,14 +113,18 @@ def sample_and_score(pipe: ParisPipeline, strategy: str, prompts: list[str], lab
                      keep_images: bool = False) -> dict:
     """One image per prompt with one strategy, scored batch by batch (so memory does not grow with the number
     of samples): Inception features, adherence and CLIP score when measured, and the cost. Batch i is drawn
-    with seed + i; with `keep_images`, the images come back too."""
+    with seed + i; with `keep_images`, the images come back too. Shows a bar over the images and, under it, one
+    over each batch's steps."""
     features, predicted, clip_scores, shown, nearest, seconds, passes, kept = [], [], [], [], [], 0.0, 0.0, []
+    batches = -(-len(prompts) // batch_size)
     with progress.bar(f"sample: {strategy}", len(prompts), unit="images") as bar:
         for i in range(0, len(prompts), batch_size):
             batch = prompts[i : i + batch_size]
             tick = time.perf_counter()
             rule = dataclasses.replace(sample, strategy=routing_rule(strategy), seed=seed + i)
-            images, stats = pipe.generate(batch, rule)
+            # A batch of a big model takes minutes: its steps get a bar of their own, under the images' one.
+            with progress.bar(f"batch {i // batch_size + 1}/{batches}", rule.steps) as steps:
+                images, stats = pipe.generate(batch, rule, on_step=lambda step: steps.update(completed=step))
             seconds += time.perf_counter() - tick  # the cost column counts sampling only, not scoring
             passes += stats["expert_passes_per_image"] * len(images)
             if measures.features is not None:

@@ -19,24 +19,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-import re
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from paris import layout
 from paris.errors import ParisError
 from paris.run import RunDir
 from paris.serve.engine import Engine, Job
+from paris.serve.run_files import RUN_FILES, run_files
 
 PAGE = Path(__file__).with_name("page.html")
 # OpenAI's request fields that change nothing here: accepted and ignored, so its clients work unchanged.
 OPENAI_IGNORED = {"model", "quality", "style", "user", "background", "moderation", "output_compression"}
 PARIS_FIELDS = {"strategy": "strategy", "steps": "steps", "guidance": "guidance", "seed": "seed"}
-# What a served run shows on the page: every other path of the run stays private.
-RUN_FILES = re.compile(r"(experts/\d+|router|monolith|seed)/(loss\.png|previews/\d+\.png)|partition/montage/\d+\.png|"
-                       r"eval/report\.(png|md|json)|loss_curves\.png|report\.json")
 
 
 class RequestError(Exception):
@@ -156,18 +152,6 @@ def image_size(engine: Engine) -> str:
     scale = 8 if config["autoencoder"] == "sd-vae" else 1
     _, height, width = config["latent_shape"]
     return f"{width * scale}x{height * scale}"
-
-
-def run_files(run: RunDir) -> dict[str, list[str]]:
-    """The run's artefacts the page shows, by kind, newest preview last."""
-    jobs = [layout.expert(k) for k in range(len(run.list("experts")))] + [layout.ROUTER]
-    previews = {job: sorted(run.list(f"{job}/previews"))[-1:] for job in jobs}
-    return {
-        "previews": [f"{job}/previews/{names[0]}" for job, names in previews.items() if names],
-        "loss": [layout.loss_chart(job) for job in jobs if run.exists(layout.loss_chart(job))],
-        "montages": [f"partition/montage/{name}" for name in run.list("partition/montage") if name.endswith(".png")],
-        "report": [path for path in (layout.EVAL_CHART, layout.EVAL_TABLE) if run.exists(path)],
-    }
 
 
 def _submit(engine: Engine, body: dict, n) -> Job:

@@ -4,13 +4,15 @@ One worker thread owns the pipeline: its experts live on one device, at most `ma
 Web handlers only submit and wait. Requests that share every sampling setting but the seed (strategy, steps,
 guidance, guidance mode, route_every) run as one batch of at most `max_batch` images. Each request keeps
 the noise its own seed gives, drawn as ParisPipeline draws it, so its images do not depend on what it was
-batched with (except under sample-k, whose random draws a batch shares).
+batched with (except under sample-k, whose random draws a batch shares). Each request's way through (queued,
+every step of its batch, done or failed) goes to the `paris.serve` logger at debug level.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import queue
 import threading
 import time
@@ -28,6 +30,7 @@ from paris.inference.pipeline import ParisPipeline
 from paris.inference.routing import parse_strategy
 from paris.inference.sampler import generate, initial_noise
 
+log = logging.getLogger("paris.serve")
 KEPT_JOBS = 256  # finished jobs kept for their images and status, newest last
 
 
@@ -41,6 +44,7 @@ class Job:
     submitted: float = field(default_factory=time.time)
     seconds: float = 0.0  # sampling time of the batch it ran in
     batch: int = 0  # which batch of the engine it ran in (1, 2, ...)
+    batch_images: int = 0  # images of that batch, its own and other requests': all sampled together
     images: list[bytes] = field(default_factory=list)  # PNG
     routing: list[list[list[float]]] = field(default_factory=list)  # per image: [evaluation][expert] weights
     error: str | None = None
@@ -50,7 +54,9 @@ class Job:
         """What a client sees of the job (no image bytes)."""
         done = self.status == "done"
         return {"id": self.id, "status": self.status, "step": self.step, "steps": self.sample.steps,
-                "prompts": self.prompts, "seconds": round(self.seconds, 3), "error": self.error,
+                "prompts": self.prompts, "seconds": round(self.seconds, 3), "batch_images": self.batch_images,
+                "seconds_per_image": round(self.seconds / self.batch_images, 3) if self.batch_images else None,
+                "error": self.error,
                 "images": [f"/images/{self.id}/{i}.png" for i in range(len(self.images))] if done else [],
                 "routing": self.routing, "experts_used": [used_experts(r) for r in self.routing],
                 "expert_passes": [passes(r) for r in self.routing]}
@@ -101,6 +107,8 @@ class Engine:
             while len(self.jobs) > KEPT_JOBS:
                 self.jobs.popitem(last=False)
         self.queue.put(job)
+        log.debug("job %s queued: %d image(s), %s, %d steps, seed %d", job.id, len(job.prompts), sample.strategy,
+                  sample.steps, sample.seed)
         return job
 
     def get(self, job_id: str) -> Job | None:
@@ -113,6 +121,7 @@ class Engine:
             try:
                 self._run(batch)
             except Exception as e:  # a failed batch fails its jobs, never the server
+                log.debug("batch of jobs %s failed: %s: %s", _ids(batch), type(e).__name__, e)
                 for job in batch:
                     if not job.finished.done():
                         job.status, job.error = "failed", f"{type(e).__name__}: {e}"
@@ -142,10 +151,13 @@ class Engine:
         prompts = [p for job in batch for p in job.prompts]
         for job in batch:
             job.status = "running"
+        number = self.batches + 1  # counted once sampled: a failed batch is not one of engine.batches
+        log.debug("batch %d: jobs %s, %d images", number, _ids(batch), len(prompts))
 
         def progress(step: int) -> None:
             for job in batch:
                 job.step = step
+            log.debug("batch %d (jobs %s): step %d/%d", number, _ids(batch), step, sample.steps)
 
         start = time.perf_counter()
         # sample is the first job's: its seed seeds the batch's stochastic routing; the noise is each job's own
@@ -158,9 +170,15 @@ class Engine:
             rows = range(first, first + len(job.prompts))
             job.images = [_png(images[i]) for i in rows]
             job.routing = [stats["routing"][i].tolist() for i in rows]
-            job.seconds, job.status = seconds, "done"
+            job.seconds, job.batch_images, job.status = seconds, len(prompts), "done"
             first += len(job.prompts)
+            log.debug("job %s done: its %d images in batch %d of %d images, %.2f s (%.3f s per image)", job.id,
+                      len(job.prompts), job.batch, len(prompts), seconds, seconds / len(prompts))
             job.finished.set_result(job)
+
+
+def _ids(batch: list[Job]) -> str:
+    return ", ".join(job.id for job in batch)
 
 
 def _batch_key(sample: SampleConfig) -> tuple:

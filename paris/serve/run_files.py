@@ -1,0 +1,69 @@
+"""What the page's training tab shows of a served run: its previews, loss charts, cluster montages and
+evaluation, each with a title that says what it is (which expert, which step, which prompts, which cluster)."""
+
+from __future__ import annotations
+
+import re
+
+from paris import layout
+from paris.run import RunDir
+
+# What a served run shows on the page: every other path of the run stays private.
+RUN_FILES = re.compile(r"(experts/\d+|router|monolith|seed)/(loss\.png|previews/\d+\.png)|partition/montage/\d+\.png|"
+                       r"eval/report\.(png|md|json)|loss_curves\.png|report\.json")
+MAIN_CLASS_SHARE = 0.2  # a montage's title names the classes that make at least this share of its cluster
+TITLE_PROMPTS = 3  # a preview's title names this many of its prompts; the sheet writes each beside its row
+
+
+def run_files(run: RunDir) -> dict[str, list[dict]]:
+    """The run's artefacts the page shows, by kind: [{"path", "title"}], newest preview last."""
+    jobs = [layout.expert(k) for k in range(len(run.list("experts")))] + [layout.ROUTER]
+    previews = {job: sorted(run.list(f"{job}/previews"))[-1:] for job in jobs}
+    prompts = run.read_config().expert.preview_prompts
+    montages = sorted((name for name in run.list("partition/montage") if name.endswith(".png")),
+                      key=lambda name: int(name.removesuffix(".png")))
+    return {
+        "previews": [{"path": f"{job}/previews/{names[0]}", "title": preview_title(job, names[0], prompts)}
+                     for job, names in previews.items() if names],
+        "loss": [{"path": layout.loss_chart(job), "title": f"{job_title(job)}: training loss"}
+                 for job in jobs if run.exists(layout.loss_chart(job))],
+        "montages": [{"path": f"partition/montage/{name}", "title": montage_title(run, int(name.removesuffix(".png")))}
+                     for name in montages],
+        "report": [{"path": path, "title": "evaluation: FID, adherence and cost per routing strategy"}
+                   for path in (layout.EVAL_CHART, layout.EVAL_TABLE) if run.exists(path)],
+    }
+
+
+def job_title(job: str) -> str:
+    """"expert 3" for experts/3; the job's folder name otherwise (router, monolith, seed)."""
+    return job.replace("experts/", "expert ")
+
+
+def preview_title(job: str, name: str, prompts: list[str]) -> str:
+    """Which network drew the sheet, at which step, and its prompts (one row each; without preview_prompts
+    the job's own first captions, which the sheet writes beside its rows)."""
+    step = int(name.removesuffix(".png"))
+    drawn = ", ".join(prompts[:TITLE_PROMPTS]) if prompts else "its data's first captions"
+    if len(prompts) > TITLE_PROMPTS:
+        drawn += f" and {len(prompts) - TITLE_PROMPTS} more"
+    return f"{job_title(job)} at step {step:,}: {drawn}, a row each"
+
+
+def montage_title(run: RunDir, cluster: int) -> str:
+    """The cluster (the data of the expert of the same number), its size, and its main classes where known."""
+    title = f"cluster {cluster} (expert {cluster}'s data)"
+    if not run.exists(layout.PARTITION_META):
+        return title
+    meta = run.read_json(layout.PARTITION_META)
+    sizes = meta.get("sizes") or []
+    if cluster < len(sizes):
+        title += f": {sizes[cluster]:,} images ({sizes[cluster] / sum(sizes):.0%})"
+    histogram = meta.get("label_histogram")
+    names = run.read_json(layout.manifest()).get("class_names") if run.exists(layout.manifest()) else None
+    if histogram and names and cluster < len(histogram) and sum(histogram[cluster]):
+        counts = histogram[cluster]
+        shares = sorted(((n / sum(counts), names[c]) for c, n in enumerate(counts)), reverse=True)
+        main = [(name, share) for share, name in shares if share >= MAIN_CLASS_SHARE]
+        if main:
+            title += ", mostly " + ", ".join(f"{name} {share:.0%}" for name, share in main)
+    return title
