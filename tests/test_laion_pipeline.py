@@ -16,7 +16,7 @@ from paris.inference.sampler import generate
 def test_train_and_sample_from_a_laion_style_store(laion_trained):
     assert all(torch.isfinite(torch.tensor(s["final_loss"])) for s in laion_trained["summaries"])
     pipe = ParisPipeline.from_run(str(laion_trained["path"]))
-    images, _ = generate(pipe.mixture, ["picture number 3 of a thing"], "top2", steps=2, guidance=2.0)
+    images, _ = generate(pipe.mixture, ["picture number 3 of a thing"], pipe.sample.updated(strategy="top2", steps=2, guidance=2.0))
     assert images.shape == (1, 3, 64, 64) and images.abs().max() <= 1  # decoded by the SD VAE
 
 
