@@ -18,7 +18,7 @@ from paris.flow import euler_step, time_grid
 from paris.models.dit import DiT
 from paris.models.io import load_pretrained
 from paris.models.router import Router
-from paris.inference.routing import routing_weights
+from paris.inference.routing import routing_weights, without_small
 from paris.run import RunDir
 from paris.inference.pipeline import ParisPipeline
 from paris.inference.mixture import ExpertPool, Mixture
@@ -134,8 +134,9 @@ def random_mixture(text_encoder):
 
 
 @torch.no_grad()
-def _every_expert_on_every_sample(mixture, prompts, strategy, steps, guidance, seed):
-    """The decentralized flow written plainly: v = sum_k w_k v_k with every expert run on the whole batch."""
+def _every_expert_on_every_sample(mixture, prompts, strategy, steps, guidance, seed, min_weight=0.0):
+    """The decentralized flow written plainly: v = sum_k w_k v_k with every expert run on the whole batch (the
+    weights of the rule, those below min_weight left out)."""
     text, mask = mixture.text_encoder.encode(prompts)
     null_text, null_mask = mixture.text_encoder.encode([""])
     c = mixture.experts[0].architecture
@@ -145,7 +146,7 @@ def _every_expert_on_every_sample(mixture, prompts, strategy, steps, guidance, s
     all_weights = []
     for t, t_next in zip(times[:-1], times[1:]):
         t_batch = torch.full((len(x),), t)
-        weights = routing_weights(mixture.router(x, t_batch).softmax(-1), strategy)
+        weights = without_small(routing_weights(mixture.router(x, t_batch).softmax(-1), strategy), min_weight)
         v = 0
         for k, e in enumerate(mixture.experts):  # classifier-free guidance: v_uncond + s (v_cond - v_uncond)
             v_cond = e(x, t_batch, text, mask)
@@ -156,12 +157,14 @@ def _every_expert_on_every_sample(mixture, prompts, strategy, steps, guidance, s
     return x.clamp(-1, 1), torch.cat(all_weights)
 
 
+@pytest.mark.parametrize("min_weight", [0.0, 0.3])
 @pytest.mark.parametrize("steps", [1, 2])
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_grouped_sampling_equals_weighting_every_expert(random_mixture, strategy, steps):
+def test_grouped_sampling_equals_weighting_every_expert(random_mixture, strategy, steps, min_weight):
     prompts = PROMPTS + ["a picture of a coat", ""]
-    images, stats = generate(random_mixture, prompts, SampleConfig().updated(strategy=strategy, steps=steps, guidance=3.0, seed=7))
-    expected, weights = _every_expert_on_every_sample(random_mixture, prompts, strategy, steps, 3.0, seed=7)
+    sample = SampleConfig().updated(strategy=strategy, steps=steps, guidance=3.0, seed=7, min_weight=min_weight)
+    images, stats = generate(random_mixture, prompts, sample)
+    expected, weights = _every_expert_on_every_sample(random_mixture, prompts, strategy, steps, 3.0, 7, min_weight)
     assert torch.allclose(images, expected, atol=1e-5)
     inside = ((expected > -1) & (expected < 1)).float().mean().item()
     assert inside > 0.2  # the comparison is not only on clamped values
@@ -181,7 +184,7 @@ def test_a_clip_mixture_samples_without_its_all_true_mask_and_draws_the_same_ima
     mixture = ParisPipeline.from_pretrained(str(three_experts)).mixture
     assert mixture.text_encoder.encode(PROMPTS)[1].all()
     images, _ = generate(mixture, PROMPTS, SampleConfig().updated(strategy="top2", steps=2, guidance=3.0, seed=7))
-    expected, _ = _every_expert_on_every_sample(mixture, PROMPTS, "top2", 2, 3.0, seed=7)
+    expected, _ = _every_expert_on_every_sample(mixture, PROMPTS, "top2", 2, 3.0, 7, SampleConfig().min_weight)
     assert torch.allclose(images, expected, atol=1e-5)
 
 

@@ -105,4 +105,5 @@ def test_without_small_skips_light_experts_keeps_the_heaviest_and_renormalises()
     kept = without_small(weights, 0.3)
     assert torch.allclose(kept, torch.tensor([[1.0, 0.0, 0.0], [0.4 / 0.75, 0.35 / 0.75, 0.0], [0.34, 0.33, 0.33]]))
     assert torch.equal(without_small(weights, 0.9), routing_weights(weights, "top1"))  # only the heaviest is left
-    assert without_small(weights, 0.0) is weights  # 0: nothing skipped, nothing computed
+    assert without_small(weights, 0.0) is weights  # nothing skipped: the very same weights
+    assert torch.equal(without_small(weights, 0.3)[2], weights[2])  # a row that loses nothing is not renormalised

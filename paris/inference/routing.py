@@ -90,11 +90,11 @@ def top_k_weights(probs: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def without_small(weights: torch.Tensor, min_weight: float) -> torch.Tensor:
-    """`weights` with those below `min_weight` set to 0 (each row's largest always stays), renormalised."""
-    if min_weight == 0:
-        return weights
+    """`weights` with those below `min_weight` set to 0 (each row's largest always stays), renormalised; a row
+    that loses nothing is left exactly as it was."""
     keep = (weights >= min_weight) | (weights == weights.max(1, keepdim=True).values)
-    return _renormalise(weights * keep)
+    dropped = (~keep & (weights > 0)).any(1, keepdim=True)
+    return torch.where(dropped, _renormalise(weights * keep), weights) if dropped.any() else weights
 
 
 def _renormalise(weights: torch.Tensor) -> torch.Tensor:
