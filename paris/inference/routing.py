@@ -1,7 +1,7 @@
 """Routing rules: from the router's probabilities p(k | x_t, t) to the weight of each expert's velocity.
 
     topk       the k most likely experts, weights p_k / sum of the k        (top1: DDM's best; top2: Paris's best)
-    full       every expert, weight p_k                                     (the exact decentralized flow)
+    full       every expert, weight p_k                  (with min_weight 0, the exact decentralized flow)
     sample-k   k experts drawn from p without replacement, equal weights
     nucleus    the smallest set of most likely experts whose mass reaches p (top-p), renormalised
     threshold  the experts with p_k >= tau, renormalised (the most likely one when none qualifies)
