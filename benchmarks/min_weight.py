@@ -12,6 +12,7 @@ machine falls on every row alike; the median of the rounds is reported.
 
     .venv/bin/python benchmarks/min_weight.py --run runs/demo --out runs/min_weight --thresholds 0,0.05,0.2
     .venv/bin/python benchmarks/min_weight.py --run runs/demo --thresholds 0,0.05,0.2 --timing 50 --rounds 3
+    .venv/bin/python benchmarks/min_weight.py --run runs/demo --thresholds 0,0.05 --timing 50 --router text
 """
 
 from __future__ import annotations
@@ -45,9 +46,10 @@ def measured(run: str, out: str, threshold: float, seed: int, num_samples: int, 
         return json.load(file)
 
 
-def timed(run: str, thresholds: list[float], num_images: int, rounds: int) -> dict:
-    """{row: (median seconds per image, expert passes per image and step)} for top1 and top2 at each threshold."""
-    pipe = ParisPipeline.from_run(run)
+def timed(run: str, thresholds: list[float], num_images: int, rounds: int, router: str = "") -> dict:
+    """{row: (median seconds per image, expert passes per image and step)} for top1 and top2 at each threshold,
+    routed by RUN/router-<router>/ if named (e.g. DDM's, which reads the prompt), else RUN/router/."""
+    pipe = ParisPipeline.from_run(run, router=router)
     prompts, _ = demo_prompts(RunDir(run).read_config(), -(-num_images // 10))
     rows = {"top1": dataclasses.replace(pipe.sample, strategy="top1")}
     rows.update({f"top2 min_weight {w:g}": dataclasses.replace(pipe.sample, strategy="top2", min_weight=w)
@@ -72,9 +74,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timing", type=int, default=0, help="images per timed call; 0: measure quality instead")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--router", default="", help="with --timing: route with RUN/router-NAME (default RUN/router)")
     args = parser.parse_args()
     if args.timing:
-        rows = timed(args.run, [float(w) for w in args.thresholds.split(",")], args.timing, args.rounds)
+        rows = timed(args.run, [float(w) for w in args.thresholds.split(",")], args.timing, args.rounds, args.router)
         print(f"{'row':>22} | {'s/img':>6} {'x top1':>6} {'passes':>6}")
         for row, (seconds, passes) in rows.items():
             print(f"{row:>22} | {seconds:>6.3f} {seconds / rows['top1'][0]:>6.2f} {passes:>6.3f}")
