@@ -42,7 +42,7 @@ from paris.models.encoders import IdentityAutoencoder, StableDiffusionVAE, TextE
 from paris.run import RunDir
 from paris.inference.diffusers_schedulers import SCHEDULERS, scheduler_for, set_paris_grid
 from paris.inference.mixture import ExpertPool, Mixture
-from paris.inference.sampler import initial_noise
+from paris.inference.sampler import generators, initial_noise
 from paris.inference.velocity import encode_prompts, velocity_field
 
 PIPELINE_FILE = '''"""Paris (arXiv 2510.03434) for diffusers; needs `pip install paris`. Written by paris's save_pretrained."""
@@ -130,8 +130,7 @@ class ParisDiffusionPipeline(DiffusionPipeline):
             route_every=route_every, guidance_mode=guidance_mode, min_weight=min_weight)
         self._guidance_scale, self._interrupt = sample.guidance, False
         mixture = self.mixture()
-        generator = torch.Generator().manual_seed(sample.seed) if generator is None else generator
-        router_generator = generator[0] if isinstance(generator, list) else generator  # as paris's generate
+        generator, router_generator = generators(sample, generator)  # as paris's generate draws them
         velocity = velocity_field(mixture, encode_prompts(mixture, prompts, negative_prompts), sample,
                                   router_generator)
         latents = self.prepare_latents(mixture, len(prompts), generator, latents)

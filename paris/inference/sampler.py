@@ -54,10 +54,9 @@ def generate(mixture: Mixture, prompts: list[str], sample: SampleConfig, negativ
     `noise`: the latents at t=1; by default drawn from `generator` (one, or one per image), by default one seeded
     with `sample.seed`. The (first) generator also draws the choices of stochastic routing rules.
     `negative_prompts`: see paris.inference.velocity.encode_prompts."""
-    generator = torch.Generator().manual_seed(sample.seed) if generator is None else generator
+    generator, router_generator = generators(sample, generator)
     routing = [] if trace else None
     cond = encode_prompts(mixture, prompts, negative_prompts)
-    router_generator = generator[0] if isinstance(generator, list) else generator
     velocity = velocity_field(mixture, cond, sample, router_generator, routing)
     x = initial_noise(mixture, len(prompts), generator) if noise is None else noise.to(mixture.experts.device)
     x = integrate(velocity, x, sample, on_step).float().cpu()
@@ -67,6 +66,13 @@ def generate(mixture: Mixture, prompts: list[str], sample: SampleConfig, negativ
     if trace:
         stats["routing"] = torch.stack(routing).transpose(0, 1)  # [B, evaluations, K]
     return mixture.autoencoder.decode(x) if decode else x, stats
+
+
+def generators(sample: SampleConfig, generator: Generators | None) -> tuple[Generators, torch.Generator]:
+    """The generator(s) of the initial noise (`generator`, by default one seeded with `sample.seed`), and the one
+    that draws the choices of stochastic routing rules: the first of a list."""
+    generator = torch.Generator().manual_seed(sample.seed) if generator is None else generator
+    return generator, generator[0] if isinstance(generator, list) else generator
 
 
 def initial_noise(mixture: Mixture, n: int, generator: Generators) -> torch.Tensor:

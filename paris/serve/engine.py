@@ -152,12 +152,13 @@ class Engine:
         for job in batch:
             job.status = "running"
         number = self.batches + 1  # counted once sampled: a failed batch is not one of engine.batches
-        log.debug("batch %d: jobs %s, %d images", number, _ids(batch), len(prompts))
+        ids = _ids(batch)  # once: the step log below runs at every step, logged or not
+        log.debug("batch %d: jobs %s, %d images", number, ids, len(prompts))
 
         def progress(step: int) -> None:
             for job in batch:
                 job.step = step
-            log.debug("batch %d (jobs %s): step %d/%d", number, _ids(batch), step, sample.steps)
+            log.debug("batch %d (jobs %s): step %d/%d", number, ids, step, sample.steps)
 
         start = time.perf_counter()
         # sample is the first job's: its seed seeds the batch's stochastic routing; the noise is each job's own
