@@ -203,6 +203,17 @@ def label_agreement(labels: torch.Tensor, assignments: torch.Tensor,
             "in_main_cluster": [round(share, 6) if n else None for share, n in zip(shares, totals.tolist())]}
 
 
+def main_classes(histogram: list[list[int]] | None, k: int, names: list[str] | None,
+                 min_share: float) -> list[tuple[str, float]]:
+    """The classes holding at least `min_share` of cluster k (meta.json's label_histogram), largest first, with
+    their shares; none where the data has no labels or names, or the cluster is empty."""
+    if histogram is None or names is None or k >= len(histogram) or not sum(histogram[k]):
+        return []
+    row = histogram[k]
+    shown = sorted((c for c in range(len(row)) if row[c] and row[c] >= min_share * sum(row)), key=lambda c: -row[c])
+    return [(names[c], row[c] / sum(row)) for c in shown]
+
+
 def _label_histogram(labels: torch.Tensor, assignments: torch.Tensor, k: int) -> list[list[int]] | None:
     """Per cluster, how many samples of each label: shows what each cluster is about (None without labels)."""
     if (labels < 0).any() or len(labels) == 0:

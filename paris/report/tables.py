@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from paris.clusters.partition import main_classes
+
 
 def partition_table(meta: dict, class_names: list[str] | None) -> Table:
     """Cluster sizes and, when the data has labels, each cluster's main classes and how far the clusters follow
@@ -16,7 +18,8 @@ def partition_table(meta: dict, class_names: list[str] | None) -> Table:
     table.add_column("classes (each >= 5%)")
     total = sum(meta["sizes"])
     for k, size in enumerate(meta["sizes"]):
-        table.add_row(str(k), str(size), f"{size / total:.1%}", _main_classes(meta["label_histogram"], k, class_names))
+        shown = main_classes(meta["label_histogram"], k, class_names, MAIN_CLASS_SHARE)
+        table.add_row(str(k), str(size), f"{size / total:.1%}", ", ".join(f"{name} {share:.0%}" for name, share in shown))
     return table
 
 
@@ -32,16 +35,6 @@ def _agreement(agreement: dict | None, names: list[str] | None) -> str | None:
 
 
 MAIN_CLASS_SHARE = 0.05  # a class is named in a cluster's row when it holds at least this share of the cluster
-
-
-def _main_classes(histogram, k: int, names: list[str] | None) -> str:
-    """Every class holding at least 5% of cluster k, largest first: 'bag 33%, sandal 30%, shirt 10%, coat 6%'."""
-    if histogram is None or names is None:
-        return ""
-    row = histogram[k]
-    shown = sorted((c for c in range(len(row)) if row[c] and row[c] >= MAIN_CLASS_SHARE * sum(row)),
-                   key=lambda c: -row[c])
-    return ", ".join(f"{names[c]} {row[c] / sum(row):.0%}" for c in shown)
 
 
 def router_accuracy_table(accuracy: dict) -> Table:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 from paris import layout
+from paris.clusters.partition import main_classes
 from paris.run import RunDir
 
 # What a served run shows on the page: every other path of the run stays private.
@@ -22,13 +23,15 @@ def run_files(run: RunDir) -> dict[str, list[dict]]:
     prompts = run.read_config().expert.preview_prompts
     montages = sorted((name for name in run.list("partition/montage") if name.endswith(".png")),
                       key=lambda name: int(name.removesuffix(".png")))
+    meta = run.read_json(layout.PARTITION_META) if run.exists(layout.PARTITION_META) else None
+    names = run.read_json(layout.manifest()).get("class_names") if run.exists(layout.manifest()) else None
     return {
         "previews": [{"path": f"{job}/previews/{names[0]}", "title": preview_title(job, names[0], prompts)}
                      for job, names in previews.items() if names],
         "loss": [{"path": layout.loss_chart(job), "title": f"{job_title(job)}: training loss"}
                  for job in jobs if run.exists(layout.loss_chart(job))],
-        "montages": [{"path": f"partition/montage/{name}", "title": montage_title(run, int(name.removesuffix(".png")))}
-                     for name in montages],
+        "montages": [{"path": f"partition/montage/{name}",
+                      "title": montage_title(int(name.removesuffix(".png")), meta, names)} for name in montages],
         "report": [{"path": path, "title": "evaluation: FID, adherence and cost per routing strategy"}
                    for path in (layout.EVAL_CHART, layout.EVAL_TABLE) if run.exists(path)],
     }
@@ -49,21 +52,16 @@ def preview_title(job: str, name: str, prompts: list[str]) -> str:
     return f"{job_title(job)} at step {step:,}: {drawn}, a row each"
 
 
-def montage_title(run: RunDir, cluster: int) -> str:
-    """The cluster (the data of the expert of the same number), its size, and its main classes where known."""
+def montage_title(cluster: int, meta: dict | None, names: list[str] | None) -> str:
+    """The cluster (the data of the expert of the same number), its size, and its main classes where known
+    (`meta`: partition/meta.json, `names`: the data's class names)."""
     title = f"cluster {cluster} (expert {cluster}'s data)"
-    if not run.exists(layout.PARTITION_META):
+    if meta is None:
         return title
-    meta = run.read_json(layout.PARTITION_META)
     sizes = meta.get("sizes") or []
     if cluster < len(sizes):
         title += f": {sizes[cluster]:,} images ({sizes[cluster] / sum(sizes):.0%})"
-    histogram = meta.get("label_histogram")
-    names = run.read_json(layout.manifest()).get("class_names") if run.exists(layout.manifest()) else None
-    if histogram and names and cluster < len(histogram) and sum(histogram[cluster]):
-        counts = histogram[cluster]
-        shares = sorted(((n / sum(counts), names[c]) for c, n in enumerate(counts)), reverse=True)
-        main = [(name, share) for share, name in shares if share >= MAIN_CLASS_SHARE]
-        if main:
-            title += ", mostly " + ", ".join(f"{name} {share:.0%}" for name, share in main)
+    main = main_classes(meta.get("label_histogram"), cluster, names, MAIN_CLASS_SHARE)
+    if main:
+        title += ", mostly " + ", ".join(f"{name} {share:.0%}" for name, share in main)
     return title
