@@ -56,3 +56,21 @@ def test_a_relative_link_leads_to_a_file_that_exists(page, target):
     assert file.is_file(), f"{page}: {target} leads to no file"
     if anchor and file.suffix == ".md":
         assert anchor in anchors(file.read_text()), f"{page}: {target}: {file.name} has no heading #{anchor}"
+
+
+REPOSITORY_PATH = re.compile(r"\b(?:paris|tests|testkit|benchmarks)/[\w/]+\.(?:py|sh|html)\b")
+TEST_NAME = re.compile(r"\btest_\w+\b(?!\.py)")
+
+
+def test_every_file_the_pages_name_exists():
+    named = {path for page in PAGES for path in REPOSITORY_PATH.findall(page.read_text())}
+    assert len(named) >= 20
+    assert not sorted(p for p in named if not (ROOT / p).is_file())
+
+
+def test_every_test_the_pages_name_exists():
+    """The promises point at the tests that keep them: a renamed or deleted test must not leave a dead name."""
+    defined = {name for file in (ROOT / "tests").rglob("*.py") for name in re.findall(r"def (test_\w+)", file.read_text())}
+    named = {name for page in PAGES for name in TEST_NAME.findall(page.read_text())}
+    assert len(named) >= 10
+    assert not sorted(named - defined)
