@@ -29,8 +29,10 @@ browser:
 demo: $(VENV)/.installed data
 	$(VENV)/bin/paris demo
 
+# One worker per core, each test file whole on one worker (its module fixtures built once): many tests wait on
+# subprocesses they kill and resume, so two workers on two cores take far less than one.
 test: $(VENV)/.installed data browser
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n auto --dist loadfile
 
 clean:
 	rm -rf $(VENV) runs
