@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from paris.config import SampleConfig
 from paris.errors import ParisError
 from paris.inference.pipeline import ParisPipeline
 from paris.inference.velocity import conditioning, velocity_field
