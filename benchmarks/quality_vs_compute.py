@@ -214,14 +214,14 @@ def held_out(out: Path, run: Path, system: System, report: dict, num_samples: in
         from paris.config import EvalConfig
         from paris.evaluate.heldout import held_out_loss
         from paris.evaluate.reference import load_reference
-        from paris.evaluate.table import router_name, routing_rule
+        from paris.evaluate.table import router_name, routing_rule, single_model
         from paris.inference.pipeline import ParisPipeline
 
         torch.set_num_threads(1)  # beside a training job on the other core
         evaluation = EvalConfig(num_samples=num_samples)
         real = load_reference(RunDir(str(run)).read_config(), num_samples)
         for strategy in missing:
-            pipe = ParisPipeline.from_run(str(run), monolith=strategy == "monolith", router=router_name(strategy))
+            pipe = ParisPipeline.from_run(str(run), model=single_model(strategy), router=router_name(strategy))
             found[strategy] = held_out_loss(pipe.mixture, routing_rule(strategy), real.images, real.prompts,
                                             evaluation.seed, evaluation.batch_size)
         cache.write_text(json.dumps(found))

@@ -70,6 +70,14 @@ class DiTConfig:
     text_dim: int = 768  # CLIP ViT-L/14 token states
     pos_embed: PosEmbed = "sincos"
     timestep_map: TimestepMap = "1000t"
+    # None: guidance takes two passes (text and negative prompt). [low, high]: a guidance-distilled student (`paris
+    # distill --guidance-distill`) that takes the scale as an input and draws the guided velocity in one pass,
+    # trained for scales in this range.
+    guidance_range: Optional[list[float]] = None
+
+
+# Fields a saved model's config gained after models were first saved, and what their absence meant.
+ADDED_MODEL_FIELDS = {"DiTConfig": {"guidance_range": None}}
 
 
 @dataclass
@@ -232,6 +240,40 @@ class RouterTrainConfig(TrainConfig):
 
 
 @dataclass
+class DistillConfig(TrainConfig):
+    """`paris distill`: one student DiT trained on the mixture's velocity at the same (x_t, t, caption), DDM's
+    distillation. How the teacher samples besides its rule (min_weight, guidance_mode, precision) is the run's
+    sample section."""
+
+    # oracle: the expert of each sample's own cluster (DDM); or a routing rule of the mixture: top2, full, ...
+    teacher: str = "oracle"
+    # data: the run's store | expert-samples: only what `paris sample-expert` published (no raw data needed)
+    source: Literal["data", "expert-samples"] = "data"
+    preset: Optional[Literal["XL/2", "B/2", "tiny", "nano"]] = None  # the student's DIT_PRESETS; None: the experts'
+    caption_dropout: Share = 0.1  # as the experts': the student learns the unconditional velocity too
+    # The student also takes the guidance scale as input and learns the guided velocity (the empty prompt as the
+    # negative) for scales drawn uniformly from guidance_range: one pass per step instead of two.
+    guidance_distill: bool = False
+    guidance_range: list[float] = field(default_factory=lambda: [1.0, 8.0])  # [low, high]; low = high: one scale
+
+    def __post_init__(self):
+        from paris.inference.routing import parse_strategy
+
+        if self.teacher != "oracle":
+            try:
+                rule = parse_strategy(self.teacher).rule
+            except ParisError as e:
+                raise ParisError(f"config key 'distill.teacher': {e} (or oracle: each sample's own expert)") from None
+            if rule == "sample-k":
+                raise ParisError("config key 'distill.teacher': sample-k draws experts at random, so the student's "
+                                 "target would be noise; choose oracle, top2, full or another fixed rule")
+        low_high = self.guidance_range
+        if len(low_high) != 2 or not 0 <= low_high[0] <= low_high[1]:
+            raise ParisError(f"config key 'distill.guidance_range' must be [low, high] with 0 <= low <= high, "
+                             f"got {low_high}")
+
+
+@dataclass
 class SampleConfig:
     steps: Positive = 50
     guidance: Annotated[float, Range(0.0)] = 7.5
@@ -280,7 +322,7 @@ class EvalConfig:
     SampleConfig. Checked when made, so a bad value fails before minutes of sampling."""
 
     # Comma-separated routing rules; monolith needs train-monolith; RULE@NAME samples with router-NAME/ (`paris
-    # train-router --name NAME`) instead of router/.
+    # train-router --name NAME`) instead of router/; student (student@NAME: student-NAME/) needs `paris distill`.
     strategies: str = "monolith,top1,top2,full"
     num_samples: int = 2000  # images per strategy, and held-out real images for FID
     seed: int = 0
@@ -292,16 +334,18 @@ class EvalConfig:
     reference_source: Optional[str] = None  # how to read `reference`; None: the run's data.source
 
     def __post_init__(self):
-        from paris.layout import router
+        from paris.layout import router, student
         from paris.inference.routing import parse_strategy
 
         if not self.strategy_list:
             raise ParisError("--strategies is empty; give a comma-separated list, e.g. monolith,top1,top2,full")
         for name in self.strategy_list:
-            if name != "monolith":
-                rule, _, router_name = name.partition("@")
+            rule, _, suffix = name.partition("@")
+            if rule == "student":
+                student(suffix)
+            elif name != "monolith":
                 parse_strategy(rule)
-                router(router_name)
+                router(suffix)
         if self.num_samples < 2:
             raise ParisError(f"--num-samples must be at least 2 for FID, got {self.num_samples}")
         if self.batch_size < 1 or (self.classifier_images is not None and self.classifier_images < 1):
@@ -321,6 +365,7 @@ class RunConfig:
     router: RouterTrainConfig = field(default_factory=RouterTrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 def dit_config(preset: str, **overrides) -> DiTConfig:
@@ -347,6 +392,8 @@ def from_dict(cls, data: dict, where: str = "", complete: bool = False):
     for key in data:
         if key not in names:
             raise ParisError(f"unknown config key {where + key!r}; valid keys here: {', '.join(sorted(names))}")
+    if complete:
+        data = {**ADDED_MODEL_FIELDS.get(cls.__name__, {}), **data}
     missing = sorted(names - data.keys()) if complete else []
     if missing:
         raise ParisError(f"config {where}lacks {', '.join(missing)}; a model's config must give every "

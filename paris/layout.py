@@ -4,7 +4,7 @@
     data/manifest.json, data/shards/     the prepared samples (paris.data.shard_format); data/parts/ while split over machines;
                                          data/added/<i>/: data added later (paris.roster.grow)
     partition/meta.json, ...             the clusters (paris.clusters.partition); clusters/<k>/: one cluster's own shards
-    experts/<k>/, router/, monolith/, seed/   training jobs (router-<name>/: another router of the same experts): LATEST + ckpt/ (paris.train.checkpoint), progress.json
+    experts/<k>/, router/, monolith/, seed/, student/   training jobs (router-<name>/, student-<name>/: another of the same experts): LATEST + ckpt/ (paris.train.checkpoint), progress.json
                                          and metrics/ (paris.train.metrics), final/ (the release layout), loss.png
     eval/report.{json,md,png}            `paris evaluate`;  report.json, samples/, loss_curves.png: `paris demo`
 """
@@ -56,16 +56,26 @@ def montage(cluster: int) -> str:
 
 
 # --- training jobs -----------------------------------------------------------------------------------------
-ROUTER, MONOLITH, SEED = "router", "monolith", "seed"
+ROUTER, MONOLITH, SEED, STUDENT = "router", "monolith", "seed", "student"
 RETIRED = "retired.json"  # the experts `paris remove-expert` took out of the model
 
 
 def router(name: str = "") -> str:
     """A router's job folder: router/, or router-<name>/ for another router of the same experts (`paris demo
     --full` trains Paris's, which sees only the noisy image, and DDM's, which also reads the prompt)."""
+    return _named(ROUTER, name)
+
+
+def student(name: str = "") -> str:
+    """A student's job folder (`paris distill`): student/, or student-<name>/ for another student of the same
+    experts (another teacher rule, source or size)."""
+    return _named(STUDENT, name)
+
+
+def _named(job: str, name: str) -> str:
     if name and not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", name):
-        raise ParisError(f"bad router name {name!r}: use lower-case letters, digits and _ (starting with a letter)")
-    return f"{ROUTER}-{name}" if name else ROUTER
+        raise ParisError(f"bad {job} name {name!r}: use lower-case letters, digits and _ (starting with a letter)")
+    return f"{job}-{name}" if name else job
 
 
 def router_accuracy(name: str = "") -> str:
@@ -123,6 +133,7 @@ NEXT_STEP = {
     "router": "train it with `paris train-router RUN`",
     "monolith": "train it with `paris train-monolith RUN`",
     "seed": "train it with `paris train-seed RUN --steps N`",
+    "student": "distil it with `paris distill RUN`",
 }
 
 
@@ -138,4 +149,6 @@ def next_step(rel: str) -> str:
         return f"train it with `paris train-expert RUN --expert {rest.split('/')[0]}`"
     if top.startswith(f"{ROUTER}-"):
         return f"train it with `paris train-router RUN --name {top.removeprefix(f'{ROUTER}-')}`"
+    if top.startswith(f"{STUDENT}-"):
+        return f"distil it with `paris distill RUN --name {top.removeprefix(f'{STUDENT}-')}`"
     return NEXT_STEP.get(top, "is the run directory right?")

@@ -82,8 +82,20 @@ CASES = [  # (arguments, words the one-line error must hold)
     (["train-monolith", RUN, "--batch-size", "7"], "does not divide the experts'"),
     (["train-seed", RUN, "--steps", "0"], "--steps must be at least 1"),
     (["train-seed", RUN], "Missing option '--steps'"),
+    # distill (a run without experts, a teacher missing an expert: tests/train/test_distill.py)
+    (["distill", RUN, "--teacher", "top9"], "unknown strategy 'top9'"),
+    (["distill", RUN, "--teacher", "sample-k:2"], "sample-k draws experts at random"),
+    (["distill", RUN, "--teacher", "oracle:5"], "expert 5 does not exist (the run has 2)"),
+    (["distill", RUN, "--source", "expert-samples"], "expert 0 has published no samples"),
+    (["distill", RUN, "--source", "web"], "'distill.source' must be one of data, expert-samples"),
+    (["distill", RUN, "--student-preset", "huge"], "'distill.preset' must be one of"),
+    (["distill", RUN, "--set", "distill.guidance_range=[4, 2]"], "'distill.guidance_range' must be [low, high]"),
+    (["distill", RUN, "--name", "Big"], "bad student name 'Big'"),
+    (["distill", RUN, "--init-from", "nowhere/final"], "nowhere/final"),
     # generate
     (["generate", RUN], "no prompts given"),
+    (["generate", RUN, "-p", "a bag", "--model", "twin"], "--model 'twin': choose monolith, student or student@NAME"),
+    (["generate", RUN, "-p", "a bag", "--model", "student"], "distil it with `paris distill RUN`"),
     (["generate", RUN, "-p", "a bag", "--strategy", "top7"], "unknown strategy 'top7'"),
     (["generate", RUN, "-p", "a bag", "--strategy", "topk:9"], "needs k between 1 and the number of experts (2)"),
     (["generate", RUN, "-p", "a bag", "--strategy", "nucleus:2"], "needs a probability in (0, 1]"),
@@ -112,6 +124,7 @@ CASES = [  # (arguments, words the one-line error must hold)
     (["evaluate", RUN, "--strategies", "top1", "--num-samples", "4", "--steps", "0"], "'sample.steps' must be at least 1"),
     (["evaluate", RUN, "--strategies", "top1", "--num-samples", "4", "--inception", "/nonexistent.pt"], "not found"),
     (["evaluate", RUN, "--strategies", "monolith", "--num-samples", "4"], "monolith/final"),
+    (["evaluate", RUN, "--strategies", "student@small", "--num-samples", "4"], "paris distill RUN --name small"),
     # launch, status, demo
     (["launch", RUN, "--backend", "kube"], "unknown backend 'kube'"),
     (["launch", RUN, "--experts", "0,7"], "experts [7] do not exist"),

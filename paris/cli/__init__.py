@@ -9,13 +9,14 @@
     paris train-router RUN       train the router that mixes the experts
     paris train-seed RUN         a seed on all the data, the experts' shared start (optional)
     paris train-monolith RUN     the one-model baseline at matched compute (for evaluate)
+    paris distill RUN            the mixture distilled into one student model (one pass per step)
     paris generate RUN -p TEXT   sample images
     paris evaluate RUN           FID, prompt adherence / CLIP score and cost per routing strategy
     paris launch RUN -b BACKEND  start every expert's job: local, slurm, ray or skypilot
     paris status RUN             where every expert and the router stand
     paris add-expert RUN --data D  new data as a new expert; the old ones stay untouched
     paris remove-expert RUN -e K   retire an expert (sampling renormalises over the others)
-    paris sample-expert RUN -e K -n N  images of one expert, for `train-router --from-expert-samples N`
+    paris sample-expert RUN -e K -n N  images of one expert, for `train-router --from-expert-samples N`, `distill`
     paris demo                   all of the above on Fashion-MNIST
     paris convert-release SRC OUT  the public Paris weights as a paris (and diffusers) pipeline folder
     paris serve RUN_OR_MODEL     a web page and an OpenAI-compatible images API

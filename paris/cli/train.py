@@ -1,4 +1,5 @@
-"""Commands that train and watch the jobs: train-expert, train-router, train-monolith, train-seed, launch, status."""
+"""Commands that train and watch the jobs: train-expert, train-router, train-monolith, train-seed, distill, launch,
+status."""
 
 from __future__ import annotations
 
@@ -100,6 +101,41 @@ def train_seed(
     write_loss_chart(run_dir, layout.SEED, "seed")
     typer.echo(f"seed: done after {summary['steps']} steps of {summary['batch_size']}, final loss "
                f"{summary['final_loss']:.4f}; start the experts with --init-from seed/final")
+
+
+@app.command()
+def distill(
+    run: str = RUN,
+    teacher: Optional[str] = typer.Option(None, help="What the student learns to draw: oracle (each sample's own "
+                                          "expert, DDM) or a routing rule of the mixture: top2, full, ... "
+                                          "(default: distill.teacher, oracle)."),
+    source: Optional[str] = typer.Option(None, help="data (the run's store) or expert-samples (only what `paris "
+                                         "sample-expert` published: no raw data needed) (default: distill.source, data)."),
+    student_preset: Optional[str] = typer.Option(None, help="The student's DiT preset (default: the experts')."),
+    steps: Optional[int] = typer.Option(None, help="Optimiser steps (default: distill.steps)."),
+    guidance_distill: bool = typer.Option(False, "--guidance-distill", help="Also take the guidance scale as input "
+                                          "(distill.guidance_range) and learn the guided velocity: one pass per "
+                                          "step instead of two."),
+    name: str = typer.Option("", "--name", help="Train into RUN/student-NAME instead of RUN/student (another "
+                             "student of the same experts); evaluate it as strategy student@NAME."),
+    init_from: Optional[str] = INIT_FROM,
+    set: list[str] = SET,
+):
+    """Distil the mixture into one student DiT (RUN/student): resumes from its last checkpoint; sample it with
+    `paris generate RUN --model student`, evaluate it as strategy student."""
+    from paris.train.distill import distill as train
+
+    folder = layout.student(name)
+    given = {"teacher": teacher, "source": source, "preset": student_preset, "steps": steps}
+    overrides = [*init_override("distill", init_from, set),
+                 *(f"distill.{key}={value}" for key, value in given.items() if value is not None),
+                 *(["distill.guidance_distill=true"] if guidance_distill else [])]
+    run_dir, cfg = run_and_config(run, overrides)
+    summary = train(run_dir, cfg, name)
+    write_loss_chart(run_dir, folder, folder)
+    typer.echo(f"{folder}: done after {summary['steps']} steps of {summary['batch_size']} "
+               f"({summary['samples_seen']:,} samples; the experts took {summary['experts_samples_seen']:,}), "
+               f"final loss {summary['final_loss']:.4f}, weights in {run}/{folder}/final")
 
 
 @app.command()

@@ -13,6 +13,19 @@ from paris.errors import ParisError
 from paris.report.console import console
 
 LOG_LEVELS = ("debug", "info", "warning", "error")  # paris serve --log-level: python's, and uvicorn's
+MODEL = typer.Option(None, "--model", help="Sample one model of the run instead of the mixture: monolith (`paris "
+                     "train-monolith`), student or student@NAME (`paris distill [--name NAME]`).")
+
+
+def single_model(name: str | None) -> str | None:
+    """The job folder of --model NAME, checked: monolith, student, student@NAME."""
+    if name is None:
+        return None
+    from paris.evaluate.table import single_model as folder
+
+    if folder(name) is None:
+        raise ParisError(f"--model {name!r}: choose monolith, student or student@NAME")
+    return folder(name)
 
 
 @app.command()
@@ -82,6 +95,7 @@ def generate(
     show_routing: bool = typer.Option(False, help="Also write a steps x experts heatmap per prompt and the weights as JSON."),
     router: str = typer.Option("", "--router", help="Route with another router of the run, RUN/router-NAME "
                                "(`paris train-router --name NAME`; default: RUN/router)."),
+    model: Optional[str] = MODEL,
     out: Path = typer.Option(Path("samples.png"), help="PNG to write: one row per prompt."),
 ):
     """Generate images from text prompts with the mixture of experts. Every sampling option left out takes the
@@ -104,10 +118,11 @@ def generate(
     SampleConfig().updated(**given)  # a typo fails now, not after loading the experts
     check_image_path(out)
     is_run = RunDir(run).exists("config.yaml")  # a training run; otherwise a folder written by save_pretrained
-    if router and not is_run:
-        raise ParisError(f"--router chooses among a training run's routers; {run} is a pipeline folder with one")
-    pipe = (ParisPipeline.from_run(run, max_resident_experts, device, offload_experts=offload, router=router) if is_run
-            else ParisPipeline.from_pretrained(run, max_resident_experts, device, offload_experts=offload))
+    for option, value in (("--router", router), ("--model", model)):
+        if value and not is_run:
+            raise ParisError(f"{option} chooses among a training run's models; {run} is a pipeline folder")
+    pipe = (ParisPipeline.from_run(run, max_resident_experts, device, single_model(model), offload, router=router)
+            if is_run else ParisPipeline.from_pretrained(run, max_resident_experts, device, offload_experts=offload))
     prompts = [p for p in prompt for _ in range(num)]
     sample = pipe.sample.updated(**given)
     with progress.bar(f"sampling {len(prompts)} images ({sample.strategy})", sample.steps) as bar:
@@ -174,6 +189,7 @@ def serve(
     max_steps: int = typer.Option(200, help="The most sampling steps a request may ask for."),
     log_level: str = typer.Option("warning", help="debug: each request's way through the queue, step by step "
                                   "(the paris.serve logger); info: also every HTTP request (uvicorn's)."),
+    one_model: Optional[str] = typer.Option(None, "--model", help=MODEL.help),
 ):
     """Serve the model: a web page to type prompts into (with each image's routing per step), and OpenAI's
     images API (POST /v1/images/generations), so OpenAI's clients work unchanged."""
@@ -202,8 +218,10 @@ def serve(
                          "keep the default --host 127.0.0.1")
     folder = RunDir(model)
     is_run = folder.exists("config.yaml")
-    load = ParisPipeline.from_run if is_run else ParisPipeline.from_pretrained
-    pipe = load(model, max_resident_experts, device)
+    if one_model and not is_run:
+        raise ParisError(f"--model chooses among a training run's models; {model} is a pipeline folder")
+    pipe = (ParisPipeline.from_run(model, max_resident_experts, device, single_model(one_model)) if is_run
+            else ParisPipeline.from_pretrained(model, max_resident_experts, device))
     engine = Engine(pipe, max_batch=max_batch, max_steps=max_steps)
     app = create_app(engine, Path(model).name or model, folder if is_run else None, api_key)
     typer.echo(f"serving {model} ({engine.num_experts} experts) on http://{host}:{port}  (Ctrl-C stops)")

@@ -67,7 +67,7 @@ def evaluate_run(run_url: str, cfg: EvalConfig, **sampling) -> dict:
         report["copy_threshold"] = threshold = copy_threshold(nearest(real.images)[0])
     measures = Measures(features, classifier, clip, asks_attributes, nearest, threshold)
     for strategy in cfg.strategy_list:
-        pipe = ParisPipeline.from_run(run_url, monolith=strategy == "monolith", router=router_name(strategy))
+        pipe = ParisPipeline.from_run(run_url, model=single_model(strategy), router=router_name(strategy))
         sampled = sample_and_score(pipe, strategy, real.prompts, real.labels, sample, cfg.seed, cfg.batch_size, measures)
         rows[strategy] = row = {"fid": frechet_distance(sampled.pop("features"), real_features), **sampled}
         row.update(held_out_loss(pipe.mixture, routing_rule(strategy), real.images, real.prompts, cfg.seed,
@@ -79,14 +79,23 @@ def evaluate_run(run_url: str, cfg: EvalConfig, **sampling) -> dict:
 
 
 def routing_rule(strategy: str) -> str:
-    """The routing rule a table row samples with: "monolith" is a pipeline of one expert and no router (top1);
-    "top2@text" is top2 with router-text/ (layout.router)."""
-    return "top1" if strategy == "monolith" else strategy.partition("@")[0]
+    """The routing rule a table row samples with: "monolith" and "student" are pipelines of one model and no
+    router (top1); "top2@text" is top2 with router-text/ (layout.router)."""
+    return "top1" if single_model(strategy) else strategy.partition("@")[0]
+
+
+def single_model(strategy: str) -> str | None:
+    """The one-model job folder a table row samples: monolith/, student/ ("student") or student-NAME/
+    ("student@NAME", `paris distill --name NAME`); None for a routing rule of the mixture."""
+    name, _, suffix = strategy.partition("@")
+    if name == "monolith":
+        return layout.MONOLITH
+    return layout.student(suffix) if name == "student" else None
 
 
 def router_name(strategy: str) -> str:
     """Which of the run's routers a table row samples with: "" (router/) or the name after "@"."""
-    return strategy.partition("@")[2]
+    return "" if single_model(strategy) else strategy.partition("@")[2]
 
 
 def _baseline(run: RunDir) -> dict:
@@ -115,7 +124,8 @@ def sample_and_score(pipe: ParisPipeline, strategy: str, prompts: list[str], lab
     of samples): Inception features, adherence and CLIP score when measured, and the cost. Batch i is drawn
     with seed + i; with `keep_images`, the images come back too. Shows a bar over the images and, under it, one
     over each batch's steps."""
-    features, predicted, clip_scores, shown, nearest, seconds, passes, kept = [], [], [], [], [], 0.0, 0.0, []
+    features, predicted, clip_scores, shown, nearest, kept = [], [], [], [], [], []
+    seconds, passes, forward_passes = 0.0, 0.0, 0.0
     batches = -(-len(prompts) // batch_size)
     with progress.bar(f"sample: {strategy}", len(prompts), unit="images") as bar:
         for i in range(0, len(prompts), batch_size):
@@ -127,6 +137,7 @@ def sample_and_score(pipe: ParisPipeline, strategy: str, prompts: list[str], lab
                 images, stats = pipe.generate(batch, rule, on_step=lambda step: steps.update(completed=step))
             seconds += time.perf_counter() - tick  # the cost column counts sampling only, not scoring
             passes += stats["expert_passes_per_image"] * len(images)
+            forward_passes += stats["forward_passes_per_image"] * len(images)
             if measures.features is not None:
                 features.append(measures.features(images))
             if measures.classifier is not None:
@@ -154,7 +165,8 @@ def sample_and_score(pipe: ParisPipeline, strategy: str, prompts: list[str], lab
             torch.cat([d for d, _ in nearest]), torch.cat([c for _, c in nearest]), measures.copy_threshold)
     if keep_images:
         row["images"] = torch.cat(kept)
-    return {**row, "expert_passes_per_image_step": passes / n, "seconds_per_image": seconds / n}
+    return {**row, "expert_passes_per_image_step": passes / n, "forward_passes_per_image_step": forward_passes / n,
+            "seconds_per_image": seconds / n}
 
 
 COLUMNS = [  # (JSON key, header, format) of the table; a column appears when its measure was taken

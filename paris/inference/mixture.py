@@ -106,7 +106,7 @@ class Mixture:
     text_encoder: object  # paris.models.encoders.TextEncoder
     autoencoder: object
     latent_shape: tuple[int, int, int]
-    stats: dict = field(default_factory=lambda: {"expert_passes": 0, "router_calls": 0})
+    stats: dict = field(default_factory=lambda: {"expert_passes": 0, "forward_passes": 0, "router_calls": 0})
     # Experts that could not be loaded: never called, their router probability given to the others.
     retired: set[int] = field(default_factory=set)
 

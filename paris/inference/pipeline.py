@@ -46,6 +46,15 @@ def _require_partition(run: RunDir, job: str, partition: dict, cluster: int | No
                          f"{layout.next_step(job)} on the current clusters (or partition again as before)")
 
 
+def _latent_shape(run: RunDir, num_experts: int) -> list[int]:
+    """The shape of the latents: from the data's manifest or, where the data is not here (a distillation from
+    expert samples alone), from what the experts published (paris.train.expert_samples)."""
+    for shard_set in (layout.DATA, *(layout.expert_samples(k) for k in range(num_experts))):
+        if run.exists(layout.manifest(shard_set)):
+            return run.read_json(layout.manifest(shard_set))["latent_shape"]
+    return run.read_json(layout.manifest())["latent_shape"]  # missing: the error says how to make it
+
+
 # What a pipeline folder's config.json must say (and save_pretrained writes, with the sample settings).
 PIPELINE_KEYS = ("num_experts", "latent_shape", "autoencoder", "latent_scale", "text_encoder", "max_tokens")
 # What config.json keeps when the pipeline knows it, for the model card (paris.inference.model_card).
@@ -59,35 +68,38 @@ class ParisPipeline:
 
     @classmethod
     def from_run(cls, run_url: str, max_resident_experts: int | None = None, device: str = "cpu",
-                 monolith: bool = False, offload_experts: bool = False, expert: int | None = None,
-                 router: str = "") -> "ParisPipeline":
+                 model: str | None = None, offload_experts: bool = False, expert: int | None = None,
+                 router: str | None = "") -> "ParisPipeline":
         """The experts (experts/<k>/final) and router (router/final; with `router` NAME, router-NAME/final) of a
-        training run, or with `monolith` its single baseline model (monolith/final), or with `expert` that expert
-        alone. With `max_resident_experts` at most that many experts stay on `device`; `offload_experts` keeps the
-        evicted ones in host memory instead of reading them again from disk (paris.inference.mixture.ExpertPool)."""
+        training run; or with `model` one model of it alone, a job folder such as "monolith" (the baseline),
+        "student" or "student-NAME" (`paris distill`); or with `expert` that expert alone. `router` None: the
+        experts without a router, for the oracle rule alone (a distillation's teacher). With
+        `max_resident_experts` at most that many experts stay on `device`; `offload_experts` keeps the evicted
+        ones in host memory instead of reading them again from disk (paris.inference.mixture.ExpertPool)."""
         check_device(device)
         run = RunDir(run_url)
         run_config = run.read_config()
         data, sample = run_config.data, run_config.sample
-        manifest = run.read_json(layout.manifest())
         partition = read_meta(run)
         num_experts = partition["num_clusters"]
-        config = {"num_experts": num_experts, "latent_shape": manifest["latent_shape"],
+        config = {"num_experts": num_experts, "latent_shape": _latent_shape(run, num_experts),
                   "autoencoder": data.autoencoder, "autoencoder_path": data.autoencoder_path,
                   "latent_scale": data.latent_scale, "text_encoder": data.text_encoder, "max_tokens": data.max_tokens}
         text_encoder = build_text_encoder(data.text_encoder, data.text_encoder_path, data.max_tokens, device)
-        if monolith or expert is not None:
-            folder = layout.final(layout.MONOLITH if monolith else layout.expert(expert))
+        if model or expert is not None:
+            folder = layout.final(model or layout.expert(expert))
             return cls._from_folders(run, [folder], None, text_encoder, {**config, "num_experts": 1}, None, device,
                                      sample)
         experts = [layout.final(layout.expert(k)) for k in range(num_experts)]
         for k in range(num_experts):
             _require_partition(run, layout.expert(k), partition, k)
-        _require_partition(run, layout.router(router), partition)
+        if router is not None:
+            _require_partition(run, layout.router(router), partition)
         if "sizes" in partition:  # the images each expert was trained on, for the model card
             config["cluster_sizes"] = partition["sizes"]
-        return cls._from_folders(run, experts, layout.final(layout.router(router)), text_encoder, config,
-                                 max_resident_experts, device, sample, offload_experts, retired_experts(run))
+        return cls._from_folders(run, experts, None if router is None else layout.final(layout.router(router)),
+                                 text_encoder, config, max_resident_experts, device, sample, offload_experts,
+                                 retired_experts(run))
 
     @classmethod
     def from_pretrained(cls, path: str, max_resident_experts: int | None = None, device: str = "cpu",
@@ -156,7 +168,7 @@ class ParisPipeline:
     def _assemble(cls, root: RunDir, loaders: list, router_model, text_encoder, config: dict,
                   max_resident: int | None, device: str, sample: SampleConfig,
                   offload: bool = False) -> "ParisPipeline":
-        if len(loaders) == 1:  # one model (the monolith): its only rule is top1
+        if len(loaders) == 1:  # one model (the monolith, a student): its only rule is top1
             sample = dataclasses.replace(sample, strategy="top1")
         if router_model is not None and router_model.architecture.num_experts != len(loaders):
             raise ParisError(f"the router of {root.url} chooses among {router_model.architecture.num_experts} experts "

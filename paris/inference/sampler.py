@@ -61,6 +61,7 @@ def generate(mixture: Mixture, prompts: list[str], sample: SampleConfig, negativ
     x = initial_noise(mixture, len(prompts), generator) if noise is None else noise.to(mixture.experts.device)
     x = integrate(velocity, x, sample, on_step).float().cpu()
     stats = {"expert_passes_per_image": mixture.stats["expert_passes"] / len(prompts) / sample.steps,
+             "forward_passes_per_image": mixture.stats["forward_passes"] / len(prompts) / sample.steps,
              "router_calls_per_step": mixture.stats["router_calls"] / sample.steps,
              "peak_memory_mib": peak_memory_mib(mixture.experts.device)}
     if trace:

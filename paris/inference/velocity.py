@@ -40,60 +40,77 @@ from paris.precision import sampling_precision
 @dataclass
 class Conditioning:
     """The encoded prompts and negative prompts, one row per image, on the mixture's device. The masks are None
-    where every token is attended."""
+    where every token is attended. `scale`: a guidance scale per image (distillation draws one per sample);
+    None: the sampling settings' one for all. `plain_negative`: the negative prompt is the empty one."""
 
     text: torch.Tensor
     mask: torch.Tensor | None
     negative: torch.Tensor
     negative_mask: torch.Tensor | None
+    scale: torch.Tensor | None = None
+    plain_negative: bool = True
 
     def rows(self, rows: torch.Tensor) -> "Conditioning":
         pick = lambda tensor: None if tensor is None else tensor[rows]  # noqa: E731
-        return Conditioning(pick(self.text), pick(self.mask), pick(self.negative), pick(self.negative_mask))
+        return Conditioning(pick(self.text), pick(self.mask), pick(self.negative), pick(self.negative_mask),
+                            pick(self.scale), self.plain_negative)
+
+    def guidance(self, default: float) -> float | torch.Tensor:
+        """The guidance scale of every row: `default`, or this conditioning's own per row as [B, 1, 1, 1]."""
+        return default if self.scale is None else self.scale.view(-1, 1, 1, 1)
+
+
+def conditioning(text, mask, negative, negative_mask, device, scale: torch.Tensor | None = None,
+                 plain_negative: bool = True) -> Conditioning:
+    """Encoded prompts and negatives on `device`, the masks dropped where every token is attended (checked here,
+    on the CPU: SDPA keeps its fastest kernel without one)."""
+    if attention_mask(torch.cat([mask, negative_mask])) is None:
+        mask = negative_mask = None
+    to = lambda tensor: None if tensor is None else tensor.to(device)  # noqa: E731
+    return Conditioning(to(text), to(mask), to(negative), to(negative_mask), to(scale), plain_negative)
 
 
 def encode_prompts(mixture: Mixture, prompts: list[str], negative_prompts: list[str] | None = None) -> Conditioning:
     """`negative_prompts`: one per prompt, or one for all; None: the empty prompt (plain classifier-free guidance)."""
     if not prompts:
         raise ParisError("no prompts given; pass at least one --prompt")
+    plain = not negative_prompts or set(negative_prompts) == {""}
     negative_prompts = negative_prompts or [""]
     if len(negative_prompts) not in (1, len(prompts)):
         raise ParisError(f"give one negative prompt, or one per prompt ({len(prompts)}); got {len(negative_prompts)}")
     text, mask = mixture.text_encoder.encode(prompts)
     negative, negative_mask = mixture.text_encoder.encode(negative_prompts)
     negative, negative_mask = negative.expand(len(prompts), -1, -1), negative_mask.expand(len(prompts), -1)
-    if attention_mask(torch.cat([mask, negative_mask])) is None:  # checked here, on the CPU
-        mask = negative_mask = None
-    device = mixture.experts.device
-    to = lambda tensor: None if tensor is None else tensor.to(device)  # noqa: E731
-    return Conditioning(to(text), to(mask), to(negative), to(negative_mask))
+    return conditioning(text, mask, negative, negative_mask, mixture.experts.device, plain_negative=plain)
 
 
 def velocity_field(mixture: Mixture, cond: Conditioning, sample: SampleConfig, generator: torch.Generator | None = None,
                    routing: list | None = None) -> Callable[[torch.Tensor, float], torch.Tensor]:
-    """v(x, t): the guided velocity of the mixture for these prompts, for any ODE solver to integrate. Counts
-    its passes in `mixture.stats` (reset here) and appends each evaluation's weights to `routing` if given.
+    """v(x, t): the guided velocity of the mixture for these prompts, for any ODE solver to integrate (t: one time
+    for the batch, or one per row). Counts its passes in `mixture.stats` (reset here): expert_passes, an expert
+    on one image, its guided pair counted once; forward_passes, an image through a network, the negative
+    prompt's pass apart. Appends each evaluation's weights to `routing` if given.
     v is fp32 whatever `sample.precision` the networks run in."""
     num_experts = len(mixture.experts)
-    if mixture.router is None and num_experts != 1:
-        raise ParisError(f"a mixture of {num_experts} experts needs a router")
     strategy = parse_strategy(sample.strategy, num_experts)  # the number of experts is known only now
+    if mixture.router is None and num_experts != 1 and strategy.rule != "oracle":
+        raise ParisError(f"a mixture of {num_experts} experts needs a router")
     device = mixture.experts.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     routed, evaluations = {}, 0  # routed: the last router call's weights (text, negative prompt)
-    mixture.stats.update(expert_passes=0, router_calls=0)
+    mixture.stats.update(expert_passes=0, forward_passes=0, router_calls=0)
     guide_after_routing_negative = (sample.guidance_mode == "after" and mixture.router is not None
                                     and mixture.router.architecture.text_dim)
 
-    def route(x, t: float):
+    def route(x, t: float | torch.Tensor):
         weigh = lambda text, mask: expert_weights(mixture, x, t, text, mask, strategy, sample.min_weight, generator)  # noqa: E731
         routed["text"] = routed["negative"] = weigh(cond.text, cond.mask)
         if guide_after_routing_negative:
             routed["negative"] = weigh(cond.negative, cond.negative_mask)
 
     @torch.no_grad()
-    def velocity(x, t: float):
+    def velocity(x, t: float | torch.Tensor):
         nonlocal evaluations
         with sampling_precision(sample.precision, device):
             if evaluations % sample.route_every == 0:
@@ -113,47 +130,80 @@ def velocity_field(mixture: Mixture, cond: Conditioning, sample: SampleConfig, g
     return velocity
 
 
-def expert_weights(mixture: Mixture, x, t: float, text, mask, strategy: Strategy, min_weight: float,
+def expert_weights(mixture: Mixture, x, t: float | torch.Tensor, text, mask, strategy: Strategy, min_weight: float,
                    generator) -> torch.Tensor:
     """[B, K] weights of the experts for x at t: the router's probabilities (retired experts' shared out) through
-    the routing rule, then experts weighing less than `min_weight` skipped."""
+    the routing rule, then experts weighing less than `min_weight` skipped. The oracle rule names its expert: the
+    router is not asked."""
+    if strategy.rule == "oracle":
+        return routing_weights(torch.ones(len(x), len(mixture.experts)), strategy).to(x.device)
     if mixture.router is None:
         return torch.ones(len(x), 1, device=x.device)
     router_text = {"text": text, "text_mask": mask} if mixture.router.architecture.text_dim else {}
     mixture.stats["router_calls"] += 1
-    probs = mixture.router(x, torch.full((len(x),), t, device=x.device), **router_text).float().softmax(-1).cpu()
+    probs = mixture.router(x, batch_times(t, x), **router_text).float().softmax(-1).cpu()
     if mixture.retired:
         probs[:, sorted(mixture.retired)] = 0
         probs = probs / probs.sum(1, keepdim=True)
     return without_small(routing_weights(probs, strategy, generator), min_weight).to(x.device)
 
 
-def mixed_velocity(mixture: Mixture, x, t: float, weights, negative_weights, cond: Conditioning,
+def batch_times(t: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """t as one time per row of x: sampling integrates the batch at one time, distillation draws one per sample."""
+    return t.to(x.device) if torch.is_tensor(t) else torch.full((len(x),), t, device=x.device)
+
+
+def mixed_velocity(mixture: Mixture, x, t: float | torch.Tensor, weights, negative_weights, cond: Conditioning,
                    sample: SampleConfig) -> torch.Tensor:
     """sum_k w_k v_k over the experts that some sample uses; each runs once on its own sub-batch. With `compile`
     through torch.compile, whose compiled code is kept with the DiT class: every expert of one shape reuses it.
-    At guidance 1 the velocity is the conditional one in both modes, so the unconditional pass is not run."""
-    v_text, v_negative = torch.zeros_like(x), torch.zeros_like(x)
-    unguided = sample.guidance == 1
+    At guidance 1 the velocity is the conditional one in both modes, so the unconditional pass is not run; a
+    guidance-distilled expert (DiTConfig.guidance_range) draws its guided velocity in one pass."""
+    v_text, v_negative, times = torch.zeros_like(x), torch.zeros_like(x), batch_times(t, x)
+    unguided = sample.guidance == 1 and cond.scale is None
+    after = sample.guidance_mode == "after" and not unguided
     either = weights > 0 if unguided else (weights > 0) | (negative_weights > 0)
     used = [k for k in range(weights.shape[1]) if either[:, k].any()]
     resident_first = sorted(used, key=lambda k: k not in mixture.experts.resident)  # fewer loads under a cap
     for k in resident_first:
         rows = either[:, k].nonzero().squeeze(1)
         w, w_negative = weights[rows, k].view(-1, 1, 1, 1), negative_weights[rows, k].view(-1, 1, 1, 1)
-        t_rows = torch.full((len(rows),), t, device=x.device)
-        expert = torch.compile(mixture.experts[k]) if sample.compile else mixture.experts[k]
+        model, part = mixture.experts[k], cond.rows(rows)
+        expert = torch.compile(model) if sample.compile else model
         mixture.stats["expert_passes"] += len(rows)
-        if unguided:
-            v_text[rows] += w * expert(x[rows], t_rows, cond.text[rows], None if cond.mask is None else cond.mask[rows])
+        if model.architecture.guidance_range is not None:
+            v = guided_in_one_pass(expert, x[rows], times[rows], part, sample.guidance)
+            mixture.stats["forward_passes"] += len(rows)
+            v_text[rows] += w * v
+            v_negative[rows] += w * v  # guide(a + f, b + f) = guide(a, b) + f: "after" leaves it as it is
             continue
-        vt, vn = conditional_velocities(expert, x[rows], t_rows, cond.rows(rows))
-        if sample.guidance_mode == "per-expert":
-            v_text[rows] += w * guide(vt, vn, sample.guidance)
-        else:
+        if unguided:
+            mixture.stats["forward_passes"] += len(rows)
+            v_text[rows] += w * expert(x[rows], times[rows], part.text, part.mask)
+            continue
+        mixture.stats["forward_passes"] += 2 * len(rows)  # the negative prompt's half of the batched pass too
+        vt, vn = conditional_velocities(expert, x[rows], times[rows], part)
+        if after:
             v_text[rows] += w * vt
             v_negative[rows] += w_negative * vn
-    return v_text if sample.guidance_mode == "per-expert" or unguided else guide(v_text, v_negative, sample.guidance)
+        else:
+            v_text[rows] += w * guide(vt, vn, part.guidance(sample.guidance))
+    return guide(v_text, v_negative, cond.guidance(sample.guidance)) if after else v_text
+
+
+def guided_in_one_pass(model, x, t, cond: Conditioning, default_scale: float) -> torch.Tensor:
+    """The guided velocity of a guidance-distilled model, which takes the scale as an input and was trained
+    against the empty prompt only (paris distill --guidance-distill)."""
+    low, high = model.architecture.guidance_range
+    if not cond.plain_negative:
+        raise ParisError("this model was distilled with guidance against the empty prompt and guides in one pass, "
+                         "so it cannot take a negative prompt; leave it out, or distil a student without "
+                         "--guidance-distill")
+    if cond.scale is None and not low <= default_scale <= high:
+        raise ParisError(f"this model was distilled for guidance scales in [{low:g}, {high:g}]; choose a guidance "
+                         f"scale in that range, not {default_scale:g}")
+    scale = torch.full((len(x),), float(default_scale), device=x.device) if cond.scale is None else cond.scale
+    return model(x, t, cond.text, cond.mask, guidance=scale)
 
 
 def conditional_velocities(model, x, t, cond: Conditioning):

@@ -61,6 +61,8 @@ class DiT(nn.Module):
         d = c.hidden_size
         self.x_embedder = PatchEmbed(c.input_size, c.patch_size, c.in_channels, d, stored=c.pos_embed == "stored")
         self.t_embedder = TimestepEmbedder(d, c.timestep_map)
+        # A guidance-distilled student (guidance_range) reads the guidance scale as it reads t (FLUX's guidance input).
+        self.g_embedder = TimestepEmbedder(d) if c.guidance_range else None
         self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
         self.text_proj = nn.Linear(c.text_dim, d)
         self.blocks = nn.ModuleList(DiTBlock(d, c.num_heads, c.mlp_ratio) for _ in range(c.depth))
@@ -71,17 +73,23 @@ class DiT(nn.Module):
         init_linear_layers(self)
         init_embedders(self.x_embedder, self.t_embedder)
         nn.init.normal_(self.t_block[1].weight, std=0.02)
+        if self.g_embedder is not None:  # starts without effect: a student from an unguided start begins as it
+            nn.init.normal_(self.g_embedder.mlp[0].weight, std=0.02)
+            nn.init.zeros_(self.g_embedder.mlp[2].weight)
         # Zero the outputs that write into the residual stream from new inputs, so training starts
         # from a network that ignores the text and predicts zero velocity (PixArt / DiT).
         for block in self.blocks:
             nn.init.zeros_(block.cross_attn.proj.weight)
         nn.init.zeros_(self.final_layer.linear.weight)
 
-    def forward(self, x, t, text, text_mask=None):
-        """x [B,C,H,W], t [B] in [0,1], text [B,L,text_dim], text_mask [B,L] bool (True = real token)."""
+    def forward(self, x, t, text, text_mask=None, guidance=None):
+        """x [B,C,H,W], t [B] in [0,1], text [B,L,text_dim], text_mask [B,L] bool (True = real token); guidance
+        [B]: the scale a guidance-distilled model applies (None: 1, the conditional velocity; other models take none)."""
         b, c, h, w = x.shape
         tokens = self.x_embedder(x.to(self.x_embedder.proj.weight.dtype))  # fp32 latents into bf16/fp16 weights
         t_emb = self.t_embedder(t)
+        if self.g_embedder is not None:
+            t_emb = t_emb + self.g_embedder(torch.ones_like(t) if guidance is None else guidance)
         t6 = self.t_block(t_emb).view(b, 6, -1)
         text = self.text_proj(text.to(tokens.dtype))
         for block in self.blocks:

@@ -86,24 +86,31 @@ def _complete(run: RunDir, prefix: str, index: int, size: int, stamp: str) -> di
     return entry if entry is not None and entry["fingerprint"] == stamp and entry["count"] == size else None
 
 
-def expert_samples_store(run: RunDir, num_experts: int, per_expert: int, text: bool = True) -> tuple[Store, torch.Tensor]:
-    """The first `per_expert` samples of every expert's samples/ as one store, and the expert of each of its rows
-    (the router's target). Reads experts/<k>/samples only."""
+def published(run: RunDir, expert: int) -> int:
+    """How many samples expert `expert` has published (0 when none)."""
+    prefix = layout.expert_samples(expert)
+    return run.read_json(layout.manifest(prefix))["count"] if run.exists(layout.manifest(prefix)) else 0
+
+
+def expert_samples_store(run: RunDir, num_experts: int, per_expert: int | list[int],
+                         text: bool = True) -> tuple[Store, torch.Tensor]:
+    """The first `per_expert` samples of every expert's samples/ (one count for all, or one per expert) as one
+    store, and the expert of each of its rows (the router's target). Reads experts/<k>/samples only."""
+    counts = per_expert if isinstance(per_expert, list) else [per_expert] * num_experts
     manifests = []
-    for k in range(num_experts):
-        prefix = layout.expert_samples(k)
-        have = run.read_json(layout.manifest(prefix))["count"] if run.exists(layout.manifest(prefix)) else 0
-        if have < per_expert:
-            raise ParisError(f"expert {k} has published {have} samples, fewer than --from-expert-samples {per_expert}; "
-                             f"its owner runs `paris sample-expert {run.url} --expert {k} --num {per_expert}`")
-        manifests.append(read_manifest(run, prefix))
+    for k, wanted in enumerate(counts):
+        have = published(run, k)
+        if have < wanted:
+            raise ParisError(f"expert {k} has published {have} samples, fewer than the {wanted} asked for; "
+                             f"its owner runs `paris sample-expert {run.url} --expert {k} --num {wanted}`")
+        manifests.append(read_manifest(run, layout.expert_samples(k)))
     storage = {json.dumps([m["text_storage"], m["encoders"]], sort_keys=True) for m in manifests}
     if len(storage) > 1:
         raise ParisError("the experts' samples were written with different text encoders or text storage; "
                          "draw them again from the run's current config")
     shards = [{**entry, "prefix": layout.expert_samples(k)} for k, m in enumerate(manifests) for entry in m["shards"]]
     combined = {**manifests[0], "shards": shards, "count": sum(m["count"] for m in manifests)}
-    keep = torch.cat([torch.arange(m["count"]) < per_expert for m in manifests])
+    keep = torch.cat([torch.arange(m["count"]) < wanted for m, wanted in zip(manifests, counts)])
     experts = torch.cat([torch.full((m["count"],), k) for k, m in enumerate(manifests)])
     columns = TRAINING_COLUMNS if text else ("latents", "labels")
     return Store(run, combined, shard_refs(combined, "", keep), columns), experts

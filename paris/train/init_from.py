@@ -17,6 +17,8 @@ from paris.run import RunDir
 
 # Re-initialised with `init_fresh_head`: what connects a model to a new text encoder and a new output (HDDM).
 FRESH_HEAD = {"DiT": ("text_proj.", "final_layer."), "Router": ("head.",)}
+# A guidance-distilled student's guidance input (paris.models.dit), which a start made without one lacks.
+GUIDANCE_INPUT = "g_embedder."
 
 
 def resolve(run: RunDir, init_from: str) -> RunDir:
@@ -42,6 +44,8 @@ def load_initial_weights(run: RunDir, model: nn.Module, init_from: str, fresh_he
     if fresh_head:  # the model's own random initialisation stays for these, whatever their shape in the start
         state = {k: v for k, v in state.items() if not k.startswith(prefixes)}
         state.update({k: v for k, v in model.state_dict().items() if k.startswith(prefixes)})
+    if not any(k.startswith(GUIDANCE_INPUT) for k in state):  # a start without one: the model's own, without effect
+        state.update({k: v for k, v in model.state_dict().items() if k.startswith(GUIDANCE_INPUT)})
     load_state_dict_strict(model, state, f"--init-from {source.url}")
     manifest = source.read_json("manifest.json") if source.exists("manifest.json") else {}
     return {"init_from": source.url, "init_samples": int(manifest.get("samples_seen", 0)) + int(manifest.get("init_samples", 0))}
