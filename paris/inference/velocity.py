@@ -78,6 +78,8 @@ def encode_prompts(mixture: Mixture, prompts: list[str], negative_prompts: list[
     negative_prompts = negative_prompts or [""]
     if len(negative_prompts) not in (1, len(prompts)):
         raise ParisError(f"give one negative prompt, or one per prompt ({len(prompts)}); got {len(negative_prompts)}")
+    if len(set(negative_prompts)) == 1:  # encoded once: the same rows whether given once or per prompt
+        negative_prompts = negative_prompts[:1]
     text, mask = mixture.text_encoder.encode(prompts)
     negative, negative_mask = mixture.text_encoder.encode(negative_prompts)
     negative, negative_mask = negative.expand(len(prompts), -1, -1), negative_mask.expand(len(prompts), -1)
