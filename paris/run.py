@@ -74,7 +74,8 @@ class RunDir:
             self.fs.pipe_file(tmp, data)
             self.fs.mv(tmp, final)
         except OSError as e:
-            raise ParisError(f"cannot write {self.url}/{rel}: {e}; check the run directory is writable") from None
+            raise ParisError(f"cannot write {self.url}/{rel}: {e.strerror or e}; free space on its disk or check "
+                             "that it is writable") from None
 
     def read_bytes(self, rel: str) -> bytes:
         return self.read_retrying(rel, lambda: self.fs.cat_file(self.path(rel)))
