@@ -6,6 +6,7 @@ after being killed) never sees half a file. Pointers such as experts/<k>/LATEST 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -74,6 +75,8 @@ class RunDir:
             self.fs.pipe_file(tmp, data)
             self.fs.mv(tmp, final)
         except OSError as e:
+            with contextlib.suppress(OSError):  # a write cut short (a full disk) leaves no temporary behind
+                self.fs.rm(tmp)
             raise ParisError(f"cannot write {self.url}/{rel}: {e.strerror or e}; free space on its disk or check "
                              "that it is writable") from None
 
