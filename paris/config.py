@@ -56,8 +56,22 @@ TimestepMap = Literal["1000t", "round(999t)"]
 CompileMode = Literal["auto", "on", "off"]
 
 
+class Architecture:
+    """What a network config shares: the check of its sizes against each other, made by from_dict."""
+
+    def inconsistency(self) -> str | None:
+        """What makes a network of these sizes impossible to build or run, or None."""
+        if self.hidden_size % self.num_heads:
+            return f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}"
+        if self.input_size % self.patch_size:
+            return f"input_size {self.input_size} is not a multiple of patch_size {self.patch_size}"
+        if self.hidden_size % 4:  # the position table (built even when a stored one replaces it) splits it in four
+            return f"hidden_size {self.hidden_size} is not a multiple of 4, which the sin-cos position table needs"
+        return None
+
+
 @dataclass
-class DiTConfig:
+class DiTConfig(Architecture):
     """Expert network (Paris, arXiv 2510.03434): DiT with AdaLN-Single and cross-attention. Defaults are XL/2."""
 
     input_size: Positive = 32  # latent side (256px images through an 8x VAE)
@@ -71,12 +85,9 @@ class DiTConfig:
     pos_embed: PosEmbed = "sincos"
     timestep_map: TimestepMap = "1000t"
 
-    def inconsistency(self) -> str | None:
-        return architecture_inconsistency(self)
-
 
 @dataclass
-class RouterConfig:
+class RouterConfig(Architecture):
     """Router network: DiT with AdaLN-Zero on t, a CLS token and an MLP head. Defaults are B/2 (Paris)."""
 
     input_size: Positive = 32
@@ -90,20 +101,6 @@ class RouterConfig:
     text_dim: Count = 0  # 0: the router sees no text (Paris); > 0: mean-pooled text joins t (DDM)
     pos_embed: PosEmbed = "sincos"
     timestep_map: TimestepMap = "1000t"
-
-    def inconsistency(self) -> str | None:
-        return architecture_inconsistency(self)
-
-
-def architecture_inconsistency(c: DiTConfig | RouterConfig) -> str | None:
-    """What makes a network of these sizes impossible to build or run, or None."""
-    if c.hidden_size % c.num_heads:
-        return f"hidden_size {c.hidden_size} is not a multiple of num_heads {c.num_heads}"
-    if c.input_size % c.patch_size:
-        return f"input_size {c.input_size} is not a multiple of patch_size {c.patch_size}"
-    if c.hidden_size % 4:  # the position table (built even when a stored one replaces it) splits it in four
-        return f"hidden_size {c.hidden_size} is not a multiple of 4, which the sin-cos position table needs"
-    return None
 
 
 DIT_PRESETS: dict[str, DiTConfig] = {
