@@ -56,18 +56,32 @@ TimestepMap = Literal["1000t", "round(999t)"]
 CompileMode = Literal["auto", "on", "off"]
 
 
+class Architecture:
+    """What a network config shares: the check of its sizes against each other, made by from_dict."""
+
+    def inconsistency(self) -> str | None:
+        """What makes a network of these sizes impossible to build or run, or None."""
+        if self.hidden_size % self.num_heads:
+            return f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}"
+        if self.input_size % self.patch_size:
+            return f"input_size {self.input_size} is not a multiple of patch_size {self.patch_size}"
+        if self.hidden_size % 4:  # the position table (built even when a stored one replaces it) splits it in four
+            return f"hidden_size {self.hidden_size} is not a multiple of 4, which the sin-cos position table needs"
+        return None
+
+
 @dataclass
-class DiTConfig:
+class DiTConfig(Architecture):
     """Expert network (Paris, arXiv 2510.03434): DiT with AdaLN-Single and cross-attention. Defaults are XL/2."""
 
-    input_size: int = 32  # latent side (256px images through an 8x VAE)
-    in_channels: int = 4
-    patch_size: int = 2
-    hidden_size: int = 1152
-    depth: int = 28
-    num_heads: int = 16
-    mlp_ratio: float = 4.0
-    text_dim: int = 768  # CLIP ViT-L/14 token states
+    input_size: Positive = 32  # latent side (256px images through an 8x VAE)
+    in_channels: Positive = 4
+    patch_size: Positive = 2
+    hidden_size: Positive = 1152
+    depth: Positive = 28
+    num_heads: Positive = 16
+    mlp_ratio: PositiveFloat = 4.0
+    text_dim: Positive = 768  # CLIP ViT-L/14 token states
     pos_embed: PosEmbed = "sincos"
     timestep_map: TimestepMap = "1000t"
     # None: guidance takes two passes (text and negative prompt). [low, high]: a guidance-distilled student (`paris
@@ -81,18 +95,18 @@ ADDED_MODEL_FIELDS = {"DiTConfig": {"guidance_range": None}}
 
 
 @dataclass
-class RouterConfig:
+class RouterConfig(Architecture):
     """Router network: DiT with AdaLN-Zero on t, a CLS token and an MLP head. Defaults are B/2 (Paris)."""
 
-    input_size: int = 32
-    in_channels: int = 4
-    patch_size: int = 2
-    hidden_size: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_ratio: float = 4.0
-    num_experts: int = 8
-    text_dim: int = 0  # 0: the router sees no text (Paris); > 0: mean-pooled text joins t (DDM)
+    input_size: Positive = 32
+    in_channels: Positive = 4
+    patch_size: Positive = 2
+    hidden_size: Positive = 768
+    depth: Positive = 12
+    num_heads: Positive = 12
+    mlp_ratio: PositiveFloat = 4.0
+    num_experts: Positive = 8
+    text_dim: Count = 0  # 0: the router sees no text (Paris); > 0: mean-pooled text joins t (DDM)
     pos_embed: PosEmbed = "sincos"
     timestep_map: TimestepMap = "1000t"
 
@@ -405,7 +419,11 @@ def from_dict(cls, data: dict, where: str = "", complete: bool = False):
             values[key] = from_dict(kind, value, f"{where}{key}.")
         else:
             values[key] = _coerce(value, kind, where + key)
-    return cls(**values)
+    config = cls(**values)
+    problem = config.inconsistency() if hasattr(config, "inconsistency") else None  # between fields: checked whole
+    if problem:
+        raise ParisError(f"config {where}{problem}")
+    return config
 
 
 def _coerce(value, kind, key: str):

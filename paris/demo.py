@@ -28,7 +28,7 @@ from paris.errors import ParisError
 from paris.evaluate.adherence import accuracy, fashion_classifier
 from paris.evaluate.reference import load_reference
 from paris.evaluate.table import Measures, evaluate_run, sample_and_score
-from paris.images import grid, save_png
+from paris.images import grid, save_image
 from paris.launch.local import launch_local, local_jobs
 from paris.run import RunDir
 from paris.inference.pipeline import ParisPipeline
@@ -113,7 +113,7 @@ def sample_strategies(run: RunDir, config: RunConfig, classifier, per_class: int
         rows[strategy] = sample_and_score(pipe, strategy, prompts, classes, config.sample, config.sample.seed,
                                           len(prompts), measures, keep_images=True)
         grids[strategy] = rows[strategy].pop("images")
-        save_png(run, layout.demo_samples(strategy), grid(grids[strategy], len(fashion_mnist.CLASSES),
+        save_image(run, layout.demo_samples(strategy), grid(grids[strategy], len(fashion_mnist.CLASSES),
                                                           fashion_mnist.CLASSES))
     for strategy in DEMO_STRATEGIES:  # mean |pixel difference| in [0, 1] units; 0 where the router is always sure
         rows[strategy]["difference_from_top1"] = (grids[strategy] - grids["top1"]).abs().mean().item() / 2

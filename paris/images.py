@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import torch
 from PIL import Image, ImageDraw
@@ -31,7 +32,11 @@ def grid(images: torch.Tensor, rows: int, labels: list[str] | None = None, scale
     return sheet
 
 
-def save_png(run: RunDir, rel: str, image: Image.Image) -> None:
+FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}  # the file names an image may have
+
+
+def save_image(run: RunDir, rel: str, image: Image.Image) -> None:
+    """`image` as file `rel` of `run`, in the format its extension names, written whole (RunDir.write_bytes)."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format=FORMATS[os.path.splitext(rel)[1].lower()])
     run.write_bytes(rel, buffer.getvalue())

@@ -6,6 +6,7 @@ after being killed) never sees half a file. Pointers such as experts/<k>/LATEST 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -14,11 +15,9 @@ from typing import Callable, TypeVar
 
 import fsspec
 import torch
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import load_file as load_safetensors_file
 from safetensors.torch import save as save_safetensors
 
-from paris import layout
+from paris import layout, tensor_file
 from paris.config import RunConfig, from_yaml, to_yaml
 from paris.errors import ParisError
 
@@ -76,7 +75,10 @@ class RunDir:
             self.fs.pipe_file(tmp, data)
             self.fs.mv(tmp, final)
         except OSError as e:
-            raise ParisError(f"cannot write {self.url}/{rel}: {e}; check the run directory is writable") from None
+            with contextlib.suppress(OSError):  # a write cut short (a full disk) leaves no temporary behind
+                self.fs.rm(tmp)
+            raise ParisError(f"cannot write {self.url}/{rel}: {e.strerror or e}; free space on its disk or check "
+                             "that it is writable") from None
 
     def read_bytes(self, rel: str) -> bytes:
         return self.read_retrying(rel, lambda: self.fs.cat_file(self.path(rel)))
@@ -122,18 +124,16 @@ class RunDir:
         self.write_bytes(rel, data)
         return hashlib.sha256(data).hexdigest()
 
-    def load_tensors(self, rel: str, sha256: str | None = None) -> dict[str, torch.Tensor]:
-        """Read a safetensors file; with `sha256`, refuse one whose content does not match. A local file with no
-        hash to check is memory-mapped (pages are read as the tensors are used, and writes stay private)."""
-        if sha256 is None and self.is_local:
-            try:
-                return load_safetensors_file(self.path(rel))
-            except FileNotFoundError:
-                raise ParisError(f"missing {self.url}/{rel}; {layout.next_step(rel)}") from None
+    def load_tensors(self, rel: str, sha256: str | None = None, remedy: str = "") -> dict[str, torch.Tensor]:
+        """Read a safetensors file, its header checked first (paris.tensor_file: a damaged file is one ParisError,
+        `remedy` its advice); with `sha256`, refuse one whose content does not match. A local file with no hash
+        to check is memory-mapped."""
+        if sha256 is None:
+            return tensor_file.load_tensors(self, rel, remedy)
         data = self.read_bytes(rel)
-        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        if hashlib.sha256(data).hexdigest() != sha256:
             raise ParisError(f"{self.url}/{rel} is corrupt: its sha256 does not match the one recorded with it")
-        return load_safetensors(data)
+        return tensor_file.parse(data, f"{self.url}/{rel}", remedy)[0]
 
     # --- the run's config -------------------------------------------------------------------------
     def read_config(self) -> RunConfig:

@@ -6,12 +6,15 @@ the error contract, the exit code), which keeps 70 cases fast; tests/test_cli.py
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from testkit.damage import DAMAGES, damage
+from testkit.release import write_release
 from testkit.runs import copy_run, run_paris, snapshot
 from paris.config import RunConfig, apply_overrides
 from paris.errors import ParisError
@@ -125,6 +128,14 @@ CASES = [  # (arguments, words the one-line error must hold)
     (["evaluate", RUN, "--strategies", "top1", "--num-samples", "4", "--inception", "/nonexistent.pt"], "not found"),
     (["evaluate", RUN, "--strategies", "monolith", "--num-samples", "4"], "monolith/final"),
     (["evaluate", RUN, "--strategies", "student@small", "--num-samples", "4"], "paris distill RUN --name small"),
+    # damaged weights (testkit.damage) through convert-release and --init-from; outputs that overlap their input
+    *[(["convert-release", f"{{release:{name}}}", NEW], words) for name, (_, words) in DAMAGES.items()],
+    *[(["train-expert", RUN, "-e", "0", "--init-from", f"{{start:{name}}}"], words)
+      for name, (_, words) in DAMAGES.items() if name in ("cut-in-data", "pickle", "unknown-dtype", "header-not-json")],
+    (["train-router", RUN, "--init-from", "{start:absurd-header-length}"], "too few for the header it begins with"),
+    (["convert-release", "{release:}", "{release:}"], "is the input"),
+    (["convert-release", "{release:}", "{release:}/paris"], "is inside the input"),
+    (["generate", RUN, "-p", "a bag", "--out", "{run}/x.png"], "is inside the input"),
     # launch, status, demo
     (["launch", RUN, "--backend", "kube"], "unknown backend 'kube'"),
     (["launch", RUN, "--experts", "0,7"], "experts [7] do not exist"),
@@ -135,6 +146,21 @@ CASES = [  # (arguments, words the one-line error must hold)
     (["status", "/nonexistent"], "missing /nonexistent/config.yaml"),
     (["demo", "--out", NEW, "--full", "--num-samples", "1"], "--num-samples must be at least 2"),
 ]
+
+
+def _placed(arg: str, run_path: Path, tmp_path: Path) -> str:
+    """An argument with its placeholders made: {run}, {new}, {release:DAMAGE} (a release whose expert_1 weights
+    have that damage; none: intact) and {start:DAMAGE} (a copy of expert 0's final model, damaged)."""
+    arg = arg.replace(RUN, str(run_path)).replace(NEW, str(tmp_path / "new"))
+    if not arg.startswith(("{release:", "{start:")):
+        return arg
+    kind, _, name = arg[1 : arg.index("}")].partition(":")
+    folder = tmp_path / kind
+    if not folder.exists():
+        write_release(folder) if kind == "release" else shutil.copytree(run_path / "experts/0/final", folder)
+    if name:
+        damage(folder / ("expert_1" if kind == "release" else "") / "diffusion_pytorch_model.safetensors", name)
+    return str(folder) + arg[arg.index("}") + 1 :]
 
 
 def _id(case) -> str:
@@ -151,7 +177,7 @@ def run_path(trained, tmp_path_factory) -> Path:
 def test_bad_input_is_one_line_and_changes_nothing(case, run_path, tmp_path, monkeypatch):
     args, needle = case
     command = args if args[0] not in (RUN, NEW) else ["prepare", *args]
-    args = [str(run_path) if a == RUN else str(tmp_path / "new") if a == NEW else a for a in command]
+    args = [_placed(a, run_path, tmp_path) for a in command]
     monkeypatch.chdir(tmp_path)  # anything written by mistake lands here, not in the repository
     before = snapshot(run_path)
     code, out, err = run_paris(*args)

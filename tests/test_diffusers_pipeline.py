@@ -99,7 +99,12 @@ def test_a_converted_release_runs_in_diffusers_with_its_vae_and_clip(tmp_path):
     ours, _ = ParisPipeline.from_pretrained(str(tmp_path / "paris")).generate(PROMPTS[:2], steps=5, seed=2)
     pipe = DiffusionPipeline.from_pretrained(str(tmp_path / "paris"), trust_remote_code=True)
     theirs = pipe(PROMPTS[:2], num_inference_steps=5, seed=2, output_type="pt").images
-    assert type(pipe.vae).__name__ == "AutoencoderKL" and type(pipe.text_encoder).__name__ == "CLIPTextModel"
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel
+
+    # diffusers' and transformers' classes, loaded through paris's strict loader (paris.models.diffusers_model)
+    assert isinstance(pipe.vae, AutoencoderKL) and isinstance(pipe.text_encoder, CLIPTextModel)
+    assert type(pipe.vae).__name__ == "StrictAutoencoderKL" and type(pipe.text_encoder).__name__ == "StrictCLIPTextModel"
     assert pipe.vae_scale_factor == 8
     torch.testing.assert_close(theirs, (ours + 1) / 2, atol=1e-5, rtol=1e-5)
 

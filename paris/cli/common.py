@@ -52,13 +52,17 @@ def at_least(option: str, value: int | None, minimum: int) -> None:
         raise ParisError(f"{option} must be at least {minimum}, got {value}")
 
 
-def check_image_path(out: Path) -> None:
-    """Refuse, before minutes of sampling, an output path that cannot take an image."""
+def check_image_path(out: Path, source: str) -> None:
+    """Refuse, before minutes of sampling, an output path that cannot take an image or that is the `source` read."""
     import os
+
+    from paris.images import FORMATS
+    from paris.outputs import check_apart
 
     if out.is_dir():
         raise ParisError(f"--out {out} is a directory; give a file name such as {out / 'samples.png'}")
-    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+    check_apart(str(out), [source], "--out")
+    if out.suffix.lower() not in FORMATS:
         raise ParisError(f"--out {out} needs an image file name ending in .png, .jpg or .webp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

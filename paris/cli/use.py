@@ -101,7 +101,7 @@ def generate(
     """Generate images from text prompts with the mixture of experts. Every sampling option left out takes the
     run's sample config (or the one saved with a pipeline folder), as ParisPipeline does from Python."""
     from paris.config import SampleConfig
-    from paris.images import grid
+    from paris.images import grid, save_image
     from paris.inference.pipeline import ParisPipeline
     from paris.run import RunDir
 
@@ -116,7 +116,7 @@ def generate(
              "sampler": sampler, "shift": shift, "seed": seed, "route_every": route_every, "min_weight": min_weight,
              "precision": precision, "compile": compile}
     SampleConfig().updated(**given)  # a typo fails now, not after loading the experts
-    check_image_path(out)
+    check_image_path(out, run)
     is_run = RunDir(run).exists("config.yaml")  # a training run; otherwise a folder written by save_pretrained
     for option, value in (("--router", router), ("--model", model)):
         if value and not is_run:
@@ -128,7 +128,8 @@ def generate(
     with progress.bar(f"sampling {len(prompts)} images ({sample.strategy})", sample.steps) as bar:
         images, stats = pipe.generate(prompts, sample, trace=show_routing, on_step=lambda step: bar.update(advance=1),
                                       negative_prompts=None if negative_prompt is None else [negative_prompt])
-    grid(images, rows=len(prompt), labels=prompt if len(prompt) > 1 else None, scale=4).save(out)
+    save_image(RunDir(str(out.parent)), out.name, grid(images, rows=len(prompt),
+                                                       labels=prompt if len(prompt) > 1 else None, scale=4))
     typer.echo(f"wrote {out} ({len(prompts)} images, strategy {sample.strategy}, "
                f"{stats['expert_passes_per_image']:.2f} expert passes per image and step, "
                f"peak memory {stats['peak_memory_mib']:.0f} MiB)")

@@ -132,7 +132,7 @@ def _cluster_means(run: RunDir, manifest: dict, assignments: torch.Tensor, k: in
 def write_montages(run: RunDir, manifest: dict, assignments: torch.Tensor, clusters, per_cluster: int) -> None:
     """partition/montage/<k>.png: the first `per_cluster` images of each of `clusters`, decoded from their latents."""
     from paris.models.encoders import build_autoencoder
-    from paris.images import grid, save_png
+    from paris.images import grid, save_image
 
     if per_cluster < 1:
         return
@@ -149,7 +149,7 @@ def write_montages(run: RunDir, manifest: dict, assignments: torch.Tensor, clust
         return
     for c, members in wanted.items():
         images = autoencoder.decode(torch.stack([latents[r] for r in members.tolist()]))
-        save_png(run, layout.montage(c), grid(images, rows=1, scale=max(1, 96 // images.shape[-1])))
+        save_image(run, layout.montage(c), grid(images, rows=1, scale=max(1, 96 // images.shape[-1])))
 
 
 def read_meta(run: RunDir) -> dict:

@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 
 import torch
 
-from paris import layout
+from paris import layout, tensor_file
 from paris.errors import ParisError
 from paris.run import RunDir
 
-DTYPES = {"F16": torch.float16, "F32": torch.float32, "I64": torch.int64, "I32": torch.int32, "BOOL": torch.bool}
+REENCODE = "delete it and rerun `paris prepare` to encode it again"
 
 
 def shard_name(index: int) -> str:
@@ -46,7 +45,7 @@ def shard_entry(run: RunDir, rel: str, index: int) -> dict | None:
         digest = meta["sha256"]
         size = run.fs.size(run.path(rel))
         complete = size == header_end + max(t["data_offsets"][1] for t in header.values())
-    except (ValueError, KeyError, struct.error):  # a header cut short, or not a shard at all
+    except (ParisError, ValueError, KeyError):  # a header cut short, or not a shard at all
         return None
     if not complete:
         return None
@@ -60,10 +59,9 @@ def shard_entry(run: RunDir, rel: str, index: int) -> dict | None:
 
 
 def shard_header(run: RunDir, rel: str) -> tuple[dict, int]:
-    """The JSON header of a safetensors file (tensor dtypes, shapes, byte offsets; metadata), and where it ends."""
-    path = run.path(rel)
-    (size,) = struct.unpack("<Q", run.fs.cat_file(path, start=0, end=8))
-    return json.loads(run.fs.cat_file(path, start=8, end=8 + size)), 8 + size
+    """The checked JSON header of a shard (tensor dtypes, shapes, byte offsets; metadata), and where it ends;
+    a damaged one is a ParisError (paris.tensor_file). The tensors' bytes are checked where they are read."""
+    return tensor_file.read_header(run, rel, data=False, remedy=REENCODE)
 
 
 def content_hash(tensors: dict[str, torch.Tensor], meta: dict) -> str:
@@ -78,16 +76,11 @@ def content_hash(tensors: dict[str, torch.Tensor], meta: dict) -> str:
 
 def parse_shard(data: bytes, where: str) -> tuple[dict[str, torch.Tensor], dict]:
     """Tensors and metadata of a shard file; a truncated or foreign file is a ParisError."""
-    from safetensors.torch import load
-
+    tensors, meta = tensor_file.parse(data, f"shard {where}", REENCODE)
     try:
-        (size,) = struct.unpack("<Q", data[:8])
-        header = json.loads(data[8 : 8 + size])
-        meta = {k: json.loads(v) for k, v in header.get("__metadata__", {}).items()}
-        return load(data), meta
-    except Exception as e:  # safetensors raises its own error types for every kind of damage
-        raise ParisError(f"shard {where} is truncated or corrupt ({type(e).__name__}); delete it and rerun "
-                         f"`paris prepare` to encode it again") from None
+        return tensors, {k: json.loads(v) for k, v in meta.items()}
+    except json.JSONDecodeError:
+        raise ParisError(f"shard {where} has metadata that is not JSON; {REENCODE}") from None
 
 
 def read_shard(run: RunDir, prefix: str, entry: dict) -> tuple[dict[str, torch.Tensor], dict]:

@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import struct
 from dataclasses import dataclass
 
 import torch
 
 from paris import layout
-from paris.data.shard_format import DTYPES, read_manifest, shard_header
+from paris.tensor_file import DTYPES
+from paris.data.shard_format import read_manifest, shard_header
 from paris.errors import ParisError
 from paris.run import RunDir
 
@@ -111,11 +111,7 @@ def shard_refs(manifest: dict, prefix: str, keep: torch.Tensor | None = None) ->
 
 def read_header(run: RunDir, ref: ShardRef) -> tuple[dict, int]:
     """The shard's header, checked against the manifest: a file swapped or rewritten since is refused."""
-    try:
-        header, header_end = run.read_retrying(ref.rel, lambda: shard_header(run, ref.rel))
-    except (ValueError, struct.error):
-        raise ParisError(f"shard {run.url}/{ref.rel} is truncated or corrupt; delete it and rerun `paris prepare` "
-                         f"to encode it again") from None
+    header, header_end = shard_header(run, ref.rel)
     if json.loads(header.get("__metadata__", {}).get("sha256", "null")) != ref.sha256:
         raise ParisError(f"{run.url}/{ref.rel} does not match {layout.manifest(ref.prefix)} (its hash differs): the "
                          f"shard was changed or replaced after prepare; delete it and rerun `paris prepare {run.url}`")

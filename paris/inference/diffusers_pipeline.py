@@ -102,12 +102,15 @@ class ParisDiffusionPipeline(DiffusionPipeline):
 
     def save_pretrained(self, save_directory: str, **kwargs) -> None:
         """diffusers' save_pretrained, and what makes the folder load again with trust_remote_code: pipeline.py,
-        and model_index.json naming it (diffusers writes the bare class name, then looks for it in diffusers)."""
+        and model_index.json naming it (diffusers writes the bare class name, then looks for it in diffusers) and
+        the strictly loading classes of the text encoder and VAE."""
         super().save_pretrained(save_directory, **kwargs)
         out = RunDir(str(save_directory))
         out.write_text("pipeline.py", PIPELINE_FILE.format(num_experts=self.num_experts))
         index = out.read_json("model_index.json")
-        out.write_json("model_index.json", {**index, "_class_name": ["pipeline", "ParisDiffusionPipeline"]})
+        strict = {name: diffusers_model.strict_component(getattr(self, name)) for name in ("text_encoder", "vae")
+                  if getattr(self, name) is not None}
+        out.write_json("model_index.json", {**index, **strict, "_class_name": ["pipeline", "ParisDiffusionPipeline"]})
 
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], height: int | None = None, width: int | None = None,
@@ -226,7 +229,7 @@ def with_experts(num_experts: int) -> type:
     return type("ParisDiffusionPipeline", (ParisDiffusionPipeline,), {"__init__": __init__, "_optional_components": optional})
 
 
-def write_repository_files(out: RunDir, num_experts: int, has_router: bool, text_encoder, tokenizer, has_vae: bool,
+def write_repository_files(out: RunDir, num_experts: int, has_router: bool, text_encoder, tokenizer, vae,
                            config: dict, sample: SampleConfig, retired: list[int] = ()) -> None:
     """What makes a pipeline folder a diffusers repository: model_index.json, pipeline.py and the scheduler."""
     import diffusers
@@ -239,9 +242,9 @@ def write_repository_files(out: RunDir, num_experts: int, has_router: bool, text
         **{f"expert_{k}": [None, None] if k in retired else [diffusers_model.__name__, "DiffusersDiT"]
            for k in range(num_experts)},
         "router": [diffusers_model.__name__, "DiffusersRouter"] if has_router else [None, None],
-        "text_encoder": ["transformers", type(text_encoder).__name__],
+        "text_encoder": diffusers_model.strict_component(text_encoder),
         "tokenizer": ["transformers", type(tokenizer).__name__],
-        "vae": ["diffusers", "AutoencoderKL"] if has_vae else [None, None],
+        "vae": diffusers_model.strict_component(vae) if vae is not None else [None, None],
         "scheduler": ["diffusers", scheduler.__name__],
         "latent_shape": list(config["latent_shape"]), "latent_scale": config["latent_scale"],
         "text_encoder_name": config["text_encoder"], "max_tokens": config["max_tokens"],

@@ -32,6 +32,7 @@ from paris.inference.model_card import Network, model_card
 from paris.inference.sampler import generate
 from paris.models.encoders import TextEncoder, build_autoencoder, build_text_encoder, check_device
 from paris.models.io import load_pretrained, require_pretrained, save_pretrained
+from paris.outputs import check_apart, folder_written_whole
 from paris.progress import bar
 from paris.roster.retired import retired_experts
 from paris.run import RunDir
@@ -62,9 +63,10 @@ CARD_KEYS = ("cluster_sizes", "license")
 
 
 class ParisPipeline:
-    def __init__(self, mixture: Mixture, config: dict, sample: SampleConfig | None = None):
+    def __init__(self, mixture: Mixture, config: dict, sample: SampleConfig | None = None, source: str | None = None):
         self.mixture, self.config = mixture, config
         self.sample = sample or SampleConfig()
+        self.source = source  # the folder or run its networks are read from (experts may load as they are used)
 
     @classmethod
     def from_run(cls, run_url: str, max_resident_experts: int | None = None, device: str = "cpu",
@@ -177,17 +179,22 @@ class ParisPipeline:
         router_model = router_model.to(device) if router_model is not None else None
         mixture = Mixture(ExpertPool(loaders, max_resident, device, offload), router_model, text_encoder, autoencoder,
                           tuple(config["latent_shape"]))
-        return cls(mixture, config, sample)
+        return cls(mixture, config, sample, root.url)
 
     def save_pretrained(self, path: str) -> None:
         """A pipeline folder that ParisPipeline.from_pretrained, `paris generate` and diffusers'
-        DiffusionPipeline.from_pretrained(path, trust_remote_code=True) all load. Experts are written one at a
-        time, so a pipeline capped at one resident expert saves in the memory of one."""
+        DiffusionPipeline.from_pretrained(path, trust_remote_code=True) all load, written whole or not at all
+        (paris.outputs), and never over the folder the pipeline reads its experts from. Experts are written one
+        at a time, so a pipeline capped at one resident expert saves in the memory of one."""
+        if not RunDir(path).is_local:
+            raise ParisError(f"save_pretrained writes the text encoder with transformers, which needs a local path, not {path}")
+        check_apart(path, [self.source] if self.source else [], "the pipeline folder")
+        with folder_written_whole(path) as temporary:
+            self._write_folder(RunDir(temporary), RunDir(path).url.rsplit("/", 1)[-1])
+
+    def _write_folder(self, out: RunDir, name: str) -> None:
         from paris.inference.diffusers_pipeline import write_repository_files  # diffusers' pipeline code: 2-3 s to import
 
-        out = RunDir(path)
-        if not out.is_local:
-            raise ParisError(f"save_pretrained writes the text encoder with transformers, which needs a local path, not {path}")
         retired = sorted(self.mixture.retired)  # removed or unavailable: not written, and listed in config.json
         experts = {}  # what the model card says of each expert written, gathered as each is loaded
         with bar("saving experts", len(self.mixture.experts), unit="experts") as progress:
@@ -207,8 +214,8 @@ class ParisPipeline:
         if vae is not None:
             vae.save_pretrained(out.path("vae"))
         write_repository_files(out, len(self.mixture.experts), self.mixture.router is not None, encoder.model,
-                               encoder.tokenizer, vae is not None, self.config, self.sample, retired)
-        out.write_text("README.md", model_card(out.url.rsplit("/", 1)[-1], self.config, self.sample, experts,
+                               encoder.tokenizer, vae, self.config, self.sample, retired)
+        out.write_text("README.md", model_card(name, self.config, self.sample, experts,
                                                Network.of(router) if router is not None else None, retired))
         config = {**{key: self.config[key] for key in PIPELINE_KEYS}, "sample": dataclasses.asdict(self.sample),
                   **({"retired": retired} if retired else {}),

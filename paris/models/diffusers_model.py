@@ -8,7 +8,9 @@ training and paris's own sampling never import diffusers' model machinery (2 s a
 attribute access: `model.config.hidden_size`).
 
 Both load with paris's strict loader (paris.models.io.load_pretrained) whoever calls their from_pretrained:
-diffusers' own would fill a missing or mis-shaped tensor with random weights and unpickle a .bin.
+diffusers' own would fill a missing or mis-shaped tensor with random weights and unpickle a .bin. The text
+encoder and the VAE of a pipeline folder are named in its model_index.json as the Strict* classes below: the
+transformers and diffusers classes, loaded as paris's pipeline loads them (paris.models.encoders.load_strictly).
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ import os
 import re
 
 import torch
-# diffusers finds a component's loading method through the base classes its module holds by name.
-from diffusers import ConfigMixin, ModelMixin
+# diffusers finds a component's loading method through the base classes its module holds by name (ModelMixin,
+# and PreTrainedModel for the text encoder).
+from diffusers import AutoencoderKL, ConfigMixin, ModelMixin
 from huggingface_hub import snapshot_download
+from transformers import BertModel, CLIPTextModel, PreTrainedModel  # noqa: F401 (PreTrainedModel: as ModelMixin above)
 
 from paris.config import DiTConfig, RouterConfig, from_dict
-from paris.errors import ParisError
+from paris.errors import ParisError, first_line
 from paris.models.dit import DiT
+from paris.models.encoders import load_strictly
 from paris.models.io import load_pretrained
 from paris.models.router import Router
 from paris.run import RunDir
@@ -84,6 +89,36 @@ class DiffusersRouter(DiffusersModel, Router):
     network, config_class = Router, RouterConfig
 
 
+def _strict(base: type) -> type:
+    """`base` (a text encoder or VAE class) whose from_pretrained loads strictly: safetensors only, each file
+    checked by paris's reader, every tensor of the model in the file."""
+
+    def from_pretrained(cls, path, subfolder: str | None = None, **options):
+        if options.pop("use_safetensors", None) is False:
+            raise ParisError(f"{cls.__name__}.from_pretrained does not take use_safetensors=False (pickle weights "
+                             "are never loaded)")
+        options.pop("output_loading_info", None)
+        folder = os.path.join(str(path), subfolder) if subfolder else str(path)
+        return load_strictly(super(strict, cls).from_pretrained, folder, RESAVE_PIPELINE, **options)
+
+    strict = type(f"Strict{base.__name__}", (base,), {"from_pretrained": classmethod(from_pretrained),
+                                                      "__module__": __name__, "__doc__": f"{base.__name__}, strictly loaded."})
+    return strict
+
+
+RESAVE_PIPELINE = "save the pipeline folder again (ParisPipeline.save_pretrained) or download it again"
+StrictCLIPTextModel, StrictBertModel, StrictAutoencoderKL = (_strict(c) for c in (CLIPTextModel, BertModel, AutoencoderKL))
+
+
+def strict_component(model) -> list[str]:
+    """A text encoder's or VAE's entry in model_index.json: its Strict* class here, which diffusers imports."""
+    name = f"Strict{type(model).__name__.removeprefix('Strict')}"
+    if name not in globals():
+        raise ParisError(f"a pipeline folder cannot hold a {type(model).__name__}; its text encoder is CLIP or "
+                         "MiniLM (BertModel) and its autoencoder AutoencoderKL")
+    return [__name__, name]
+
+
 def _locate(path: str, subfolder: str | None, options: dict) -> tuple[RunDir, str]:
     """The run directory and the folder in it that hold the network. A Hub repository ("owner/name", not a
     local path) is downloaded to the Hub's cache first, only `subfolder` of it."""
@@ -92,8 +127,7 @@ def _locate(path: str, subfolder: str | None, options: dict) -> tuple[RunDir, st
             path = snapshot_download(path, allow_patterns=f"{subfolder.strip('/')}/*" if subfolder else None,
                                      **{name: options[name] for name in HUB_OPTIONS if name in options})
         except OSError as e:  # the Hub's errors (not found, offline, no connection) are all OSErrors
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ParisError(f"{path} is no folder here, and no Hub repository could be had: {reason}") from None
+            raise ParisError(f"{path} is no folder here, and no Hub repository could be had: {first_line(e)}") from None
     if subfolder:
         return RunDir(path), subfolder.strip("/")
     parent, _, name = path.rstrip("/").rpartition("/")

@@ -19,7 +19,9 @@ import os
 import torch
 import torch.nn.functional as F
 
-from paris.errors import ParisError
+from paris import tensor_file
+from paris.errors import ParisError, first_line
+from paris.run import RunDir
 
 log = logging.getLogger(__name__)
 HUB = {  # where the real weights come from, for the "how to provide them" line
@@ -44,24 +46,79 @@ def check_device(device: str) -> str:
     return device
 
 
+def how_to_get(name: str, key: str) -> str:
+    """How to provide the weights of model `name`, set by config key `key`: the advice of every loading error."""
+    return (f"download {HUB.get(name, 'the model')} on a machine with internet (`hf download "
+            f"{HUB.get(name, 'ORG/NAME')} --local-dir DIR`), copy DIR here and set {key}=DIR")
+
+
 def load_local(loader, path: str, name: str, key: str, expected: set[str], device: str = "cpu"):
-    """`loader(path)` for a local model directory, after checking it exists and holds the expected model type."""
-    how = (f"download {HUB.get(name, 'the model')} on a machine with internet (`hf download "
-           f"{HUB.get(name, 'ORG/NAME')} --local-dir DIR`), copy DIR here and set {key}=DIR")
+    """`loader(path)` for a local model directory, after checking it exists and holds the expected model type,
+    its weights loaded strictly (load_strictly)."""
+    how = how_to_get(name, key)
     if not path:
         raise ParisError(f"{name} needs its weights: {how}")
     config_file = os.path.join(path, "config.json")
     if not os.path.isfile(config_file):
         raise ParisError(f"{name} weights directory {path} not found or has no config.json; {how}")
-    with open(config_file) as f:
-        config = json.load(f)
+    config = _json_object(config_file, how)
     found = config.get("_class_name") or config.get("model_type")
     if found not in expected:
         raise ParisError(f"{path} holds a {found!r} model, not {name} ({' or '.join(sorted(expected))}); {how}")
+    return load_strictly(loader, path, how).eval().to(device)
+
+
+def load_strictly(loader, path: str, how: str, **options):
+    """`loader(path)` (a transformers or diffusers from_pretrained) from safetensors only, never a pickle (loading
+    one can run code): each weights file checked by paris's reader first, and the model refused when its weights
+    leave a tensor missing or mis-shaped, which both libraries would fill with random values. `how`: the fix."""
+    folder = RunDir(path)
+    files = folder.list("")
+    weights = [file for file in files if file.endswith(".safetensors")]
+    if not weights:
+        pickles = [file for file in files if file.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+        raise ParisError(f"{path} holds no .safetensors weights" + (
+            f", only {', '.join(pickles)}: pickle checkpoints are refused (loading them can run code)" if pickles
+            else "") + f"; {how}")
+    for file in weights:
+        tensor_file.read_header(folder, file, remedy=how)
     try:
-        return loader(path, use_safetensors=True).eval().to(device)  # never a pickle: loading one can run code
-    except (OSError, ValueError) as e:
-        raise ParisError(f"cannot load {name} from {path}: {str(e).splitlines()[0]}; {how}") from None
+        model, info = loader(path, use_safetensors=True, output_loading_info=True, **options)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:  # the libraries' words for a bad folder
+        raise ParisError(f"cannot load {path}: {first_line(e)}; {how}") from None
+    problems = [f"missing {key}" for key in sorted(info["missing_keys"])]
+    problems += [f"mis-shaped {key if isinstance(key, str) else key[0]}" for key in info["mismatched_keys"]]
+    if problems:
+        raise ParisError(f"the weights in {path} do not fit its config.json: {'; '.join(problems[:8])}"
+                         + (f" (and {len(problems) - 8} more)" if len(problems) > 8 else "") + f"; {how}")
+    return model
+
+
+def load_tokenizer(path: str, how: str):
+    """transformers' tokenizer of the local directory `path`; one missing or damaged is one error."""
+    from transformers import AutoTokenizer
+
+    if not os.path.isdir(path):
+        raise ParisError(f"tokenizer directory {path} not found; {how}")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json"):
+        if os.path.isfile(os.path.join(path, name)):
+            _json_object(os.path.join(path, name), how)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # the tokenizers library raises plain Exceptions for files it cannot read
+        raise ParisError(f"cannot load the tokenizer in {path}: {first_line(e)}; {how}") from None
+
+
+def _json_object(file: str, how: str) -> dict:
+    """A JSON object read from `file`; anything else (cut short, not JSON, a list) is one error."""
+    try:
+        with open(file, "rb") as f:
+            value = json.loads(f.read())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ParisError(f"{file} is not valid JSON ({e}); {how}") from None
+    if not isinstance(value, dict):
+        raise ParisError(f"{file} holds a JSON {type(value).__name__}, not an object; {how}")
+    return value
 
 
 # --- image autoencoders ---------------------------------------------------------------------------
@@ -128,13 +185,14 @@ class TextEncoder:
     def load(cls, name: str, path: str, max_tokens: int, device: str = "cpu",
              tokenizer_path: str | None = None) -> "TextEncoder":
         """From a local model directory; the tokenizer from `tokenizer_path`, or from the model's directory."""
-        from transformers import AutoModel, AutoTokenizer, CLIPTextModel
+        from transformers import AutoModel, CLIPTextModel
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # a bar for loading 100 tensors from disk is noise
         loader = CLIPTextModel.from_pretrained if name == "clip" else AutoModel.from_pretrained
         model = load_local(loader, path, name, "data.text_encoder_path", TEXT_MODEL_TYPES[name], device)
-        return cls(model, AutoTokenizer.from_pretrained(tokenizer_path or path), name, max_tokens, device)
+        tokenizer = load_tokenizer(tokenizer_path or path, how_to_get(name, "data.text_encoder_path"))
+        return cls(model, tokenizer, name, max_tokens, device)
 
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids [N, max_tokens] int32 and attention mask [N, max_tokens] bool."""

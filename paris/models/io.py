@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 
-from safetensors import SafetensorError
 from torch import nn
 
 from paris import layout
@@ -22,6 +21,7 @@ MODELS = {"DiT": (DiT, DiTConfig), "Router": (Router, RouterConfig),
           "DiffusersDiT": (DiT, DiTConfig), "DiffusersRouter": (Router, RouterConfig)}
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 OLD_ROUTER_WEIGHTS = "pytorch_model.safetensors"  # routers saved before they were diffusers models; still read
+RESAVE = "save the model again, or download it again"  # what to do about a damaged weights file
 
 
 def weights_file(run: RunDir, folder: str) -> str:
@@ -45,6 +45,20 @@ def require_pretrained(run: RunDir, folder: str) -> None:
         raise ParisError(f"no trained model at {run.url}/{folder}; {layout.next_step(folder)}")
 
 
+def require_weights(run: RunDir, folder: str, what: str = "") -> str:
+    """The weights file of `folder` (relative to `run`), or one error saying it is missing, and that a pickle
+    beside it (.bin, .pt, ...) is refused; `what` names the setting the folder came from."""
+    weights = weights_file(run, folder)
+    if run.exists(weights):
+        return weights
+    pickles = [f for f in run.list(folder) if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+    where = f"{what} {run.url}/{folder}".strip().rstrip("/")
+    raise ParisError(f"{where} has no {WEIGHTS}" + (
+        f", only {', '.join(pickles)}: pickle checkpoints are refused (loading them can run code); convert them "
+        "to safetensors with safetensors.torch.save_file" if pickles else
+        "; give a folder with config.json and it, such as an expert's final/ or a pipeline's expert_<i>/"))
+
+
 def load_pretrained(run: RunDir, folder: str, as_class: type | None = None) -> nn.Module:
     """The network saved in `folder`, its weights checked key by key and shape by shape, from safetensors only.
     With `as_class` (a subclass of the saved network: its diffusers face, paris.models.diffusers_model) it is
@@ -58,19 +72,11 @@ def load_pretrained(run: RunDir, folder: str, as_class: type | None = None) -> n
     if as_class is not None and not issubclass(as_class, network):
         raise ParisError(f"{run.url}/{folder} holds a {network.__name__}, which {as_class.__name__} cannot load")
     model_cls = as_class or network
-    weights = weights_file(run, folder)
-    if not run.exists(weights):
-        pickles = [f for f in run.list(folder) if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
-        raise ParisError(f"{run.url}/{folder} has no {WEIGHTS}" + (
-            f", only {', '.join(pickles)}: pickle checkpoints are refused (loading them can run code); convert them "
-            "to safetensors with safetensors.torch.save_file" if pickles else ""))
+    weights = require_weights(run, folder)
     fields = {key: value for key, value in config.items() if not key.startswith("_")}  # skip diffusers' _version
     with parameters_on_meta():  # no memory and no random initialisation for weights about to be replaced
         model = model_cls(from_dict(config_cls, fields, where=f"{run.url}/{folder}/config.json: ", complete=True))
-    try:
-        state = run.load_tensors(weights)
-    except SafetensorError as e:
-        raise ParisError(f"{run.url}/{weights} is not a valid safetensors file ({e})") from None
+    state = run.load_tensors(weights, remedy=RESAVE)
     load_state_dict_strict(model, state, f"{run.url}/{weights}", assign=True)
     return model.eval()
 
@@ -95,18 +101,23 @@ def parameters_on_meta():
 
 
 def load_state_dict_strict(model: nn.Module, state: dict, where: str, assign: bool = False) -> None:
-    """load_state_dict that lists every missing, unexpected or mis-shaped key in one clear error; with
-    `assign`, the model takes the tensors of `state` as its own (no copy; for a model built on meta)."""
+    """load_state_dict that lists every missing, unexpected, mis-shaped or non-float key in one clear error; with
+    `assign`, the model takes the tensors of `state` as its own (no copy unless their float type differs from
+    the model's: a bf16 file still loads as the float32 model; for a model built on meta)."""
     expected = model.state_dict()
     # Shapes first: one mis-shaped tensor says more about a wrong config than a list of missing blocks.
     problems = [
         f"{k} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)}"
         for k, v in expected.items() if k in state and state[k].shape != v.shape
     ]
+    problems += [f"{k} is {state[k].dtype}, expected floating point" for k, v in expected.items()
+                 if k in state and v.is_floating_point() and not state[k].is_floating_point()]
     problems += [f"missing {k}" for k in expected if k not in state]
     problems += [f"unexpected {k}" for k in state if k not in expected]
     if problems:
         raise ParisError(f"weights in {where} do not fit the model: {'; '.join(problems[:8])}"
                          + (f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""))
+    if assign:
+        state = {k: v.to(expected[k].dtype) if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, assign=assign)
 

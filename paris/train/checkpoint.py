@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 
 import torch
-from safetensors import SafetensorError
 from torch import nn
 
 from paris import progress
@@ -54,7 +53,7 @@ def load_latest(run: RunDir, folder: str, model: nn.Module, ema: nn.Module,
             state = run.read_json(f"{path}/state.json")
             tensors = {part: run.load_tensors(f"{path}/{part}.safetensors", digest)
                        for part, digest in state["sha256"].items()}
-        except (ParisError, SafetensorError, ValueError, KeyError) as e:
+        except (ParisError, ValueError, KeyError) as e:
             progress.say(f"skipping unreadable checkpoint {run.url}/{path}: {e}", warning=True)
             continue
         _check_identity(state.get("identity", {}), identity, f"{run.url}/{path}")

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from paris.errors import ParisError
-from paris.models.io import WEIGHTS, load_state_dict_strict, weights_file
+from paris.models.io import RESAVE, load_state_dict_strict, require_weights
 from paris.inference.release import convert_state
 from paris.run import RunDir
 
@@ -32,13 +31,11 @@ def load_initial_weights(run: RunDir, model: nn.Module, init_from: str, fresh_he
     """Copy the weights of `init_from` into `model` (strictly: every mismatch is listed in one error) and return
     where they came from and how many training samples they hold (0 when unknown, e.g. a release)."""
     source = resolve(run, init_from)
-    weights = weights_file(source, "")
-    if not source.exists(weights):
-        raise ParisError(f"--init-from {source.url} holds no {WEIGHTS}; give a folder with config.json and "
-                         f"{WEIGHTS}, such as RUN/seed/final (`paris train-seed RUN`) or an expert's final/")
-    state = source.load_tensors(weights)
+    weights = require_weights(source, "", "--init-from")
+    state = source.load_tensors(weights, remedy=RESAVE)
     prefixes = FRESH_HEAD[type(model).__name__] if fresh_head else ()
-    if source.exists("config.json") and not source.read_json("config.json").get("_class_name"):
+    config = source.read_json("config.json") if source.exists("config.json") else {}
+    if isinstance(config, dict) and not config.get("_class_name"):
         # a network of the public release: its own tensor names
         state = convert_state(state, model, f"--init-from {source.url}/{weights}", skip=prefixes)
     if fresh_head:  # the model's own random initialisation stays for these, whatever their shape in the start

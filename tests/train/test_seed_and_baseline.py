@@ -106,7 +106,7 @@ def test_a_start_of_another_shape_is_one_clear_error_through_the_cli(seeded, tmp
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("error: weights in --init-from") and "x_embedder.proj.weight has shape" in error
     missing = run_in_process("train-expert", run.url, "-e", "0", "--init-from", "nowhere/final", "--set", "expert.steps=1")
-    assert missing.returncode == 2 and "holds no diffusion_pytorch_model.safetensors" in missing.stderr
+    assert missing.returncode == 2 and "has no diffusion_pytorch_model.safetensors" in missing.stderr
 
 
 def test_resuming_a_seeded_expert_is_bitwise_identical(seeded, tmp_path, config):
