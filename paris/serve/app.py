@@ -62,7 +62,7 @@ def create_app(engine: Engine, model_name: str, run: RunDir | None = None, api_k
 
     @app.get("/healthz")
     async def health():
-        return {"status": "ok", "queued": engine.queue.qsize(), "batches": engine.batches, "auth": bool(api_key)}
+        return {"status": "ok", "queued": len(engine.waiting), "batches": engine.batches, "auth": bool(api_key)}
 
     _add_openai_routes(app, engine, model_name, size)
     _add_page_routes(app, engine, model_name, size, run)
