@@ -42,6 +42,7 @@ CASES = [  # (method, path, body, status, param, words the message must hold)
     ("POST", IMAGES, body(prompt=""), 400, "prompt", "prompt must be a non-empty string"),
     ("POST", IMAGES, body(prompt=" \n "), 400, "prompt", "prompt must be a non-empty string"),
     ("POST", IMAGES, body(prompt="x" * 51), 400, "prompt", "prompt is 51 characters long; at most 50"),
+    ("POST", IMAGES, body(prompt=["a bag"] * 5), 400, "prompt", "5 prompts are too many: this server draws at most 4"),
     # n
     ("POST", IMAGES, body(n=0), 400, "n", "n must be an integer from 1 to 4 (at most 4 images per request), got 0"),
     ("POST", IMAGES, body(n=5), 400, "n", "got 5"),

@@ -115,8 +115,11 @@ class Engine:
         pipeline's own for any left out). A bad request is a ParisError that says what to change; a full queue
         is QueueFull."""
         prompts = prompt_list(prompt, self.max_prompt_chars, blank=False)
+        if len(prompts) > self.max_images:
+            raise ParisError(f"{len(prompts):,} prompts are too many: this server draws at most {self.max_images} "
+                             "images per request", "prompt")
         if type(n) is not int or not 1 <= n * len(prompts) <= self.max_images:
-            raise ParisError(f"n must be an integer from 1 to {max(1, self.max_images // len(prompts))} (at most "
+            raise ParisError(f"n must be an integer from 1 to {self.max_images // len(prompts)} (at most "
                              f"{self.max_images} images per request), got {shown(n)}", "n")
         given = {key: value for key, value in settings.items() if value is not None}
         if isinstance(given.get("strategy"), str):  # first: an oracle:E beyond the experts, top3 of 2, a typo
