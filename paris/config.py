@@ -10,13 +10,14 @@ Command-line options left out mean "the config's value".
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Annotated, Literal, Optional, Union
 
 import yaml
 
-from paris.errors import ParisError
+from paris.errors import ParisError, shown
 
 
 @dataclass(frozen=True)
@@ -34,15 +35,22 @@ class Range:
         return above and below
 
     def __str__(self) -> str:
+        low, high = _number(self.low), _number(self.high)
         if self.high == float("inf"):
-            return f"{'above' if self.open_low else 'at least'} {self.low:g}"
-        return f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
+            return f"{'above' if self.open_low else 'at least'} {low}"
+        return f"in {'(' if self.open_low else '['}{low}, {high}{')' if self.open_high else ']'}"
+
+
+def _number(bound: float) -> str:
+    """A bound as written: an int whole (a seed's 2**64 - 1), a float short (0.01)."""
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"
 
 
 Positive = Annotated[int, Range(1)]
 Count = Annotated[int, Range(0)]
 Share = Annotated[float, Range(0.0, 1.0)]
 PositiveFloat = Annotated[float, Range(0.0, open_low=True)]
+Seed = Annotated[int, Range(-2**63, 2**64 - 1)]  # what torch.Generator.manual_seed takes
 
 
 # sincos: DiT's fixed 2-D sin-cos table, computed, never saved | stored: a table kept in the weights file (a
@@ -292,7 +300,7 @@ class SampleConfig:
     steps: Positive = 50
     guidance: Annotated[float, Range(0.0)] = 7.5
     strategy: str = "top2"  # a routing rule of paris.inference.routing: top1, top2, topk:K, full, sample-k:K, nucleus:P, ...
-    seed: int = 0
+    seed: Seed = 0
     route_every: Positive = 1  # the router runs at every n-th velocity evaluation; 1 = at every one (the paper)
     sampler: Literal["euler", "heun"] = "euler"
     shift: Annotated[float, Range(0.01, 100.0)] = 1.0  # time shift: > 1 spends more steps at high noise
@@ -311,7 +319,7 @@ class SampleConfig:
         try:
             parse_strategy(self.strategy)
         except ParisError as e:
-            raise ParisError(f"config key 'sample.strategy': {e}") from None
+            raise ParisError(f"config key 'sample.strategy': {e}", "sample.strategy") from None
 
     def updated(self, where: str = "sample.", **given) -> "SampleConfig":
         """These settings with `given` ones (None: keep this config's value), checked as a loaded config is: where
@@ -400,12 +408,13 @@ def from_dict(cls, data: dict, where: str = "", complete: bool = False):
     """Build dataclass `cls` from a plain dict, refusing unknown keys and values of the wrong type. With
     `complete`, every field must be given: a model's architecture is read, never filled in with a default."""
     if not isinstance(data, dict):
-        raise ParisError(f"config {where or 'root'}: expected a mapping, got {data!r}")
+        raise ParisError(f"config {where or 'root'}: expected a mapping, got {shown(data)}", where.rstrip(".") or None)
     hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:
         if key not in names:
-            raise ParisError(f"unknown config key {where + key!r}; valid keys here: {', '.join(sorted(names))}")
+            raise ParisError(f"unknown config key {shown(where + key)}; valid keys here: {', '.join(sorted(names))}",
+                             where + key)
     if complete:
         data = {**ADDED_MODEL_FIELDS.get(cls.__name__, {}), **data}
     missing = sorted(names - data.keys()) if complete else []
@@ -437,11 +446,11 @@ def _coerce(value, kind, key: str):
         value = _coerce(value, base, key)
         for allowed in limits:
             if value not in allowed:
-                raise ParisError(f"config key {key!r} must be {allowed}, got {value!r}")
+                raise ParisError(f"config key {key!r} must be {allowed}, got {shown(value)}", key)
         return value
     if typing.get_origin(kind) is list:
         if not isinstance(value, list):
-            raise ParisError(f"config key {key!r} must be a list, e.g. [a, b], got {value!r}")
+            raise ParisError(f"config key {key!r} must be a list, e.g. [a, b], got {shown(value)}", key)
         (item,) = typing.get_args(kind)
         return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if typing.get_origin(kind) is Literal:
@@ -449,13 +458,24 @@ def _coerce(value, kind, key: str):
         if type(value) is bool and {"on", "off"} <= set(choices):  # YAML's on/off/true/false, a bool in older configs
             value = "on" if value else "off"
         if value not in choices:
-            raise ParisError(f"config key {key!r} must be one of {', '.join(choices)}; got {value!r}")
+            raise ParisError(f"config key {key!r} must be one of {', '.join(choices)}; got {shown(value)}", key)
         return value
-    if kind is float and type(value) is int:  # YAML reads "1" as an int
-        return float(value)
+    if kind is float and type(value) in (int, float):  # YAML reads "1" as an int
+        return _finite(value, key)
     if type(value) is kind:  # exact: True is not an int here
         return value
-    raise ParisError(f"config key {key!r} must be {kind.__name__}, got {value!r}")
+    raise ParisError(f"config key {key!r} must be {kind.__name__}, got {shown(value)}", key)
+
+
+def _finite(value: int | float, key: str) -> float:
+    """`value` as a float, refused when infinite or NaN: no setting of paris means anything at infinity."""
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float's range
+        number = math.inf
+    if not math.isfinite(number):
+        raise ParisError(f"config key {key!r} must be a finite number, got {shown(value)}", key)
+    return number
 
 
 def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:

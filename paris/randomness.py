@@ -14,7 +14,8 @@ import torch
 
 
 def step_generator(seed: int, step: int, position: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_000_033 + position)
+    # modulo 2**64, the generator's own range: any seed a config takes works, and smaller ones seed as before
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1_000_033 + position) % 2**64)
 
 
 class SampleRandom:

@@ -1,5 +1,6 @@
 """`paris serve` in a child process on a free port of 127.0.0.1, and the browser that opens its page: for the
-tests (tests/test_serve.py) and the script that screenshots the page (benchmarks/screenshots.py)."""
+tests (tests/test_serve.py) and the script that screenshots the page (benchmarks/screenshots.py); and the same
+app in this process, for tests that send it many requests (tests/test_serve_fuzz.py)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,25 @@ def serving(model: str | Path, *options: str, env: dict[str, str] | None = None,
         finally:
             process.terminate()
             process.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def app_client(model: str | Path, api_key: str | None = None, max_body_bytes: int | None = None,
+               log_prompts: bool = False, **limits):
+    """FastAPI's TestClient over the app `paris serve MODEL` makes, in this process (its engine at
+    `client.app.state.engine`); `limits` are the Engine's."""
+    from fastapi.testclient import TestClient
+
+    from paris.inference.pipeline import ParisPipeline
+    from paris.serve.app import MAX_BODY_BYTES, create_app
+    from paris.serve.engine import Engine
+
+    engine = Engine(ParisPipeline.from_pretrained(str(model)), **limits)
+    app = create_app(engine, Path(model).name, api_key=api_key, max_body_bytes=max_body_bytes or MAX_BODY_BYTES,
+                     log_prompts=log_prompts)
+    app.state.engine = engine
+    with TestClient(app) as client:
+        yield client
 
 
 def _wait_for_health(server: Server, timeout: float) -> None:

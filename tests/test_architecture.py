@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "paris"
 # Lowest first. A module may import from its own layer and the layers before it, never from a later one.
 LAYERS = [
     ("base", ["paris.errors", "paris.config", "paris.layout", "paris.run", "paris.flow", "paris.randomness",
-              "paris.images", "paris.progress", "paris.precision", "paris.cache", "paris.tensor_file", "paris.outputs",
+              "paris.images", "paris.progress", "paris.precision", "paris.cache", "paris.tensor_file", "paris.outputs", "paris.prompts",
               "paris.inference.routing"]),  # pure math on probabilities, that the config checks strategies with
     ("building blocks", ["paris.models", "paris.data"]),
     ("stages", ["paris.data.prepare", "paris.data.merge", "paris.clusters", "paris.train", "paris.inference",

@@ -6,6 +6,8 @@ the error contract, the exit code), which keeps 70 cases fast; tests/test_cli.py
 
 from __future__ import annotations
 
+import os
+import socket
 import shutil
 from pathlib import Path
 
@@ -56,6 +58,15 @@ CASES = [  # (arguments, words the one-line error must hold)
     (["serve", RUN, "--max-steps", "0"], "--max-steps must be at least 1, got 0"),
     (["serve", RUN, "--host", "no.such.host.invalid"], "is not an address of this machine"),
     (["serve", RUN, "--log-level", "loud"], "--log-level must be one of debug, info, warning, error, got 'loud'"),
+    (["serve", RUN, "--port", "99999"], "--port must be from 1 to 65535, got 99999"),
+    (["serve", RUN, "--port", "0"], "--port must be from 1 to 65535, got 0"),
+    (["serve", RUN, "--port", "-80"], "--port must be from 1 to 65535, got -80"),
+    (["serve", RUN, "--port", "http"], "Invalid value for '--port'"),
+    (["serve", RUN, "--max-batch", "0"], "--max-batch must be at least 1, got 0"),
+    (["serve", RUN, "--max-images", "0"], "--max-images must be at least 1, got 0"),
+    (["serve", RUN, "--max-prompt-chars", "0"], "--max-prompt-chars must be at least 1, got 0"),
+    (["serve", RUN, "--max-body-bytes", "-1"], "--max-body-bytes must be at least 1, got -1"),
+    (["serve", RUN, "--max-queue", "0"], "--max-queue must be at least 1, got 0"),
     # train-expert
     (["train-expert", RUN, "--expert", "9"], "expert 9 does not exist"),
     (["train-expert", RUN, "--expert", "-1"], "expert -1 does not exist"),
@@ -105,6 +116,9 @@ CASES = [  # (arguments, words the one-line error must hold)
     (["generate", RUN, "-p", "a bag", "--num", "0"], "--num must be at least 1, got 0"),
     (["generate", RUN, "-p", "a bag", "--steps", "0"], "'sample.steps' must be at least 1, got 0"),
     (["generate", RUN, "-p", "a bag", "--guidance", "-1"], "'sample.guidance' must be at least 0"),
+    (["generate", RUN, "-p", "a bag", "--guidance", "inf"], "'sample.guidance' must be a finite number, got inf"),
+    (["generate", RUN, "-p", "a bag", "--seed", "18446744073709551616"],
+     "'sample.seed' must be in [-9223372036854775808, 18446744073709551615], got 18446744073709551616"),
     (["generate", RUN, "-p", "a bag", "--shift", "0"], "'sample.shift' must be in [0.01, 100]"),
     (["generate", RUN, "-p", "a bag", "--sampler", "rk4"], "'sample.sampler' must be one of euler, heun"),
     (["generate", RUN, "-p", "a bag", "--guidance-mode", "before"], "'sample.guidance_mode' must be one of"),
@@ -186,6 +200,21 @@ def test_bad_input_is_one_line_and_changes_nothing(case, run_path, tmp_path, mon
     assert "Traceback" not in err + out and needle in errors[0], errors[0]
     assert snapshot(run_path) == before, "the run directory changed"
     assert not (tmp_path / "new").exists() or not any((tmp_path / "new").rglob("*.safetensors"))
+
+
+def test_serving_on_a_port_in_use_is_one_line(run_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:  # listening, as another server would
+        port = taken.getsockname()[1]
+        code, _, err = run_paris("serve", str(run_path), "--port", str(port))
+    assert code == 2 and err.strip() == (f"error: cannot listen on 127.0.0.1:{port}: another program listens there; "
+                                         "stop it or choose another --port"), err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may listen on any port")
+def test_serving_on_a_port_that_needs_root_is_one_line(run_path):
+    code, _, err = run_paris("serve", str(run_path), "--port", "80")
+    assert code == 2 and err.strip() == ("error: cannot listen on 127.0.0.1:80: permission denied (ports below 1024 "
+                                         "need root); choose --port 1024 or above"), err
 
 
 SECTIONS = {name: sorted(vars(section)) for name, section in vars(RunConfig()).items()}

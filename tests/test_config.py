@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from paris.config import RunConfig, apply_overrides, dit_config, from_yaml, router_config, to_yaml
+from paris.config import RunConfig, SampleConfig, apply_overrides, dit_config, from_yaml, router_config, to_yaml
 from paris.errors import ParisError
 
 
@@ -133,10 +133,23 @@ def test_choice_fields_cover_the_choices_the_code_makes():
     ("data.limit=-1", "'data.limit' must be at least 1, got -1"),
     ("expert.steps=0", "'expert.steps' must be at least 1, got 0"),
     ("sample.strategy=top7", "config key 'sample.strategy': unknown strategy 'top7'"),
+    ("sample.guidance=.inf", "'sample.guidance' must be a finite number, got inf"),  # no setting means infinity
+    ("sample.guidance=.nan", "'sample.guidance' must be a finite number, got nan"),
+    ("expert.lr=.inf", "'expert.lr' must be a finite number, got inf"),
+    ("sample.seed=18446744073709551616", r"'sample.seed' must be in \[-9223372036854775808, 18446744073709551615\]"),
+    ("sample.seed=-9223372036854775809", r"'sample.seed' must be in \[-9223372036854775808, 18446744073709551615\]"),
 ])
 def test_numbers_and_strategies_are_checked_when_the_config_loads(item, message):
-    with pytest.raises(ParisError, match=message):
+    with pytest.raises(ParisError, match=message) as error:
         apply_overrides(RunConfig(), [item])
+    assert error.value.key == item.partition("=")[0]  # the HTTP API names it as OpenAI's `param`
+
+
+def test_a_value_too_large_to_show_is_refused_in_a_short_message():
+    with pytest.raises(ParisError, match=r"'sample.guidance' must be a finite number, got 1000000\d+\.\.\.$"):
+        SampleConfig().updated(guidance=10**400)
+    with pytest.raises(ParisError, match="'sample.seed' must be in .*, got a value too large to show$"):
+        SampleConfig().updated(seed=10**5000)
 
 
 def test_unset_is_null():

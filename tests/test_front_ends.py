@@ -1,14 +1,19 @@
 """One config, one integrator: Python, `paris generate`, the server, `paris evaluate`'s sampler and diffusers draw
-the same pixels for the same settings."""
+the same pixels for the same settings; and one check: Python, `paris generate` and the server refuse the same bad
+settings and prompts with the same words."""
 
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 from testkit.runs import run_in_process
 
+from paris.errors import ParisError
 from paris.evaluate.table import Measures, sample_and_score
 from paris.images import to_pil
 from paris.inference.pipeline import ParisPipeline
@@ -50,3 +55,42 @@ def test_every_front_end_draws_the_same_pixels(three_experts, tmp_path):
         assert np.array_equal(image, python), name
     # diffusers integrates with its own schedulers: equal within 1e-5, so a pixel may round the other way
     assert np.abs(diffusers.astype(int) - python).max() <= 1
+
+
+@pytest.mark.parametrize("setting, value, words", [
+    ("guidance", float("inf"), "must be a finite number, got inf"),  # once drew non-finite images
+    ("seed", 2**64, "must be in [-9223372036854775808, 18446744073709551615], got 18446744073709551616"),
+    ("steps", 0, "must be at least 1, got 0"),
+])
+def test_every_front_end_refuses_a_bad_setting_with_the_same_words(three_experts, setting, value, words):
+    pipe = ParisPipeline.from_pretrained(str(three_experts))
+    with pytest.raises(ParisError, match=re.escape(words)):
+        pipe.generate([PROMPT], **{"steps": 1, setting: value})
+    with pytest.raises(ParisError, match=re.escape(words)):
+        Engine(pipe).submit(PROMPT, **{"steps": 1, setting: value})
+    result = run_in_process("generate", str(three_experts), "-p", PROMPT, f"--{setting}", str(value))
+    assert result.returncode == 2 and words in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("prompt, words", [
+    (None, "prompt is missing"),
+    (5, "prompt must be a string or a non-empty list of strings, got 5"),
+    ({"text": PROMPT}, "prompt must be a string or a non-empty list of strings, got {'text'"),
+    ([PROMPT, None], "the list holds None"),
+    ([], "got []"),
+])
+def test_python_and_the_server_refuse_a_prompt_that_is_not_text_with_the_same_words(three_experts, prompt, words):
+    pipe = ParisPipeline.from_pretrained(str(three_experts))
+    for front_end in (pipe.generate, Engine(pipe).submit):
+        with pytest.raises(ParisError, match=re.escape(words)):
+            front_end(prompt, steps=1)
+
+
+def test_python_takes_one_prompt_as_one_image_and_an_empty_one_as_the_unconditional_image(three_experts):
+    pipe = ParisPipeline.from_pretrained(str(three_experts))
+    one, _ = pipe.generate(PROMPT, steps=1)
+    unconditional, _ = pipe.generate([""], steps=1)
+    assert one.shape[0] == 1 and torch.equal(one, pipe.generate([PROMPT], steps=1)[0])  # not a prompt per letter
+    assert unconditional.shape[0] == 1
+    with pytest.raises(ParisError, match="prompt must be a non-empty string"):  # the server wants words
+        Engine(pipe).submit("", steps=1)

@@ -7,6 +7,8 @@ import io
 import json
 import os
 import re
+import socket
+import time
 import urllib.request
 
 import numpy as np
@@ -14,7 +16,7 @@ import pytest
 from PIL import Image
 
 from paris.inference.pipeline import ParisPipeline
-from testkit.serve import CHROMIUM, launch_chromium, serving
+from testkit.serve import CHROMIUM, app_client, launch_chromium, serving
 
 KEY = "test-key"
 pytestmark = pytest.mark.slow  # a server process
@@ -93,6 +95,44 @@ def test_the_server_logs_each_requests_progress_at_debug_level(served, client):
     log = served.log()
     assert f"job {job} queued: 1 image(s), " in log and f"job {job} done: " in log, log
     assert re.search(rf"batch \d+ \(jobs [^)]*{job}[^)]*\): step 3/3", log), log
+
+
+def test_the_server_writes_a_line_per_request_and_no_prompt(served, client):
+    client.images.generate(prompt="a secret sandal", n=2, extra_body={"steps": 2})
+    with pytest.raises(Exception):
+        client.images.generate(prompt="a secret sandal", extra_body={"steps": 0})
+    log = served.log()
+    assert re.search(r"paris.serve INFO: POST /v1/images/generations 200 [\d.]+ s 2 images\n", log), log
+    assert re.search(r"paris.serve INFO: POST /v1/images/generations 400 [\d.]+ s 0 images\n", log), log
+    assert "secret" not in log  # prompts are logged only with --log-prompts
+
+
+def test_log_prompts_adds_them_to_the_line(three_experts, caplog):
+    with app_client(three_experts, log_prompts=True, max_steps=2) as client, caplog.at_level("INFO", "paris.serve"):
+        client.post("/api/jobs", json={"prompt": "a bag\na \"coat\"", "steps": 1})
+    assert [r.getMessage() for r in caplog.records if r.name == "paris.serve"][-1].endswith(
+        ' s 2 images prompts ["a bag", "a \\"coat\\""]')
+
+
+def test_a_client_that_goes_away_cancels_its_job(served, server):
+    """The server notices the closed connection while the job samples, and stops it between two steps."""
+    host, port = server.removeprefix("http://").split(":")
+    body = json.dumps({"prompt": "a long walk", "steps": 200, "seed": 5}).encode()
+    with socket.create_connection((host, int(port))) as connection:
+        connection.sendall(b"POST /v1/images/generations HTTP/1.1\r\nHost: paris\r\nAuthorization: Bearer "
+                           + KEY.encode() + b"\r\nContent-Type: application/json\r\nContent-Length: "
+                           + str(len(body)).encode() + b"\r\n\r\n" + body)
+        _wait_for(served, r"200 steps, seed 5\b")  # queued
+    cancelled = _wait_for(served, r"job \w+ cancelled at step (\d+) of 200")
+    assert int(cancelled.group(1)) < 200 and re.search(r"POST /v1/images/generations 499 ", served.log())
+
+
+def _wait_for(served, pattern: str, timeout: float = 60) -> re.Match:
+    deadline = time.monotonic() + timeout
+    while not (found := re.search(pattern, served.log())):
+        assert time.monotonic() < deadline, f"no {pattern!r} in the log:\n{served.log()}"
+        time.sleep(0.05)
+    return found
 
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (`make test` installs it)")

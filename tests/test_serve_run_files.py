@@ -1,11 +1,13 @@
-"""What the serve page's training tab shows of a run, and the titles that say which expert, step, prompts and
-cluster each picture is."""
+"""What the serve page's training tab shows of a run, the titles that say which expert, step, prompts and cluster
+each picture is, and that nothing else of the machine is shown through it."""
 
 from __future__ import annotations
 
+import os
+
 from paris import layout
 from paris.run import RunDir
-from paris.serve.run_files import RUN_FILES, run_files
+from paris.serve.run_files import RUN_FILES, run_file, run_files
 from testkit.runs import tiny_config
 
 PNG = b"\x89PNG\r\n\x1a\n"  # the titles are read from names and JSON: the pictures' bytes do not matter
@@ -40,3 +42,17 @@ def test_previews_without_prompts_say_whose_captions_they_draw(tmp_path):
     assert [file["title"] for file in run_files(run)["previews"]] == [
         "expert 0 at step 6: its data's first captions, a row each",
         "expert 1 at step 6: its data's first captions, a row each"]
+
+
+def test_a_run_file_is_read_only_inside_the_run_and_only_if_the_page_shows_its_kind(tmp_path):
+    run = RunDir(str(tmp_path / "run"))
+    run.write_bytes(layout.loss_chart("experts/0"), PNG)
+    run.write_bytes(layout.montage(0), PNG)
+    (tmp_path / "secret.png").write_bytes(b"not the run's")
+    os.symlink(tmp_path / "secret.png", run.path(layout.montage(1)))  # a name the page shows, leading out
+    os.symlink(run.path(layout.montage(0)), run.path(layout.montage(2)))  # one that stays inside: fine
+    run.write_text("config.yaml", "private: true")
+    assert run_file(run, layout.loss_chart("experts/0")) == PNG and run_file(run, layout.montage(2)) == PNG
+    assert run_file(run, layout.montage(1)) is None
+    assert run_file(run, "config.yaml") is None and run_file(run, "partition/montage/../../config.yaml") is None
+    assert run_file(run, layout.montage(3)) is None  # not there

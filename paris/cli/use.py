@@ -180,7 +180,7 @@ def serve(
     model: str = typer.Argument("runs/demo", help="A run directory, a pipeline folder (save_pretrained, "
                                 "convert-release) or a download of the Paris release."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on; anything but this machine needs --api-key."),
-    port: int = typer.Option(8000, help="Port to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on, 1 to 65535."),
     api_key: Optional[str] = typer.Option(None, envvar="PARIS_API_KEY", help="Require `Authorization: Bearer KEY` "
                                           "(also from $PARIS_API_KEY)."),
     max_resident_experts: Optional[int] = typer.Option(None, help="Keep at most this many experts in memory "
@@ -188,47 +188,76 @@ def serve(
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     max_batch: int = typer.Option(16, help="Images sampled together: requests with the same settings share a batch."),
     max_steps: int = typer.Option(200, help="The most sampling steps a request may ask for."),
-    log_level: str = typer.Option("warning", help="debug: each request's way through the queue, step by step "
-                                  "(the paris.serve logger); info: also every HTTP request (uvicorn's)."),
+    max_images: int = typer.Option(10, help="The most images one request may ask for (n times its prompts)."),
+    max_prompt_chars: int = typer.Option(4000, help="The longest prompt taken, in characters."),
+    max_body_bytes: int = typer.Option(1 << 20, help="The largest request body taken, in bytes (413 beyond)."),
+    max_queue: int = typer.Option(64, help="Requests that may wait to be sampled; one more is answered 429 with "
+                                  "a Retry-After header."),
+    log_level: str = typer.Option("info", help="info: a line per HTTP request (method, path, status, seconds, "
+                                  "images); debug: also each request's way through the queue, step by step (both "
+                                  "on the paris.serve logger); warning: neither."),
+    log_prompts: bool = typer.Option(False, "--log-prompts", help="Also write each request's prompts in its line."),
     one_model: Optional[str] = typer.Option(None, "--model", help=MODEL.help),
 ):
     """Serve the model: a web page to type prompts into (with each image's routing per step), and OpenAI's
     images API (POST /v1/images/generations), so OpenAI's clients work unchanged."""
-    import ipaddress
     import logging
-    import socket
 
     from paris.inference.pipeline import ParisPipeline
     from paris.run import RunDir
     from paris.serve.app import create_app
     from paris.serve.engine import Engine
 
-    for option, value in (("--port", port), ("--max-batch", max_batch), ("--max-steps", max_steps)):
+    limits = {"--max-batch": max_batch, "--max-steps": max_steps, "--max-images": max_images,
+              "--max-prompt-chars": max_prompt_chars, "--max-body-bytes": max_body_bytes, "--max-queue": max_queue}
+    for option, value in limits.items():
         at_least(option, value, 1)
     at_least("--max-resident-experts", max_resident_experts, 1)
     if log_level not in LOG_LEVELS:
         raise ParisError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+    listening = _listen(host, port, api_key)  # before minutes of loading: a taken port fails at once
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     logging.getLogger("paris").setLevel(log_level.upper())
-    try:
-        loopback = ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
-    except (OSError, ValueError):
-        raise ParisError(f"--host {host} is not an address of this machine") from None
-    if not loopback and not api_key:
-        raise ParisError(f"serving on {host} lets other machines in: set --api-key KEY (or PARIS_API_KEY), or "
-                         "keep the default --host 127.0.0.1")
     folder = RunDir(model)
     is_run = folder.exists("config.yaml")
     if one_model and not is_run:
         raise ParisError(f"--model chooses among a training run's models; {model} is a pipeline folder")
     pipe = (ParisPipeline.from_run(model, max_resident_experts, device, single_model(one_model)) if is_run
             else ParisPipeline.from_pretrained(model, max_resident_experts, device))
-    engine = Engine(pipe, max_batch=max_batch, max_steps=max_steps)
-    app = create_app(engine, Path(model).name or model, folder if is_run else None, api_key)
+    engine = Engine(pipe, max_batch=max_batch, max_steps=max_steps, max_images=max_images, max_queue=max_queue,
+                    max_prompt_chars=max_prompt_chars)
+    app = create_app(engine, Path(model).name or model, folder if is_run else None, api_key, max_body_bytes,
+                     log_prompts)
     typer.echo(f"serving {model} ({engine.num_experts} experts) on http://{host}:{port}  (Ctrl-C stops)")
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    # paris.serve writes the line per request (paris.serve.access_log): uvicorn's own would repeat it
+    uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False)).run(sockets=[listening])
+
+
+def _listen(host: str, port: int, api_key: str | None):
+    """A socket listening on host:port, or the one line that says why there is none."""
+    import errno
+    import ipaddress
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise ParisError(f"--port must be from 1 to 65535, got {port}")
+    try:
+        address = socket.gethostbyname(host)
+        loopback = ipaddress.ip_address(address).is_loopback
+    except (OSError, ValueError, UnicodeError):
+        raise ParisError(f"--host {host} is not an address of this machine") from None
+    if not loopback and not api_key:
+        raise ParisError(f"serving on {host} lets other machines in: set --api-key KEY (or PARIS_API_KEY), or "
+                         "keep the default --host 127.0.0.1")
+    try:
+        return socket.create_server((address, port))
+    except OSError as e:
+        why = {errno.EADDRINUSE: "another program listens there; stop it or choose another --port",
+               errno.EACCES: "permission denied (ports below 1024 need root); choose --port 1024 or above",
+               errno.EADDRNOTAVAIL: f"{host} is not an address of this machine"}
+        raise ParisError(f"cannot listen on {host}:{port}: {why.get(e.errno, e.strerror)}") from None
 
 
 @app.command()

@@ -34,6 +34,7 @@ from paris.models.encoders import TextEncoder, build_autoencoder, build_text_enc
 from paris.models.io import load_pretrained, require_pretrained, save_pretrained
 from paris.outputs import check_apart, folder_written_whole
 from paris.progress import bar
+from paris.prompts import prompt_list
 from paris.roster.retired import retired_experts
 from paris.run import RunDir
 
@@ -222,15 +223,16 @@ class ParisPipeline:
                   **{key: self.config[key] for key in CARD_KEYS if key in self.config}}
         out.write_json("config.json", config)  # last: a folder with a config.json is complete
 
-    def generate(self, prompts: list[str], sample: SampleConfig | None = None, **options):
-        """Tensors in [-1, 1] and sampling statistics. The sampling settings are `sample`, by default the
+    def generate(self, prompts: list[str] | str, sample: SampleConfig | None = None, **options):
+        """Tensors in [-1, 1] and sampling statistics, for a prompt or a list of them (paris.prompts). The sampling settings are `sample`, by default the
         pipeline's, with any of SampleConfig's fields given in `options` in their place (checked here, as a
         loaded config is); the other options are those of paris.inference.sampler.generate (negative_prompts,
         noise, generator, trace, on_step, decode)."""
         names = {f.name for f in dataclasses.fields(SampleConfig)}
         settings = {key: options.pop(key) for key in list(options) if key in names}
         sample = sample or self.sample
-        return generate(self.mixture, list(prompts), sample.updated(**settings) if settings else sample, **options)
+        return generate(self.mixture, prompt_list(prompts), sample.updated(**settings) if settings else sample,
+                        **options)
 
     def __call__(self, prompts: list[str] | str, **options):
         """PIL images, one per prompt; `options` as in `generate`."""

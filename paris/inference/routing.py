@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from paris.errors import ParisError
+from paris.errors import ParisError, shown
 
 STRATEGIES = ("top1", "top2", "topk:K", "full", "sample-k:K", "nucleus:P", "threshold:TAU", "oracle:EXPERT")
 
@@ -42,11 +42,11 @@ def parse_strategy(text: str, num_experts: int | None = None) -> Strategy:
         name, raw = "topk", name[-1]
     rules = {"topk": int, "sample-k": int, "oracle": int, "nucleus": float, "threshold": float, "full": None}
     if name not in rules or (rules[name] is None) != (raw == ""):
-        raise ParisError(f"unknown strategy {text!r}; choose one of {', '.join(STRATEGIES)}")
+        raise ParisError(f"unknown strategy {shown(text)}; choose one of {', '.join(STRATEGIES)}")
     try:
-        value = rules[name](raw) if raw else 0.0
-    except ValueError:
-        raise ParisError(f"strategy {text!r} needs a {rules[name].__name__} after the colon") from None
+        value = float(rules[name](raw)) if raw else 0.0  # float: an int beyond float's range is refused here
+    except (ValueError, OverflowError):
+        raise ParisError(f"strategy {shown(text)} needs a {rules[name].__name__} after the colon") from None
     strategy = Strategy(name, value)
     _check(strategy, num_experts)
     return strategy

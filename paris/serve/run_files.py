@@ -3,6 +3,7 @@ evaluation, each with a title that says what it is (which expert, which step, wh
 
 from __future__ import annotations
 
+import os
 import re
 
 from paris import layout
@@ -35,6 +36,18 @@ def run_files(run: RunDir) -> dict[str, list[dict]]:
         "report": [{"path": path, "title": "evaluation: FID, adherence and cost per routing strategy"}
                    for path in (layout.EVAL_CHART, layout.EVAL_TABLE) if run.exists(path)],
     }
+
+
+def run_file(run: RunDir, path: str) -> bytes | None:
+    """The bytes of a file of the run that the page may show (RUN_FILES); None for any other path, for one that
+    does not exist, and for one that leads out of the run through a symlink (resolved here, on a local run)."""
+    if not RUN_FILES.fullmatch(path) or not run.exists(path):
+        return None
+    if run.is_local:
+        root = os.path.realpath(run.root)
+        if os.path.commonpath([root, os.path.realpath(run.path(path))]) != root:
+            return None
+    return run.read_bytes(path)
 
 
 def job_title(job: str) -> str:
