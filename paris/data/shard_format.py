@@ -20,6 +20,7 @@ import struct
 import torch
 
 from paris import layout
+from paris.data.row_checksums import checksum_entries
 from paris.errors import ParisError
 from paris.run import RunDir
 
@@ -31,8 +32,11 @@ def shard_name(index: int) -> str:
 
 
 def write_shard(run: RunDir, prefix: str, index: int, tensors: dict, meta: dict) -> dict:
-    """Write one shard atomically, its content hash in its own header; returns its manifest entry."""
+    """Write one shard atomically, with its rows' checksums (paris.data.row_checksums) and its content hash in its
+    own header; returns its manifest entry."""
     rel = f"{layout.shards(prefix)}/{shard_name(index)}"
+    column, covered = checksum_entries(tensors, meta)
+    tensors, meta = {**tensors, **column}, {**meta, **covered}
     run.save_tensors(rel, tensors, metadata={**meta, "sha256": content_hash(tensors, meta)})
     return shard_entry(run, rel, index)
 

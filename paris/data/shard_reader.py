@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from paris import layout
-from paris.data.shard_format import DTYPES, read_manifest, shard_header
+from paris.data import row_checksums
+from paris.data.shard_format import DTYPES, read_manifest, read_shard, shard_header
 from paris.errors import ParisError
 from paris.run import RunDir
 
@@ -57,12 +58,19 @@ class ShardRows:
     rows: torch.Tensor
 
 
-def read_rows(run: RunDir, ref: ShardRef, columns: tuple[str, ...] = TRAINING_COLUMNS) -> ShardRows:
-    """The chosen rows of those of `columns` the shard has."""
+def read_rows(run: RunDir, ref: ShardRef, columns: tuple[str, ...] = TRAINING_COLUMNS,
+              checked_whole: bool = False) -> ShardRows:
+    """The chosen rows of those of `columns` the shard has, each row checked against its checksum before it is
+    returned. A shard written before row checksums is checked whole against its content hash instead (reading
+    all of it), unless `checked_whole` says this job already did."""
     header, header_end = read_header(run, ref)
     meta = header.pop("__metadata__")
     local = torch.arange(ref.count) if ref.chosen is None else ref.chosen
     names = [name for name in columns if name in header]
+    if row_checksums.COLUMN in header:
+        names.append(row_checksums.COLUMN)
+    elif not checked_whole:
+        read_shard(run, ref.prefix, {"name": ref.name, "sha256": ref.sha256})
     # On an object store a request costs far more than the bytes between two rows: runs of rows less than
     # REMOTE_GAP apart are fetched as one range (export-clusters makes a cluster's rows contiguous instead).
     gap = 0 if run.is_local else REMOTE_GAP // max((_row_bytes(header[name]) for name in names), default=1)
@@ -78,17 +86,43 @@ def read_rows(run: RunDir, ref: ShardRef, columns: tuple[str, ...] = TRAINING_CO
                          f"delete it and rerun `paris prepare` to encode it again")
     fetched = torch.cat([torch.arange(a, b) for a, b in runs]) if runs else local
     where = None if len(fetched) == len(local) else torch.searchsorted(fetched, local)  # chosen among fetched
-    tensors = {}
+    raws = {}
     for i, name in enumerate(names):
-        raw = bytearray().join(chunks[i * len(runs) : (i + 1) * len(runs)])  # one copy, then the chunks go
+        raws[name] = bytearray().join(chunks[i * len(runs) : (i + 1) * len(runs)])  # one copy, then the chunks go
         chunks[i * len(runs) : (i + 1) * len(runs)] = [b""] * len(runs)
-        dtype = DTYPES[header[name]["dtype"]]
-        column = (torch.frombuffer(raw, dtype=dtype) if raw else torch.zeros(0, dtype=dtype))
-        column = column.reshape(len(fetched), *header[name]["shape"][1:])
-        tensors[name] = column if where is None else column[where]
+    _verify(run, ref, header, meta, raws, fetched, list(range(len(fetched))) if where is None else where.tolist())
+    tensors = {name: _column(raws[name], header[name], len(fetched), where) for name in names}
+    tensors.pop(row_checksums.COLUMN, None)
     captions = json.loads(meta["captions"])
     rows = torch.as_tensor(json.loads(meta["rows"])) if "rows" in meta else ref.first_row + torch.arange(ref.count)
     return ShardRows(tensors, [captions[i] for i in local.tolist()], rows[local])
+
+
+def _verify(run: RunDir, ref: ShardRef, header: dict, meta: dict, raws: dict[str, bytearray],
+            fetched: torch.Tensor, positions: list[int]) -> None:
+    """Refuse the shard when a metadata value a job reads, or a chosen row of a fetched column (`positions`: where
+    among the `fetched` rows), does not match its checksum."""
+    key = row_checksums.meta_mismatch(meta)
+    damaged = f"its {key} metadata" if key else None
+    if damaged is None and row_checksums.COLUMN in raws and positions:
+        covered = json.loads(meta["checksummed"])
+        table = torch.frombuffer(raws[row_checksums.COLUMN], dtype=torch.int64).view(len(fetched), len(covered))
+        for name in set(raws) - {row_checksums.COLUMN}:
+            at = row_checksums.first_mismatch(raws[name], _row_bytes(header[name]), positions,
+                                              table[positions, covered.index(name)])
+            if at is not None:
+                damaged = f"row {int(fetched[at])} of its {name}"
+                break
+    if damaged:
+        raise ParisError(f"shard {run.url}/{ref.rel} is damaged: {damaged} does not match its checksum (the file "
+                         f"changed after it was written); delete it and rerun `paris prepare {run.url}` to encode it again")
+
+
+def _column(raw: bytearray, info: dict, count: int, where: torch.Tensor | None) -> torch.Tensor:
+    """A fetched column as a tensor of its `count` rows, or of those `where` picks."""
+    dtype = DTYPES[info["dtype"]]
+    column = (torch.frombuffer(raw, dtype=dtype) if raw else torch.zeros(0, dtype=dtype)).reshape(count, *info["shape"][1:])
+    return column if where is None else column[where]
 
 
 def read_columns(run: RunDir, names: list[str], prefix: str = layout.DATA, manifest: dict | None = None):

@@ -51,6 +51,7 @@ class Store:
         self.starts = self.ends - sizes
         self._cache: ShardCache[ShardRows] | None = None
         self._text: TextLookup | None = None
+        self._checked_whole: set[int] = set()  # shards from before row checksums, checked whole on their first read
 
     def __len__(self) -> int:
         return int(self.ends[-1]) if len(self.shards) else 0
@@ -132,7 +133,9 @@ class Store:
         return self._cache
 
     def _read(self, shard: int) -> ShardRows:
-        return read_rows(self.run, self.shards[shard], self.columns)
+        rows = read_rows(self.run, self.shards[shard], self.columns, checked_whole=shard in self._checked_whole)
+        self._checked_whole.add(shard)
+        return rows
 
 
 def _take(rows: ShardRows, local: torch.Tensor) -> Batch:
