@@ -77,7 +77,7 @@ def velocity_field(mixture: Mixture, cond: Conditioning, sample: SampleConfig, g
     num_experts = len(mixture.experts)
     if mixture.router is None and num_experts != 1:
         raise ParisError(f"a mixture of {num_experts} experts needs a router")
-    strategy = parse_strategy(sample.strategy, num_experts)  # the number of experts is known only now
+    strategy = parse_strategy(sample.strategy, num_experts, mixture.retired)  # known only now: K, the retired
     device = mixture.experts.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -97,7 +97,7 @@ class Engine:
                              f"{self.max_images} images per request), got {n!r}")
         given = {key: value for key, value in settings.items() if value is not None}
         if isinstance(given.get("strategy"), str):  # first: an oracle:E beyond the experts, top3 of 2, a typo
-            parse_strategy(given["strategy"], self.num_experts)
+            parse_strategy(given["strategy"], self.num_experts, self.pipe.mixture.retired)
         sample = self.pipe.sample.updated("", **given)
         if sample.steps > self.max_steps:
             raise ParisError(f"steps must be at most {self.max_steps} on this server, got {sample.steps}")
