@@ -57,7 +57,7 @@ def shard_entry(run: RunDir, rel: str, index: int) -> dict | None:
     count = header["labels"]["shape"][0]
     return {"index": index, "name": shard_name(index), "count": count, "bytes": size,
             "sha256": digest, "skipped": meta.get("skipped", {}), "positions": meta.get("positions", count),
-            "fingerprint": meta.get("fingerprint"),
+            "fingerprint": meta.get("fingerprint"), "source_digest": meta.get("source_digest"),
             "latent_shape": header["latents"]["shape"][1:],
             # generated samples (paris.train.expert_samples) have no clustering features
             "feature_dim": header["features"]["shape"][1] if "features" in header else None}
