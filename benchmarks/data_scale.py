@@ -48,7 +48,7 @@ from paris.train.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 LATENT, TOKENS, FEATURES, LABELS = (4, 32, 32), 77, 32, 10
-MEASURED = ("expert", "router", "loader")  # what --remeasure forgets
+MEASURED = ("expert", "router", "loader", "verify")  # what --remeasure forgets
 
 
 def data_config(clip: str, shard_size: int) -> DataConfig:
@@ -128,11 +128,16 @@ def train_job(run: RunDir, job: str, steps: int, batch: int, log: Path) -> dict:
             "wall_s": result["wall_s"]}
 
 
-def loader_throughput(run_url: str, batch_size: int, steps: int) -> dict:
+def loader_throughput(run_url: str, batch_size: int, steps: int, verify: bool = True) -> dict:
     """Reading the store as a training job does, with the model a no-op: its order (shuffled windows of shards),
     read-ahead of the next window, and each step's batch as stored (fp16 latents, token ids, masks, captions).
     Twice: the whole store (the router, a monolith) and expert 0's rows of data/ (no export: one range per run
-    of consecutive rows). The time to open the store, then samples/s over `steps` batches of `batch_size`."""
+    of consecutive rows). The time to open the store, then samples/s over `steps` batches of `batch_size`.
+    Without `verify`, the rows read are not hashed against their checksums: the baseline of what checking costs."""
+    if not verify:
+        from paris.data import shard_reader
+
+        shard_reader._verify = lambda *args: None
     run = RunDir(run_url)
     began = time.perf_counter()
     stores = {"all": load_store(run), "expert": load_cluster(run, 0)[1]}
@@ -146,6 +151,19 @@ def loader_throughput(run_url: str, batch_size: int, steps: int) -> dict:
             store.batch(batches(step))
         rates[name] = steps * batch_size / (time.perf_counter() - tick)
     return {"load_s": opened - began, "samples_per_s": rates["all"], "expert_samples_per_s": rates["expert"]}
+
+
+def verify_cost(run_url: str, rounds: int = 3) -> dict:
+    """The loader with and without checking each row's checksum, alternated `rounds` times in fresh processes (the
+    page cache warm for both): the best samples/s of each and their ratio."""
+    best = {True: {}, False: {}}
+    for _ in range(rounds):
+        for verify in (False, True):
+            rates = in_fresh_process(loader_throughput, run_url, 256, 200, verify)
+            for key in ("samples_per_s", "expert_samples_per_s"):
+                best[verify][key] = max(best[verify].get(key, 0), rates[key])
+    return {"unverified": best[False], "verified": best[True],
+            "ratio": {key: best[True][key] / best[False][key] for key in best[True]}}
 
 
 def s3_loader_throughput(n: int, config: RunConfig, text: TextEncoder) -> dict:
@@ -164,7 +182,8 @@ def measure(run: RunDir, row: dict, args, logs: Path, save) -> None:
     """The stages of one size not yet in `row`, each saved (`save()`) as soon as it is measured."""
     stages = {"expert": lambda: train_job(run, "expert", args.steps, args.batch_size, logs / "expert.log"),
               "router": lambda: train_job(run, "router", args.steps, args.batch_size, logs / "router.log"),
-              "loader": lambda: in_fresh_process(loader_throughput, run.url, 256, 200)}
+              "loader": lambda: in_fresh_process(loader_throughput, run.url, 256, 200),
+              "verify": lambda: verify_cost(run.url)}
     for name, stage in stages.items():
         if name not in row:
             row[name] = stage()
@@ -246,6 +265,12 @@ def main() -> None:
     print(markdown([rows[n] for n in sizes]))
     print(f"peak RSS, {large['samples']:,} samples against {small['samples']:,}: expert {ratio['expert']:.2f}x, "
           f"router {ratio['router']:.2f}x")
+    for n in sizes:
+        cost = rows[n]["verify"]
+        print(f"checking every row read, {n:,} samples: loader (best of 3, samples/s) all "
+              f"{cost['unverified']['samples_per_s']:,.0f} -> {cost['verified']['samples_per_s']:,.0f} "
+              f"({cost['ratio']['samples_per_s']:.3f}x), expert 0's rows {cost['unverified']['expert_samples_per_s']:,.0f}"
+              f" -> {cost['verified']['expert_samples_per_s']:,.0f} ({cost['ratio']['expert_samples_per_s']:.3f}x)")
     if s3:
         print(f"loader over s3:// (a local S3 server, {s3['samples']:,} samples): {s3['samples_per_s']:,.0f} samples/s "
               f"(all), {s3['expert_samples_per_s']:,.0f} samples/s (expert 0's rows of data/)")

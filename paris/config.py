@@ -511,13 +511,19 @@ def to_yaml(config: RunConfig) -> str:
     return yaml.safe_dump({"version": CONFIG_VERSION, **dataclasses.asdict(config)}, sort_keys=False)
 
 
-def from_yaml(text: str, where: str = "config") -> RunConfig:
+def from_yaml(text: str, where: str = "config", written_by_paris: bool = False) -> RunConfig:
     """A config file; one written by an earlier paris is read as it meant: version 1's unset values made null,
-    and the router keys that had no effect (before version 3) dropped."""
+    and the router keys that had no effect (before version 3) dropped. A user's file may leave out anything (the
+    defaults fill it in); a run's own config.yaml (`written_by_paris`) holds every section, so an empty one is
+    damage, never the defaults."""
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise ParisError(f"{where} is not valid YAML: {e}") from None
+    if written_by_paris and not data:
+        raise ParisError(f"{where} is empty, which a run's config never is (a write cut short, or the file "
+                         f"overwritten); restore it from a copy of the run (its data section is also in "
+                         f"data/manifest.json, under data_config)")
     if not isinstance(data, dict):
         raise ParisError(f"{where} must be a mapping of config sections, got {data!r}")
     version = data.pop("version", 1)

@@ -137,7 +137,8 @@ class RunDir:
 
     # --- the run's config -------------------------------------------------------------------------
     def read_config(self) -> RunConfig:
-        return from_yaml(self.read_text(layout.CONFIG), where=f"{self.url}/{layout.CONFIG}")
+        """The run's config.yaml: what every command of a run reads it through."""
+        return from_yaml(self.read_text(layout.CONFIG), where=f"{self.url}/{layout.CONFIG}", written_by_paris=True)
 
     def write_config(self, config: RunConfig) -> None:
         self.write_text(layout.CONFIG, to_yaml(config))

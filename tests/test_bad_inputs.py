@@ -1,11 +1,12 @@
 """Every bad input gets one clear line, exit code 2, no traceback, and leaves the run directory as it was.
 
 The commands run through `paris.cli.main` in this process (the console script's own entry: argument parsing,
-the error contract, the exit code), which keeps 70 cases fast; tests/test_cli.py runs a few as real processes.
+the error contract, the exit code), which keeps a hundred cases fast; tests/test_cli.py runs a few as real processes.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import shutil
@@ -17,14 +18,16 @@ from hypothesis import strategies as st
 
 from testkit.damage import DAMAGES, damage
 from testkit.release import write_release
-from testkit.runs import copy_run, run_paris, snapshot
+from testkit.runs import FASHION_MNIST, copy_run, run_paris, snapshot
 from paris.config import RunConfig, apply_overrides
 from paris.errors import ParisError
+from paris.roster.retired import remove_expert
+from paris.run import RunDir
 
 pytestmark = pytest.mark.slow  # the fixture trains a tiny run
 
 RUN, NEW = "{run}", "{new}"
-CASES = [  # (arguments, words the one-line error must hold)
+CASES = [  # (arguments, words the one-line error must hold[, the RUN_CHANGES done to the run first])
     # prepare
     ([NEW, "--data", "/nonexistent"], "not found"),
     ([NEW, "--limit", "0"], "'data.limit' must be at least 1, got 0"),
@@ -159,13 +162,35 @@ CASES = [  # (arguments, words the one-line error must hold)
     (["launch", RUN, "--backend", "skypilot"], "must be a bucket URL"),
     (["status", "/nonexistent"], "missing /nonexistent/config.yaml"),
     (["demo", "--out", NEW, "--full", "--num-samples", "1"], "--num-samples must be at least 2"),
+    # a run whose files were damaged or changed (RUN_CHANGES: done to a copy of the run first)
+    (["train-expert", RUN, "-e", "0", "--set", "expert.steps=7"], "000000.safetensors is damaged: its latents",
+     "latents altered"),
+    (["train-router", RUN, "--name", "again"], "000000.safetensors is damaged: its latents", "latents altered"),
+    (["train-expert", RUN, "-e", "0", "--set", "expert.steps=7"], "000000.safetensors is damaged: its text_ids",
+     "text ids altered"),
+    (["train-router", RUN, "--name", "again"], "000000.safetensors is damaged: its labels", "labels altered"),
+    (["partition", RUN], "000000.safetensors is damaged: its features", "features altered"),
+    (["export-clusters", RUN], "000000.safetensors does not match data/manifest.json", "latents altered"),
+    (["train-router", RUN, "--name", "again"], "000000.safetensors is damaged: its captions metadata", "caption altered"),
+    (["generate", RUN, "-p", "a bag", "--strategy", "oracle:1"], "oracle:1: expert 1 is retired", "expert 1 retired"),
+    (["evaluate", RUN, "--strategies", "oracle:1", "--num-samples", "4"], "oracle:1: expert 1 is retired",
+     "expert 1 retired"),
+    (["status", RUN], "retired.json is damaged", "retired.json damaged"),
+    (["generate", RUN, "-p", "a bag"], "config.yaml is empty", "config.yaml empty"),
+    (["generate", RUN, "-p", "a bag"], "config.yaml is empty", "config.yaml only a comment"),
+    (["status", RUN], "config.yaml is empty", "config.yaml empty"),
+    (["train-expert", RUN, "-e", "0"], "config.yaml is empty", "config.yaml empty"),
+    (["add-expert", RUN, "--data", "{fashion_copy}"], "holds the run's own images (prepared from "
+     "/usr/share/datasets/fashion-mnist)"),
 ]
 
 
-def _placed(arg: str, run_path: Path, tmp_path: Path) -> str:
-    """An argument with its placeholders made: {run}, {new}, {release:DAMAGE} (a release whose expert_1 weights
-    have that damage; none: intact) and {start:DAMAGE} (a copy of expert 0's final model, damaged)."""
-    arg = arg.replace(RUN, str(run_path)).replace(NEW, str(tmp_path / "new"))
+def _placed(arg: str, run_path: Path, tmp_path: Path, fashion_copy: Path) -> str:
+    """An argument with its placeholders made: {run}, {new}, {fashion_copy}, {release:DAMAGE} (a release whose
+    expert_1 weights have that damage; none: intact) and {start:DAMAGE} (a copy of expert 0's final model, damaged)."""
+    places = {RUN: str(run_path), NEW: str(tmp_path / "new"), "{fashion_copy}": str(fashion_copy)}
+    for placeholder, value in places.items():
+        arg = arg.replace(placeholder, value)
     if not arg.startswith(("{release:", "{start:")):
         return arg
     kind, _, name = arg[1 : arg.index("}")].partition(":")
@@ -177,9 +202,49 @@ def _placed(arg: str, run_path: Path, tmp_path: Path) -> str:
     return str(folder) + arg[arg.index("}") + 1 :]
 
 
+def _alter(run: Path, column: str) -> None:
+    """Flip the first byte of every row of `column` in data/ shard 0 (whichever rows a job reads): the file keeps
+    its size and its header."""
+    path = run / "data/shards/000000.safetensors"
+    data = bytearray(path.read_bytes())
+    size = int.from_bytes(data[:8], "little")
+    info = json.loads(data[8 : 8 + size])[column]
+    first, end = (8 + size + offset for offset in info["data_offsets"])
+    for at in range(first, end, (end - first) // info["shape"][0]):
+        data[at] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def _alter_caption(run: Path) -> None:
+    path = run / "data/shards/000000.safetensors"
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    caption = json.loads(json.loads(data[8 : 8 + size])["__metadata__"]["captions"])[0]
+    path.write_bytes(data.replace(caption.encode(), caption.swapcase().encode(), 1))  # the same length
+
+
+RUN_CHANGES = {
+    "latents altered": lambda run: _alter(run, "latents"),
+    "text ids altered": lambda run: _alter(run, "text_ids"),
+    "labels altered": lambda run: _alter(run, "labels"),
+    "features altered": lambda run: _alter(run, "features"),
+    "caption altered": _alter_caption,
+    "expert 1 retired": lambda run: remove_expert(RunDir(str(run)), 1),
+    "retired.json damaged": lambda run: (run / "retired.json").write_text('{"experts": ["one"]}'),
+    "config.yaml empty": lambda run: (run / "config.yaml").write_text(""),
+    "config.yaml only a comment": lambda run: (run / "config.yaml").write_text("# the config was here\n"),
+}
+
+
 def _id(case) -> str:
-    args, _ = case
-    return " ".join(a.strip("{}") for a in args)[:60]
+    args, _, *change = case
+    return " ".join(a.strip("{}") for a in args)[:60] + "".join(f" ({c})" for c in change)
+
+
+@pytest.fixture(scope="module")
+def fashion_copy(tmp_path_factory) -> Path:
+    """Fashion-MNIST's files copied to another folder: the run's own images under another path."""
+    return Path(shutil.copytree(FASHION_MNIST, tmp_path_factory.mktemp("copied") / "fashion-mnist"))
 
 
 @pytest.fixture(scope="module")
@@ -188,10 +253,13 @@ def run_path(trained, tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
-def test_bad_input_is_one_line_and_changes_nothing(case, run_path, tmp_path, monkeypatch):
-    args, needle = case
+def test_bad_input_is_one_line_and_changes_nothing(case, run_path, tmp_path, monkeypatch, fashion_copy):
+    args, needle, *change = case
+    if change:  # a copy of the run, damaged or changed: what the command must leave as it found it
+        run_path = Path(copy_run(run_path, tmp_path / "damaged").url)
+        RUN_CHANGES[change[0]](run_path)
     command = args if args[0] not in (RUN, NEW) else ["prepare", *args]
-    args = [_placed(a, run_path, tmp_path) for a in command]
+    args = [_placed(a, run_path, tmp_path, fashion_copy) for a in command]
     monkeypatch.chdir(tmp_path)  # anything written by mistake lands here, not in the repository
     before = snapshot(run_path)
     code, out, err = run_paris(*args)

@@ -24,7 +24,7 @@ from paris.roster.status import run_status
 from paris.train import expert_samples
 from paris.train.expert import train_expert
 from paris.train.router import train_router
-from testkit.runs import copy_run, run_paris
+from testkit.runs import FASHION_MNIST, copy_run, run_paris
 
 NEW_DATA = {"split": "test", "limit": 40}  # 40 images the run never saw: Fashion-MNIST's test split
 
@@ -82,9 +82,15 @@ def test_the_retrained_router_sends_samples_to_the_added_expert(grown):
     assert calls and (stats["routing"][:, :, 2] > 0).all()
 
 
-def test_adding_the_same_data_again_or_another_encoding_is_refused(grown):
-    with pytest.raises(ParisError, match="already added as clusters"):
+def test_adding_the_same_data_again_or_another_encoding_is_refused(grown, tmp_path):
+    with pytest.raises(ParisError, match="already added from .* as clusters"):
         add_expert(grown["run"], NEW_DATA)
+    copy = shutil.copytree(FASHION_MNIST, tmp_path / "elsewhere")  # the same images under another path
+    with pytest.raises(ParisError, match=f"{copy} holds the images already added from {FASHION_MNIST} as clusters"):
+        add_expert(grown["run"], {**NEW_DATA, "path": str(copy)})
+    with pytest.raises(ParisError, match="holds the run's own images"):
+        add_expert(grown["run"], {"path": str(copy)})
+    assert not grown["run"].exists(layout.added_data(1))  # refused before anything was encoded
     with pytest.raises(ParisError, match="data.max_tokens cannot change"):
         add_expert(grown["run"], {**NEW_DATA, "max_tokens": 8})
     code, _, err = run_paris("add-expert", grown["run"].url, "--data", "x", "--set", "expert.steps=3")

@@ -11,6 +11,7 @@ import hashlib
 from collections import Counter
 
 from paris import layout
+from paris.data.source_digest import combined
 from paris.errors import ParisError
 from paris.run import RunDir
 
@@ -98,6 +99,7 @@ def _manifest(part: dict, entries: list[dict]) -> dict:
                                                "feature_pooling")},
         "data_config": cfg,
         "fingerprint": part["fingerprint"],
+        "content": combined([e.get("source_digest") for e in entries]),  # paris.data.source_digest
         "feature_encoder": part.get("feature_encoder"),
         "class_names": part.get("class_names"),
         "empty_text": part.get("empty_text"),

@@ -22,6 +22,7 @@ from paris.config import RunConfig
 from paris.models.encoders import build_text_encoder, default_device
 from paris.data.merge import merge, missing_shards
 from paris.data.shard_encoder import ShardEncoder
+from paris.data.source_digest import samples_digest
 from paris.data.sources import open_source
 from paris.data.shard_format import read_manifest, shard_entry, write_shard
 from paris.errors import ParisError
@@ -108,6 +109,7 @@ def _encode_range(run: RunDir, prefix: str, cfg, encoders, first: int, end: int 
                 if not samples:
                     return entries, index, True
                 tensors, meta = encoders.shard(samples, index * cfg.shard_size, stamp)
+                meta["source_digest"] = samples_digest(samples)  # the data's identity by content, not by path
                 if not meta["captions"] and not any(e["count"] for e in entries):
                     raise ParisError(f"none of the {len(samples)} samples of shard {index} could be used "
                                      f"({_reasons(meta['skipped'])}); {_hint(meta['skipped'])}")

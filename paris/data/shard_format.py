@@ -19,6 +19,7 @@ import json
 import torch
 
 from paris import layout, tensor_file
+from paris.data.row_checksums import checksum_entries
 from paris.errors import ParisError
 from paris.run import RunDir
 
@@ -30,8 +31,11 @@ def shard_name(index: int) -> str:
 
 
 def write_shard(run: RunDir, prefix: str, index: int, tensors: dict, meta: dict) -> dict:
-    """Write one shard atomically, its content hash in its own header; returns its manifest entry."""
+    """Write one shard atomically, with its rows' checksums (paris.data.row_checksums) and its content hash in its
+    own header; returns its manifest entry."""
     rel = f"{layout.shards(prefix)}/{shard_name(index)}"
+    column, covered = checksum_entries(tensors, meta)
+    tensors, meta = {**tensors, **column}, {**meta, **covered}
     run.save_tensors(rel, tensors, metadata={**meta, "sha256": content_hash(tensors, meta)})
     return shard_entry(run, rel, index)
 
@@ -52,7 +56,7 @@ def shard_entry(run: RunDir, rel: str, index: int) -> dict | None:
     count = header["labels"]["shape"][0]
     return {"index": index, "name": shard_name(index), "count": count, "bytes": size,
             "sha256": digest, "skipped": meta.get("skipped", {}), "positions": meta.get("positions", count),
-            "fingerprint": meta.get("fingerprint"),
+            "fingerprint": meta.get("fingerprint"), "source_digest": meta.get("source_digest"),
             "latent_shape": header["latents"]["shape"][1:],
             # generated samples (paris.train.expert_samples) have no clustering features
             "feature_dim": header["features"]["shape"][1] if "features" in header else None}

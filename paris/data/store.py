@@ -51,6 +51,7 @@ class Store:
         self.starts = self.ends - sizes
         self._cache: ShardCache[ShardRows] | None = None
         self._text: TextLookup | None = None
+        self._checked: set[int] = set()  # shards whose rows this job checked when it first read them
 
     def __len__(self) -> int:
         return int(self.ends[-1]) if len(self.shards) else 0
@@ -132,7 +133,9 @@ class Store:
         return self._cache
 
     def _read(self, shard: int) -> ShardRows:
-        return read_rows(self.run, self.shards[shard], self.columns)
+        rows = read_rows(self.run, self.shards[shard], self.columns, checked=shard in self._checked)
+        self._checked.add(shard)  # read again (a later epoch, once the cache let it go): the same rows, checked
+        return rows
 
 
 def _take(rows: ShardRows, local: torch.Tensor) -> Batch:

@@ -16,6 +16,7 @@ move the velocity by a negligible share costs as much as any other.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Collection
 
 import torch
 
@@ -35,8 +36,9 @@ class Strategy:
         return self.rule if self.rule == "full" else f"{self.rule}:{self.value:g}"
 
 
-def parse_strategy(text: str, num_experts: int | None = None) -> Strategy:
-    """'top2' -> Strategy('topk', 2), 'nucleus:0.9' -> Strategy('nucleus', 0.9); checks the parameter."""
+def parse_strategy(text: str, num_experts: int | None = None, retired: Collection[int] = ()) -> Strategy:
+    """'top2' -> Strategy('topk', 2), 'nucleus:0.9' -> Strategy('nucleus', 0.9); checks the parameter, and that an
+    oracle's expert is not one of the `retired` (paris remove-expert, or unavailable) that sampling leaves out."""
     name, _, raw = text.partition(":")
     if name in ("top1", "top2") and not raw:
         name, raw = "topk", name[-1]
@@ -49,6 +51,10 @@ def parse_strategy(text: str, num_experts: int | None = None) -> Strategy:
         raise ParisError(f"strategy {shown(text)} needs a {rules[name].__name__} after the colon") from None
     strategy = Strategy(name, value)
     _check(strategy, num_experts)
+    if strategy.rule == "oracle" and int(value) in retired:
+        raise ParisError(f"{strategy}: expert {int(value)} is retired (`paris remove-expert`, or its model is missing), "
+                         f"so sampling never runs it; choose another expert, or bring it back with "
+                         f"`paris remove-expert RUN --expert {int(value)} --restore`")
     return strategy
 
 

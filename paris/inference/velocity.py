@@ -94,7 +94,7 @@ def velocity_field(mixture: Mixture, cond: Conditioning, sample: SampleConfig, g
     prompt's pass apart. Appends each evaluation's weights to `routing` if given.
     v is fp32 whatever `sample.precision` the networks run in."""
     num_experts = len(mixture.experts)
-    strategy = parse_strategy(sample.strategy, num_experts)  # the number of experts is known only now
+    strategy = parse_strategy(sample.strategy, num_experts, mixture.retired)  # known only now: K, the retired
     if mixture.router is None and num_experts != 1 and strategy.rule != "oracle":
         raise ParisError(f"a mixture of {num_experts} experts needs a router")
     device = mixture.experts.device

@@ -23,6 +23,7 @@ from paris.clusters.partition import Partition, load_partition, publish
 from paris.config import DataConfig, from_dict
 from paris.data.merge import data_hash
 from paris.data.prepare import fingerprint, prepare
+from paris.data.source_digest import source_digest
 from paris.data.shard_reader import read_columns
 from paris.data.shard_format import read_manifest
 from paris.errors import ParisError
@@ -47,19 +48,15 @@ def add_expert(run: RunDir, data: dict, new_clusters: int = 1, device: str = "")
     addition = dataclasses.replace(config, data=from_dict(DataConfig, {**dataclasses.asdict(config.data), **data}, "data."))
     stamp, manifest = fingerprint(addition), read_manifest(run)
     added = manifest.get("added", [])
-    for entry in added:
-        if entry["fingerprint"] == stamp:
-            raise ParisError(f"{addition.data.path} was already added as clusters {entry['clusters']}; train them with "
-                             f"`paris train-expert {run.url} --expert {entry['clusters'][0]}`")
-    if stamp == manifest["fingerprint"]:
-        raise ParisError(f"{addition.data.path} is the run's own data; add a data set the run has not seen")
+    content = _refuse_data_already_held(run, addition.data, stamp, manifest)
     prefix = layout.added_data(len(added))
     new = prepare(run, addition, device=device, prefix=prefix)  # resumable: keeps every shard already encoded
     meta = run.read_json(layout.PARTITION_META)
     resumed = meta["data_hash"] != manifest["data_hash"]  # killed after growing the partition: finish the manifest
     first = meta["history"][-1]["clusters"][0] if resumed else meta["num_clusters"]
     record = {"data": prefix, "source": addition.data.source, "path": addition.data.path,
-              "classes": addition.data.classes, "fingerprint": stamp, "count": new["count"], "time": time.time(),
+              "classes": addition.data.classes, "fingerprint": stamp, "content": content, "count": new["count"],
+              "time": time.time(),
               "clusters": list(range(first, first + new_clusters))}
     grown = _with_addition(manifest, new, prefix, record)
     if not resumed:
@@ -71,6 +68,22 @@ def add_expert(run: RunDir, data: dict, new_clusters: int = 1, device: str = "")
                          f"`paris partition {run.url}` (and train its experts) before adding data")
     run.write_json(layout.manifest(), grown)  # last: the run holds the new data once this is written
     return {"clusters": record["clusters"], "count": new["count"], "data": prefix}
+
+
+def _refuse_data_already_held(run: RunDir, data: DataConfig, stamp: str, manifest: dict) -> str:
+    """The added data's digest (paris.data.source_digest), refused when the run holds that data already: as its own
+    or as an earlier addition, wherever it was read from (its config's fingerprint `stamp` says so without reading
+    it; data prepared by an older paris has no digest, only that)."""
+    content = source_digest(data)
+    for entry in manifest.get("added", []):
+        if stamp == entry["fingerprint"] or content == entry.get("content"):
+            raise ParisError(f"{data.path} holds the images already added from {entry['path']} as clusters "
+                             f"{entry['clusters']}; train them with `paris train-expert {run.url} --expert "
+                             f"{entry['clusters'][0]}`")
+    if stamp == manifest["fingerprint"] or content == manifest.get("content"):
+        raise ParisError(f"{data.path} holds the run's own images (prepared from {manifest['path']}); add a data set "
+                         "the run has not seen")
+    return content
 
 
 def _with_addition(manifest: dict, new: dict, prefix: str, record: dict) -> dict:

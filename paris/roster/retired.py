@@ -13,8 +13,16 @@ from paris.run import RunDir
 
 
 def retired_experts(run: RunDir) -> list[int]:
-    """The experts `paris remove-expert` retired from the run (none when it was never used)."""
-    return run.read_json(layout.RETIRED)["experts"] if run.exists(layout.RETIRED) else []
+    """The experts `paris remove-expert` retired from the run (none when it was never used): what every command
+    that samples, lists or saves the run's experts reads retirement through."""
+    if not run.exists(layout.RETIRED):
+        return []
+    listed = run.read_json(layout.RETIRED)
+    experts = listed.get("experts") if isinstance(listed, dict) else None
+    if not isinstance(experts, list) or not all(isinstance(k, int) and k >= 0 for k in experts):
+        raise ParisError(f"{run.url}/{layout.RETIRED} is damaged (it holds {{\"experts\": [numbers]}}); delete it to "
+                         f"bring every expert back, then retire again with `paris remove-expert {run.url} --expert K`")
+    return sorted(set(experts))
 
 
 def remove_expert(run: RunDir, expert: int, restore: bool = False) -> list[int]:

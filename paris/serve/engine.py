@@ -124,7 +124,7 @@ class Engine:
         given = {key: value for key, value in settings.items() if value is not None}
         if isinstance(given.get("strategy"), str):  # first: an oracle:E beyond the experts, top3 of 2, a typo
             try:
-                parse_strategy(given["strategy"], self.num_experts)
+                parse_strategy(given["strategy"], self.num_experts, self.pipe.mixture.retired)
             except ParisError as e:
                 raise ParisError(str(e), "strategy") from None
         sample = self.pipe.sample.updated("", **given)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -150,6 +151,75 @@ def test_a_shard_that_does_not_match_the_manifest_is_refused_then_repaired(tmp_p
     (shards / "000001.safetensors").unlink()
     prepare(run, config)  # the manifest names a shard that is gone: prepare encodes just that one
     assert_same_store(run, baseline)
+
+
+def _alter(path, column: str, row: int = 0, at: int = 0) -> None:
+    """Flip byte `at` of `column`'s row `row` in place: the file keeps its size and its header."""
+    data = bytearray(path.read_bytes())
+    header_len = int.from_bytes(data[:8], "little")
+    info = json.loads(data[8 : 8 + header_len])[column]
+    row_bytes = (info["data_offsets"][1] - info["data_offsets"][0]) // info["shape"][0]
+    data[8 + header_len + info["data_offsets"][0] + row * row_bytes + at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("column", ["latents", "labels", "text_ids"])
+def test_a_shard_altered_in_place_is_refused_when_read_naming_it(tmp_path, baseline, column):
+    shutil.copytree(baseline[0].url, tmp_path / "run")
+    run = RunDir(str(tmp_path / "run"))
+    _alter(tmp_path / "run/data/shards/000001.safetensors", column, row=1)
+    store = load_store(run)  # size and header as the manifest says: nothing is found before the bytes are read
+    with pytest.raises(ParisError, match=rf"000001.safetensors is damaged: its {column} does not match its checksum"
+                                         r".*delete it and rerun `paris prepare"):
+        read_all(store)  # every row of each shard: each column is checked whole
+
+
+@pytest.mark.parametrize("column", ["latents", "checksums"])
+def test_a_job_reading_a_few_rows_checks_each_of_them_and_no_other(tmp_path, baseline, column, monkeypatch):
+    from paris.data import shard_reader
+
+    monkeypatch.setattr(shard_reader, "NARROW_ROW", 0)  # these tiny latents would be read whole, as narrow columns are
+    shutil.copytree(baseline[0].url, tmp_path / "run")
+    run = RunDir(str(tmp_path / "run"))
+    # the checksum table's columns are features, labels, latents, ...: damage the one of the latents, which is read
+    _alter(tmp_path / "run/data/shards/000000.safetensors", column, row=2, at=16 if column == "checksums" else 0)
+    one_row = lambda row: torch.arange(NUM) == row  # noqa: E731
+    assert len(read_all(load_store(run, keep=one_row(1)))) == 1  # row 2 is never read, so never refused
+    with pytest.raises(ParisError, match=r"000000.safetensors is damaged: its latents \(row 2\)"):
+        read_all(load_store(run, keep=one_row(2)))
+
+
+def test_an_edited_caption_of_the_same_length_is_refused(tmp_path, baseline):
+    shutil.copytree(baseline[0].url, tmp_path / "run")
+    run = RunDir(str(tmp_path / "run"))
+    path = tmp_path / "run/data/shards/000002.safetensors"
+    data = path.read_bytes()
+    caption = json.loads(load_store(run).batch(torch.tensor([8])).captions[0].join('""'))
+    path.write_bytes(data.replace(caption.encode(), caption.upper().encode(), 1))
+    with pytest.raises(ParisError, match="000002.safetensors is damaged: its captions metadata does not match"):
+        load_store(run).batch(torch.tensor([8]))
+
+
+def test_shards_written_before_row_checksums_are_read_and_checked_whole(tmp_path, baseline):
+    """A run prepared by an older paris (no checksum column) trains as before; its shards are checked against the
+    manifest's content hash on their first read."""
+    shutil.copytree(baseline[0].url, tmp_path / "run")
+    run = RunDir(str(tmp_path / "run"))
+    manifest = run.read_json("data/manifest.json")
+    for entry in manifest["shards"]:
+        rel = f"data/shards/{entry['name']}"
+        tensors, meta = parse_shard(run.read_bytes(rel), rel)
+        tensors.pop("checksums")
+        meta = {k: v for k, v in meta.items() if k not in ("checksummed", "checksummed_meta", "sha256")}
+        entry["sha256"] = content_hash(tensors, meta)
+        run.save_tensors(rel, tensors, metadata={**meta, "sha256": entry["sha256"]})
+        entry["bytes"] = run.fs.size(run.path(rel))
+    run.write_json("data/manifest.json", manifest)
+    reference = read_all(load_store(baseline[0]))
+    assert torch.equal(read_all(load_store(run)).latents, reference.latents)
+    _alter(tmp_path / "run/data/shards/000001.safetensors", "latents", row=1)
+    with pytest.raises(ParisError, match="000001.safetensors does not match data/manifest.json"):
+        read_all(load_store(run))
 
 
 def test_prepare_refuses_to_replace_data_of_another_config(tmp_path, baseline, config):

@@ -90,9 +90,9 @@ def test_a_cluster_reads_only_its_rows_and_never_the_features(partitioned, monke
     fetched: list[tuple[str, int, int]] = []
     fetch = shard_reader._fetch
 
-    def recording(run, rel, starts, ends):
-        fetched.extend((rel, a, b) for a, b in zip(starts, ends))
-        return fetch(run, rel, starts, ends)
+    def recording(run, rel, spans):
+        fetched.extend((rel, a, b) for column in spans for a, b in column)
+        return fetch(run, rel, spans)
 
     monkeypatch.setattr(shard_reader, "_fetch", recording)
     read_all(cluster)
@@ -104,8 +104,10 @@ def test_a_cluster_reads_only_its_rows_and_never_the_features(partitioned, monke
     begin, end = (header_end + o for o in header["latents"]["data_offsets"])
     row_bytes = (end - begin) // header["latents"]["shape"][0]
     latents = sum(min(b, end) - max(a, begin) for a, b in mine if a < end and b > begin)
-    rows = int((part.assignments[: header["latents"]["shape"][0]] == 0).sum())
-    assert 0 < rows < header["latents"]["shape"][0] and latents == rows * row_bytes  # exactly its rows
+    count = header["latents"]["shape"][0]
+    rows = int((part.assignments[:count] == 0).sum())
+    # exactly its rows, or when they are most of the shard, all of them (checked by one hash: paris.data.row_checksums)
+    assert 0 < rows < count and latents == (count if 2 * rows >= count else rows) * row_bytes
 
 
 def test_the_cache_holds_a_bounded_number_of_shards(partitioned):
