@@ -18,14 +18,18 @@ from paris import layout
 from paris import progress
 from paris.config import EvalConfig, SampleConfig
 from paris.data.fashion_captions import asked_words, attribute_adherence, attribute_words, measure
+from paris.clusters.partition import read_meta
 from paris.evaluate.adherence import fashion_classifier, predict, scores
 from paris.evaluate.fid import InceptionFeatures, frechet_distance
 from paris.evaluate.heldout import held_out_loss
 from paris.evaluate.memorisation import NearestTraining, copy_threshold, memorised_shares
 from paris.evaluate.reference import load_reference
 from paris.roster.grow import held_classes
+from paris.roster.retired import retired_experts
 from paris.models.clip_score import ClipScore
+from paris.models.io import require_pretrained
 from paris.inference.pipeline import ParisPipeline
+from paris.inference.routing import parse_strategy
 from paris.run import RunDir
 
 
@@ -39,7 +43,8 @@ def evaluate_run(run_url: str, cfg: EvalConfig, **sampling) -> dict:
     # A grown run (paris add-expert) is compared with held-out images of all the classes it holds.
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, classes=held_classes(run, config.data.classes)))
     sample = config.sample.updated(**sampling)
-    baseline = _baseline(run) if "monolith" in cfg.strategy_list else None  # a missing monolith fails first
+    _check_rows(run, cfg.strategy_list)
+    baseline = _baseline(run) if "monolith" in cfg.strategy_list else None
     features = InceptionFeatures(cfg.inception)  # the models load before any work: a bad path fails at once
     clip = ClipScore(cfg.clip_model) if cfg.clip_model else None
     real = load_reference(config, cfg.num_samples, cfg.reference, cfg.reference_source)
@@ -76,6 +81,17 @@ def evaluate_run(run_url: str, cfg: EvalConfig, **sampling) -> dict:
     run.write_json(layout.EVAL_REPORT, report)
     run.write_text(layout.EVAL_TABLE, report_markdown(report))
     return report
+
+
+def _check_rows(run: RunDir, strategies: list[str]) -> None:
+    """Fail before the instruments load (a classifier may train for minutes) on a row that cannot sample: a missing
+    monolith or student, an oracle of a retired expert."""
+    num_experts, retired = read_meta(run)["num_clusters"], retired_experts(run)
+    for strategy in strategies:
+        if single_model(strategy):
+            require_pretrained(run, layout.final(single_model(strategy)))
+        else:
+            parse_strategy(routing_rule(strategy), num_experts, retired)
 
 
 def routing_rule(strategy: str) -> str:

@@ -52,9 +52,10 @@ def parse_strategy(text: str, num_experts: int | None = None, retired: Collectio
     strategy = Strategy(name, value)
     _check(strategy, num_experts)
     if strategy.rule == "oracle" and int(value) in retired:
-        raise ParisError(f"{strategy}: expert {int(value)} is retired (`paris remove-expert`, or its model is missing), "
-                         f"so sampling never runs it; choose another expert, or bring it back with "
-                         f"`paris remove-expert RUN --expert {int(value)} --restore`")
+        k = int(value)
+        raise ParisError(f"{strategy}: expert {k} is retired or unavailable (removed by `paris remove-expert`, or "
+                         f"its model is missing or unreadable), so sampling never runs it; choose another expert "
+                         f"(a removed one comes back with `paris remove-expert RUN --expert {k} --restore`)")
     return strategy
 
 
