@@ -5,12 +5,16 @@ merged equals unmerged; a stopped job resumes bitwise."""
 from __future__ import annotations
 
 import dataclasses
+import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from paris.errors import ParisError
+from paris.images import to_pil
 from paris.inference.lora_experts import load_expert
 from paris.inference.pipeline import ParisPipeline
 from paris.models.io import WEIGHTS, load_pretrained
@@ -154,3 +158,19 @@ def test_a_killed_lora_job_resumes_bitwise(tmp_path):
     assert kill_and_resume(killed, kill_at_step_40, max_kills=1, extra=lora) == 1
     assert identical(state(killed), reference)
     assert any(k.startswith(f"final.{PEFT_PREFIX}") for k in reference)
+
+
+def test_the_server_takes_a_strength_per_request_and_refuses_one_for_a_whole_expert(lora_run):
+    from paris.serve.engine import Engine
+
+    pipe = ParisPipeline.from_run(lora_run.url)
+    engine = Engine(pipe, max_batch=4)
+    with pytest.raises(ParisError, match="names expert 0, which is not a LoRA expert") as refused:
+        engine.submit("a bag", steps=2, strategy="oracle:1", lora_scale="0=0.5")
+    assert refused.value.key == "lora_scale"
+    job = engine.submit(PROMPTS[0], steps=2, strategy="oracle:1", lora_scale="1=0")
+    job.finished.result(timeout=120)
+    base, _ = pipe.generate(PROMPTS[:1], steps=2, strategy="oracle:0")
+    assert job.status == "done" and job.sample.lora_scale == "1=0"
+    drawn = np.asarray(Image.open(io.BytesIO(job.images[0])))
+    assert np.array_equal(drawn, np.asarray(to_pil(base[0])))  # strength 0 over HTTP too: the base's image
