@@ -174,3 +174,9 @@ def test_the_server_takes_a_strength_per_request_and_refuses_one_for_a_whole_exp
     assert job.status == "done" and job.sample.lora_scale == "1=0"
     drawn = np.asarray(Image.open(io.BytesIO(job.images[0])))
     assert np.array_equal(drawn, np.asarray(to_pil(base[0])))  # strength 0 over HTTP too: the base's image
+
+
+def test_a_lora_folder_is_no_start_for_a_whole_expert(lora_run):
+    result = run_in_process("train-expert", lora_run.url, "--expert", "0", "--init-from", LORA, "--set",
+                            "expert.steps=7")
+    assert result.returncode == 2 and "holds a LoRA adapter, not a whole network" in result.stderr, result.stderr

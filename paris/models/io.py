@@ -20,6 +20,7 @@ from paris.run import RunDir
 MODELS = {"DiT": (DiT, DiTConfig), "Router": (Router, RouterConfig),
           "DiffusersDiT": (DiT, DiTConfig), "DiffusersRouter": (Router, RouterConfig)}
 WEIGHTS = "diffusion_pytorch_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"  # peft's: a LoRA expert's folder (paris.models.lora) holds it, not weights
 OLD_ROUTER_WEIGHTS = "pytorch_model.safetensors"  # routers saved before they were diffusers models; still read
 RESAVE = "save the model again, or download it again"  # what to do about a damaged weights file
 
@@ -57,6 +58,9 @@ def require_weights(run: RunDir, folder: str, what: str = "") -> str:
     weights = weights_file(run, folder)
     if run.exists(weights):
         return weights
+    if run.exists(f"{folder}/{ADAPTER_CONFIG}".lstrip("/")):
+        raise ParisError(f"{what} {run.url}/{folder}".strip().rstrip("/") + " holds a LoRA adapter, not a whole "
+                         "network; write one with `paris merge-lora`, or load it with its base (ParisPipeline.from_run)")
     pickles = [f for f in run.list(folder) if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
     where = f"{what} {run.url}/{folder}".strip().rstrip("/")
     raise ParisError(f"{where} has no {WEIGHTS}" + (

@@ -12,11 +12,10 @@ import re
 from torch import nn
 
 from paris.errors import ParisError
-from paris.models.io import RESAVE, load_state_dict_strict, parameters_on_meta, save_config
+from paris.models.io import ADAPTER_CONFIG, RESAVE, load_state_dict_strict, parameters_on_meta, save_config
 from paris.run import RunDir
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER = "default"  # peft's name for a model's one adapter
 PEFT_PREFIX = "base_model.model."  # how PeftModel.save_pretrained names the tensors of its file
 
