@@ -62,6 +62,9 @@ TimestepMap = Literal["1000t", "round(999t)"]
 # torch.compile a training job: on | off | auto, compile when its measured cost is below what the job's steps
 # would save (paris.train.compiling). YAML 1.1 reads on/off/true/false as booleans: those mean on and off.
 CompileMode = Literal["auto", "on", "off"]
+# The linears of a DiT block (paris.models.dit) a LoRA expert may adapt: self-attention, cross-attention, MLP.
+LoraTarget = Literal["attn.q", "attn.kv", "attn.proj", "cross_attn.q", "cross_attn.kv", "cross_attn.proj", "mlp.0",
+                     "mlp.2"]
 
 
 class Architecture:
@@ -246,6 +249,23 @@ class ExpertTrainConfig(TrainConfig):
     # Experts only: expert k takes steps x K x (its cluster's share of the data) steps instead of `steps`, so the
     # total is unchanged and every cluster's data is seen as often as by the monolith (uneven clusters).
     steps_by_size: bool = False
+    # Train a LoRA of init_from (its weights frozen) of this rank instead of the whole network: the expert
+    # publishes only the adapter, a small file (paris.models.lora). None: the whole network trains.
+    lora_rank: Optional[Positive] = None
+    lora_targets: list[LoraTarget] = field(default_factory=lambda: list(typing.get_args(LoraTarget)))
+
+    def __post_init__(self):
+        if self.lora_rank is None:
+            return
+        if self.init_from is None:
+            raise ParisError("a LoRA expert (expert.lora_rank, --lora) adapts a base model: give it one with "
+                             "--init-from (e.g. seed/final, or an old expert's final/)", "expert.init_from")
+        if self.init_fresh_head:
+            raise ParisError("expert.init_fresh_head would leave a random head frozen under a LoRA; drop one of "
+                             "them", "expert.init_fresh_head")
+        if not self.lora_targets:
+            raise ParisError("expert.lora_targets is empty; name the block linears to adapt, e.g. [attn.q, mlp.0]",
+                             "expert.lora_targets")
 
 
 @dataclass
@@ -312,6 +332,9 @@ class SampleConfig:
     # the image. 0: every expert the rule chose runs (the paper). On the demo 0.05 left FID and adherence within
     # one row's spread and made top-2 1.16x faster (benchmarks/min_weight.py, docs/sampling.md).
     min_weight: Annotated[float, Range(0.0, 1.0, open_high=True)] = 0.05
+    # The strength of LoRA experts' adapters, "K=S[,K=S]" (expert K at S: 0 is its base alone, 1 the adapter as
+    # trained); None: every LoRA expert at 1. Only LoRA experts may be named (checked against the mixture).
+    lora_scale: Optional[str] = None
 
     def __post_init__(self):
         from paris.inference.routing import parse_strategy
@@ -320,12 +343,29 @@ class SampleConfig:
             parse_strategy(self.strategy)
         except ParisError as e:
             raise ParisError(f"config key 'sample.strategy': {e}", "sample.strategy") from None
+        lora_strengths(self.lora_scale)
 
     def updated(self, where: str = "sample.", **given) -> "SampleConfig":
         """These settings with `given` ones (None: keep this config's value), checked as a loaded config is: where
         settings enter from Python, the command line or a request."""
         chosen = {key: value for key, value in given.items() if value is not None}
         return from_dict(SampleConfig, {**dataclasses.asdict(self), **chosen}, where)
+
+
+def lora_strengths(text: str | None) -> dict[int, float]:
+    """sample.lora_scale read: {expert: strength}; one error naming the part that is not K=S."""
+    strengths: dict[int, float] = {}
+    for part in [] if text is None else text.split(","):
+        expert, sep, strength = part.strip().partition("=")
+        try:
+            k, scale = int(expert), float(strength)
+        except ValueError:
+            k, scale = -1, math.nan
+        if not sep or k < 0 or not math.isfinite(scale) or scale < 0 or k in strengths:
+            raise ParisError(f"lora_scale {shown(part.strip())} is not EXPERT=STRENGTH (an expert number, once, "
+                             "and a strength of at least 0), e.g. 3=0.5", "sample.lora_scale")
+        strengths[k] = scale
+    return strengths
 
 
 @dataclass

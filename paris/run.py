@@ -124,6 +124,14 @@ class RunDir:
         self.write_bytes(rel, data)
         return hashlib.sha256(data).hexdigest()
 
+    def sha256(self, rel: str) -> str:
+        """The sha256 of a file's content, read a block at a time (a base model of gigabytes is never held whole)."""
+        digest = hashlib.sha256()
+        with self.fs.open(self.path(rel), "rb") as file:
+            while block := file.read(1 << 24):
+                digest.update(block)
+        return digest.hexdigest()
+
     def load_tensors(self, rel: str, sha256: str | None = None, remedy: str = "") -> dict[str, torch.Tensor]:
         """Read a safetensors file, its header checked first (paris.tensor_file: a damaged file is one ParisError,
         `remedy` its advice); with `sha256`, refuse one whose content does not match. A local file with no hash

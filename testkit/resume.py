@@ -35,32 +35,35 @@ def make_run(path: Path) -> RunDir:
     return run
 
 
-def train(run: RunDir) -> subprocess.Popen:
+def train(run: RunDir, extra: tuple[str, ...] = ()) -> subprocess.Popen:
+    """`paris train-expert RUN --expert 0` with STEPS and `extra` options (a LoRA's: --init-from, --lora)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen([sys.executable, "-m", "paris", "train-expert", run.url, "--expert", "0", *STEPS],
+    return subprocess.Popen([sys.executable, "-m", "paris", "train-expert", run.url, "--expert", "0", *STEPS, *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
 
 
 def state(run: RunDir) -> dict[str, torch.Tensor]:
-    """The final EMA weights and the last checkpoint's raw weights and optimiser state, by name."""
+    """The final EMA weights (a LoRA's: its adapter) and the last checkpoint's raw weights and optimiser state."""
     latest = run.read_json("experts/0/LATEST")["path"]
-    tensors = {f"final.{k}": v for k, v in run.load_tensors("experts/0/final/diffusion_pytorch_model.safetensors").items()}
+    final = next(f"experts/0/final/{name}" for name in ("diffusion_pytorch_model.safetensors", "adapter_model.safetensors")
+                 if run.exists(f"experts/0/final/{name}"))
+    tensors = {f"final.{k}": v for k, v in run.load_tensors(final).items()}
     for part in ("model", "optimizer"):
         tensors.update({f"{part}.{k}": v for k, v in run.load_tensors(f"experts/0/{latest}/{part}.safetensors").items()})
     return tensors
 
 
-def straight(run: RunDir) -> dict[str, torch.Tensor]:
-    process = train(run)
+def straight(run: RunDir, extra: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    process = train(run, extra)
     assert process.wait() == 0, process.stderr.read().decode()
     return state(run)
 
 
-def kill_and_resume(run: RunDir, kill_after: callable, max_kills: int = 6) -> int:
+def kill_and_resume(run: RunDir, kill_after: callable, max_kills: int = 6, extra: tuple[str, ...] = ()) -> int:
     """Restart training after SIGKILLs (at times chosen by `kill_after(run)`) until it completes; the kill count."""
     kills = 0
     while True:
-        process = train(run)
+        process = train(run, extra)
         if kills < max_kills and kill_after(run, process):
             process.send_signal(signal.SIGKILL)
             process.wait()

@@ -18,6 +18,15 @@ INIT_FROM = typer.Option(None, "--init-from", help="Start from this finished mod
                          "or a release's expert_<i>/); a relative path is inside RUN.")
 
 
+LORA_SCALE = typer.Option([], "--lora-scale", help="The strength of LoRA expert K's adapter, K=S (0: its base "
+                          "alone, 1: as trained; repeatable; default: sample.lora_scale, every LoRA expert at 1).")
+
+
+def lora_scale(given: list[str]) -> str | None:
+    """Repeated --lora-scale K=S options as sample.lora_scale ("K=S,K=S"); None when none is given."""
+    return ",".join(given) if given else None
+
+
 def init_override(section: str, init_from: str | None, overrides: list[str]) -> list[str]:
     return [*overrides, f"{section}.init_from={init_from}"] if init_from is not None else list(overrides)
 

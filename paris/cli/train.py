@@ -1,5 +1,5 @@
-"""Commands that train and watch the jobs: train-expert, train-router, train-monolith, train-seed, distill, launch,
-status."""
+"""Commands that train and watch the jobs: train-expert, merge-lora, train-router, train-monolith, train-seed,
+distill, launch, status."""
 
 from __future__ import annotations
 
@@ -30,15 +30,42 @@ def train_expert(
     run: str = RUN,
     expert: int = typer.Option(..., "--expert", "-e", help="Which expert / cluster to train (0..K-1)."),
     init_from: Optional[str] = INIT_FROM,
+    lora: Optional[int] = typer.Option(None, "--lora", help="Train a LoRA of this rank on --init-from (its weights "
+                                       "frozen) instead of the whole network, and publish only the adapter "
+                                       "(default: expert.lora_rank, none)."),
+    lora_targets: Optional[str] = typer.Option(None, "--lora-targets", help="Comma-separated block linears the LoRA "
+                                               "adapts: attn.q, attn.kv, attn.proj, cross_attn.q, cross_attn.kv, "
+                                               "cross_attn.proj, mlp.0, mlp.2 (default: expert.lora_targets, all)."),
     set: list[str] = SET,
 ):
     """Train ONE expert on its cluster; resumes from its last checkpoint. Touches only RUN/experts/K."""
     from paris.train.expert import train_expert as train
 
-    run_dir, cfg = run_and_config(run, init_override("expert", init_from, set))
+    overrides = [*init_override("expert", init_from, set), *([f"expert.lora_rank={lora}"] if lora is not None else []),
+                 *([f"expert.lora_targets=[{lora_targets}]"] if lora_targets is not None else [])]
+    run_dir, cfg = run_and_config(run, overrides)
     summary = train(run_dir, cfg, expert)
     write_loss_chart(run_dir, layout.expert(expert), f"expert {expert}")
     typer.echo(f"expert {expert}: done, final loss {summary['final_loss']:.4f}, weights in {run}/experts/{expert}/final")
+
+
+@app.command("merge-lora")
+def merge_lora(
+    run: str = RUN,
+    expert: int = typer.Option(..., "--expert", "-e", help="The LoRA expert to merge (0..K-1)."),
+    out: Path = typer.Option(..., "--out", help="The ordinary expert folder to write (config.json + "
+                             "diffusion_pytorch_model.safetensors), e.g. merged/expert_3."),
+    strength: float = typer.Option(1.0, help="How much of the adapter to add: 1 as trained, 0 the base alone."),
+):
+    """Add a LoRA expert's adapter into its base and write the result as an ordinary expert folder, which
+    loads without the base (--init-from takes it, as does any folder of one expert)."""
+    from paris.inference.lora_experts import merge_lora as merge
+    from paris.run import RunDir
+
+    if not strength >= 0:
+        raise ParisError(f"--strength must be at least 0, got {strength}")
+    merge(RunDir(run), expert, str(out), strength)
+    typer.echo(f"expert {expert}: merged into {out}")
 
 
 @app.command("train-router")

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from paris import layout, progress
-from paris.cli.common import RUN, app, at_least, check_image_path
+from paris.cli.common import LORA_SCALE, RUN, app, at_least, check_image_path, lora_scale
 from paris.errors import ParisError
 from paris.report.console import console
 
@@ -46,6 +46,7 @@ def evaluate(
     reference_source: Optional[str] = typer.Option(None, help="How to read --reference: folder, webdataset, hf (a saved data set, "
                                          "its test split if it has splits; or parquet files) or fashion-mnist "
                                          "(default: the run's data.source)."),
+    lora_scales: list[str] = LORA_SCALE,
 ):
     """Write the paper's table for this run to RUN/eval/: report.md, report.json and report.png."""
     from paris.config import EvalConfig
@@ -55,7 +56,7 @@ def evaluate(
 
     evaluation = EvalConfig(strategies, num_samples, seed, inception=inception, clip_model=clip_model,
                             reference=reference, reference_source=reference_source)
-    sampling = {"steps": steps, "guidance": guidance, "route_every": route_every}
+    sampling = {"steps": steps, "guidance": guidance, "route_every": route_every, "lora_scale": lora_scale(lora_scales)}
     report = evaluate_run(run, evaluation, **{key: value for key, value in sampling.items() if value is not None})
     evaluation_chart(RunDir(run), report)
     typer.echo(report_markdown(report))
@@ -96,6 +97,7 @@ def generate(
     router: str = typer.Option("", "--router", help="Route with another router of the run, RUN/router-NAME "
                                "(`paris train-router --name NAME`; default: RUN/router)."),
     model: Optional[str] = MODEL,
+    lora_scales: list[str] = LORA_SCALE,
     out: Path = typer.Option(Path("samples.png"), help="PNG to write: one row per prompt."),
 ):
     """Generate images from text prompts with the mixture of experts. Every sampling option left out takes the
@@ -114,7 +116,7 @@ def generate(
                          "a cap nothing is evicted: add --max-resident-experts N or leave --offload out")
     given = {"strategy": strategy, "steps": steps, "guidance": guidance, "guidance_mode": guidance_mode,
              "sampler": sampler, "shift": shift, "seed": seed, "route_every": route_every, "min_weight": min_weight,
-             "precision": precision, "compile": compile}
+             "precision": precision, "compile": compile, "lora_scale": lora_scale(lora_scales)}
     SampleConfig().updated(**given)  # a typo fails now, not after loading the experts
     check_image_path(out, run)
     is_run = RunDir(run).exists("config.yaml")  # a training run; otherwise a folder written by save_pretrained
@@ -198,11 +200,13 @@ def serve(
                                   "on the paris.serve logger); warning: neither."),
     log_prompts: bool = typer.Option(False, "--log-prompts", help="Also write each request's prompts in its line."),
     one_model: Optional[str] = typer.Option(None, "--model", help=MODEL.help),
+    lora_scales: list[str] = LORA_SCALE,
 ):
     """Serve the model: a web page to type prompts into (with each image's routing per step), and OpenAI's
     images API (POST /v1/images/generations), so OpenAI's clients work unchanged."""
     import logging
 
+    from paris.inference.lora_experts import check_strengths
     from paris.inference.pipeline import ParisPipeline
     from paris.run import RunDir
     from paris.serve.app import create_app
@@ -224,6 +228,8 @@ def serve(
         raise ParisError(f"--model chooses among a training run's models; {model} is a pipeline folder")
     pipe = (ParisPipeline.from_run(model, max_resident_experts, device, single_model(one_model)) if is_run
             else ParisPipeline.from_pretrained(model, max_resident_experts, device))
+    pipe.sample = pipe.sample.updated(lora_scale=lora_scale(lora_scales))
+    check_strengths(pipe.sample.lora_scale, len(pipe.mixture.experts), pipe.mixture.lora_experts)
     engine = Engine(pipe, max_batch=max_batch, max_steps=max_steps, max_images=max_images, max_queue=max_queue,
                     max_prompt_chars=max_prompt_chars)
     app = create_app(engine, Path(model).name or model, folder if is_run else None, api_key, max_body_bytes,

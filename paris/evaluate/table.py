@@ -56,7 +56,8 @@ def evaluate_run(run_url: str, cfg: EvalConfig, **sampling) -> dict:
     progress.say(f"evaluate: Inception features of {len(real.prompts)} reference images ({real.where})")
     real_features = features(real.images)
     report = {"num_samples": len(real.prompts), "reference": real.where, "steps": sample.steps,
-              "route_every": sample.route_every, "guidance": sample.guidance, "seed": cfg.seed}
+              "route_every": sample.route_every, "guidance": sample.guidance, "seed": cfg.seed,
+              **({"lora_scale": sample.lora_scale} if sample.lora_scale else {})}
     if classifier is not None:
         report["classifier_test_accuracy"], report["classifier_test_accuracy_by_class"] = scores(
             predict(classifier, real.images), real.labels)
@@ -73,7 +74,10 @@ def evaluate_run(run_url: str, cfg: EvalConfig, **sampling) -> dict:
     measures = Measures(features, classifier, clip, asks_attributes, nearest, threshold)
     for strategy in cfg.strategy_list:
         pipe = ParisPipeline.from_run(run_url, model=single_model(strategy), router=router_name(strategy))
-        sampled = sample_and_score(pipe, strategy, real.prompts, real.labels, sample, cfg.seed, cfg.batch_size, measures)
+        # The strengths name the mixture's LoRA experts; one model alone (monolith, student) takes none.
+        row_sample = sample if single_model(strategy) is None else dataclasses.replace(sample, lora_scale=None)
+        sampled = sample_and_score(pipe, strategy, real.prompts, real.labels, row_sample, cfg.seed, cfg.batch_size,
+                                   measures)
         rows[strategy] = row = {"fid": frechet_distance(sampled.pop("features"), real_features), **sampled}
         row.update(held_out_loss(pipe.mixture, routing_rule(strategy), real.images, real.prompts, cfg.seed,
                                  cfg.batch_size))

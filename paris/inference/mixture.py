@@ -109,6 +109,7 @@ class Mixture:
     stats: dict = field(default_factory=lambda: {"expert_passes": 0, "forward_passes": 0, "router_calls": 0})
     # Experts that could not be loaded: never called, their router probability given to the others.
     retired: set[int] = field(default_factory=set)
+    lora_experts: set[int] = field(default_factory=set)  # published as a LoRA: their strength is a sampling setting
 
 
 def retire(mixture: Mixture, expert: int, reason: str) -> None:

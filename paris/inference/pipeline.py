@@ -27,11 +27,13 @@ from paris.config import SampleConfig, from_dict
 from paris.errors import ParisError
 from paris.images import to_pil
 from paris.inference import release
+from paris.inference.lora_experts import load_expert
 from paris.inference.mixture import ExpertPool, Mixture, retire
 from paris.inference.model_card import Network, model_card
 from paris.inference.sampler import generate
 from paris.models.encoders import TextEncoder, build_autoencoder, build_text_encoder, check_device
 from paris.models.io import load_pretrained, require_pretrained, save_pretrained
+from paris.models.lora import is_lora, is_lora_folder, merged
 from paris.outputs import check_apart, folder_written_whole
 from paris.progress import bar
 from paris.prompts import prompt_list
@@ -159,10 +161,11 @@ class ParisPipeline:
                    if k not in removed and not root.exists(f"{folder}/config.json")]
         if len(missing) + len(removed) == len(experts):  # nothing to degrade to
             require_pretrained(root, experts[missing[0]])  # the error says how to train it
-        loaders = [lambda folder=folder: load_pretrained(root, folder) for folder in experts]
+        loaders = [lambda folder=folder: load_expert(root, folder) for folder in experts]
         router_model = load_pretrained(root, router) if router else None
         pipe = cls._assemble(root, loaders, router_model, text_encoder, config, max_resident, device, sample, offload)
         pipe.mixture.retired.update(removed)
+        pipe.mixture.lora_experts.update(k for k, folder in enumerate(experts) if is_lora_folder(root, folder))
         for k in missing:
             retire(pipe.mixture, k, f"expert {k} is unavailable: no trained model at {root.url}/{experts[k]}")
         return pipe
@@ -202,6 +205,8 @@ class ParisPipeline:
             for k in range(len(self.mixture.experts)):
                 if k not in retired:
                     expert = self.mixture.experts[k]
+                    # A pipeline folder holds whole networks (the release's layout): a LoRA expert merged as trained.
+                    expert = merged(expert) if is_lora(expert) else expert
                     save_pretrained(out, f"expert_{k}", expert)
                     experts[k] = Network.of(expert)
                 progress.update(advance=1)

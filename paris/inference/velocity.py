@@ -29,11 +29,13 @@ from typing import Callable
 
 import torch
 
-from paris.config import SampleConfig
+from paris.config import SampleConfig, lora_strengths
 from paris.errors import ParisError
+from paris.inference.lora_experts import check_strengths
 from paris.inference.mixture import ExpertUnavailable, Mixture, retire
 from paris.inference.routing import Strategy, parse_strategy, routing_weights, without_small
 from paris.models.layers import attention_mask
+from paris.models.lora import set_strength
 from paris.precision import sampling_precision
 
 
@@ -95,6 +97,7 @@ def velocity_field(mixture: Mixture, cond: Conditioning, sample: SampleConfig, g
     v is fp32 whatever `sample.precision` the networks run in."""
     num_experts = len(mixture.experts)
     strategy = parse_strategy(sample.strategy, num_experts, mixture.retired)  # known only now: K, the retired
+    check_strengths(sample.lora_scale, num_experts, mixture.lora_experts)
     if mixture.router is None and num_experts != 1 and strategy.rule != "oracle":
         raise ParisError(f"a mixture of {num_experts} experts needs a router")
     device = mixture.experts.device
@@ -167,10 +170,13 @@ def mixed_velocity(mixture: Mixture, x, t: float | torch.Tensor, weights, negati
     either = weights > 0 if unguided else (weights > 0) | (negative_weights > 0)
     used = [k for k in range(weights.shape[1]) if either[:, k].any()]
     resident_first = sorted(used, key=lambda k: k not in mixture.experts.resident)  # fewer loads under a cap
+    strengths = lora_strengths(sample.lora_scale)
     for k in resident_first:
         rows = either[:, k].nonzero().squeeze(1)
         w, w_negative = weights[rows, k].view(-1, 1, 1, 1), negative_weights[rows, k].view(-1, 1, 1, 1)
         model, part = mixture.experts[k], cond.rows(rows)
+        if k in mixture.lora_experts:  # set at every pass: the same loaded expert serves calls of other strengths
+            set_strength(model, strengths.get(k, 1.0))
         expert = torch.compile(model) if sample.compile else model
         mixture.stats["expert_passes"] += len(rows)
         if model.architecture.guidance_range is not None:

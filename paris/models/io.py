@@ -20,6 +20,7 @@ from paris.run import RunDir
 MODELS = {"DiT": (DiT, DiTConfig), "Router": (Router, RouterConfig),
           "DiffusersDiT": (DiT, DiTConfig), "DiffusersRouter": (Router, RouterConfig)}
 WEIGHTS = "diffusion_pytorch_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"  # peft's: a LoRA expert's folder (paris.models.lora) holds it, not weights
 OLD_ROUTER_WEIGHTS = "pytorch_model.safetensors"  # routers saved before they were diffusers models; still read
 RESAVE = "save the model again, or download it again"  # what to do about a damaged weights file
 
@@ -34,6 +35,12 @@ def save_pretrained(run: RunDir, folder: str, model: nn.Module, manifest: dict |
     """Write `folder`/<weights>, manifest.json (how it was trained), then config.json: last, so a folder
     with a config is complete."""
     run.save_tensors(f"{folder}/{WEIGHTS}", model.state_dict())
+    save_config(run, folder, model, manifest)
+
+
+def save_config(run: RunDir, folder: str, model: nn.Module, manifest: dict | None = None) -> None:
+    """manifest.json, then config.json (the network's class and architecture): what completes a model folder
+    whose weights are already written."""
     if manifest is not None:
         run.write_json(f"{folder}/manifest.json", manifest)
     run.write_json(f"{folder}/config.json", {"_class_name": type(model).__name__, **dataclasses.asdict(model.architecture)})
@@ -51,6 +58,9 @@ def require_weights(run: RunDir, folder: str, what: str = "") -> str:
     weights = weights_file(run, folder)
     if run.exists(weights):
         return weights
+    if run.exists(f"{folder}/{ADAPTER_CONFIG}".lstrip("/")):
+        raise ParisError(f"{what} {run.url}/{folder}".strip().rstrip("/") + " holds a LoRA adapter, not a whole "
+                         "network; write one with `paris merge-lora`, or load it with its base (ParisPipeline.from_run)")
     pickles = [f for f in run.list(folder) if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
     where = f"{what} {run.url}/{folder}".strip().rstrip("/")
     raise ParisError(f"{where} has no {WEIGHTS}" + (
@@ -63,6 +73,18 @@ def load_pretrained(run: RunDir, folder: str, as_class: type | None = None) -> n
     """The network saved in `folder`, its weights checked key by key and shape by shape, from safetensors only.
     With `as_class` (a subclass of the saved network: its diffusers face, paris.models.diffusers_model) it is
     built as that class, and a folder holding another network is refused."""
+    model_cls, architecture = saved_network(run, folder, as_class)
+    weights = require_weights(run, folder)
+    with parameters_on_meta():  # no memory and no random initialisation for weights about to be replaced
+        model = model_cls(architecture)
+    state = run.load_tensors(weights, remedy=RESAVE)
+    load_state_dict_strict(model, state, f"{run.url}/{weights}", assign=True)
+    return model.eval()
+
+
+def saved_network(run: RunDir, folder: str, as_class: type | None = None) -> tuple[type, object]:
+    """(the class to build, its checked architecture) of the model saved in `folder`, from its config.json;
+    `as_class` as in load_pretrained."""
     require_pretrained(run, folder)
     config = run.read_json(f"{folder}/config.json")
     name = config.pop("_class_name", None)
@@ -71,14 +93,8 @@ def load_pretrained(run: RunDir, folder: str, as_class: type | None = None) -> n
     network, config_cls = MODELS[name]
     if as_class is not None and not issubclass(as_class, network):
         raise ParisError(f"{run.url}/{folder} holds a {network.__name__}, which {as_class.__name__} cannot load")
-    model_cls = as_class or network
-    weights = require_weights(run, folder)
     fields = {key: value for key, value in config.items() if not key.startswith("_")}  # skip diffusers' _version
-    with parameters_on_meta():  # no memory and no random initialisation for weights about to be replaced
-        model = model_cls(from_dict(config_cls, fields, where=f"{run.url}/{folder}/config.json: ", complete=True))
-    state = run.load_tensors(weights, remedy=RESAVE)
-    load_state_dict_strict(model, state, f"{run.url}/{weights}", assign=True)
-    return model.eval()
+    return as_class or network, from_dict(config_cls, fields, where=f"{run.url}/{folder}/config.json: ", complete=True)
 
 
 @contextlib.contextmanager
@@ -100,11 +116,13 @@ def parameters_on_meta():
         nn.Module.register_parameter = register
 
 
-def load_state_dict_strict(model: nn.Module, state: dict, where: str, assign: bool = False) -> None:
+def load_state_dict_strict(model: nn.Module, state: dict, where: str, assign: bool = False,
+                           keys: set[str] | None = None) -> None:
     """load_state_dict that lists every missing, unexpected, mis-shaped or non-float key in one clear error; with
     `assign`, the model takes the tensors of `state` as its own (no copy unless their float type differs from
-    the model's: a bf16 file still loads as the float32 model; for a model built on meta)."""
-    expected = model.state_dict()
+    the model's: a bf16 file still loads as the float32 model; for a model built on meta). With `keys`, `state`
+    holds exactly those entries of the model (a LoRA's adapter) and the others stay as they are."""
+    expected = {k: v for k, v in model.state_dict().items() if keys is None or k in keys}
     # Shapes first: one mis-shaped tensor says more about a wrong config than a list of missing blocks.
     problems = [
         f"{k} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)}"
@@ -119,5 +137,5 @@ def load_state_dict_strict(model: nn.Module, state: dict, where: str, assign: bo
                          + (f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""))
     if assign:
         state = {k: v.to(expected[k].dtype) if v.is_floating_point() else v for k, v in state.items()}
-    model.load_state_dict(state, assign=assign)
+    model.load_state_dict(state, assign=assign, strict=keys is None)
 

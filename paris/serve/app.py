@@ -2,7 +2,7 @@
 
     GET  /                          the page (paris/serve/page.html)
     POST /v1/images/generations     OpenAI-compatible: prompt, n, size, response_format (b64_json | url), model;
-                                    paris's own fields: strategy, steps, guidance, seed
+                                    paris's own fields: strategy, steps, guidance, seed, lora_scale ("K=S,...")
     GET  /v1/models                 the one model served
     GET  /healthz                   liveness, queue length, batches sampled, whether a key is needed
     POST /api/jobs, GET /api/jobs/ID   the page's requests: queued at once, polled for progress
@@ -38,7 +38,8 @@ from paris.serve.run_files import run_file, run_files
 PAGE = Path(__file__).with_name("page.html")
 # OpenAI's request fields that change nothing here: accepted and ignored, so its clients work unchanged.
 OPENAI_IGNORED = {"model", "quality", "style", "user", "background", "moderation", "output_compression"}
-PARIS_FIELDS = {"strategy": "strategy", "steps": "steps", "guidance": "guidance", "seed": "seed"}
+PARIS_FIELDS = {"strategy": "strategy", "steps": "steps", "guidance": "guidance", "seed": "seed",
+                "lora_scale": "lora_scale"}
 MAX_BODY_BYTES = 1 << 20  # paris serve --max-body-bytes
 DISCONNECT_CHECK_SECONDS = 0.25  # how often a waiting request looks whether its client is still there
 

@@ -32,6 +32,7 @@ import torch
 from paris.config import SampleConfig
 from paris.errors import ParisError, shown
 from paris.images import to_pil
+from paris.inference.lora_experts import check_strengths
 from paris.inference.pipeline import ParisPipeline
 from paris.inference.routing import parse_strategy
 from paris.inference.sampler import generate, initial_noise
@@ -128,6 +129,7 @@ class Engine:
             except ParisError as e:
                 raise ParisError(str(e), "strategy") from None
         sample = self.pipe.sample.updated("", **given)
+        check_strengths(sample.lora_scale, self.num_experts, self.pipe.mixture.lora_experts)  # before it is queued
         if sample.steps > self.max_steps:
             raise ParisError(f"steps must be at most {self.max_steps} on this server, got {sample.steps}", "steps")
         job = Job([p for p in prompts for _ in range(n)], sample)

@@ -24,7 +24,8 @@ def save_checkpoint(run: RunDir, folder: str, step: int, model: nn.Module, ema: 
                     optimizer: torch.optim.Optimizer, state: dict, keep: int) -> None:
     path = f"ckpt/{step:08d}"
     optim_tensors, param_groups = _flatten_optimizer(optimizer)
-    parts = {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optim_tensors}
+    keys = trained_keys(model)
+    parts = {"model": _kept(model, keys), "ema": _kept(ema, keys), "optimizer": optim_tensors}
     hashes = {part: run.save_tensors(f"{folder}/{path}/{part}.safetensors", tensors) for part, tensors in parts.items()}
     run.write_json(f"{folder}/{path}/state.json",
                    {**state, "step": step, "param_groups": param_groups, "sha256": hashes, "time": time.time()})
@@ -57,11 +58,23 @@ def load_latest(run: RunDir, folder: str, model: nn.Module, ema: nn.Module,
             progress.say(f"skipping unreadable checkpoint {run.url}/{path}: {e}", warning=True)
             continue
         _check_identity(state.get("identity", {}), identity, f"{run.url}/{path}")
-        load_state_dict_strict(model, tensors["model"], f"{run.url}/{path}")
-        load_state_dict_strict(ema, tensors["ema"], f"{run.url}/{path}")
+        keys = trained_keys(model)
+        load_state_dict_strict(model, tensors["model"], f"{run.url}/{path}", keys=keys)
+        load_state_dict_strict(ema, tensors["ema"], f"{run.url}/{path}", keys=keys)
         _load_optimizer(optimizer, tensors["optimizer"], state["param_groups"])
         return state
     raise ParisError(f"no readable checkpoint under {run.url}/{folder}/ckpt; delete {run.url}/{folder} to start over")
+
+
+def trained_keys(model: nn.Module) -> set[str] | None:
+    """The entries of the model's state a checkpoint holds: None, all of them; where some parameters are frozen
+    (a LoRA's base, read again from its own file when the job resumes), only those that train."""
+    trained = {name for name, p in model.named_parameters() if p.requires_grad}
+    return None if len(trained) == len(list(model.parameters())) else trained
+
+
+def _kept(model: nn.Module, keys: set[str] | None) -> dict:
+    return {key: value for key, value in model.state_dict().items() if keys is None or key in keys}
 
 
 def _check_identity(saved: dict, current: dict, where: str) -> None:

@@ -19,9 +19,11 @@ from paris.data.store import Store, load_store
 from paris.errors import ParisError
 from paris.flow import flow_matching_loss
 from paris.models.dit import DiT
+from paris.models.io import save_pretrained
 from paris.models.layers import attention_mask
+from paris.models.lora import attach, lora_config, save_adapter
 from paris.run import RunDir
-from paris.train.init_from import load_initial_weights
+from paris.train.init_from import base_identity, load_initial_weights
 from paris.train.loop import Job, train
 from paris.train.preview import previewer
 
@@ -80,7 +82,7 @@ def train_seed(run: RunDir, config: RunConfig, steps: int) -> dict:
     _, batch = baseline_schedule(config, part.num_clusters)
     store = load_store(run)
     identity = {"cluster": "all", "partition_hash": part.meta["hash"], "cluster_size": len(store)}
-    cfg = dataclasses.replace(config.expert, steps=steps, batch_size=batch, init_from=None)
+    cfg = dataclasses.replace(config.expert, steps=steps, batch_size=batch, init_from=None, lora_rank=None)
     return _train_flow_model(run, config, cfg, store, "seed", layout.SEED, identity, seed=cfg.seed)
 
 
@@ -91,9 +93,13 @@ def _train_flow_model(run: RunDir, config: RunConfig, cfg: ExpertTrainConfig, st
     model = DiT(dit_config(cfg.preset, in_channels=c, input_size=h, text_dim=store.text_dim))
     if cfg.init_from:
         identity = {**identity, **load_initial_weights(run, model, cfg.init_from, cfg.init_fresh_head)}
-    progress.say(f"{name}: {len(store)} images, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
-                  f"parameters, {cfg.steps} steps of {cfg.batch_size}"
-                  + (f", starting from {identity['init_from']}" if cfg.init_from else ""))
+    if cfg.lora_rank:  # after the base is in: the adapter starts from it, adding nothing
+        identity["lora"] = {"rank": cfg.lora_rank, "targets": cfg.lora_targets, **base_identity(run, cfg.init_from)}
+        attach(model, lora_config(cfg.lora_rank, cfg.lora_targets, identity["lora"]["base_url"]))
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    progress.say(f"{name}: {len(store)} images, {trained / 1e6:.2f}M parameters"
+                 + (f" (a rank-{cfg.lora_rank} LoRA)" if cfg.lora_rank else "") + f", {cfg.steps} steps of "
+                 f"{cfg.batch_size}" + (f", starting from {identity['init_from']}" if cfg.init_from else ""))
 
     def loss(model, index, random, device):
         batch = store.batch(index)
@@ -103,4 +109,5 @@ def _train_flow_model(run: RunDir, config: RunConfig, cfg: ExpertTrainConfig, st
                                   text=text.to(device), text_mask=None if mask is None else mask.to(device))
 
     preview = previewer(run, config, store, folder)
-    return train(run, Job(name, folder, model, loss, store, identity, preview, cfg.preview_every), cfg)
+    export = save_adapter if cfg.lora_rank else save_pretrained  # a LoRA publishes its adapter alone
+    return train(run, Job(name, folder, model, loss, store, identity, preview, cfg.preview_every, export), cfg)

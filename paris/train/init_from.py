@@ -46,3 +46,11 @@ def load_initial_weights(run: RunDir, model: nn.Module, init_from: str, fresh_he
     load_state_dict_strict(model, state, f"--init-from {source.url}")
     manifest = source.read_json("manifest.json") if source.exists("manifest.json") else {}
     return {"init_from": source.url, "init_samples": int(manifest.get("samples_seen", 0)) + int(manifest.get("init_samples", 0))}
+
+
+def base_identity(run: RunDir, init_from: str) -> dict:
+    """What a LoRA expert's adapter was trained on: its base as given, where that is, and the sha256 of its weights
+    file (a different file at the same place is refused when the expert loads: paris.inference.lora_experts)."""
+    source = resolve(run, init_from)
+    return {"base": init_from, "base_url": source.url,
+            "base_sha256": source.sha256(require_weights(source, "", "--init-from"))}

@@ -53,6 +53,7 @@ class Job:
     identity: dict  # what a checkpoint must match to be resumed (cluster, partition hash, ...)
     preview: Callable | None = None  # preview(ema, step, metrics) every `preview_every` steps (paris.train.preview)
     preview_every: int | None = None
+    export: Callable = save_pretrained  # (run, folder, EMA model, manifest): writes <folder>/final
 
 
 def train(run: RunDir, job: Job, cfg: TrainConfig) -> dict:
@@ -107,7 +108,9 @@ class _Training:
     ema_params: list[torch.Tensor] = dataclasses.field(init=False)
 
     def __post_init__(self):
-        self.params, self.ema_params = list(self.model.parameters()), list(self.ema.parameters())
+        # The parameters that train (a LoRA's adapter, or all) and their EMA twins: frozen ones never change.
+        pairs = [(p, e) for p, e in zip(self.model.parameters(), self.ema.parameters()) if p.requires_grad]
+        self.params, self.ema_params = [p for p, _ in pairs], [e for _, e in pairs]
 
 
 def _train(run: RunDir, job: Job, cfg: TrainConfig, dist: distributed.Distributed, lease: Lease) -> dict:
@@ -157,7 +160,8 @@ def _set_up(run: RunDir, job: Job, cfg: TrainConfig, dist: distributed.Distribut
     model.gradient_checkpointing = cfg.gradient_checkpointing
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     # The fused kernel on every device (CPU too): one pass over all parameters instead of one per tensor.
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     identity = {**job.identity, "model": dataclasses.asdict(model.architecture), "batch_size": cfg.batch_size,
                 "seed": cfg.seed}
     saved, start = _resume(run, job, cfg, dist, model, ema, optimizer, identity)
@@ -233,7 +237,7 @@ def _finish(training: _Training) -> dict:
     summary = {"steps": cfg.steps, "batch_size": cfg.batch_size, "samples_seen": cfg.steps * cfg.batch_size,
                "final_loss": training.last_loss, "config_hash": _hash(dataclasses.asdict(cfg)), **job.identity}
     if training.dist.is_main:
-        save_pretrained(training.run, layout.final(job.folder), training.ema, manifest=summary)
+        job.export(training.run, layout.final(job.folder), training.ema, manifest=summary)
         training.metrics.close()
     training.dist.barrier()
     distributed.teardown()
