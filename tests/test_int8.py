@@ -1,0 +1,98 @@
+"""Int8 experts (sample.quantize, paris.models.quantize) and the bytes resident experts hold (paris.models.resident),
+on tiny random experts saved to disk and loaded back as a user loads them."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import pytest
+import torch
+from testkit.runs import randomize_zero_params
+
+from paris.config import DiTConfig
+from paris.errors import ParisError
+from paris.inference.mixture import ExpertPool
+from paris.inference.pipeline import ParisPipeline
+from paris.models.dit import DiT
+from paris.models.io import load_pretrained, save_pretrained
+from paris.models.quantize import quantization_of, quantized
+from paris.models.resident import resident_bytes
+from paris.run import RunDir
+from paris.serve.engine import Engine
+
+PROMPTS = ["a photo of a bag", "a photo of a shoe"]
+STEPS = 4
+
+
+def _latents(pipe: ParisPipeline, seed: int = 0, **settings) -> tuple[torch.Tensor, dict]:
+    return pipe.generate(PROMPTS, steps=STEPS, seed=seed, decode=False, **settings)
+
+
+@pytest.mark.parametrize("quantize", ["int8", "int8-dynamic"])
+def test_int8_sampling_stays_close_to_fp32(three_experts, quantize):
+    """The int8 images differ from the fp32 ones by a small share of what another seed changes."""
+    fp32, _ = _latents(ParisPipeline.from_pretrained(str(three_experts)))
+    other_seed, _ = _latents(ParisPipeline.from_pretrained(str(three_experts)), seed=1)
+    pipe = ParisPipeline.from_pretrained(str(three_experts), quantize=quantize)
+    int8, stats = _latents(pipe)
+    assert all(quantization_of(model) == quantize for model in pipe.mixture.experts.resident.values())
+    error, spread = (int8 - fp32).norm() / fp32.norm(), (other_seed - fp32).norm() / fp32.norm()
+    assert 0 < error < 0.03 and error < spread / 20, (error, spread)
+    assert stats["resident_expert_bytes"] == sum(resident_bytes(m) for m in pipe.mixture.experts.resident.values())
+
+
+def test_an_int8_expert_holds_under_0_3_of_its_fp32_bytes(tmp_path):
+    """A DiT whose linear layers hold nearly all its weights, saved and loaded back: int8 data and scales are
+    counted, not the fp32 size the quantised weights report."""
+    run = RunDir(str(tmp_path))
+    config = DiTConfig(input_size=8, in_channels=1, patch_size=2, hidden_size=256, depth=2, num_heads=4, text_dim=64)
+    save_pretrained(run, "expert", randomize_zero_params(DiT(config), seed=0, std=0.02))
+    fp32 = resident_bytes(load_pretrained(run, "expert"))
+    model = quantized(load_pretrained(run, "expert"), "int8")
+    plain = load_pretrained(run, "expert")
+    assert fp32 == sum(t.numel() * 4 for t in [*plain.parameters(), *plain.buffers()])  # the position table too
+    assert resident_bytes(model) <= 0.3 * fp32, resident_bytes(model) / fp32
+    reported = sum(t.numel() * t.element_size() for t in model.parameters())  # what the subclass claims to be
+    assert reported > 0.9 * fp32  # why resident_bytes looks inside the quantised tensors
+
+
+def test_the_pool_reloads_the_trained_weights_when_quantize_goes_back_to_none(three_experts):
+    pipe = ParisPipeline.from_pretrained(str(three_experts))
+    fp32, fp32_stats = _latents(pipe)
+    int8, int8_stats = _latents(pipe, quantize="int8")
+    again, _ = _latents(pipe)
+    assert not torch.equal(int8, fp32) and torch.equal(again, fp32)
+    assert 0 < int8_stats["resident_expert_bytes"] < 0.5 * fp32_stats["resident_expert_bytes"]
+    assert pipe.mixture.experts.quantize == "none"
+
+
+def test_a_server_quantizes_for_every_request_and_a_request_cannot_change_it(three_experts):
+    engine = Engine(ParisPipeline.from_pretrained(str(three_experts), quantize="int8"))
+    job = engine.submit(PROMPTS[0], steps=2)
+    assert job.finished.result(timeout=120).status == "done"
+    assert engine.pipe.mixture.experts.resident_bytes > 0 and engine.logged_resident_bytes > 0
+    with pytest.raises(ParisError, match=re.escape("quantize is set for the whole server (int8, by paris serve "
+                                                   "--quantize); a request cannot change it")):
+        engine.submit(PROMPTS[0], steps=2, quantize="none")
+
+
+def test_a_diffusers_pipeline_quantizes_in_place_and_refuses_to_save_int8_weights(three_experts, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(str(three_experts), trust_remote_code=True)
+    pipe(PROMPTS[0], num_inference_steps=2, quantize="int8")
+    assert pipe.quantized_as() == "int8"
+    pipe(PROMPTS[0], num_inference_steps=2)  # later calls keep it
+    with pytest.raises(ParisError, match="already int8, which cannot be undone"):
+        pipe(PROMPTS[0], num_inference_steps=2, quantize="none")
+    with pytest.raises(ParisError, match="save the pipeline as loaded"):
+        pipe.save_pretrained(str(tmp_path / "saved"))
+
+
+def test_a_missing_torchao_and_a_device_without_int8_kernels_are_one_line(three_experts, monkeypatch):
+    with pytest.raises(ParisError, match=re.escape("quantize int8 runs on cpu or cuda, not mps")):
+        ExpertPool([], device="mps").use_quantization("int8")
+    monkeypatch.setitem(sys.modules, "torchao.quantization", None)  # what an environment without torchao imports
+    with pytest.raises(ParisError, match=re.escape("quantize needs torchao")):
+        ParisPipeline.from_pretrained(str(three_experts), quantize="int8")
