@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from testkit.runs import randomize_zero_params
+from testkit.runs import randomize_zero_params, run_cli
 
 from paris.config import DiTConfig
 from paris.errors import ParisError
@@ -96,3 +96,13 @@ def test_a_missing_torchao_and_a_device_without_int8_kernels_are_one_line(three_
     monkeypatch.setitem(sys.modules, "torchao.quantization", None)  # what an environment without torchao imports
     with pytest.raises(ParisError, match=re.escape("quantize needs torchao")):
         ParisPipeline.from_pretrained(str(three_experts), quantize="int8")
+
+
+def test_the_command_line_shows_int8_resident_memory_and_none_of_torchaos_import_noise(three_experts, tmp_path):
+    """A fresh process, as a user runs it: torchao and diffusers log warnings as torchao is imported; none shows."""
+    result = run_cli("generate", str(three_experts), "-p", PROMPTS[0], "--steps", "1", "--quantize", "int8",
+                     "--out", str(tmp_path / "bag.png"))
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"of which experts \d+\.\d MiB resident, int8\)", result.stdout), result.stdout
+    for noise in ("torchao", "Failed to load", "Enum subclass"):
+        assert noise not in result.stderr, result.stderr

@@ -13,7 +13,6 @@ go back. Runs on CPU and CUDA (benchmarks/int8.py measures the speed and memory 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 import torch
@@ -23,9 +22,12 @@ from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 from paris.errors import ParisError
 
 DEVICES = ("cpu", "cuda")  # where torchao's int8 kernels run
-# What torchao logs as it imports: its CUDA-only kernels that fail to load on another build, and torch's notice of
-# a deprecated registration; neither concerns int8 on this machine, so a user is not shown them.
-IMPORT_NOISE = ("torchao", "torch.utils._pytree")
+# What is logged as torchao is imported (by paris, or by diffusers as it loads a model, whenever torchao is
+# installed): its CUDA-only kernels failing to load on another build, torch's notice of a deprecated registration,
+# and diffusers' of torchao tensor classes for checkpoints that paris never reads. None concerns int8 here.
+IMPORT_NOISE = {"torchao": "Failed to load",
+                "torch.utils._pytree": "is an Enum subclass and is now natively supported",
+                "diffusers.quantizers.torchao.torchao_quantizer": "Unable to import `torchao` Tensor objects"}
 
 
 def check_quantization(quantize: str, device: torch.device | str) -> None:
@@ -75,24 +77,30 @@ def quantization_of(model: nn.Module) -> str:
 
 
 def _torchao_quantization():
-    """torchao.quantization, imported without its import-time log lines; a one-line error where it is missing."""
+    """torchao.quantization; a one-line error where it is missing."""
     try:
-        with _quiet(IMPORT_NOISE):
-            import torchao.quantization
+        import torchao.quantization
     except ImportError as e:
         raise ParisError(f"quantize needs torchao ({e}); install it with `pip install 'paris[int8]'` (or pip "
                          "install torchao), or sample with --quantize none", "quantize") from None
     return torchao.quantization
 
 
-@contextlib.contextmanager
-def _quiet(loggers: tuple[str, ...]):
-    """Only errors from these loggers while inside; their levels are restored on leaving."""
-    levels = {name: logging.getLogger(name).level for name in loggers}
-    for name in loggers:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
+class _WithoutNoise(logging.Filter):
+    """Drops one logger's records that hold `words`."""
+
+    def __init__(self, words: str):
+        super().__init__()
+        self.words = words
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.words not in record.getMessage()
+
+
+def quiet_torchao_imports() -> None:
+    """Keep IMPORT_NOISE off the console: a filter on each logger that writes it (a filter acts where a record is
+    made, so on these loggers themselves). Imports nothing; done once, as paris.models is imported."""
+    for name, words in IMPORT_NOISE.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _WithoutNoise) for f in logger.filters):
+            logger.addFilter(_WithoutNoise(words))
