@@ -3,6 +3,7 @@ on tiny random experts saved to disk and loaded back as a user loads them."""
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 
@@ -67,11 +68,22 @@ def test_the_pool_reloads_the_trained_weights_when_quantize_goes_back_to_none(th
     assert pipe.mixture.experts.quantize == "none"
 
 
-def test_a_server_quantizes_for_every_request_and_a_request_cannot_change_it(three_experts):
+def test_a_server_quantizes_for_every_request_and_shows_its_resident_bytes(three_experts, caplog):
+    from fastapi.testclient import TestClient
+
+    from paris.serve.app import create_app
+
     engine = Engine(ParisPipeline.from_pretrained(str(three_experts), quantize="int8"))
-    job = engine.submit(PROMPTS[0], steps=2)
-    assert job.finished.result(timeout=120).status == "done"
-    assert engine.pipe.mixture.experts.resident_bytes > 0 and engine.logged_resident_bytes > 0
+    with caplog.at_level(logging.INFO, logger="paris.serve"):
+        assert engine.submit(PROMPTS[0], steps=2).finished.result(timeout=120).status == "done"
+    pool = engine.pipe.mixture.experts
+    expected = sum(resident_bytes(model) for model in pool.resident.values())
+    with TestClient(create_app(engine, "pipeline")) as client:
+        for route in ("/healthz", "/api/info"):
+            shown = client.get(route).json()
+            assert (shown["resident_expert_bytes"], shown["quantize"]) == (expected, "int8") and expected > 0
+    assert f"experts resident: {expected / 2**20:.1f} MiB at most, {len(pool.resident)} of 3 experts loaded " \
+           "(quantize int8)" in caplog.text
     with pytest.raises(ParisError, match=re.escape("quantize is set for the whole server (int8, by paris serve "
                                                    "--quantize); a request cannot change it")):
         engine.submit(PROMPTS[0], steps=2, quantize="none")
@@ -90,9 +102,11 @@ def test_a_diffusers_pipeline_quantizes_in_place_and_refuses_to_save_int8_weight
         pipe.save_pretrained(str(tmp_path / "saved"))
 
 
-def test_a_missing_torchao_and_a_device_without_int8_kernels_are_one_line(three_experts, monkeypatch):
+def test_what_int8_cannot_do_here_is_one_line(three_experts, monkeypatch):
     with pytest.raises(ParisError, match=re.escape("quantize int8 runs on cpu or cuda, not mps")):
         ExpertPool([], device="mps").use_quantization("int8")
+    with pytest.raises(ParisError, match=re.escape("leave out --offload or --quantize")):  # its host copies are fp32
+        ExpertPool([], max_resident=1, device="cuda", offload=True).use_quantization("int8")
     monkeypatch.setitem(sys.modules, "torchao.quantization", None)  # what an environment without torchao imports
     with pytest.raises(ParisError, match=re.escape("quantize needs torchao")):
         ParisPipeline.from_pretrained(str(three_experts), quantize="int8")
