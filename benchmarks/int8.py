@@ -27,6 +27,7 @@ import argparse
 import copy
 import dataclasses
 import json
+import logging
 import os
 import statistics
 import time
@@ -136,6 +137,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2, help="with --speed: images per guided pass")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    logging.basicConfig(format="%(asctime)s %(message)s")
+    logging.getLogger("paris").setLevel(logging.INFO)  # evaluate's progress lines, to stderr
     print_xl_table()
     if args.speed:
         seconds = forward_seconds(args.speed, args.batch, args.rounds)
