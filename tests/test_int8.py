@@ -3,24 +3,27 @@ on tiny random experts saved to disk and loaded back as a user loads them."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import sys
 
 import pytest
 import torch
-from testkit.runs import randomize_zero_params, run_cli
+from testkit.runs import copy_run, randomize_zero_params, run_cli, with_expert
 
+from paris import layout
 from paris.config import DiTConfig
 from paris.errors import ParisError
 from paris.inference.mixture import ExpertPool
 from paris.inference.pipeline import ParisPipeline
 from paris.models.dit import DiT
-from paris.models.io import load_pretrained, save_pretrained
+from paris.models.io import load_pretrained, save_pretrained, weights_file
 from paris.models.quantize import quantization_of, quantized
 from paris.models.resident import resident_bytes
 from paris.run import RunDir
 from paris.serve.engine import Engine
+from paris.train.expert import train_expert
 
 PROMPTS = ["a photo of a bag", "a photo of a shoe"]
 STEPS = 4
@@ -120,3 +123,15 @@ def test_the_command_line_shows_int8_resident_memory_and_none_of_torchaos_import
     assert re.search(r"of which experts \d+\.\d MiB resident, int8\)", result.stdout), result.stdout
     for noise in ("torchao", "Failed to load", "Enum subclass"):
         assert noise not in result.stderr, result.stderr
+
+
+def test_training_previews_never_quantize_the_weights_being_trained(partitioned, tmp_path, config):
+    """A run whose sample config asks for int8 previews its expert in fp32: int8 is done in place, and the preview
+    samples with the very EMA weights that training goes on with."""
+    trained = {}
+    for quantize in ("none", "int8"):
+        run = copy_run(partitioned, tmp_path / quantize)
+        job = with_expert(config, steps=4, preview_every=2, preview_prompts=PROMPTS[:1])
+        train_expert(run, dataclasses.replace(job, sample=dataclasses.replace(job.sample, quantize=quantize)), 0)
+        trained[quantize] = run.read_bytes(weights_file(run, layout.final(layout.expert(0))))
+    assert trained["int8"] == trained["none"]
