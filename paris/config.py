@@ -328,6 +328,9 @@ class SampleConfig:
     # bf16 autocast on CUDA (as DiT/PixArt/Paris sample), fp32 on CPU; fp32 = full precision on CUDA (paris.precision)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     compile: bool = False  # torch.compile each expert: a minute or more of compilation first, then faster steps
+    # The experts' linear layers in int8 as they load (paris.models.quantize, torchao): int8 keeps the weights in a
+    # quarter of the memory; int8-dynamic also quantises the activations, for int8 matmuls (faster on large experts).
+    quantize: Literal["none", "int8", "int8-dynamic"] = "none"
     # Skip an expert whose weight after routing is below this (the rest renormalised): its pass would barely move
     # the image. 0: every expert the rule chose runs (the paper). On the demo 0.05 left FID and adherence within
     # one row's spread and made top-2 1.16x faster (benchmarks/min_weight.py, docs/sampling.md).

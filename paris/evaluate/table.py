@@ -36,8 +36,8 @@ from paris.run import RunDir
 def evaluate_run(run_url: str, cfg: EvalConfig, **sampling) -> dict:
     """The paper's table on a run: per strategy, FID against held-out real images, prompt adherence
     (Fashion-MNIST), CLIP score (given a CLIP model), expert passes and seconds per image. Images are sampled
-    with the run's sample config, where `sampling` (SampleConfig fields: steps=, guidance=, route_every=)
-    replaces its values. Writes eval/report.json and eval/report.md; a measure not taken has no key."""
+    with the run's sample config, where `sampling` (SampleConfig fields: steps=, guidance=, route_every=,
+    quantize=) replaces its values. Writes eval/report.json and eval/report.md; a measure not taken has no key."""
     run = RunDir(run_url)
     config = run.read_config()
     # A grown run (paris add-expert) is compared with held-out images of all the classes it holds.
@@ -57,7 +57,7 @@ def evaluate_run(run_url: str, cfg: EvalConfig, **sampling) -> dict:
     real_features = features(real.images)
     report = {"num_samples": len(real.prompts), "reference": real.where, "steps": sample.steps,
               "route_every": sample.route_every, "guidance": sample.guidance, "seed": cfg.seed,
-              **({"lora_scale": sample.lora_scale} if sample.lora_scale else {})}
+              "quantize": sample.quantize, **({"lora_scale": sample.lora_scale} if sample.lora_scale else {})}
     if classifier is not None:
         report["classifier_test_accuracy"], report["classifier_test_accuracy_by_class"] = scores(
             predict(classifier, real.images), real.labels)
@@ -73,7 +73,8 @@ def evaluate_run(run_url: str, cfg: EvalConfig, **sampling) -> dict:
         report["copy_threshold"] = threshold = copy_threshold(nearest(real.images)[0])
     measures = Measures(features, classifier, clip, asks_attributes, nearest, threshold)
     for strategy in cfg.strategy_list:
-        pipe = ParisPipeline.from_run(run_url, model=single_model(strategy), router=router_name(strategy))
+        pipe = ParisPipeline.from_run(run_url, model=single_model(strategy), router=router_name(strategy),
+                                      quantize=sample.quantize)
         # The strengths name the mixture's LoRA experts; one model alone (monolith, student) takes none.
         row_sample = sample if single_model(strategy) is None else dataclasses.replace(sample, lora_scale=None)
         sampled = sample_and_score(pipe, strategy, real.prompts, real.labels, row_sample, cfg.seed, cfg.batch_size,
@@ -145,7 +146,7 @@ def sample_and_score(pipe: ParisPipeline, strategy: str, prompts: list[str], lab
     with seed + i; with `keep_images`, the images come back too. Shows a bar over the images and, under it, one
     over each batch's steps."""
     features, predicted, clip_scores, shown, nearest, kept = [], [], [], [], [], []
-    seconds, passes, forward_passes = 0.0, 0.0, 0.0
+    seconds, passes, forward_passes, resident = 0.0, 0.0, 0.0, 0
     batches = -(-len(prompts) // batch_size)
     with progress.bar(f"sample: {strategy}", len(prompts), unit="images") as bar:
         for i in range(0, len(prompts), batch_size):
@@ -158,6 +159,7 @@ def sample_and_score(pipe: ParisPipeline, strategy: str, prompts: list[str], lab
             seconds += time.perf_counter() - tick  # the cost column counts sampling only, not scoring
             passes += stats["expert_passes_per_image"] * len(images)
             forward_passes += stats["forward_passes_per_image"] * len(images)
+            resident = max(resident, stats["resident_expert_bytes"])
             if measures.features is not None:
                 features.append(measures.features(images))
             if measures.classifier is not None:
@@ -186,7 +188,7 @@ def sample_and_score(pipe: ParisPipeline, strategy: str, prompts: list[str], lab
     if keep_images:
         row["images"] = torch.cat(kept)
     return {**row, "expert_passes_per_image_step": passes / n, "forward_passes_per_image_step": forward_passes / n,
-            "seconds_per_image": seconds / n}
+            "seconds_per_image": seconds / n, "resident_expert_bytes": resident}
 
 
 COLUMNS = [  # (JSON key, header, format) of the table; a column appears when its measure was taken
@@ -205,6 +207,8 @@ def report_markdown(report: dict) -> str:
     notes = [f"FID against {report['num_samples']} held-out images of {report['reference']} "
              f"({report['steps']} steps, guidance {report['guidance']}"
              + (f", router every {report['route_every']} steps)" if report.get("route_every", 1) > 1 else ")")]
+    if report.get("quantize", "none") != "none":  # reports before int8 experts have no key
+        notes.append(f"experts {report['quantize']}")
     if "classifier_test_accuracy" in report:
         notes.append(f"classifier test accuracy {report['classifier_test_accuracy']:.1%}")
     if "reference_clip_score" in report:

@@ -20,8 +20,10 @@ from generator i, so a list draws what single calls draw), latents (the noise at
 the trained size), output_type pil / np / pt ([0, 1]) / latent, return_dict, and callback_on_step_end (called
 as callback(pipe, i, t, {"latents": ...}) after every scheduler step; it may return new latents, or set
 pipe._interrupt to skip the remaining steps). paris's settings keep their names (seed, when no generator is
-given; sampler, strategy, route_every, guidance_mode, min_weight); every one left out is the one saved with the pipeline
-(`config.sample`, as ParisPipeline's). Images equal ParisPipeline's for the same noise and settings.
+given; sampler, strategy, route_every, guidance_mode, min_weight, quantize); every one left out is the one saved with
+the pipeline (`config.sample`, as ParisPipeline's). Images equal ParisPipeline's for the same noise and settings.
+`quantize` int8 or int8-dynamic quantises the experts in place, as `pipe.to(dtype)` would change them: later calls
+keep it, and the weights as trained come back only by loading the pipeline again.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from paris.errors import ParisError
 from paris.images import to_pil
 from paris.models import diffusers_model  # the components' classes: imported, so diffusers can resolve them
 from paris.models.encoders import IdentityAutoencoder, StableDiffusionVAE, TextEncoder
+from paris.models.quantize import quantization_of
 from paris.run import RunDir
 from paris.inference.diffusers_schedulers import SCHEDULERS, scheduler_for, set_paris_grid
 from paris.inference.mixture import ExpertPool, Mixture
@@ -88,6 +91,12 @@ class ParisDiffusionPipeline(DiffusionPipeline):
     def interrupt(self) -> bool:
         return self._interrupt
 
+    def quantized_as(self) -> str | None:
+        """How an earlier call quantised the experts (in place, so it stays), or None: they are as trained."""
+        held = {quantization_of(model) for k in range(self.num_experts)
+                if (model := getattr(self, f"expert_{k}")) is not None} - {"none"}
+        return held.pop() if held else None
+
     def mixture(self) -> Mixture:
         """The components as paris's sampler holds them (no copies: the same modules)."""
         experts = [getattr(self, f"expert_{k}") for k in range(self.num_experts)]
@@ -104,6 +113,9 @@ class ParisDiffusionPipeline(DiffusionPipeline):
         """diffusers' save_pretrained, and what makes the folder load again with trust_remote_code: pipeline.py,
         and model_index.json naming it (diffusers writes the bare class name, then looks for it in diffusers) and
         the strictly loading classes of the text encoder and VAE."""
+        if self.quantized_as():
+            raise ParisError(f"the experts are {self.quantized_as()} (a call with quantize changed them in place); "
+                             "save the pipeline as loaded, before sampling with quantize")
         super().save_pretrained(save_directory, **kwargs)
         out = RunDir(str(save_directory))
         out.write_text("pipeline.py", PIPELINE_FILE.format(num_experts=self.num_experts))
@@ -120,7 +132,7 @@ class ParisDiffusionPipeline(DiffusionPipeline):
                  output_type: str = "pil", return_dict: bool = True, callback_on_step_end: Callable | None = None,
                  callback_on_step_end_tensor_inputs: list[str] = ("latents",), *, seed: int | None = None,
                  sampler: str | None = None, strategy: str | None = None, route_every: int | None = None,
-                 guidance_mode: str | None = None, min_weight: float | None = None):
+                 guidance_mode: str | None = None, min_weight: float | None = None, quantize: str | None = None):
         """Images for `prompt`, `num_images_per_prompt` each (the module's docstring says what each argument
         means). Every paris setting left out (None) is the one saved with the pipeline."""
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
@@ -130,7 +142,8 @@ class ParisDiffusionPipeline(DiffusionPipeline):
         prompts, negative_prompts = repeat_prompts(prompt, negative_prompt, num_images_per_prompt)
         sample = SampleConfig(**self.config.sample).updated(
             steps=num_inference_steps, guidance=guidance_scale, seed=seed, sampler=sampler, strategy=strategy,
-            route_every=route_every, guidance_mode=guidance_mode, min_weight=min_weight)
+            route_every=route_every, guidance_mode=guidance_mode, min_weight=min_weight,
+            quantize=quantize or self.quantized_as())
         self._guidance_scale, self._interrupt = sample.guidance, False
         mixture = self.mixture()
         generator, router_generator = generators(sample, generator)  # as paris's generate draws them

@@ -16,6 +16,8 @@ import torch
 
 from paris.errors import ParisError
 from paris.models.dit import DiT
+from paris.models.quantize import check_quantization, quantized
+from paris.models.resident import resident_bytes
 from paris.models.router import Router
 from paris.progress import say
 
@@ -39,6 +41,10 @@ class ExpertPool:
     later eviction only drops the device copy. On a CPU device host memory IS the device: an offloaded expert
     simply stays loaded, so the cap only bounds how many count as resident (`resident`), not the memory, which
     grows as without a cap.
+
+    `quantize` (sample.quantize, set by `use_quantization`) is how an expert's linear layers are held once loaded
+    (paris.models.quantize). `resident_bytes` is what the resident experts hold on the device, measured as each
+    loads (paris.models.resident), and `peak_resident_bytes` its most since `reset_peak`.
     """
 
     def __init__(self, loaders: list[Callable[[], DiT]], max_resident: int | None = None, device: str = "cpu",
@@ -54,6 +60,9 @@ class ExpertPool:
         self.offloaded: dict[int, DiT] = {}  # evicted with offload: its weights are its host copy
         self.host_copies: dict[int, list[torch.Tensor]] = {}  # an offloaded expert's weights in host memory
         self.loads = 0  # how often an expert was read from disk: the price of a small cap
+        self.quantize = "none"
+        self.sizes: dict[int, int] = {}  # bytes of each expert loaded so far
+        self.resident_bytes = self.peak_resident_bytes = 0  # ints: a server's health check reads them unlocked
 
     def __len__(self) -> int:
         return len(self.loaders)
@@ -62,6 +71,7 @@ class ExpertPool:
         if k not in self.resident:
             if self.max_resident and len(self.resident) >= self.max_resident:
                 evicted, model = self.resident.popitem(last=False)
+                self.resident_bytes -= self.sizes[evicted]
                 if self.offload:  # otherwise dropped: read again from disk when needed
                     self.offloaded[evicted] = self._to_host(evicted, model)
             if k in self.offloaded:
@@ -71,10 +81,31 @@ class ExpertPool:
                     model = self.loaders[k]()
                 except (ParisError, OSError) as e:
                     raise ExpertUnavailable(k, str(e)) from None
-                self.resident[k] = model.to(self.device).eval()
+                self.resident[k] = quantized(model.to(self.device).eval(), self.quantize)
+                self.sizes[k] = resident_bytes(self.resident[k])
                 self.loads += 1
+            self.resident_bytes += self.sizes[k]
+            self.peak_resident_bytes = max(self.peak_resident_bytes, self.resident_bytes)
         self.resident.move_to_end(k)
         return self.resident[k]
+
+    def use_quantization(self, quantize: str) -> None:
+        """Hold experts loaded from now on as `quantize` says (checked here: torchao, the device); experts held
+        otherwise are dropped, to be read again as they are needed."""
+        if quantize == self.quantize:
+            return
+        check_quantization(quantize, self.device)
+        if quantize != "none" and self.offload and self.device.type != "cpu":
+            raise ParisError("offload copies an expert's plain weights to host memory, not int8 ones; leave out "
+                             "--offload or --quantize", "quantize")
+        self.resident.clear()
+        self.offloaded.clear()
+        self.host_copies.clear()
+        self.sizes.clear()
+        self.quantize, self.resident_bytes = quantize, 0
+
+    def reset_peak(self) -> None:
+        self.peak_resident_bytes = self.resident_bytes
 
     def _to_host(self, k: int, model: DiT) -> DiT:
         """Expert k's `model` with its weights in host memory: its host copy, made (pinned on CUDA) the first time."""

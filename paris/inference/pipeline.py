@@ -74,17 +74,18 @@ class ParisPipeline:
     @classmethod
     def from_run(cls, run_url: str, max_resident_experts: int | None = None, device: str = "cpu",
                  model: str | None = None, offload_experts: bool = False, expert: int | None = None,
-                 router: str | None = "") -> "ParisPipeline":
+                 router: str | None = "", quantize: str | None = None) -> "ParisPipeline":
         """The experts (experts/<k>/final) and router (router/final; with `router` NAME, router-NAME/final) of a
         training run; or with `model` one model of it alone, a job folder such as "monolith" (the baseline),
         "student" or "student-NAME" (`paris distill`); or with `expert` that expert alone. `router` None: the
         experts without a router, for the oracle rule alone (a distillation's teacher). With
         `max_resident_experts` at most that many experts stay on `device`; `offload_experts` keeps the evicted
-        ones in host memory instead of reading them again from disk (paris.inference.mixture.ExpertPool)."""
+        ones in host memory instead of reading them again from disk (paris.inference.mixture.ExpertPool).
+        `quantize`: the experts' linear layers in int8 as they load (SampleConfig.quantize; None: the run's)."""
         check_device(device)
         run = RunDir(run_url)
         run_config = run.read_config()
-        data, sample = run_config.data, run_config.sample
+        data, sample = run_config.data, run_config.sample.updated(quantize=quantize)
         partition = read_meta(run)
         num_experts = partition["num_clusters"]
         config = {"num_experts": num_experts, "latent_shape": _latent_shape(run, num_experts),
@@ -108,7 +109,8 @@ class ParisPipeline:
 
     @classmethod
     def from_pretrained(cls, path: str, max_resident_experts: int | None = None, device: str = "cpu",
-                        offload_experts: bool = False, timestep_map: str = "1000t") -> "ParisPipeline":
+                        offload_experts: bool = False, timestep_map: str = "1000t",
+                        quantize: str | None = None) -> "ParisPipeline":
         """A pipeline folder (written by save_pretrained), or a download of the public Paris release, whose
         networks are converted as they load (`timestep_map`: how its networks read t, see DiTConfig). The other
         arguments as in `from_run`."""
@@ -116,7 +118,7 @@ class ParisPipeline:
         folder = RunDir(path)
         if release.is_release(folder):
             return cls._from_release(folder, *release.components(folder, timestep_map), max_resident_experts, device,
-                                     offload_experts)
+                                     offload_experts, SampleConfig().updated(quantize=quantize))
         if not folder.exists("config.json"):
             raise ParisError(f"{path} is not a Paris pipeline folder (no config.json); write one with save_pretrained")
         config = folder.read_json("config.json")
@@ -132,13 +134,14 @@ class ParisPipeline:
         text_encoder = TextEncoder.load(config["text_encoder"], folder.path("text_encoder"), config["max_tokens"],
                                         device, tokenizer)
         config = {**config, "autoencoder_path": folder.path("vae") if config["autoencoder"] != "identity" else ""}
-        sample = from_dict(SampleConfig, config.get("sample", {}), f"{path}/config.json sample.")
+        sample = from_dict(SampleConfig, config.get("sample", {}), f"{path}/config.json sample.").updated(
+            quantize=quantize)
         return cls._from_folders(folder, experts, router, text_encoder, config, max_resident_experts, device, sample,
                                  offload_experts, config.get("retired", []))
 
     @classmethod
     def _from_release(cls, folder: RunDir, root: dict, found: list, max_resident: int | None, device: str,
-                      offload: bool) -> "ParisPipeline":
+                      offload: bool, sample: SampleConfig) -> "ParisPipeline":
         """The public release (`found`: release.components): each network converted as it loads, the experts
         when first used."""
         *experts, router = found
@@ -147,8 +150,7 @@ class ParisPipeline:
         config = release.pipeline_config(folder, root)
         text_encoder = TextEncoder.load(config["text_encoder"], config["text_encoder_path"], config["max_tokens"],
                                         device, config["tokenizer_path"])
-        return cls._assemble(folder, loaders, router, text_encoder, config, max_resident, device, SampleConfig(),
-                             offload)
+        return cls._assemble(folder, loaders, router, text_encoder, config, max_resident, device, sample, offload)
 
     @classmethod
     def _from_folders(cls, root: RunDir, experts: list[str], router: str | None, text_encoder, config: dict,
@@ -183,6 +185,7 @@ class ParisPipeline:
         router_model = router_model.to(device) if router_model is not None else None
         mixture = Mixture(ExpertPool(loaders, max_resident, device, offload), router_model, text_encoder, autoencoder,
                           tuple(config["latent_shape"]))
+        mixture.experts.use_quantization(sample.quantize)  # checked now (torchao, the device): before any sampling
         return cls(mixture, config, sample, root.url)
 
     def save_pretrained(self, path: str) -> None:
@@ -200,6 +203,7 @@ class ParisPipeline:
         from paris.inference.diffusers_pipeline import write_repository_files  # diffusers' pipeline code: 2-3 s to import
 
         retired = sorted(self.mixture.retired)  # removed or unavailable: not written, and listed in config.json
+        self.mixture.experts.use_quantization("none")  # the weights as trained; sample.quantize is saved with them
         experts = {}  # what the model card says of each expert written, gathered as each is loaded
         with bar("saving experts", len(self.mixture.experts), unit="experts") as progress:
             for k in range(len(self.mixture.experts)):
@@ -257,5 +261,6 @@ def convert_release(src: str, out: str, timestep_map: str = "1000t") -> list:
     root, found = release.components(folder, timestep_map)
     for component in found:  # every name and shape, from the headers, before anything is written
         release.load_release_model(folder, component, shapes_only=True)
-    ParisPipeline._from_release(folder, root, found, max_resident=1, device="cpu", offload=False).save_pretrained(out)
+    ParisPipeline._from_release(folder, root, found, max_resident=1, device="cpu", offload=False,
+                                sample=SampleConfig()).save_pretrained(out)
     return found

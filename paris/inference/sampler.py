@@ -49,7 +49,7 @@ def generate(mixture: Mixture, prompts: list[str], sample: SampleConfig, negativ
              noise: torch.Tensor | None = None, generator: Generators | None = None, trace: bool = False,
              on_step: Callable[[int], None] | None = None, decode: bool = True) -> tuple[torch.Tensor, dict]:
     """Images [len(prompts), C, H, W] in [-1, 1] (without `decode`: the latents), and statistics (expert and router
-    passes, routing trace if asked).
+    passes, peak memory, the most bytes the resident experts held, routing trace if asked).
 
     `noise`: the latents at t=1; by default drawn from `generator` (one, or one per image), by default one seeded
     with `sample.seed`. The (first) generator also draws the choices of stochastic routing rules.
@@ -63,7 +63,8 @@ def generate(mixture: Mixture, prompts: list[str], sample: SampleConfig, negativ
     stats = {"expert_passes_per_image": mixture.stats["expert_passes"] / len(prompts) / sample.steps,
              "forward_passes_per_image": mixture.stats["forward_passes"] / len(prompts) / sample.steps,
              "router_calls_per_step": mixture.stats["router_calls"] / sample.steps,
-             "peak_memory_mib": peak_memory_mib(mixture.experts.device)}
+             "peak_memory_mib": peak_memory_mib(mixture.experts.device),
+             "resident_expert_bytes": mixture.experts.peak_resident_bytes}  # the most, while sampling
     if trace:
         stats["routing"] = torch.stack(routing).transpose(0, 1)  # [B, evaluations, K]
     return mixture.autoencoder.decode(x) if decode else x, stats

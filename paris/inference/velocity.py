@@ -20,6 +20,8 @@ Speed: on CUDA the networks run under bf16 autocast by default (`precision`, par
 and always on a CPU, whose images are unchanged). `compile` runs each expert through torch.compile: the first
 steps wait for the compilation (a minute or more for XL/2), so it pays on long runs (`paris evaluate`, a server).
 Where every text token is attended (CLIP) the experts get no attention mask, which keeps SDPA on its fastest kernel.
+Memory: `quantize` holds the experts' linear layers in int8 (paris.models.quantize); the router stays as trained,
+as its choice of experts is discrete and it is one network whatever K.
 """
 
 from __future__ import annotations
@@ -93,7 +95,8 @@ def velocity_field(mixture: Mixture, cond: Conditioning, sample: SampleConfig, g
     """v(x, t): the guided velocity of the mixture for these prompts, for any ODE solver to integrate (t: one time
     for the batch, or one per row). Counts its passes in `mixture.stats` (reset here): expert_passes, an expert
     on one image, its guided pair counted once; forward_passes, an image through a network, the negative
-    prompt's pass apart. Appends each evaluation's weights to `routing` if given.
+    prompt's pass apart. Appends each evaluation's weights to `routing` if given. The experts load as
+    `sample.quantize` says; the peak of their resident bytes is measured from here (ExpertPool.reset_peak).
     v is fp32 whatever `sample.precision` the networks run in."""
     num_experts = len(mixture.experts)
     strategy = parse_strategy(sample.strategy, num_experts, mixture.retired)  # known only now: K, the retired
@@ -101,6 +104,8 @@ def velocity_field(mixture: Mixture, cond: Conditioning, sample: SampleConfig, g
     if mixture.router is None and num_experts != 1 and strategy.rule != "oracle":
         raise ParisError(f"a mixture of {num_experts} experts needs a router")
     device = mixture.experts.device
+    mixture.experts.use_quantization(sample.quantize)
+    mixture.experts.reset_peak()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     routed, evaluations = {}, 0  # routed: the last router call's weights (text, negative prompt)

@@ -4,7 +4,8 @@
     POST /v1/images/generations     OpenAI-compatible: prompt, n, size, response_format (b64_json | url), model;
                                     paris's own fields: strategy, steps, guidance, seed, lora_scale ("K=S,...")
     GET  /v1/models                 the one model served
-    GET  /healthz                   liveness, queue length, batches sampled, whether a key is needed
+    GET  /healthz                   liveness, queue length, batches sampled, whether a key is needed, the experts
+                                    resident and their bytes
     POST /api/jobs, GET /api/jobs/ID   the page's requests: queued at once, polled for progress
     GET  /images/JOB/I.png          a finished image
     GET  /api/info, /api/run/PATH   what the page shows: settings, and a run's previews, loss curves, montages
@@ -73,7 +74,8 @@ def create_app(engine: Engine, model_name: str, run: RunDir | None = None, api_k
 
     @app.get("/healthz")
     async def health():
-        return {"status": "ok", "queued": len(engine.waiting), "batches": engine.batches, "auth": bool(api_key)}
+        return {"status": "ok", "queued": len(engine.waiting), "batches": engine.batches, "auth": bool(api_key),
+                **resident_experts(engine)}
 
     _add_openai_routes(app, engine, model_name, size)
     _add_page_routes(app, engine, model_name, size, run)
@@ -160,7 +162,8 @@ def _add_page_routes(app: FastAPI, engine: Engine, model_name: str, size: str, r
     async def info():
         return {"model": model_name, "num_experts": engine.num_experts, "size": size,
                 "sample": dataclasses.asdict(engine.pipe.sample), "max_steps": engine.max_steps,
-                "max_images": engine.max_images, "run_files": run_files(run) if run is not None else None}
+                "max_images": engine.max_images, "run_files": run_files(run) if run is not None else None,
+                **resident_experts(engine)}
 
     @app.get("/api/run/{path:path}")
     async def shown_run_file(path: str):
@@ -169,6 +172,13 @@ def _add_page_routes(app: FastAPI, engine: Engine, model_name: str, size: str, r
             raise RequestError(404, f"no {cut(path)} to show", kind="not_found")
         kind = {"png": "image/png", "json": "application/json", "md": "text/markdown"}[path.rsplit(".", 1)[1]]
         return Response(data, media_type=kind)
+
+
+def resident_experts(engine: Engine) -> dict:
+    """What the experts hold on the device now: how many are loaded, their bytes (int8 ones as stored), how held."""
+    pool = engine.pipe.mixture.experts
+    return {"resident_experts": len(pool.resident), "resident_expert_bytes": pool.resident_bytes,
+            "quantize": pool.quantize}
 
 
 def image_size(engine: Engine) -> str:

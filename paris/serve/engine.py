@@ -104,6 +104,7 @@ class Engine:
         self.changed = threading.Condition()  # guards the three above; notified when a job is queued
         self.batches = 0  # sampling batches run, for the load benchmark
         self.last_batch_seconds = 1.0  # what a Retry-After is guessed from
+        self.logged_resident_bytes = 0  # the experts' resident bytes last logged: a line each time they grow
         self.worker = threading.Thread(target=self._work, name="paris-engine", daemon=True)
         self.worker.start()
 
@@ -130,6 +131,9 @@ class Engine:
                 raise ParisError(str(e), "strategy") from None
         sample = self.pipe.sample.updated("", **given)
         check_strengths(sample.lora_scale, self.num_experts, self.pipe.mixture.lora_experts)  # before it is queued
+        if sample.quantize != self.pipe.sample.quantize:  # a request's own would reload every expert for its batch
+            raise ParisError(f"quantize is set for the whole server ({self.pipe.sample.quantize}, by paris serve "
+                             "--quantize); a request cannot change it", "quantize")
         if sample.steps > self.max_steps:
             raise ParisError(f"steps must be at most {self.max_steps} on this server, got {sample.steps}", "steps")
         job = Job([p for p in prompts for _ in range(n)], sample)
@@ -232,6 +236,7 @@ class Engine:
         images, stats = generate(mixture, prompts, sample, trace=True, noise=noise, on_step=progress)
         seconds = self.last_batch_seconds = time.perf_counter() - start
         self.batches += 1
+        self._log_resident_bytes(stats["resident_expert_bytes"])
         first = 0
         for job in batch:
             rows = range(first, first + len(job.prompts))
@@ -245,6 +250,14 @@ class Engine:
             log.debug("job %s done: its %d images in batch %d of %d images, %.2f s (%.3f s per image)", job.id,
                       len(job.prompts), job.batch, len(prompts), seconds, seconds / len(prompts))
             self._finish(job, "done")
+
+    def _log_resident_bytes(self, peak: int) -> None:
+        """One info line each time the experts resident on the device hold more than ever before."""
+        if peak > self.logged_resident_bytes:
+            self.logged_resident_bytes = peak
+            pool = self.pipe.mixture.experts
+            log.info("experts resident: %.1f MiB at most, %d of %d experts loaded (quantize %s)", peak / 2**20,
+                     len(pool.resident), len(pool), pool.quantize)
 
 
 def _ids(batch: list[Job]) -> str:

@@ -46,7 +46,9 @@ def previewer(run: RunDir, config: RunConfig, store: Store, folder: str) -> Call
             encoders["image"] = build_autoencoder(data.autoencoder, data.autoencoder_path, data.latent_scale, device)
         mixture = Mixture(ExpertPool([lambda: ema], device=device), None, encoders["text"], encoders["image"],
                           tuple(store.latent_shape))
-        images, _ = generate(mixture, prompts, dataclasses.replace(sample, strategy="top1", seed=0, compile=False))
+        # quantize none: int8 is done in place, and these are the weights being trained
+        images, _ = generate(mixture, prompts, dataclasses.replace(sample, strategy="top1", seed=0, compile=False,
+                                                                   quantize="none"))
         sheet = grid(images, rows=len(prompts), labels=prompts, scale=max(1, 64 // images.shape[-1]))
         buffer = io.BytesIO()
         sheet.save(buffer, format="PNG")
