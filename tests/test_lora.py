@@ -94,6 +94,17 @@ def test_strength_zero_draws_the_base_exactly_and_one_does_not(lora_run):
     assert torch.equal(again, on)
 
 
+def test_a_lora_expert_samples_in_int8_at_its_strength(lora_run):
+    """Quantising holds the base's linears and the adapter's in int8; the strength still scales the adapter alone."""
+    pipe = ParisPipeline.from_run(lora_run.url, quantize="int8")
+    base, _ = pipe.generate(PROMPTS, strategy="oracle:0")
+    off, _ = pipe.generate(PROMPTS, strategy="oracle:1", lora_scale="1=0")
+    on, _ = pipe.generate(PROMPTS, strategy="oracle:1")
+    full_precision, _ = ParisPipeline.from_run(lora_run.url).generate(PROMPTS, strategy="oracle:1")
+    assert torch.equal(off, base) and not torch.equal(on, base)
+    assert (on - full_precision).abs().mean() < (on - base).abs().mean()  # int8 is nearer the LoRA than the base
+
+
 def test_merged_equals_unmerged(lora_run, tmp_path):
     code, out, err = run_paris("merge-lora", lora_run.url, "--expert", "1", "--out", str(tmp_path / "merged"))
     assert code == 0, err
