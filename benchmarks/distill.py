@@ -89,11 +89,38 @@ def table(run: RunDir, rows: dict[str, dict]) -> str:
     for name, row in rows.items():
         folder = layout.student(name.partition("@")[2]) if name.startswith("student") else None
         samples = run.read_json(f"{layout.final(folder)}/manifest.json")["samples_seen"] if folder else None
-        lines.append(f"| {name} | {row['fid']:.2f} | {row['fid'] / teacher:.3f} | {row['fid'] / monolith:.3f} | "
+        lines.append(f"| {LABELS[name]} | {row['fid']:.2f} | {row['fid'] / teacher:.3f} | {row['fid'] / monolith:.3f} | "
                      f"{row['prompt_adherence']:.1%} | {row['expert_passes_per_image_step']:.2f} | "
                      f"{row['forward_passes_per_image_step']:.2f} | "
                      + (f"{samples:,} | {samples / experts:.2f} |" if samples else "| |"))
     return "\n".join(lines)
+
+
+# how the README and the plot name each row
+LABELS = {"top2": "teacher: the mixture, top-2", "monolith": "one model (monolith)",
+          "student@oracle": "student of oracle, from the data", "student@top2": "student of top-2, from the data",
+          "student@oracle_samples": "student of oracle, from expert samples",
+          "student@top2_samples": "student of top-2, from expert samples",
+          "student@top2_guided": "student of top-2, guidance distilled"}
+
+
+def plot(rows: dict[str, dict], path: str) -> None:
+    """FID against the network passes each image takes per step: the price of each row's quality."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    for i, (name, row) in enumerate(rows.items()):
+        ax.scatter(row["forward_passes_per_image_step"], row["fid"], color=plt.get_cmap("tab10")(i), s=40,
+                   marker="s" if name == "top2" else "D" if name == "monolith" else "o", label=LABELS[name])
+    ax.set_xlabel("network passes per image and step (guidance included)")
+    ax.set_ylabel("FID (lower is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the points, never over them
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def main() -> None:
@@ -111,6 +138,7 @@ def main() -> None:
     report = table(run, rows)
     with open(os.path.join(args.out, "distill.md"), "w") as file:
         file.write(report + "\n")
+    plot(rows, os.path.join(args.out, "distill.png"))
     print(report)
 
 
