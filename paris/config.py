@@ -17,7 +17,7 @@ from typing import Annotated, Literal, Optional, Union
 
 import yaml
 
-from paris.errors import ParisError, shown
+from paris.errors import ParisError, cut, shown
 
 
 @dataclass(frozen=True)
@@ -456,8 +456,9 @@ def from_dict(cls, data: dict, where: str = "", complete: bool = False):
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:
         if key not in names:
-            raise ParisError(f"unknown config key {shown(where + key)}; valid keys here: {', '.join(sorted(names))}",
-                             where + key)
+            # the key cut short, never the file it is in (a long path would leave no key to read)
+            raise ParisError(f"unknown config key {where + cut(str(key))!r}; valid keys here: "
+                             f"{', '.join(sorted(names))}", where + cut(str(key)))
     if complete:
         data = {**ADDED_MODEL_FIELDS.get(cls.__name__, {}), **data}
     missing = sorted(names - data.keys()) if complete else []
