@@ -230,7 +230,8 @@ def serve(
     at_least("--max-resident-experts", max_resident_experts, 1)
     if log_level not in LOG_LEVELS:
         raise ParisError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
-    SampleConfig().updated(quantize=quantize, lora_scale=lora_scale(lora_scales))  # a typo fails now, before loading
+    strengths = lora_scale(lora_scales)
+    SampleConfig().updated(quantize=quantize, lora_scale=strengths)  # a typo fails now, before loading
     listening = _listen(host, port, api_key)  # before minutes of loading: a taken port fails at once
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     logging.getLogger("paris").setLevel(log_level.upper())
@@ -240,7 +241,7 @@ def serve(
         raise ParisError(f"--model chooses among a training run's models; {model} is a pipeline folder")
     pipe = (ParisPipeline.from_run(model, max_resident_experts, device, single_model(one_model), quantize=quantize)
             if is_run else ParisPipeline.from_pretrained(model, max_resident_experts, device, quantize=quantize))
-    pipe.sample = pipe.sample.updated(lora_scale=lora_scale(lora_scales))
+    pipe.sample = pipe.sample.updated(lora_scale=strengths)
     check_strengths(pipe.sample.lora_scale, len(pipe.mixture.experts), pipe.mixture.lora_experts)
     engine = Engine(pipe, max_batch=max_batch, max_steps=max_steps, max_images=max_images, max_queue=max_queue,
                     max_prompt_chars=max_prompt_chars)

@@ -6,7 +6,6 @@ config.json of the network it adapts, so peft's own `PeftModel.from_pretrained(D
 from __future__ import annotations
 
 import copy
-import logging
 import re
 
 from torch import nn
@@ -21,18 +20,11 @@ PEFT_PREFIX = "base_model.model."  # how PeftModel.save_pretrained names the ten
 
 
 def peft():
-    """peft, imported when a LoRA is first used: it takes seconds, and where torchao is installed it imports it,
-    whose optional GPU kernels fail to load here with warnings that would bury a command's own one-line output."""
-    noisy = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
-    levels = [logger.level for logger in noisy]
-    for logger in noisy:
-        logger.setLevel(logging.ERROR)
-    try:
-        import peft
-        import peft.tuners.lora
-    finally:
-        for logger, level in zip(noisy, levels):
-            logger.setLevel(level)
+    """peft, imported when a LoRA is first used: it takes seconds. Where torchao is installed peft imports it; its
+    import noise is filtered as for any model (paris.models.quantize.quiet_torchao_imports)."""
+    import peft
+    import peft.tuners.lora
+
     return peft
 
 
